@@ -1,0 +1,29 @@
+//! The ABI between sluice's XDP program (`lb-ebpf`) and its userspace (`lb-userspace`).
+//!
+//! Every type that crosses a map is `#[repr(C)]`, has explicit padding fields, a compile-time
+//! size assertion, and derives `bytemuck::Pod` (whose derive refuses implicit padding at
+//! compile time). Multi-byte fields are host byte order unless their name ends in `_be`.
+#![no_std]
+
+pub mod stats;
+
+/// Implements `aya::Pod` for map types on the userspace side.
+macro_rules! impl_aya_pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            // SAFETY: the type is `bytemuck::Pod` (all-integer, no padding, any bit pattern valid).
+            #[cfg(feature = "user")]
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
+}
+pub(crate) use impl_aya_pod;
+
+/// Asserts a map type's size at compile time, so an accidental layout change fails the build
+/// of both sides instead of silently corrupting map entries.
+macro_rules! assert_size {
+    ($t:ty, $n:expr) => {
+        const _: () = assert!(core::mem::size_of::<$t>() == $n);
+    };
+}
+pub(crate) use assert_size;

@@ -1,0 +1,115 @@
+//! Global per-CPU counters (`STATS`): one slot per [`Counter`].
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::{assert_size, impl_aya_pod};
+
+/// Packets and bytes counted for one [`Counter`] on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct CounterValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+assert_size!(CounterValue, 16);
+impl_aya_pod!(CounterValue);
+
+impl CounterValue {
+    pub fn add(&mut self, other: &CounterValue) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, $kind:ident; )*) => {
+        /// Index into the `STATS` map.
+        ///
+        /// Every packet the program sees moves exactly one [`CounterKind::Outcome`] counter;
+        /// [`CounterKind::Observation`] counters are moved in addition, for packets with a
+        /// property worth knowing about.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum Counter {
+            $( $(#[doc = $doc])* $variant, )*
+        }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant),*];
+
+            /// The stable name shown by `sluice stats` and used in metrics.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+
+            pub const fn kind(self) -> CounterKind {
+                match self { $(Counter::$variant => CounterKind::$kind,)* }
+            }
+
+            /// A one-line explanation, for humans reading `sluice stats`.
+            pub const fn help(self) -> &'static str {
+                match self { $(Counter::$variant => concat!($($doc),*),)* }
+            }
+        }
+    };
+}
+
+/// Whether a counter is moved once per packet or in addition to that.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterKind {
+    Outcome,
+    Observation,
+}
+
+counters! {
+    /// Passed to the kernel: not IPv4 or IPv6 (ARP, LLDP, ...).
+    PassNotIp = "pass_not_ip", Outcome;
+    /// Passed to the kernel: IP traffic that matches no listener.
+    PassNoListener = "pass_no_listener", Outcome;
+    /// Passed to the kernel: IPv6 with extension headers, which sluice does not balance.
+    PassIpv6ExtensionHeader = "pass_ipv6_extension_header", Outcome;
+    /// Passed to the kernel: an IPv4 fragment, which carries no complete flow key.
+    PassIpv4Fragment = "pass_ipv4_fragment", Outcome;
+    /// Passed to the kernel: an IP protocol other than TCP, UDP, ICMP and ICMPv6.
+    PassOtherProtocol = "pass_other_protocol", Outcome;
+    /// Passed to the kernel: a second VLAN tag (QinQ); sluice parses one tag.
+    PassStackedVlan = "pass_stacked_vlan", Outcome;
+    /// Malformed: shorter than an Ethernet header.
+    MalformedEthernet = "malformed_ethernet", Outcome;
+    /// Malformed: a VLAN tag cut short.
+    MalformedVlan = "malformed_vlan", Outcome;
+    /// Malformed IPv4: cut short, wrong version, IHL below 5, or header longer than the packet or total length.
+    MalformedIpv4 = "malformed_ipv4", Outcome;
+    /// Malformed IPv6: cut short or wrong version.
+    MalformedIpv6 = "malformed_ipv6", Outcome;
+    /// Malformed TCP: header cut short or data offset below 5.
+    MalformedTcp = "malformed_tcp", Outcome;
+    /// Malformed UDP: header cut short.
+    MalformedUdp = "malformed_udp", Outcome;
+    /// Malformed ICMP or ICMPv6: header cut short.
+    MalformedIcmp = "malformed_icmp", Outcome;
+    /// Observed: the frame carried one 802.1Q VLAN tag.
+    VlanTagged = "vlan_tagged", Observation;
+    /// Observed: an IPv4 header with options (IHL above 5).
+    Ipv4Options = "ipv4_options", Observation;
+}
+
+/// Number of slots in the `STATS` map.
+pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indices_are_dense_and_names_unique() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i, "{c:?} is out of order");
+            assert!(!c.help().is_empty(), "{c:?} has no help text");
+            for other in &Counter::ALL[i + 1..] {
+                assert_ne!(c.name(), other.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The BPF filesystem, where sluice pins its maps so that other `sluice` commands (and later a
+//! restarted daemon) can find them.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+/// Where bpffs is conventionally mounted.
+pub const MOUNT_POINT: &str = "/sys/fs/bpf";
+/// Default directory for sluice's pins.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sluice";
+
+const BPF_FS_MAGIC: i64 = 0xCAFE_4A11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BpffsError {
+    #[error("{path} is not on a BPF filesystem; mount one with `mount -t bpf bpf {MOUNT_POINT}` or choose --pin-dir under a bpffs mount")]
+    NotBpffs { path: PathBuf },
+    #[error("cannot mount bpffs at {MOUNT_POINT}: {source}")]
+    Mount { source: io::Error },
+    #[error("cannot create pin directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: io::Error },
+}
+
+/// Makes sure `pin_dir` exists on a bpffs, mounting bpffs at [`MOUNT_POINT`] first when the
+/// directory is below it and nothing is mounted there yet.
+pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), BpffsError> {
+    let mount_point = Path::new(MOUNT_POINT);
+    if pin_dir.starts_with(mount_point) && !is_bpffs(mount_point) {
+        mount_bpffs(mount_point)?;
+        log::info!("mounted bpffs at {MOUNT_POINT}");
+    }
+    fs::create_dir_all(pin_dir).map_err(|source| BpffsError::CreateDir {
+        path: pin_dir.to_path_buf(),
+        source,
+    })?;
+    if !is_bpffs(pin_dir) {
+        return Err(BpffsError::NotBpffs {
+            path: pin_dir.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether `path` lives on a BPF filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs only writes into `buf`; c_path is NUL-terminated.
+    unsafe {
+        let mut buf: libc::statfs = std::mem::zeroed();
+        libc::statfs(c_path.as_ptr(), &mut buf) == 0 && buf.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+fn mount_bpffs(mount_point: &Path) -> Result<(), BpffsError> {
+    fs::create_dir_all(mount_point).map_err(|source| BpffsError::Mount { source })?;
+    let target = CString::new(mount_point.as_os_str().as_encoded_bytes()).expect("no NUL in path");
+    // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(BpffsError::Mount {
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Removes a pin if it exists.
+pub fn unpin(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}

@@ -1,0 +1,179 @@
+//! The embedded XDP program: loading it into the kernel and attaching it to an interface.
+
+use std::io;
+
+use aya::{
+    programs::{ProgramError, Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+};
+
+/// The XDP object built from `lb-ebpf` by `build.rs`. Empty when the eBPF toolchain was
+/// missing at build time.
+pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-xdp"));
+
+/// The XDP program's function name in `lb-ebpf`.
+pub const PROGRAM_NAME: &str = "sluice";
+
+/// How to attach: `auto` tries native (driver) mode and falls back to generic mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    Auto,
+    Native,
+    Generic,
+    Offload,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("this sluice binary was built without its XDP program (the eBPF toolchain was missing at build time); rebuild it with `cargo xtask build`")]
+    NotBuilt,
+    #[error("permission denied by the kernel: loading XDP programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
+    PermissionDenied,
+    #[error("the kernel refused sluice's XDP program: {reason}")]
+    Rejected { reason: String, verifier_log: String },
+    #[error("the embedded XDP object is unusable: {0}")]
+    Object(#[source] Box<EbpfError>),
+    #[error("cannot attach XDP to '{iface}' in {mode} mode: {reason}")]
+    Attach {
+        iface: String,
+        mode: &'static str,
+        reason: String,
+    },
+}
+
+/// Loads the object and its XDP program into the kernel (not attached yet).
+///
+/// `log_level` becomes the program's `AYA_LOG_LEVEL`, so records above it cost one compare.
+pub fn load(log_level: log::LevelFilter) -> Result<Ebpf, DatapathError> {
+    if XDP_OBJECT.is_empty() {
+        return Err(DatapathError::NotBuilt);
+    }
+    let level = log_level as u8;
+    let mut ebpf = EbpfLoader::new()
+        .override_global("AYA_LOG_LEVEL", &level, false)
+        .load(XDP_OBJECT)
+        .map_err(object_error)?;
+    program_mut(&mut ebpf).load().map_err(program_error)?;
+    Ok(ebpf)
+}
+
+/// The loaded object's XDP program.
+pub fn program_mut(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(PROGRAM_NAME)
+        .and_then(|p| p.try_into().ok())
+        .expect("the embedded object has an XDP program named `sluice`")
+}
+
+/// Attaches the loaded program to `ifindex`, returning the mode it runs in.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    ifindex: u32,
+    mode: AttachMode,
+) -> Result<(aya::programs::xdp::XdpLinkId, AttachMode), DatapathError> {
+    let program = program_mut(ebpf);
+    let try_mode = |program: &mut Xdp, mode: AttachMode| {
+        program
+            .attach_to_if_index(ifindex, xdp_mode(mode))
+            .map_err(|e| DatapathError::Attach {
+                iface: iface.to_string(),
+                mode: mode_name(mode),
+                reason: program_error_reason(&e),
+            })
+    };
+    match mode {
+        AttachMode::Auto => match try_mode(program, AttachMode::Native) {
+            Ok(link) => Ok((link, AttachMode::Native)),
+            Err(native) => {
+                log::warn!("{native}; falling back to generic mode, which runs later in the stack and is slower");
+                Ok((try_mode(program, AttachMode::Generic)?, AttachMode::Generic))
+            }
+        },
+        mode => Ok((try_mode(program, mode)?, mode)),
+    }
+}
+
+pub fn mode_name(mode: AttachMode) -> &'static str {
+    match mode {
+        AttachMode::Auto => "auto",
+        AttachMode::Native => "native",
+        AttachMode::Generic => "generic",
+        AttachMode::Offload => "offload",
+    }
+}
+
+fn xdp_mode(mode: AttachMode) -> XdpMode {
+    match mode {
+        AttachMode::Auto => XdpMode::Default,
+        AttachMode::Native => XdpMode::Driver,
+        AttachMode::Generic => XdpMode::Skb,
+        AttachMode::Offload => XdpMode::Hardware,
+    }
+}
+
+fn is_permission_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+/// Walks an error's sources looking for a permission error from a syscall.
+fn caused_by_permission(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if is_permission_error(io) {
+                return true;
+            }
+        }
+        current = err.source();
+    }
+    false
+}
+
+fn object_error(e: EbpfError) -> DatapathError {
+    if caused_by_permission(&e) {
+        DatapathError::PermissionDenied
+    } else {
+        DatapathError::Object(Box::new(e))
+    }
+}
+
+fn program_error(e: ProgramError) -> DatapathError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            if is_permission_error(&io_error) {
+                return DatapathError::PermissionDenied;
+            }
+            let log = verifier_log.to_string();
+            // The verifier's reason is the last non-empty line that is not its statistics.
+            let reason = log
+                .lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time"))
+                .map(|l| format!("{l} ({io_error})"))
+                .unwrap_or_else(|| io_error.to_string());
+            DatapathError::Rejected {
+                reason,
+                verifier_log: log,
+            }
+        }
+        other if caused_by_permission(&other) => DatapathError::PermissionDenied,
+        other => DatapathError::Rejected {
+            reason: other.to_string(),
+            verifier_log: String::new(),
+        },
+    }
+}
+
+fn program_error_reason(e: &ProgramError) -> String {
+    let mut reason = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        reason = format!("{reason}: {s}");
+        source = s.source();
+    }
+    reason
+}

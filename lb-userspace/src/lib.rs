@@ -1,0 +1,8 @@
+//! sluice's userspace: loading and attaching the XDP program, reading its counters, and (in
+//! later stages) the controller, health checker, control API and L7 proxy.
+
+pub mod bpffs;
+pub mod datapath;
+pub mod interface;
+pub mod maglev;
+pub mod stats;

@@ -1,0 +1,6 @@
+//! The integration tests: one binary, one module per area. They need root.
+
+mod namespaces;
+mod packet_harness;
+mod packets;
+mod run_cli;
