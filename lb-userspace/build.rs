@@ -26,7 +26,10 @@ fn main() {
 
     for dir in [&ebpf_dir, &common_dir] {
         println!("cargo:rerun-if-changed={}", dir.join("src").display());
-        println!("cargo:rerun-if-changed={}", dir.join("Cargo.toml").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("Cargo.toml").display()
+        );
     }
     println!("cargo:rerun-if-env-changed=SLUICE_REQUIRE_EBPF");
     println!("cargo:rerun-if-env-changed=PATH");
@@ -34,7 +37,9 @@ fn main() {
     let required = env::var("SLUICE_REQUIRE_EBPF").is_ok_and(|v| v == "1");
     if let Err(missing) = toolchain_present() {
         if required {
-            panic!("cannot build the XDP program: {missing}; run `cargo xtask build` to install it");
+            panic!(
+                "cannot build the XDP program: {missing}; run `cargo xtask build` to install it"
+            );
         }
         println!(
             "cargo:warning=XDP program not built ({missing}); this sluice cannot load it. \
@@ -57,20 +62,36 @@ fn main() {
         cmd.args(["--features", "debug-log"]);
     }
     // BTF for maps and programs comes from debug info via bpf-linker --btf.
-    let rustflags: OsString = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"]
-        .join("\x1f")
-        .into();
+    let rustflags: OsString = [
+        "--cfg=bpf_target_arch=\"x86_64\"",
+        "-Cdebuginfo=2",
+        "-Clink-arg=--btf",
+    ]
+    .join("\x1f")
+    .into();
     cmd.env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     // The outer build's compiler and wrappers belong to the stable toolchain.
-    for key in ["RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "RUSTUP_TOOLCHAIN", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET"] {
+    for key in [
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
         cmd.env_remove(key);
     }
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("failed to run `rustup run nightly cargo build` for lb-ebpf: {e}"));
-    assert!(status.success(), "building the XDP program (lb-ebpf) failed: {status}");
+    let status = cmd.status().unwrap_or_else(|e| {
+        panic!("failed to run `rustup run nightly cargo build` for lb-ebpf: {e}")
+    });
+    assert!(
+        status.success(),
+        "building the XDP program (lb-ebpf) failed: {status}"
+    );
 
-    let built = target_dir.join("bpfel-unknown-none/release").join(OBJECT_NAME);
+    let built = target_dir
+        .join("bpfel-unknown-none/release")
+        .join(OBJECT_NAME);
     fs::copy(&built, &object)
         .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), object.display()));
 }

@@ -89,7 +89,7 @@ counters! {
     MalformedUdp = "malformed_udp", Outcome;
     /// Malformed ICMP or ICMPv6: header cut short.
     MalformedIcmp = "malformed_icmp", Outcome;
-    /// Observed: the frame carried one 802.1Q VLAN tag.
+    /// Observed: the frame carried a VLAN tag (802.1Q or 802.1ad), whatever its outcome.
     VlanTagged = "vlan_tagged", Observation;
     /// Observed: an IPv4 header with options (IHL above 5).
     Ipv4Options = "ipv4_options", Observation;

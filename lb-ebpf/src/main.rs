@@ -8,7 +8,9 @@ mod log;
 mod parse;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
+};
 use lb_common::stats::{Counter, CounterValue, COUNTER_COUNT};
 
 /// Global counters, one slot per `lb_common::stats::Counter`.

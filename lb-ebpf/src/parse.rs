@@ -121,9 +121,10 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize, len: u64) -> Result<Packet, Co
         return Err(Counter::PassIpv4Fragment);
     }
     let l4_offset = l3_offset + header_len;
+    let ip_end = l3_offset + tot_len as usize;
     match protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP => {
-            parse_l4(ctx, Family::V4, l3_offset, l4_offset, protocol)
+            parse_l4(ctx, Family::V4, l3_offset, l4_offset, ip_end, protocol)
         }
         _ => Err(Counter::PassOtherProtocol),
     }
@@ -148,13 +149,12 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> Result<Packet, Counter> {
         return Err(Counter::MalformedIpv6);
     }
     let l4_offset = l3_offset + Ipv6Hdr::LEN;
+    let ip_end = l4_offset + payload_len as usize;
     match next_header {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {
-            parse_l4(ctx, Family::V6, l3_offset, l4_offset, next_header)
+            parse_l4(ctx, Family::V6, l3_offset, l4_offset, ip_end, next_header)
         }
-        _ if IPV6_EXTENSION_HEADERS.contains(&next_header) => {
-            Err(Counter::PassIpv6ExtensionHeader)
-        }
+        _ if IPV6_EXTENSION_HEADERS.contains(&next_header) => Err(Counter::PassIpv6ExtensionHeader),
         _ => Err(Counter::PassOtherProtocol),
     }
 }
@@ -165,24 +165,33 @@ fn parse_l4(
     family: Family,
     l3_offset: usize,
     l4_offset: usize,
+    ip_end: usize,
     protocol: u8,
 ) -> Result<Packet, Counter> {
+    // Headers must fit in the IP packet, not just in the frame: bytes after the IP length
+    // (Ethernet padding, garbage) are not part of the packet.
     match protocol {
         IPPROTO_TCP => {
             let tcp: *const TcpHdr = header(ctx, l4_offset).ok_or(Counter::MalformedTcp)?;
             // SAFETY: `header` checked the 20-byte bounds; the data offset is the top 4 bits of
             // byte 12 of the TCP header.
             let data_offset = ((unsafe { *(tcp as *const u8).add(12) } >> 4) as usize) * 4;
-            if data_offset < TcpHdr::LEN || l4_offset + data_offset > ctx.data_end() - ctx.data() {
+            if data_offset < TcpHdr::LEN || l4_offset + data_offset > ip_end {
                 return Err(Counter::MalformedTcp);
             }
         }
         IPPROTO_UDP => {
             header::<UdpHdr>(ctx, l4_offset).ok_or(Counter::MalformedUdp)?;
+            if l4_offset + UdpHdr::LEN > ip_end {
+                return Err(Counter::MalformedUdp);
+            }
         }
         // ICMPv6 shares ICMP's 8-byte type/code/checksum/rest-of-header layout.
         _ => {
             header::<Icmpv4Hdr>(ctx, l4_offset).ok_or(Counter::MalformedIcmp)?;
+            if l4_offset + Icmpv4Hdr::LEN > ip_end {
+                return Err(Counter::MalformedIcmp);
+            }
         }
     }
     Ok(Packet {

@@ -29,8 +29,7 @@ pub enum BpffsError {
 pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), BpffsError> {
     let mount_point = Path::new(MOUNT_POINT);
     if pin_dir.starts_with(mount_point) && !is_bpffs(mount_point) {
-        mount_bpffs(mount_point)?;
-        log::info!("mounted bpffs at {MOUNT_POINT}");
+        mount_bpffs_once(mount_point)?;
     }
     fs::create_dir_all(pin_dir).map_err(|source| BpffsError::CreateDir {
         path: pin_dir.to_path_buf(),
@@ -56,8 +55,27 @@ pub fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-fn mount_bpffs(mount_point: &Path) -> Result<(), BpffsError> {
+/// Mounts bpffs unless another process just did. Two daemons starting together must not both
+/// mount: the second mount would hide the pins made below the first. The lock is on the mount
+/// point directory itself (the underlying directory, which both processes open).
+fn mount_bpffs_once(mount_point: &Path) -> Result<(), BpffsError> {
     fs::create_dir_all(mount_point).map_err(|source| BpffsError::Mount { source })?;
+    let dir = fs::File::open(mount_point).map_err(|source| BpffsError::Mount { source })?;
+    // SAFETY: flock on a descriptor we own; released when `dir` is closed.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
+        return Err(BpffsError::Mount {
+            source: io::Error::last_os_error(),
+        });
+    }
+    if is_bpffs(mount_point) {
+        return Ok(());
+    }
+    mount_bpffs(mount_point)?;
+    log::info!("mounted bpffs at {MOUNT_POINT}");
+    Ok(())
+}
+
+fn mount_bpffs(mount_point: &Path) -> Result<(), BpffsError> {
     let target = CString::new(mount_point.as_os_str().as_encoded_bytes()).expect("no NUL in path");
     // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
     let rc = unsafe {

@@ -30,7 +30,10 @@ pub enum DatapathError {
     #[error("permission denied by the kernel: loading XDP programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
     PermissionDenied,
     #[error("the kernel refused sluice's XDP program: {reason}")]
-    Rejected { reason: String, verifier_log: String },
+    Rejected {
+        reason: String,
+        verifier_log: String,
+    },
     #[error("the embedded XDP object is unusable: {0}")]
     Object(#[source] Box<EbpfError>),
     #[error("cannot attach XDP to '{iface}' in {mode} mode: {reason}")]
@@ -152,7 +155,11 @@ fn program_error(e: ProgramError) -> DatapathError {
                 .lines()
                 .rev()
                 .map(str::trim)
-                .find(|l| !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time"))
+                .find(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("processed ")
+                        && !l.starts_with("verification time")
+                })
                 .map(|l| format!("{l} ({io_error})"))
                 .unwrap_or_else(|| io_error.to_string());
             DatapathError::Rejected {

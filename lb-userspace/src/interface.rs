@@ -49,7 +49,10 @@ mod tests {
     #[test]
     fn invalid_names_are_rejected() {
         for bad in ["", "a/b", "has space", "sixteen-chars-xx"] {
-            assert!(matches!(index(bad), Err(InterfaceError::InvalidName(_))), "{bad:?}");
+            assert!(
+                matches!(index(bad), Err(InterfaceError::InvalidName(_))),
+                "{bad:?}"
+            );
         }
     }
 }

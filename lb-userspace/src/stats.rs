@@ -71,6 +71,7 @@ pub fn read_pinned(pin_dir: &Path) -> Result<Counters, StatsError> {
         source,
     };
     let data = MapData::from_pin(&path).map_err(read_err)?;
-    let map = PerCpuArray::try_from(Map::from_map_data(data).map_err(read_err)?).map_err(read_err)?;
+    let map =
+        PerCpuArray::try_from(Map::from_map_data(data).map_err(read_err)?).map_err(read_err)?;
     read(&map).map_err(read_err)
 }

@@ -1,1 +1,186 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, run, test and demo for sluice.
+
+mod cmd;
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::cmd::{cargo, run};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks for sluice")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the eBPF toolchain and the Debian packages the tests use (idempotent).
+    Setup,
+    /// Build `sluice` (with its XDP program embedded).
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build `sluice` in release mode and run it as root with the given arguments,
+    /// e.g. `cargo xtask run -- run --iface eth0`.
+    Run {
+        /// Use a debug build (per-packet debug logging in the XDP program).
+        #[arg(long)]
+        debug: bool,
+        /// Arguments for `sluice`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Formatting and clippy checks, userspace and the eBPF crate.
+    Lint,
+    /// Lint, unit tests, then the root integration tests.
+    Test {
+        /// Skip formatting and clippy checks.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only run tests whose name contains this filter (passed to the test binaries).
+        filter: Option<String>,
+    },
+    /// Run the demo topology in network namespaces: a client, sluice, three backends.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Setup => {
+            setup::ebpf_toolchain()?;
+            setup::debian_packages(setup::TEST_PACKAGES)
+        }
+        Task::Build { release } => build(release).map(|_| ()),
+        Task::Run { debug, args } => {
+            let sluice = build(!debug)?;
+            let mut cmd = if is_root() {
+                Command::new(&sluice)
+            } else {
+                let mut sudo = Command::new("sudo");
+                sudo.arg(&sluice);
+                sudo
+            };
+            run(cmd.args(&args))
+        }
+        Task::Lint => lint(),
+        Task::Test { no_lint, filter } => test(!no_lint, filter.as_deref()),
+        Task::Demo(args) => {
+            setup::debian_packages(setup::TEST_PACKAGES)?;
+            let sluice = build(true)?;
+            demo::demo(&sluice, args)
+        }
+    }
+}
+
+/// Builds `sluice` and returns the binary's path.
+fn build(release: bool) -> anyhow::Result<PathBuf> {
+    setup::ebpf_toolchain()?;
+    let mut args = vec!["build", "--package", "lb-userspace", "--bin", "sluice"];
+    if release {
+        args.push("--release");
+    }
+    run(&mut cargo(&args))?;
+    Ok(target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("sluice"))
+}
+
+fn lint() -> anyhow::Result<()> {
+    setup::ebpf_toolchain()?;
+    run(&mut cargo(&["fmt", "--all", "--check"]))?;
+    run(&mut cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate is its own workspace built with nightly for bpfel-unknown-none
+    // (lb-ebpf/.cargo/config.toml sets the target and build-std).
+    let ebpf_dir = workspace_root().join("lb-ebpf");
+    run(Command::new("rustup")
+        .args(["run", "nightly", "cargo", "fmt", "--check"])
+        .current_dir(&ebpf_dir)
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
+    run(Command::new("rustup")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--release",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .current_dir(&ebpf_dir)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR"))
+}
+
+fn test(with_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
+    setup::ebpf_toolchain()?;
+    setup::debian_packages(setup::TEST_PACKAGES)?;
+    if with_lint {
+        lint()?;
+    }
+    // The integration tests run the `sluice` binary, so build it first.
+    run(&mut cargo(&[
+        "build",
+        "--package",
+        "lb-userspace",
+        "--bin",
+        "sluice",
+    ]))?;
+    let mut unit = vec!["test", "--workspace", "--exclude", "sluice-tests"];
+    let mut integration = vec!["test", "--package", "sluice-tests"];
+    if let Some(filter) = filter {
+        unit.extend(["--", filter]);
+        integration.extend(["--", filter]);
+    }
+    run(&mut cargo(&unit)).context("unit tests failed")?;
+    if !is_root() {
+        anyhow::bail!("the integration tests need root (network namespaces, XDP): run `sudo -E cargo xtask test`");
+    }
+    run(&mut cargo(&integration)).context("integration tests failed")
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}

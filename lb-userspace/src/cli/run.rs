@@ -50,7 +50,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         bpffs::unpin(&stats_pin).with_context(|| format!("removing {}", stats_pin.display()))?;
     }
-    let stats: &Map = ebpf.map(STATS_MAP).context("the XDP object has no STATS map")?;
+    let stats: &Map = ebpf
+        .map(STATS_MAP)
+        .context("the XDP object has no STATS map")?;
     stats
         .pin(&stats_pin)
         .with_context(|| format!("pinning counters at {}", stats_pin.display()))?;

@@ -31,8 +31,16 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::Value::Object(map));
         return Ok(());
     }
-    let width = counters.0.iter().map(|(c, _)| c.name().len()).max().unwrap_or(0);
-    println!("{:<width$}  {:>14}  {:>16}  meaning", "counter", "packets", "bytes");
+    let width = counters
+        .0
+        .iter()
+        .map(|(c, _)| c.name().len())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "{:<width$}  {:>14}  {:>16}  meaning",
+        "counter", "packets", "bytes"
+    );
     for kind in [CounterKind::Outcome, CounterKind::Observation] {
         for (counter, value) in counters.0.iter().filter(|(c, _)| c.kind() == kind) {
             println!(

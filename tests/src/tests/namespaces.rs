@@ -1,1 +1,303 @@
+//! `sluice run` attached inside an [`LbTopology`], with real TCP and UDP crossing it, and
+//! detaching cleanly on SIGINT and SIGTERM. Also the helpers `run_cli` shares.
 
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use lb_common::stats::Counter;
+
+use crate::{
+    netns::{
+        list_namespaces, require_root, sluice_binary, unique_pin_dir, veth, wait_until, ChildGuard,
+        LbTopology, Namespace,
+    },
+    servers::{http_get, udp_request, HttpServer, UdpReply, UdpServer},
+};
+
+/// Bounds waits that only a failure reaches, generous for a busy 2-core machine.
+pub(super) const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A pin directory removed at the end of a test, also a failing one.
+pub(super) struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new() -> PinDir {
+        PinDir(unique_pin_dir())
+    }
+
+    pub fn stats_pin(&self) -> PathBuf {
+        self.0.join("STATS")
+    }
+
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("pin dirs are UTF-8")
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts `sluice run --iface IFACE --pin-dir DIR EXTRA...` in `ns` and waits until its XDP
+/// program shows up on the interface.
+pub(super) fn start_sluice(
+    ns: &Namespace,
+    iface: &str,
+    pin_dir: &PinDir,
+    extra: &[&str],
+) -> ChildGuard {
+    let mut cmd = ns.command(sluice_binary());
+    cmd.args(["run", "--iface", iface, "--pin-dir", pin_dir.arg()])
+        .args(extra)
+        .env_remove("RUST_LOG");
+    let sluice = ns.spawn(cmd);
+    wait_until(TIMEOUT, &format!("sluice to attach XDP to {iface}"), || {
+        if let Some(status) = sluice.try_status() {
+            panic!(
+                "sluice exited before attaching ({status}): {}",
+                sluice.stderr()
+            );
+        }
+        ns.xdp_attached(iface).is_some()
+    });
+    sluice
+}
+
+/// Stops sluice with `signal` and checks that it exits 0, leaving neither the XDP program
+/// nor the pin behind.
+pub(super) fn stop_sluice(
+    sluice: &mut ChildGuard,
+    signal: i32,
+    ns: &Namespace,
+    iface: &str,
+    pin_dir: &PinDir,
+) {
+    let status = sluice.stop(signal, TIMEOUT);
+    assert!(
+        status.success(),
+        "sluice exited with {status}: {}",
+        sluice.stderr()
+    );
+    assert_eq!(
+        ns.xdp_attached(iface),
+        None,
+        "XDP still attached after sluice exited"
+    );
+    assert_gone(&pin_dir.stats_pin());
+    assert!(
+        sluice.stderr().contains(&format!("detached from {iface}")),
+        "{}",
+        sluice.stderr()
+    );
+}
+
+/// Runs a `sluice` command to completion (outside any test namespace: it needs none).
+pub(super) fn sluice_output(args: &[&str]) -> Output {
+    Command::new(sluice_binary())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("running sluice")
+}
+
+/// `sluice stats --json`: packets per counter name.
+pub(super) fn stats(pin_dir: &PinDir) -> BTreeMap<String, u64> {
+    let output = sluice_output(&["stats", "--json", "--pin-dir", pin_dir.arg()]);
+    assert!(
+        output.status.success(),
+        "sluice stats failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("sluice stats --json prints JSON");
+    let counters = json.as_object().expect("a JSON object of counters");
+    for counter in Counter::ALL {
+        let value = &counters[counter.name()];
+        assert!(value["bytes"].is_u64(), "{}: {value}", counter.name());
+    }
+    counters
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.clone(),
+                value["packets"].as_u64().expect("packets is a number"),
+            )
+        })
+        .collect()
+}
+
+/// The first line of a process's stderr, asserting there is exactly one.
+pub(super) fn one_line(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected exactly one line on stderr, got: {stderr:?}"
+    );
+    lines[0].to_string()
+}
+
+fn assert_gone(path: &Path) {
+    assert!(!path.exists(), "{} survived sluice's exit", path.display());
+}
+
+#[test]
+fn sluice_passes_tcp_and_udp_through_the_lb_and_detaches_on_sigint() {
+    require_root();
+    const REQUESTS_PER_TARGET: u64 = 3;
+    let topo = LbTopology::new(2);
+    let any = |port| SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    let names: Vec<String> = (0..topo.targets.len())
+        .map(|i| format!("target-{i}"))
+        .collect();
+    let http: Vec<HttpServer> = topo
+        .targets
+        .iter()
+        .zip(&names)
+        .map(|(t, name)| HttpServer::start(&t.ns, any(80), name))
+        .collect();
+    let udp: Vec<UdpServer> = topo
+        .targets
+        .iter()
+        .zip(&names)
+        .map(|(t, name)| UdpServer::start(&t.ns, any(5353), name, UdpReply::Name))
+        .collect();
+    let pin_dir = PinDir::new();
+    let iface = topo.lb_client_side.iface.clone();
+    let mut sluice = start_sluice(&topo.lb, &iface, &pin_dir, &[]);
+    assert_eq!(
+        topo.lb.xdp_attached(&iface).as_deref(),
+        Some("xdp"),
+        "auto mode on veth is native"
+    );
+    let before = stats(&pin_dir);
+
+    let mut tcp_connections = 0;
+    let mut datagrams = 0;
+    for (target, name) in topo.targets.iter().zip(&names) {
+        for ip in [IpAddr::V4(target.link.v4), IpAddr::V6(target.link.v6)] {
+            for i in 0..REQUESTS_PER_TARGET {
+                let body = http_get(&topo.client.ns, SocketAddr::new(ip, 80), &format!("/{i}"))
+                    .unwrap_or_else(|e| panic!("GET through the lb to {name}: {e}"));
+                assert_eq!(body, format!("{name}\n"));
+                tcp_connections += 1;
+                let answer =
+                    udp_request(&topo.client.ns, SocketAddr::new(ip, 5353), b"who are you?")
+                        .unwrap_or_else(|e| panic!("UDP through the lb to {name}: {e}"));
+                assert_eq!(answer, name.as_bytes());
+                datagrams += 1;
+            }
+        }
+    }
+    for (server, _) in http.iter().zip(&udp) {
+        assert_eq!(server.requests(), 2 * REQUESTS_PER_TARGET);
+        // The lb routes, so the targets see the client's own address.
+        assert!(server.peers().iter().all(|p| [
+            IpAddr::V4(topo.client.link.v4),
+            IpAddr::V6(topo.client.link.v6)
+        ]
+        .contains(&p.ip())));
+    }
+
+    // Each answered GET needed at least its SYN, the handshake's ACK and the request to cross
+    // lb's client-side interface; each datagram, itself. No listener is configured, so the
+    // program passes them all on as `pass_no_listener`.
+    let after = stats(&pin_dir);
+    let moved = |counter: Counter| after[counter.name()] - before[counter.name()];
+    let at_least = 3 * tcp_connections + datagrams;
+    assert!(
+        moved(Counter::PassNoListener) >= at_least,
+        "pass_no_listener moved by {}, expected at least {at_least}; before {before:?}, after {after:?}",
+        moved(Counter::PassNoListener)
+    );
+    for malformed in Counter::ALL
+        .iter()
+        .filter(|c| c.name().starts_with("malformed_"))
+    {
+        assert_eq!(moved(*malformed), 0, "{}", malformed.name());
+    }
+
+    stop_sluice(&mut sluice, libc::SIGINT, &topo.lb, &iface, &pin_dir);
+    // With sluice gone, traffic still flows.
+    let target = &topo.targets[0];
+    assert_eq!(
+        http_get(
+            &topo.client.ns,
+            SocketAddr::new(target.link.v4.into(), 80),
+            "/"
+        )
+        .unwrap(),
+        "target-0\n"
+    );
+
+    let namespaces = topo.namespace_names();
+    assert!(namespaces.iter().all(|n| list_namespaces().contains(n)));
+    drop((http, udp));
+    drop(topo);
+    let left: Vec<String> = list_namespaces()
+        .into_iter()
+        .filter(|n| namespaces.contains(n))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "namespaces left after the topology was dropped: {left:?}"
+    );
+    drop(sluice);
+    drop(pin_dir);
+}
+
+#[test]
+fn generic_mode_attaches_as_xdpgeneric_and_still_passes_traffic() {
+    require_root();
+    let topo = LbTopology::new(1);
+    let target = &topo.targets[0];
+    let server = HttpServer::start(
+        &target.ns,
+        SocketAddr::new(target.link.v6.into(), 8080),
+        "generic-target",
+    );
+    let pin_dir = PinDir::new();
+    let iface = topo.lb_client_side.iface.clone();
+    let mut sluice = start_sluice(&topo.lb, &iface, &pin_dir, &["--xdp-mode", "generic"]);
+    assert_eq!(topo.lb.xdp_attached(&iface).as_deref(), Some("xdpgeneric"));
+    assert!(
+        sluice.stderr().contains("in generic mode"),
+        "{}",
+        sluice.stderr()
+    );
+
+    let before = stats(&pin_dir);
+    assert_eq!(
+        http_get(&topo.client.ns, server.addr(), "/").unwrap(),
+        "generic-target\n"
+    );
+    let after = stats(&pin_dir);
+    let name = Counter::PassNoListener.name();
+    assert!(
+        after[name] >= before[name] + 3,
+        "before {before:?}, after {after:?}"
+    );
+
+    stop_sluice(&mut sluice, libc::SIGINT, &topo.lb, &iface, &pin_dir);
+}
+
+#[test]
+fn sigterm_also_detaches_cleanly() {
+    require_root();
+    let lb = Namespace::new("lb");
+    let peer = Namespace::new("peer");
+    veth(&lb, "eth0", &peer, "eth0");
+    let pin_dir = PinDir::new();
+    let mut sluice = start_sluice(&lb, "eth0", &pin_dir, &[]);
+    assert!(pin_dir.stats_pin().exists());
+    stop_sluice(&mut sluice, libc::SIGTERM, &lb, "eth0", &pin_dir);
+}

@@ -1,1 +1,135 @@
+//! How `sluice run` and `sluice stats` fail: one clear line and a non-zero exit for people and
+//! scripts, and recovery from a daemon that was killed without cleaning up.
 
+use super::namespaces::{
+    one_line, sluice_output, start_sluice, stats, stop_sluice, PinDir, TIMEOUT,
+};
+use crate::{
+    netns::{require_root, sluice_binary, veth, wait_until, Namespace},
+    servers::{udp_request, UdpReply, UdpServer},
+};
+use lb_common::stats::Counter;
+
+/// `nobody` on Debian-like systems.
+const UNPRIVILEGED: u32 = 65534;
+
+#[test]
+fn run_on_a_missing_interface_names_it() {
+    require_root();
+    // In a fresh namespace, nothing called nosuch0 can exist and nothing can be attached to.
+    let ns = Namespace::new("cli");
+    let pin_dir = PinDir::new();
+    let output = ns
+        .command(sluice_binary())
+        .args(["run", "--iface", "nosuch0", "--pin-dir", pin_dir.arg()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let line = one_line(&output.stderr);
+    assert!(line.contains("'nosuch0'"), "{line}");
+    assert!(line.contains("does not exist"), "{line}");
+}
+
+#[test]
+fn run_without_root_says_permission_denied() {
+    require_root();
+    let ns = Namespace::new("cli");
+    let peer = Namespace::new("peer");
+    veth(&ns, "eth0", &peer, "eth0");
+    let pin_dir = PinDir::new();
+    let output = ns
+        .command_as(sluice_binary(), UNPRIVILEGED, UNPRIVILEGED)
+        .args(["run", "--iface", "eth0", "--pin-dir", pin_dir.arg()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let line = one_line(&output.stderr).to_lowercase();
+    assert!(
+        line.contains("permission denied") && line.contains("root"),
+        "{line}"
+    );
+    assert_eq!(ns.xdp_attached("eth0"), None);
+    assert!(!pin_dir.stats_pin().exists());
+}
+
+#[test]
+fn stats_without_a_running_sluice_says_so() {
+    require_root();
+    let pin_dir = PinDir::new();
+    let output = sluice_output(&["stats", "--pin-dir", pin_dir.arg()]);
+    assert!(!output.status.success());
+    let line = one_line(&output.stderr);
+    assert!(line.contains(pin_dir.arg()), "{line}");
+    assert!(line.contains("sluice run"), "{line}");
+    assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn bad_arguments_are_refused() {
+    let cases: [(&[&str], &str); 4] = [
+        (&["run", "--iface", "lo", "--xdp-mode", "bogus"], "bogus"),
+        (&["run"], "--iface"),
+        (&["run", "--iface"], "--iface"),
+        (&["stats", "--no-such-flag"], "--no-such-flag"),
+    ];
+    for (args, named) in cases {
+        let output = sluice_output(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "sluice {args:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "sluice {args:?} should name {named}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_stale_pin_from_a_killed_sluice_is_replaced() {
+    require_root();
+    let lb = Namespace::new("lb");
+    let peer = Namespace::new("peer");
+    veth(&lb, "eth0", &peer, "eth0");
+    let pin_dir = PinDir::new();
+
+    let mut killed = start_sluice(&lb, "eth0", &pin_dir, &[]);
+    let status = killed.stop(libc::SIGKILL, TIMEOUT);
+    assert!(!status.success());
+    // The pin outlives the process; the program's attachment does not.
+    assert!(
+        pin_dir.stats_pin().exists(),
+        "SIGKILL leaves the pin behind"
+    );
+    wait_until(TIMEOUT, "XDP to detach from the killed sluice", || {
+        lb.xdp_attached("eth0").is_none()
+    });
+
+    let mut sluice = start_sluice(&lb, "eth0", &pin_dir, &[]);
+    assert!(
+        sluice.stderr().contains("replacing a stale pin"),
+        "{}",
+        sluice.stderr()
+    );
+    // The pin now leads to the new program's counters: traffic moves them.
+    lb.add_addr("eth0", "10.112.0.1/24");
+    peer.add_addr("eth0", "10.112.0.2/24");
+    let server = UdpServer::start(
+        &lb,
+        "10.112.0.1:5353".parse().unwrap(),
+        "lb",
+        UdpReply::Echo,
+    );
+    let before = stats(&pin_dir);
+    assert_eq!(
+        udp_request(&peer, server.addr(), b"hello").unwrap(),
+        b"hello"
+    );
+    let after = stats(&pin_dir);
+    let name = Counter::PassNoListener.name();
+    assert!(
+        after[name] > before[name],
+        "before {before:?}, after {after:?}"
+    );
+    stop_sluice(&mut sluice, libc::SIGINT, &lb, "eth0", &pin_dir);
+}

@@ -1,0 +1,158 @@
+//! Installs what building and testing sluice needs, idempotently: the nightly `rust-src`
+//! component, `bpf-linker` built against the nightly's own libLLVM, and Debian packages.
+//! When everything is in place this costs a few cheap process spawns (well under a second).
+
+use std::{
+    env, fs,
+    os::unix::fs::symlink,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+
+use crate::cmd::{output, run};
+
+/// Debian packages the tests and the demo use (besides what a fresh machine has).
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl"];
+
+/// bpf-linker version known to build against LLVM 22 (see shared FACTS).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Everything needed to build the XDP program.
+pub fn ebpf_toolchain() -> anyhow::Result<()> {
+    let sysroot = nightly_sysroot()?;
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        eprintln!("xtask: adding the nightly rust-src component (needed for -Z build-std=core)");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    if !bpf_linker_works() {
+        install_bpf_linker(&sysroot)?;
+    }
+    Ok(())
+}
+
+/// Installs missing Debian packages with apt-get (root only).
+pub fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !debian_package_installed(p))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !crate::is_root() {
+        bail!(
+            "missing Debian packages {}; install them with `sudo apt-get install {}` or run xtask as root",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-q"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(())
+}
+
+fn debian_package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success()
+                && String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+        })
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    let out = output(
+        Command::new("rustup")
+            .args(["run", "nightly", "rustc", "--print", "sysroot"])
+            .env_remove("RUSTUP_TOOLCHAIN"),
+    )
+    .context("the nightly toolchain is needed to build the XDP program (rustup toolchain install nightly)")?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+fn bpf_linker_works() -> bool {
+    Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Builds bpf-linker against the nightly toolchain's own libLLVM: `cargo install bpf-linker`
+/// with default features wants a system LLVM (llvm-config) that this machine does not have.
+fn install_bpf_linker(sysroot: &Path) -> anyhow::Result<()> {
+    let lib_dir = sysroot.join("lib");
+    let llvm_lib = fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("libLLVM.so.") && name.contains("-rust-"))
+        .with_context(|| format!("no libLLVM.so.*-rust-* in {}", lib_dir.display()))?;
+    let major = llvm_lib
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+
+    // The linker's rpath points into this prefix, so it must outlive the build: keep it under
+    // CARGO_HOME, one prefix per LLVM library so a nightly update gets its own.
+    let prefix = cargo_home()?.join("sluice/llvm").join(&llvm_lib);
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    for link in ["libLLVM.so", llvm_lib.as_str()] {
+        let path = prefix_lib.join(link);
+        let _ = fs::remove_file(&path);
+        symlink(lib_dir.join(&llvm_lib), &path)
+            .with_context(|| format!("linking {}", path.display()))?;
+    }
+
+    eprintln!(
+        "xtask: building bpf-linker {BPF_LINKER_VERSION} against {llvm_lib} (about a minute)"
+    );
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--locked",
+            "--version",
+            BPF_LINKER_VERSION,
+        ])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR"))?;
+    if !bpf_linker_works() {
+        bail!(
+            "bpf-linker was installed but does not run; is {} on PATH?",
+            cargo_home()?.join("bin").display()
+        );
+    }
+    Ok(())
+}
+
+fn cargo_home() -> anyhow::Result<PathBuf> {
+    if let Some(home) = env::var_os("CARGO_HOME") {
+        return Ok(PathBuf::from(home));
+    }
+    let home = env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".cargo"))
+}
