@@ -175,6 +175,19 @@ fn program_error(e: ProgramError) -> DatapathError {
     }
 }
 
+/// The verifier's reason for refusing a program: the last line of its log that is not one of
+/// its closing statistics, followed by the syscall's error.
+fn verifier_reason(log: &str, io_error: &io::Error) -> String {
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| {
+            !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+        })
+        .map(|l| format!("{l} ({io_error})"))
+        .unwrap_or_else(|| io_error.to_string())
+}
+
 fn program_error_reason(e: &ProgramError) -> String {
     let mut reason = e.to_string();
     let mut source = std::error::Error::source(e);
@@ -183,4 +196,39 @@ fn program_error_reason(e: &ProgramError) -> String {
         source = s.source();
     }
     reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verifier_reason_is_the_last_meaningful_line() {
+        let log = "0: R1=ctx() R10=fp0\n; 0: (61) r2 = *(u32 *)(r1 +4)\n\
+                   invalid access to packet, off=14 size=2, R3(id=0,off=14,r=0)\n\
+                   R3 offset is outside of the packet\n\
+                   processed 17 insns (limit 1000000) max_states_per_insn 0\n\
+                   verification time 12 usec\n";
+        let reason = verifier_reason(log, &io::Error::from_raw_os_error(libc::EACCES));
+        assert!(
+            reason.starts_with("R3 offset is outside of the packet ("),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn without_a_log_the_errno_is_the_reason() {
+        let reason = verifier_reason("", &io::Error::from_raw_os_error(libc::EINVAL));
+        assert!(reason.contains("Invalid argument"), "{reason}");
+    }
+
+    #[test]
+    fn permission_errors_are_recognised() {
+        assert!(is_permission_error(&io::Error::from_raw_os_error(
+            libc::EPERM
+        )));
+        assert!(!is_permission_error(&io::Error::from_raw_os_error(
+            libc::EINVAL
+        )));
+    }
 }
