@@ -150,18 +150,8 @@ fn program_error(e: ProgramError) -> DatapathError {
                 return DatapathError::PermissionDenied;
             }
             let log = verifier_log.to_string();
-            // The verifier's reason is the last non-empty line that is not its statistics.
-            let reason = log
-                .lines()
-                .rev()
-                .map(str::trim)
-                .find(|l| {
-                    !l.is_empty()
-                        && !l.starts_with("processed ")
-                        && !l.starts_with("verification time")
-                })
-                .map(|l| format!("{l} ({io_error})"))
-                .unwrap_or_else(|| io_error.to_string());
+            log::debug!("verifier output:\n{log}");
+            let reason = verifier_reason(&log, &io_error);
             DatapathError::Rejected {
                 reason,
                 verifier_log: log,
