@@ -5,7 +5,12 @@
 //! compile time). Multi-byte fields are host byte order unless their name ends in `_be`.
 #![no_std]
 
+pub mod addr;
+pub mod config;
+pub mod flow;
+pub mod listener;
 pub mod stats;
+pub mod target;
 
 /// Implements `aya::Pod` for map types on the userspace side.
 macro_rules! impl_aya_pod {

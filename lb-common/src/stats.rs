@@ -75,6 +75,34 @@ counters! {
     PassOtherProtocol = "pass_other_protocol", Outcome;
     /// Passed to the kernel: a second VLAN tag (QinQ); sluice parses one tag.
     PassStackedVlan = "pass_stacked_vlan", Outcome;
+    /// Forwarded in `nat` mode: destination and source rewritten.
+    ForwardNat = "forward_nat", Outcome;
+    /// Forwarded in `dsr` mode: destination MAC rewritten.
+    ForwardDsr = "forward_dsr", Outcome;
+    /// Forwarded in `tunnel` mode: encapsulated in IPIP / IP6IP6.
+    ForwardTunnel = "forward_tunnel", Outcome;
+    /// A reply from a target in `nat` mode, translated back and forwarded to the client.
+    NatReply = "nat_reply", Outcome;
+    /// An ICMP/ICMPv6 echo request to a listener's address, answered.
+    IcmpEchoReply = "icmp_echo_reply", Outcome;
+    /// ICMP "fragmentation needed" / ICMPv6 "packet too big" about a flow, sent to the flow's target.
+    IcmpErrorForwarded = "icmp_error_forwarded", Outcome;
+    /// Passed to the kernel: other ICMP to a listener's address, or an ICMP error about no known flow.
+    PassVipIcmp = "pass_vip_icmp", Outcome;
+    /// Rewritten, then passed to the kernel, which resolves the next hop's MAC and sends it.
+    PassNeighborUnresolved = "pass_neighbor_unresolved", Outcome;
+    /// Passed to the kernel: a VLAN-tagged packet for a listener. sluice balances untagged frames: let the NIC strip tags (rx VLAN offload) or attach to the VLAN interface.
+    PassVlanListener = "pass_vlan_listener", Outcome;
+    /// Dropped: IP forwarding is disabled on the receiving interface, so the kernel's FIB refuses to route for it (set net.ipv4.ip_forward=1 / net.ipv6.conf.all.forwarding=1).
+    DropForwardingDisabled = "drop_forwarding_disabled", Outcome;
+    /// Dropped: the listener has no target to send new flows to.
+    DropNoTarget = "drop_no_target", Outcome;
+    /// Dropped: no free source port for a new `nat` flow (ELB's PortAllocationErrorCount).
+    DropNatPortsExhausted = "drop_nat_ports_exhausted", Outcome;
+    /// Dropped: no route to the target (the kernel's FIB has none, or it is blackholed).
+    DropNoRoute = "drop_no_route", Outcome;
+    /// Dropped: the packet could not be rewritten (no room to encapsulate, helper failure).
+    DropRewriteFailed = "drop_rewrite_failed", Outcome;
     /// Malformed: shorter than an Ethernet header.
     MalformedEthernet = "malformed_ethernet", Outcome;
     /// Malformed: a VLAN tag cut short.
@@ -93,6 +121,16 @@ counters! {
     VlanTagged = "vlan_tagged", Observation;
     /// Observed: an IPv4 header with options (IHL above 5).
     Ipv4Options = "ipv4_options", Observation;
+    /// Observed: a new flow entered the flow table.
+    FlowCreated = "flow_created", Observation;
+    /// Observed: a TCP packet without SYN found no flow entry (the flow began before sluice, its entry was evicted, or it was never inserted under a flood); it was sent by Maglev.
+    FlowMissNonSyn = "flow_miss_non_syn", Observation;
+    /// Observed: a flow's target was removed or unhealthy; the flow was re-hashed.
+    FlowRehashed = "flow_rehashed", Observation;
+    /// Observed: the flood gate kept a new flow out of the flow table (forwarded by Maglev).
+    FloodGated = "flood_gated", Observation;
+    /// Observed: a `nat` source port was taken; another was tried.
+    NatPortCollision = "nat_port_collision", Observation;
 }
 
 /// Number of slots in the `STATS` map.

@@ -1,33 +1,135 @@
 //! sluice's XDP program. `main.rs` declares the maps and runs the pipeline stages:
-//! parse (`parse.rs`), then, in later stages, classify, select and rewrite; every packet
-//! ends in exactly one outcome counter (`stats.rs`).
+//! parse (`parse.rs`) → NAT replies (`nat.rs`) → classify (`classify.rs`, ICMP in `icmp.rs`)
+//! → select (`select.rs`: flow table, Maglev) → rewrite per mode (`nat.rs`, `dsr.rs`,
+//! `tunnel.rs`) → next hop (`forward.rs`). Every packet ends in exactly one outcome counter
+//! (`stats.rs`).
 #![no_std]
 #![no_main]
+// Map keys are passed by reference on purpose: by value they would be copied onto the
+// 512-byte BPF stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
+mod classify;
+mod csum;
+mod dsr;
+mod forward;
+mod hash;
+mod icmp;
 mod log;
+mod nat;
 mod parse;
+mod select;
 mod stats;
+mod tunnel;
 
 use aya_ebpf::{
-    bindings::xdp_action, macros::map, macros::xdp, maps::PerCpuArray, programs::XdpContext,
+    bindings::xdp_action,
+    btf_maps::{Array as BtfArray, ArrayOfMaps},
+    macros::{btf_map, map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::XdpContext,
 };
-use lb_common::stats::{Counter, CounterValue, COUNTER_COUNT};
+use lb_common::{
+    config::Config,
+    flow::{Flow, FlowKey, NatOrigin, DEFAULT_FLOWS},
+    listener::{ForwardingMode, Listener, ListenerKey, MAX_LISTENERS},
+    stats::{Counter, CounterValue, COUNTER_COUNT},
+    target::{Target, Traffic, MAX_TARGETS},
+};
+
+use crate::{parse::Packet, select::FloodGate};
 
 /// Global counters, one slot per `lb_common::stats::Counter`.
 #[map]
 static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
+/// Global settings, one entry.
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Listener lookup. Twice the listener count: each listener address also has an ICMP entry
+/// (port 0, protocol ICMP/ICMPv6) so echo requests and ICMP errors to it are recognised.
+#[map]
+static LISTENERS: HashMap<ListenerKey, Listener> = HashMap::with_max_entries(2 * MAX_LISTENERS, 0);
+
+/// `BPF_F_INNER_MAP`: inner arrays may differ in size from this template.
+const BPF_F_INNER_MAP: usize = 1 << 12;
+
+/// Per listener id, its Maglev table: slot 0 holds the table size M, slots 1..=M target ids.
+/// Userspace swaps a whole table by replacing the inner map, so a packet sees either the old
+/// or the new table, never a half-written one; size and slots come from the same inner map.
+#[btf_map]
+static MAGLEV: ArrayOfMaps<BtfArray<u32, 65538, BPF_F_INNER_MAP>, { MAX_LISTENERS as usize }> =
+    ArrayOfMaps::new();
+
+/// Targets by id.
+#[map]
+static TARGETS: Array<Target> = Array::with_max_entries(MAX_TARGETS, 0);
+
+/// Established flows: 5-tuple as received → target.
+#[map]
+static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+
+/// `nat` mode: reply 5-tuple (target → load balancer address and allocated port) → client.
+#[map]
+static NAT_REPLIES: LruHashMap<FlowKey, NatOrigin> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+
+#[map]
+static LISTENER_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_LISTENERS, 0);
+
+#[map]
+static TARGET_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
+
+/// Per-CPU new-flow rate window for the flood gate.
+#[map]
+static FLOOD_GATE: PerCpuArray<FloodGate> = PerCpuArray::with_max_entries(1, 0);
+
 #[xdp]
 pub fn sluice(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
-    let outcome = match parse::parse(&ctx, len) {
-        // No listeners yet: all parsed IP traffic belongs to the kernel.
-        Ok(_packet) => Counter::PassNoListener,
-        Err(outcome) => outcome,
+    let (outcome, action) = match parse::parse(&ctx, len) {
+        Ok(packet) => process(&ctx, &packet, len),
+        Err(outcome) => (outcome, xdp_action::XDP_PASS),
     };
     stats::count(&ctx, outcome, len);
     log::debug_outcome(&ctx, outcome);
-    xdp_action::XDP_PASS
+    action
+}
+
+/// Everything after parsing; returns the outcome counter and the XDP action.
+#[inline(always)]
+fn process(ctx: &XdpContext, packet: &Packet, len: u64) -> (Counter, u32) {
+    if let Some(done) = nat::reply(ctx, packet) {
+        return done;
+    }
+    let Some(listener) = classify::listener(packet) else {
+        return (Counter::PassNoListener, xdp_action::XDP_PASS);
+    };
+    if packet.vlan {
+        return (Counter::PassVlanListener, xdp_action::XDP_PASS);
+    }
+    if packet.protocol == parse::IPPROTO_ICMP || packet.protocol == parse::IPPROTO_ICMPV6 {
+        return icmp::handle(ctx, packet);
+    }
+    let mut selected = match select::select(ctx, packet, &listener) {
+        Ok(selected) => selected,
+        Err(outcome) => return (outcome, xdp_action::XDP_DROP),
+    };
+    let forwarded = match ForwardingMode::from_u8(listener.mode) {
+        Some(ForwardingMode::Dsr) => dsr::forward(ctx, packet, &selected),
+        Some(ForwardingMode::Nat) => nat::forward(ctx, packet, &mut selected),
+        Some(ForwardingMode::Tunnel) => tunnel::forward(ctx, packet, &selected),
+        None => Err(Counter::DropRewriteFailed),
+    };
+    match forwarded {
+        Ok((outcome, action)) => {
+            select::commit(ctx, &packet.key, &selected);
+            stats::traffic(&LISTENER_STATS, listener.id, len, selected.is_new);
+            stats::traffic(&TARGET_STATS, selected.target_id, len, selected.is_new);
+            (outcome, action)
+        }
+        Err(outcome) => (outcome, xdp_action::XDP_DROP),
+    }
 }
 
 #[cfg(not(test))]

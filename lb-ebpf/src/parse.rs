@@ -6,7 +6,11 @@
 //! the IPv4 header length is at most 60, so every offset fits the verifier's packet range.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::stats::Counter;
+use lb_common::{
+    addr::{FAMILY_V4, FAMILY_V6},
+    flow::FlowKey,
+    stats::Counter,
+};
 use network_types::{
     eth::EthHdr,
     icmp::Icmpv4Hdr,
@@ -41,16 +45,34 @@ pub enum Family {
     V6,
 }
 
-/// Where a parsed packet's headers are. Offsets are from the start of the frame.
+/// A parsed packet: where its headers are (offsets from the start of the frame) and its
+/// 5-tuple as a flow key.
 #[derive(Clone, Copy)]
-#[allow(dead_code, reason = "read by the classify/select/rewrite stages")]
+#[allow(
+    dead_code,
+    reason = "offsets are read by the nat, tunnel and icmp stages being written"
+)]
 pub struct Packet {
     pub family: Family,
     pub l3_offset: usize,
     pub l4_offset: usize,
     /// IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP or IPPROTO_ICMPV6.
     pub protocol: u8,
+    /// The frame carried a VLAN tag.
+    pub vlan: bool,
+    /// TCP flags byte (byte 13 of the header); 0 for other protocols.
+    pub tcp_flags: u8,
+    /// Addresses and ports as they arrived; ports are 0 for ICMP.
+    pub key: FlowKey,
 }
+
+#[allow(dead_code)]
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+#[allow(dead_code)]
+pub const TCP_RST: u8 = 0x04;
+#[allow(dead_code)]
+pub const TCP_ACK: u8 = 0x10;
 
 /// Returns a pointer to a `T` at `offset` in the frame, or `None` if it does not fit.
 #[inline(always)]
@@ -71,6 +93,7 @@ pub fn parse(ctx: &XdpContext, len: u64) -> Result<Packet, Counter> {
     // SAFETY: `header` checked the bounds.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut l3_offset = EthHdr::LEN;
+    let mut tagged = false;
 
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
         stats::count(ctx, Counter::VlanTagged, len);
@@ -78,28 +101,33 @@ pub fn parse(ctx: &XdpContext, len: u64) -> Result<Packet, Counter> {
         // SAFETY: `header` checked the bounds.
         ether_type = u16::from_be(unsafe { (*vlan).ether_type });
         l3_offset += VlanHdr::LEN;
+        tagged = true;
         if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
             return Err(Counter::PassStackedVlan);
         }
     }
 
-    match ether_type {
+    let mut packet = match ether_type {
         ETH_P_IPV4 => parse_ipv4(ctx, l3_offset, len),
         ETH_P_IPV6 => parse_ipv6(ctx, l3_offset),
         _ => Err(Counter::PassNotIp),
-    }
+    }?;
+    packet.vlan = tagged;
+    Ok(packet)
 }
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3_offset: usize, len: u64) -> Result<Packet, Counter> {
     let ip: *const Ipv4Hdr = header(ctx, l3_offset).ok_or(Counter::MalformedIpv4)?;
     // SAFETY: `header` checked the bounds of the fixed 20-byte header.
-    let (vihl, tot_len, frags, protocol) = unsafe {
+    let (vihl, tot_len, frags, protocol, src, dst) = unsafe {
         (
             (*ip).vihl,
             u16::from_be_bytes((*ip).tot_len),
             u16::from_be_bytes((*ip).frags),
             (*ip).proto,
+            (*ip).src_addr,
+            (*ip).dst_addr,
         )
     };
     if vihl >> 4 != 4 {
@@ -124,7 +152,14 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize, len: u64) -> Result<Packet, Co
     let ip_end = l3_offset + tot_len as usize;
     match protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP => {
-            parse_l4(ctx, Family::V4, l3_offset, l4_offset, ip_end, protocol)
+            let mut key = FlowKey {
+                protocol,
+                family: FAMILY_V4,
+                ..FlowKey::default()
+            };
+            key.src[..4].copy_from_slice(&src);
+            key.dst[..4].copy_from_slice(&dst);
+            parse_l4(ctx, Family::V4, l3_offset, l4_offset, ip_end, key)
         }
         _ => Err(Counter::PassOtherProtocol),
     }
@@ -134,11 +169,13 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize, len: u64) -> Result<Packet, Co
 fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> Result<Packet, Counter> {
     let ip: *const Ipv6Hdr = header(ctx, l3_offset).ok_or(Counter::MalformedIpv6)?;
     // SAFETY: `header` checked the bounds of the fixed 40-byte header.
-    let (version, payload_len, next_header) = unsafe {
+    let (version, payload_len, next_header, src, dst) = unsafe {
         (
             (*ip).vcf[0] >> 4,
             u16::from_be_bytes((*ip).payload_len),
             (*ip).next_hdr,
+            (*ip).src_addr,
+            (*ip).dst_addr,
         )
     };
     if version != 6 {
@@ -152,7 +189,14 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> Result<Packet, Counter> {
     let ip_end = l4_offset + payload_len as usize;
     match next_header {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {
-            parse_l4(ctx, Family::V6, l3_offset, l4_offset, ip_end, next_header)
+            let key = FlowKey {
+                src,
+                dst,
+                protocol: next_header,
+                family: FAMILY_V6,
+                ..FlowKey::default()
+            };
+            parse_l4(ctx, Family::V6, l3_offset, l4_offset, ip_end, key)
         }
         _ if IPV6_EXTENSION_HEADERS.contains(&next_header) => Err(Counter::PassIpv6ExtensionHeader),
         _ => Err(Counter::PassOtherProtocol),
@@ -166,8 +210,10 @@ fn parse_l4(
     l3_offset: usize,
     l4_offset: usize,
     ip_end: usize,
-    protocol: u8,
+    mut key: FlowKey,
 ) -> Result<Packet, Counter> {
+    let protocol = key.protocol;
+    let mut tcp_flags = 0;
     // Headers must fit in the IP packet, not just in the frame: bytes after the IP length
     // (Ethernet padding, garbage) are not part of the packet.
     match protocol {
@@ -179,11 +225,22 @@ fn parse_l4(
             if data_offset < TcpHdr::LEN || l4_offset + data_offset > ip_end {
                 return Err(Counter::MalformedTcp);
             }
+            // SAFETY: within the 20 bytes checked above; ports stay in network order.
+            unsafe {
+                key.src_port_be = u16::from_ne_bytes((*tcp).source);
+                key.dst_port_be = u16::from_ne_bytes((*tcp).dest);
+                tcp_flags = *(tcp as *const u8).add(13);
+            }
         }
         IPPROTO_UDP => {
-            header::<UdpHdr>(ctx, l4_offset).ok_or(Counter::MalformedUdp)?;
+            let udp: *const UdpHdr = header(ctx, l4_offset).ok_or(Counter::MalformedUdp)?;
             if l4_offset + UdpHdr::LEN > ip_end {
                 return Err(Counter::MalformedUdp);
+            }
+            // SAFETY: `header` checked the bounds; ports stay in network order.
+            unsafe {
+                key.src_port_be = u16::from_ne_bytes((*udp).src);
+                key.dst_port_be = u16::from_ne_bytes((*udp).dst);
             }
         }
         // ICMPv6 shares ICMP's 8-byte type/code/checksum/rest-of-header layout.
@@ -199,5 +256,8 @@ fn parse_l4(
         l3_offset,
         l4_offset,
         protocol,
+        vlan: false,
+        tcp_flags,
+        key,
     })
 }

@@ -1,7 +1,7 @@
-//! Counting into the per-CPU `STATS` map.
+//! Counting into the per-CPU `STATS`, `LISTENER_STATS` and `TARGET_STATS` maps.
 
-use aya_ebpf::programs::XdpContext;
-use lb_common::stats::Counter;
+use aya_ebpf::{maps::PerCpuArray, programs::XdpContext};
+use lb_common::{stats::Counter, target::Traffic};
 
 use crate::STATS;
 
@@ -16,5 +16,24 @@ pub fn count(ctx: &XdpContext, counter: Counter, bytes: u64) {
         },
         // Only possible if the map was created smaller than COUNTER_COUNT: a bug worth a log line.
         None => aya_log_ebpf::error!(ctx, "STATS has no slot {}", counter as u32),
+    }
+}
+
+/// Counts an observation for the current packet.
+#[inline(always)]
+pub fn observe(ctx: &XdpContext, counter: Counter) {
+    count(ctx, counter, (ctx.data_end() - ctx.data()) as u64);
+}
+
+/// Adds a forwarded packet to a listener's or target's traffic.
+#[inline(always)]
+pub fn traffic(map: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool) {
+    if let Some(value) = map.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot, as in `count`.
+        unsafe {
+            (*value).packets += 1;
+            (*value).bytes += bytes;
+            (*value).new_flows += new_flow as u64;
+        }
     }
 }

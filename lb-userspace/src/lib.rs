@@ -5,4 +5,5 @@ pub mod bpffs;
 pub mod datapath;
 pub mod interface;
 pub mod maglev;
+pub mod maps;
 pub mod stats;

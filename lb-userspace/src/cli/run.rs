@@ -13,7 +13,7 @@ use sluice::{
 };
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal, SignalKind},
 };
 
 #[derive(clap::Args)]
@@ -31,6 +31,16 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let ifindex = interface::index(&args.iface)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    // Handlers first: a SIGTERM that arrives while the program is being attached must still
+    // lead to a clean detach, not to the default action.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals::install()?
+    };
     let mut ebpf = datapath::load(log::max_level())?;
     // The program logs only rare events (and, in debug builds, per packet); without a log
     // call in the object there is no log map, which is fine.
@@ -72,11 +82,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         args.pin_dir.display()
     );
 
-    let served = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?
-        .block_on(serve(logger));
+    let served = runtime.block_on(serve(logger, signals));
 
     datapath::program_mut(&mut ebpf)
         .detach(link)
@@ -86,10 +92,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     served
 }
 
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    /// Must be called inside the runtime's context.
+    fn install() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+}
+
 /// Forwards the program's log records until SIGINT or SIGTERM.
-async fn serve(logger: Option<EbpfLogger<&'static dyn log::Log>>) -> anyhow::Result<()> {
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+async fn serve(
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    mut signals: Signals,
+) -> anyhow::Result<()> {
     let mut logs = match logger {
         // SAFETY: the AsyncFd owns the logger and with it the ring buffer's fd, so the fd stays
         // open for as long as it is registered.
@@ -101,8 +124,8 @@ async fn serve(logger: Option<EbpfLogger<&'static dyn log::Log>>) -> anyhow::Res
     };
     loop {
         tokio::select! {
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ = signals.interrupt.recv() => break,
+            _ = signals.terminate.recv() => break,
             ready = async { logs.as_mut().unwrap().readable_mut().await }, if logs.is_some() => {
                 let mut guard = ready.context("waiting for XDP log records")?;
                 guard.get_inner_mut().flush();

@@ -36,6 +36,9 @@ const OUTPUT_HEADROOM: usize = 4096;
 pub struct XdpHarness {
     ebpf: Ebpf,
     stats: PerCpuArray<MapData, CounterValue>,
+    /// The interface the frame seems to arrive on (`xdp_md.ingress_ifindex`); `None` = the
+    /// kernel's default for test runs, the loopback device of the caller's namespace.
+    ingress_ifindex: Option<u32>,
 }
 
 /// What one run of the program did to one frame.
@@ -63,7 +66,22 @@ impl XdpHarness {
             .take_map(sluice::stats::STATS_MAP)
             .expect("the XDP object has a STATS map");
         let stats = PerCpuArray::try_from(map).expect("STATS is a per-CPU array of CounterValue");
-        XdpHarness { ebpf, stats }
+        XdpHarness {
+            ebpf,
+            stats,
+            ingress_ifindex: None,
+        }
+    }
+
+    /// The loaded object, to program its maps.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// Makes later runs look as if frames arrived on `ifindex` (in the namespace of the thread
+    /// that runs them): the FIB lookup then happens there, and XDP_TX means "out of it".
+    pub fn set_ingress(&mut self, ifindex: u32) {
+        self.ingress_ifindex = Some(ifindex);
     }
 
     /// Runs the program once on `frame`; panics if the kernel refuses the run.
@@ -81,9 +99,21 @@ impl XdpHarness {
     pub fn try_run(&mut self, frame: &[u8]) -> Result<RunResult, ProgramError> {
         let before = self.counters();
         let mut output = vec![0; frame.len() + OUTPUT_HEADROOM];
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex }: the kernel wants data = 0 and data_end = the frame's length.
+        let ctx: Vec<u8> = self
+            .ingress_ifindex
+            .map(|ifindex| {
+                [0, frame.len() as u32, 0, ifindex, 0, 0]
+                    .iter()
+                    .flat_map(|w| w.to_ne_bytes())
+                    .collect()
+            })
+            .unwrap_or_default();
         let result = sluice::datapath::program_mut(&mut self.ebpf).test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut output),
+            ctx_in: self.ingress_ifindex.map(|_| &ctx[..]),
             repeat: 1,
             ..TestRunOptions::default()
         })?;

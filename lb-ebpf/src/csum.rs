@@ -1,0 +1,1 @@
+//! Incremental Internet checksum updates (RFC 1624). (Being implemented.)

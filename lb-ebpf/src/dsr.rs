@@ -1,0 +1,24 @@
+//! `dsr` mode: direct server return on one L2 segment. Only the destination MAC changes (to
+//! the target's); the target holds the VIP on loopback and replies straight to the client.
+
+use aya_ebpf::programs::XdpContext;
+use lb_common::stats::Counter;
+
+use crate::{forward, parse::Packet, select::Selected};
+
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    packet: &Packet,
+    selected: &Selected,
+) -> Result<(Counter, u32), Counter> {
+    // The FIB lookup is for the target's address, so the next hop is the target itself when it
+    // is on-link (DSR's requirement); the packet keeps the VIP as its destination.
+    forward::to(
+        ctx,
+        selected.target.family,
+        &packet.key.src,
+        &selected.target.addr,
+        Counter::ForwardDsr,
+    )
+}

@@ -1,0 +1,154 @@
+//! Select: the target for a packet. An established flow keeps its target while that target is
+//! active or draining; anything else is a new flow (or a re-hashed one) and goes where its
+//! listener's Maglev table says.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{
+    flow::Flow,
+    listener::{HashKey, Listener},
+    stats::Counter,
+    target::{Target, TARGET_ACTIVE, TARGET_DRAINING},
+};
+
+use crate::{
+    hash,
+    parse::{Packet, IPPROTO_TCP, TCP_SYN},
+    stats, CONFIG, FLOOD_GATE, FLOWS, MAGLEV, TARGETS,
+};
+
+const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// The flood gate's per-CPU window.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FloodGate {
+    pub window_start_ns: u64,
+    pub inserted: u64,
+}
+
+/// What select decided.
+pub struct Selected {
+    pub target_id: u32,
+    /// The `TARGETS` entry (array map values stay valid while the program runs).
+    pub target: &'static Target,
+    /// The flow entry to remember (`nat` fills in `nat_port_be` for new flows).
+    pub flow: Flow,
+    /// A new or re-hashed flow (its entry must be written).
+    pub is_new: bool,
+    /// An existing entry whose target was gone: its old target id and `nat` port, so `nat`
+    /// can release the old translation.
+    #[allow(dead_code, reason = "read by nat, being written")]
+    pub rehashed_from: Option<(u32, u16)>,
+    /// Write the flow entry (false for established flows and for gated new flows).
+    pub store: bool,
+}
+
+#[inline(always)]
+pub fn select(
+    ctx: &aya_ebpf::programs::XdpContext,
+    packet: &Packet,
+    listener: &Listener,
+) -> Result<Selected, Counter> {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut rehashed_from = None;
+    // SAFETY: the entry is copied out; a concurrent update replaces it whole.
+    if let Some(flow) = unsafe { FLOWS.get(&packet.key) } {
+        let flow = *flow;
+        if let Some(target) = TARGETS.get(flow.target_id) {
+            if target.state == TARGET_ACTIVE || target.state == TARGET_DRAINING {
+                let store = now.wrapping_sub(flow.last_seen_ns) > NS_PER_SEC;
+                return Ok(Selected {
+                    target_id: flow.target_id,
+                    target,
+                    flow: Flow {
+                        last_seen_ns: now,
+                        ..flow
+                    },
+                    is_new: false,
+                    rehashed_from: None,
+                    store,
+                });
+            }
+        }
+        stats::observe(ctx, Counter::FlowRehashed);
+        rehashed_from = Some((flow.target_id, flow.nat_port_be));
+    } else if packet.protocol == IPPROTO_TCP && packet.tcp_flags & TCP_SYN == 0 {
+        stats::observe(ctx, Counter::FlowMissNonSyn);
+    }
+
+    let hash = if listener.hash_key == HashKey::SourceIp as u8 {
+        hash::source(&packet.key)
+    } else {
+        hash::five_tuple(&packet.key)
+    };
+    let table = MAGLEV.get(listener.id).ok_or(Counter::DropNoTarget)?;
+    let size = *table.get(0).ok_or(Counter::DropNoTarget)?;
+    if size == 0 {
+        return Err(Counter::DropNoTarget);
+    }
+    let target_id = *table.get(1 + hash % size).ok_or(Counter::DropNoTarget)?;
+    let target = TARGETS.get(target_id).ok_or(Counter::DropNoTarget)?;
+
+    // Only flows that start (TCP SYN, UDP) or that lost their target get an entry: a non-SYN
+    // miss is routed by Maglev alone, so stray ACKs cannot fill the table.
+    let starts = packet.protocol != IPPROTO_TCP || packet.tcp_flags & TCP_SYN != 0;
+    let store = (starts || rehashed_from.is_some()) && admit(ctx, now);
+    Ok(Selected {
+        target_id,
+        target,
+        flow: Flow {
+            target_id,
+            listener_id: listener.id,
+            nat_port_be: 0,
+            _pad: [0; 6],
+            last_seen_ns: now,
+        },
+        is_new: true,
+        rehashed_from,
+        store,
+    })
+}
+
+/// The flood gate: at most `max_new_flows_per_cpu` inserts per second on this CPU. Above it,
+/// new flows are forwarded (Maglev is consistent while the table does not change) but kept
+/// out of the LRU, so they cannot evict established flows.
+#[inline(always)]
+fn admit(ctx: &aya_ebpf::programs::XdpContext, now: u64) -> bool {
+    let limit = match CONFIG.get(0) {
+        Some(config) => config.max_new_flows_per_cpu as u64,
+        None => 0,
+    };
+    if limit == 0 {
+        return true;
+    }
+    let Some(gate) = FLOOD_GATE.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: a per-CPU slot, written only by this CPU with preemption off.
+    let gate = unsafe { &mut *gate };
+    if now.wrapping_sub(gate.window_start_ns) >= NS_PER_SEC {
+        gate.window_start_ns = now;
+        gate.inserted = 0;
+    }
+    if gate.inserted >= limit {
+        stats::observe(ctx, Counter::FloodGated);
+        return false;
+    }
+    gate.inserted += 1;
+    true
+}
+
+/// Writes the flow entry decided by `select`, once the packet has been rewritten.
+#[inline(always)]
+pub fn commit(
+    ctx: &aya_ebpf::programs::XdpContext,
+    key: &lb_common::flow::FlowKey,
+    selected: &Selected,
+) {
+    if !selected.store {
+        return;
+    }
+    if FLOWS.insert(key, &selected.flow, 0).is_ok() && selected.is_new {
+        stats::observe(ctx, Counter::FlowCreated);
+    }
+}

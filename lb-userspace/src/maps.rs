@@ -1,0 +1,135 @@
+//! Typed handles on the data plane's maps, and the operations the controller performs on
+//! them. This is the only place that writes the kernel-side model; byte-order and layout
+//! rules live in `lb-common`.
+
+use aya::{
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray},
+    Ebpf,
+};
+use lb_common::{
+    config::Config,
+    flow::{Flow, FlowKey, NatOrigin},
+    listener::{Listener, ListenerKey},
+    target::{Target, Traffic},
+};
+
+/// `BPF_F_INNER_MAP`: lets inner arrays differ in size from the template in the object.
+const BPF_F_INNER_MAP: u32 = 1 << 12;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("the XDP object has no map named {0}")]
+    Missing(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Map { name, source }
+}
+
+/// The data plane's maps, taken out of the loaded object.
+pub struct Maps {
+    pub config: Array<MapData, Config>,
+    pub listeners: HashMap<MapData, ListenerKey, Listener>,
+    pub maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
+    pub targets: Array<MapData, Target>,
+    /// An LRU hash map (aya reads LRU and plain hash maps through the same type).
+    pub flows: HashMap<MapData, FlowKey, Flow>,
+    pub nat_replies: HashMap<MapData, FlowKey, NatOrigin>,
+    pub listener_stats: PerCpuArray<MapData, Traffic>,
+    pub target_stats: PerCpuArray<MapData, Traffic>,
+}
+
+impl Maps {
+    /// Takes the maps out of `ebpf` (the program keeps its references to them).
+    pub fn take(ebpf: &mut Ebpf) -> Result<Maps, MapsError> {
+        fn take<T: TryFrom<Map, Error = MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<T, MapsError> {
+            let map = ebpf.take_map(name).ok_or(MapsError::Missing(name))?;
+            T::try_from(map).map_err(err(name))
+        }
+        Ok(Maps {
+            config: take(ebpf, "CONFIG")?,
+            listeners: take(ebpf, "LISTENERS")?,
+            maglev: take(ebpf, "MAGLEV")?,
+            targets: take(ebpf, "TARGETS")?,
+            flows: take(ebpf, "FLOWS")?,
+            nat_replies: take(ebpf, "NAT_REPLIES")?,
+            listener_stats: take(ebpf, "LISTENER_STATS")?,
+            target_stats: take(ebpf, "TARGET_STATS")?,
+        })
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
+        self.config.set(0, config, 0).map_err(err("CONFIG"))
+    }
+
+    pub fn set_listener(
+        &mut self,
+        key: &ListenerKey,
+        listener: &Listener,
+    ) -> Result<(), MapsError> {
+        self.listeners
+            .insert(key, listener, 0)
+            .map_err(err("LISTENERS"))
+    }
+
+    pub fn remove_listener(&mut self, key: &ListenerKey) -> Result<(), MapsError> {
+        match self.listeners.remove(key) {
+            Err(MapError::KeyNotFound) => Ok(()),
+            other => other.map_err(err("LISTENERS")),
+        }
+    }
+
+    pub fn set_target(&mut self, id: u32, target: &Target) -> Result<(), MapsError> {
+        self.targets.set(id, target, 0).map_err(err("TARGETS"))
+    }
+
+    /// Installs `slots` (target ids; empty = no target) as listener `listener_id`'s Maglev
+    /// table. The table is built completely in a new inner map and then swapped in with one
+    /// update, so a packet sees the old or the new table, never a mix within one lookup.
+    pub fn set_maglev_table(&mut self, listener_id: u32, slots: &[u32]) -> Result<(), MapsError> {
+        let size = u32::try_from(slots.len()).expect("Maglev tables are at most 2^24 slots");
+        let mut table: Array<MapData, u32> =
+            Array::create(size + 1, BPF_F_INNER_MAP).map_err(err("MAGLEV (new table)"))?;
+        for (i, id) in slots.iter().enumerate() {
+            table
+                .set(i as u32 + 1, id, 0)
+                .map_err(err("MAGLEV (new table)"))?;
+        }
+        // Slot 0 (the size) last: until then the new table is not referenced anyway, but the
+        // invariant "size > 0 means every slot is written" holds at every point.
+        table.set(0, size, 0).map_err(err("MAGLEV (new table)"))?;
+        self.maglev
+            .set(listener_id, &table, 0)
+            .map_err(err("MAGLEV"))
+    }
+
+    /// The flow table's entries (for status, draining and id reuse decisions).
+    pub fn flows(&self) -> impl Iterator<Item = (FlowKey, Flow)> + '_ {
+        self.flows.iter().filter_map(Result::ok)
+    }
+
+    pub fn listener_traffic(&self, id: u32) -> Result<Traffic, MapsError> {
+        sum(&self.listener_stats, id).map_err(err("LISTENER_STATS"))
+    }
+
+    pub fn target_traffic(&self, id: u32) -> Result<Traffic, MapsError> {
+        sum(&self.target_stats, id).map_err(err("TARGET_STATS"))
+    }
+}
+
+fn sum(map: &PerCpuArray<MapData, Traffic>, id: u32) -> Result<Traffic, MapError> {
+    let mut total = Traffic::default();
+    for value in map.get(&id, 0)?.iter() {
+        total.add(value);
+    }
+    Ok(total)
+}
