@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod config;
+pub mod decap;
 pub mod flow;
 pub mod listener;
 pub mod stats;

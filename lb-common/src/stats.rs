@@ -95,6 +95,8 @@ counters! {
     PassVlanListener = "pass_vlan_listener", Outcome;
     /// Dropped: IP forwarding is disabled on the receiving interface, so the kernel's FIB refuses to route for it (set net.ipv4.ip_forward=1 / net.ipv6.conf.all.forwarding=1).
     DropForwardingDisabled = "drop_forwarding_disabled", Outcome;
+    /// Dropped (`dsr` mode): the target's MAC is not resolved yet; the kernel cannot route a packet still addressed to the VIP. sluice keeps targets' neighbour entries managed, so this is transient.
+    DropNeighborUnresolved = "drop_neighbor_unresolved", Outcome;
     /// Dropped: the listener has no target to send new flows to.
     DropNoTarget = "drop_no_target", Outcome;
     /// Dropped: no free source port for a new `nat` flow (ELB's PortAllocationErrorCount).

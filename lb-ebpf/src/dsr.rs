@@ -14,11 +14,16 @@ pub fn forward(
 ) -> Result<(Counter, u32), Counter> {
     // The FIB lookup is for the target's address, so the next hop is the target itself when it
     // is on-link (DSR's requirement); the packet keeps the VIP as its destination.
-    forward::to(
+    match forward::to(
         ctx,
         selected.target.family,
         &packet.key.src,
         &selected.target.addr,
         Counter::ForwardDsr,
-    )
+    ) {
+        // The kernel would route a packet to the VIP, not to the target: handing it over
+        // cannot help, so drop it (the client retransmits once the neighbour is resolved).
+        Ok((Counter::PassNeighborUnresolved, _)) => Err(Counter::DropNeighborUnresolved),
+        other => other,
+    }
 }

@@ -11,6 +11,7 @@
 
 mod classify;
 mod csum;
+mod decap;
 mod dsr;
 mod forward;
 mod hash;

@@ -37,7 +37,6 @@ pub struct Selected {
     pub is_new: bool,
     /// An existing entry whose target was gone: its old target id and `nat` port, so `nat`
     /// can release the old translation.
-    #[allow(dead_code, reason = "read by nat, being written")]
     pub rehashed_from: Option<(u32, u16)>,
     /// Write the flow entry (false for established flows and for gated new flows).
     pub store: bool,

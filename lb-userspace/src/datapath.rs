@@ -14,6 +14,10 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// The XDP program's function name in `lb-ebpf`.
 pub const PROGRAM_NAME: &str = "sluice";
 
+/// The decapsulating XDP program in the same object, for targets of `tunnel` listeners
+/// (`sluice decap`).
+pub const DECAP_PROGRAM_NAME: &str = "sluice_decap";
+
 /// How to attach: `auto` tries native (driver) mode and falls back to generic mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AttachMode {
@@ -44,27 +48,66 @@ pub enum DatapathError {
     },
 }
 
+/// Load-time sizes of the data plane's maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Entries of the flow table (`FLOWS`) and of `nat` translations (`NAT_REPLIES`).
+    pub flows: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            flows: lb_common::flow::DEFAULT_FLOWS,
+        }
+    }
+}
+
 /// Loads the object and its XDP program into the kernel (not attached yet).
 ///
 /// `log_level` becomes the program's `AYA_LOG_LEVEL`, so records above it cost one compare.
 pub fn load(log_level: log::LevelFilter) -> Result<Ebpf, DatapathError> {
+    load_with(log_level, MapSizes::default())
+}
+
+/// [`load`] with map sizes other than the compiled-in defaults.
+pub fn load_with(log_level: log::LevelFilter, sizes: MapSizes) -> Result<Ebpf, DatapathError> {
+    load_program(log_level, sizes, PROGRAM_NAME)
+}
+
+/// [`load_with`] for the object's XDP program named `program` ([`PROGRAM_NAME`] or
+/// [`DECAP_PROGRAM_NAME`]); the object's other programs are not loaded, its maps all are.
+pub fn load_program(
+    log_level: log::LevelFilter,
+    sizes: MapSizes,
+    program: &str,
+) -> Result<Ebpf, DatapathError> {
     if XDP_OBJECT.is_empty() {
         return Err(DatapathError::NotBuilt);
     }
     let level = log_level as u8;
     let mut ebpf = EbpfLoader::new()
         .override_global("AYA_LOG_LEVEL", &level, false)
+        .map_max_entries("FLOWS", sizes.flows)
+        .map_max_entries("NAT_REPLIES", sizes.flows)
         .load(XDP_OBJECT)
         .map_err(object_error)?;
-    program_mut(&mut ebpf).load().map_err(program_error)?;
+    program_mut_named(&mut ebpf, program)
+        .load()
+        .map_err(program_error)?;
     Ok(ebpf)
 }
 
 /// The loaded object's XDP program.
 pub fn program_mut(ebpf: &mut Ebpf) -> &mut Xdp {
-    ebpf.program_mut(PROGRAM_NAME)
+    program_mut_named(ebpf, PROGRAM_NAME)
+}
+
+/// The loaded object's XDP program named `name` ([`PROGRAM_NAME`] or [`DECAP_PROGRAM_NAME`]).
+pub fn program_mut_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
+    ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
-        .expect("the embedded object has an XDP program named `sluice`")
+        .unwrap_or_else(|| panic!("the embedded object has an XDP program named `{name}`"))
 }
 
 /// Attaches the loaded program to `ifindex`, returning the mode it runs in.
@@ -74,7 +117,18 @@ pub fn attach(
     ifindex: u32,
     mode: AttachMode,
 ) -> Result<(aya::programs::xdp::XdpLinkId, AttachMode), DatapathError> {
-    let program = program_mut(ebpf);
+    attach_named(ebpf, PROGRAM_NAME, iface, ifindex, mode)
+}
+
+/// [`attach`] for the loaded program named `program`.
+pub fn attach_named(
+    ebpf: &mut Ebpf,
+    program: &str,
+    iface: &str,
+    ifindex: u32,
+    mode: AttachMode,
+) -> Result<(aya::programs::xdp::XdpLinkId, AttachMode), DatapathError> {
+    let program = program_mut_named(ebpf, program);
     let try_mode = |program: &mut Xdp, mode: AttachMode| {
         program
             .attach_to_if_index(ifindex, xdp_mode(mode))

@@ -2,8 +2,12 @@
 //! later stages) the controller, health checker, control API and L7 proxy.
 
 pub mod bpffs;
+pub mod controller;
 pub mod datapath;
 pub mod interface;
 pub mod maglev;
 pub mod maps;
+pub mod model;
+pub mod neighbors;
+pub mod snat;
 pub mod stats;

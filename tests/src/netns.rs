@@ -723,6 +723,17 @@ impl Link {
 }
 
 impl Host {
+    /// Makes this host accept packets addressed to `vips` (for `dsr` and `tunnel` targets):
+    /// the addresses on `lo`, and no ARP answers for them on other interfaces.
+    pub fn hold_vips(&self, vips: &[std::net::IpAddr]) {
+        self.ns.sysctl("net.ipv4.conf.all.arp_ignore", "1");
+        self.ns.sysctl("net.ipv4.conf.all.arp_announce", "2");
+        for vip in vips {
+            let prefix = if vip.is_ipv4() { 32 } else { 128 };
+            self.ns.add_addr("lo", &format!("{vip}/{prefix}"));
+        }
+    }
+
     /// Configures `iface` (see [`Link::configure`]) with default routes via `gateway`.
     fn routed_via(ns: Namespace, iface: &str, v4: Ipv4Addr, v6: Ipv6Addr, gateway: &Link) -> Host {
         let link = Link::configure(&ns, iface, v4, v6);

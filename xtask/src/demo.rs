@@ -1,17 +1,18 @@
 //! `cargo xtask demo`: the embedded default topology, in network namespaces.
 //!
 //! ```text
-//!  client ── lb (sluice on eth0) ── switch ─┬─ target0  (HTTP server answering "target0")
-//!                                           ├─ target1
-//!                                           └─ target2
+//!  client ── lb (sluice on eth0 and eth1) ── switch ─┬─ target0  (HTTP server answering "target0")
+//!                                                    ├─ target1
+//!                                                    └─ target2
 //! ```
-//! The client fetches a page from each target every second, through the load balancer, and
-//! the demo prints the answers and how sluice's counters moved. sluice does not balance yet:
-//! the traffic passes its XDP program (counted as `pass_no_listener`) to the kernel, which
-//! routes it. Ctrl-C (or `--duration`) stops sluice and removes every namespace.
+//! sluice balances the listener 10.111.100.1:80 over the targets (Maglev, one flow per
+//! connection); the client fetches the VIP every round and the demo prints which target
+//! answered and how sluice's counters moved. Ctrl-C (or `--duration`) stops sluice and removes
+//! every namespace.
 
 use std::{
-    net::SocketAddr,
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::Path,
     process::{Child, Stdio},
     sync::atomic::{AtomicBool, Ordering},
@@ -25,6 +26,12 @@ use sluice_tests::{
     servers::HttpServer,
 };
 
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
+const PORT: u16 = 80;
+/// In `nat` mode the targets listen elsewhere, to show port translation.
+const NAT_TARGET_PORT: u16 = 8080;
+const REQUESTS_PER_ROUND: usize = 6;
+
 #[derive(clap::Args)]
 pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C, at most an hour).
@@ -33,6 +40,24 @@ pub struct DemoArgs {
     /// Number of backends.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=20))]
     targets: u8,
+    /// Fail unless every target answered and no request failed (for CI).
+    #[arg(long)]
+    check: bool,
+    /// Forwarding mode of the demo listener.
+    #[arg(long, default_value = "dsr", value_parser = ["nat", "dsr"])]
+    mode: String,
+}
+
+impl DemoArgs {
+    /// A few seconds, checked: what `cargo xtask test` runs.
+    pub fn smoke() -> DemoArgs {
+        DemoArgs {
+            duration: 3,
+            targets: 3,
+            check: true,
+            mode: "dsr".to_string(),
+        }
+    }
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -63,27 +88,47 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
         args.targets
     );
     let topology = LbTopology::new(args.targets.into());
+    let nat = args.mode == "nat";
+    let target_port = if nat { NAT_TARGET_PORT } else { PORT };
+    // Every address: dsr targets must also answer on the VIP they hold on lo.
     let servers: Vec<HttpServer> = topology
         .targets
         .iter()
         .enumerate()
         .map(|(i, t)| {
-            HttpServer::start(
-                &t.ns,
-                SocketAddr::new(t.link.v4.into(), 80),
-                &format!("target{i}"),
-            )
+            if !nat {
+                t.hold_vips(&[VIP.into()]);
+            }
+            let any = SocketAddr::new(IpAddr::from(Ipv4Addr::UNSPECIFIED), target_port);
+            HttpServer::start(&t.ns, any, &format!("target{i}"))
         })
         .collect();
 
+    let config = std::env::temp_dir().join(format!("{}-demo.toml", topology.lb.name()));
+    let targets: Vec<String> = topology
+        .targets
+        .iter()
+        .map(|t| format!("{{ address = \"{}\" }}", t.link.v4))
+        .collect();
+    let model = format!(
+        "[[listener]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"tcp\"\nmode = \"{mode}\"\ndefault_target_group = \"web\"\n\n\
+         [[target_group]]\nname = \"web\"\nport = {target_port}\nderegistration_delay = 5\ntargets = [{}]\n",
+        targets.join(", "),
+        mode = args.mode,
+    );
+    std::fs::write(&config, &model).with_context(|| format!("writing {}", config.display()))?;
+    let _config_file = RemoveOnDrop(config.clone());
+    println!("demo: configuration ({}):\n{model}", config.display());
+
     let pin_dir = unique_pin_dir();
-    let iface = topology.lb_client_side.iface.clone();
     let mut daemon = Daemon(
         topology
             .lb
             .command(sluice)
-            .args(["run", "--iface", &iface, "--pin-dir"])
+            .args(["run", "--iface", "eth0", "--iface", "eth1", "--pin-dir"])
             .arg(&pin_dir)
+            .arg("--config")
+            .arg(&config)
             .stdin(Stdio::null())
             .spawn()
             .context("starting sluice in the lb namespace")?,
@@ -92,7 +137,8 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
         Duration::from_secs(20),
         "sluice to attach in the lb namespace",
         || {
-            topology.lb.xdp_attached(&iface).is_some()
+            (topology.lb.xdp_attached("eth0").is_some()
+                && topology.lb.xdp_attached("eth1").is_some())
                 || daemon.0.try_wait().ok().flatten().is_some()
         },
     );
@@ -100,19 +146,18 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
         bail!("sluice exited early ({status})");
     }
     println!(
-        "demo: sluice is attached to {iface} in namespace {}; client {} reaches targets {} through it",
+        "demo: sluice balances {VIP}:{PORT} ({} mode) in namespace {} over {}; press Ctrl-C to stop\n",
+        args.mode,
         topology.lb.name(),
-        topology.client.link.v4,
         topology
             .targets
             .iter()
-            .map(|t| t.link.v4.to_string())
+            .map(|t| format!("{}:{target_port}", t.link.v4))
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("demo: press Ctrl-C to stop\n");
 
-    let passed = |pin_dir: &Path| -> anyhow::Result<u64> {
+    let forwarded = |pin_dir: &Path| -> anyhow::Result<u64> {
         let out = topology
             .lb
             .command(sluice)
@@ -127,28 +172,38 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
         }
         let counters: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("parsing `sluice stats --json`")?;
-        counters["pass_no_listener"]["packets"]
-            .as_u64()
-            .context("`sluice stats --json` has no pass_no_listener counter")
+        Ok(
+            ["forward_nat", "forward_dsr", "forward_tunnel", "nat_reply"]
+                .iter()
+                .filter_map(|name| counters[name]["packets"].as_u64())
+                .sum(),
+        )
     };
 
     let deadline = Instant::now() + Duration::from_secs(args.duration);
-    let mut last_passed = passed(&pin_dir)?;
+    let mut last = forwarded(&pin_dir)?;
+    let mut totals: BTreeMap<String, usize> = BTreeMap::new();
     let mut round = 0u64;
     while !STOP.load(Ordering::SeqCst) && Instant::now() < deadline {
         round += 1;
-        let answers: Vec<String> = topology
-            .targets
-            .iter()
-            .map(|t| curl(&topology.client.ns, &format!("http://{}/", t.link.v4)))
+        let answers: Vec<String> = (0..REQUESTS_PER_ROUND)
+            .map(|_| curl(&topology.client.ns, &format!("http://{VIP}:{PORT}/")))
             .collect();
-        let now_passed = passed(&pin_dir)?;
+        for answer in &answers {
+            *totals.entry(answer.clone()).or_insert(0) += 1;
+        }
+        let now = forwarded(&pin_dir)?;
         println!(
-            "round {round}: answers [{}]; sluice passed {} more packets to the kernel (pass_no_listener: {now_passed})",
-            answers.join(", "),
-            now_passed - last_passed
+            "round {round}: {} | packets forwarded by XDP: +{} | answers so far: {}",
+            answers.join(" "),
+            now - last,
+            totals
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
-        last_passed = now_passed;
+        last = now;
         if let Some(status) = daemon.0.try_wait()? {
             bail!("sluice exited unexpectedly ({status})");
         }
@@ -166,7 +221,23 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
     drop(servers);
     drop(topology);
     println!("demo: done");
+    if args.check {
+        let expected: Vec<String> = (0..args.targets).map(|i| format!("target{i}")).collect();
+        let answered: Vec<&String> = totals.keys().collect();
+        if answered != expected.iter().collect::<Vec<_>>() {
+            bail!("demo check failed: expected answers from {expected:?}, got {totals:?}");
+        }
+        println!("demo: check passed, every target answered");
+    }
     Ok(())
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The `sluice run` child; interrupted and reaped on drop.
@@ -204,7 +275,7 @@ fn curl(client: &Namespace, url: &str) -> String {
         .output();
     match out {
         Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).trim().to_string(),
-        Ok(out) => format!("error: {}", String::from_utf8_lossy(&out.stderr).trim()),
-        Err(e) => format!("error: cannot run curl: {e}"),
+        Ok(out) => format!("error({})", String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => format!("error(cannot run curl: {e})"),
     }
 }

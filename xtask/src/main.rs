@@ -165,6 +165,12 @@ fn test(with_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
     if !is_root() {
         anyhow::bail!("the integration tests need root (network namespaces, XDP): run `sudo -E cargo xtask test`");
     }
+    if filter.is_none() {
+        // The README's main command must keep working: a short demo run, checked. (Before the
+        // integration tests, so that the test runner's summary closes the output.)
+        let sluice = build(true)?;
+        demo::demo(&sluice, demo::DemoArgs::smoke()).context("the demo smoke run failed")?;
+    }
     run(&mut cargo(&integration)).context("integration tests failed")
 }
 

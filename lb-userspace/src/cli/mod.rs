@@ -1,6 +1,8 @@
 //! Command-line interface: one module per subcommand.
 
+mod decap;
 mod run;
+mod signals;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -18,11 +20,14 @@ enum Command {
     Run(run::RunArgs),
     /// Show the data plane's counters.
     Stats(stats::StatsArgs),
+    /// On a target of a `tunnel` listener: strip IPIP/IP6IP6 outer headers in XDP until SIGINT/SIGTERM.
+    Decap(decap::DecapArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Stats(args) => stats::stats(args),
+        Command::Decap(args) => decap::decap(args),
     }
 }

@@ -1,47 +1,75 @@
-//! `sluice run`: load, attach, serve logs, detach on SIGINT/SIGTERM.
+//! `sluice run`: the daemon. Loads the XDP program, attaches it to the given interfaces,
+//! applies the model from `--config`, and runs until SIGINT/SIGTERM (SIGHUP re-reads the
+//! configuration); then detaches.
 
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
-use aya::maps::Map;
+use aya::{maps::Map, programs::xdp::XdpLinkId, Ebpf};
 use aya_log::EbpfLogger;
 use sluice::{
     bpffs,
-    datapath::{self, AttachMode},
+    controller::{Changes, Controller},
+    datapath::{self, AttachMode, MapSizes},
     interface,
+    maps::Maps,
+    model::Model,
     stats::STATS_MAP,
 };
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{signal, Signal, SignalKind},
-};
+use tokio::io::unix::AsyncFd;
+
+use super::signals::{Request, Signals};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Interface to attach the XDP program to.
-    #[arg(long, value_name = "IF")]
-    iface: String,
+    /// Interface to attach the XDP program to; repeat for several (e.g. the client side and
+    /// the target side, so `nat` replies are translated too).
+    #[arg(long = "iface", value_name = "IF", required = true)]
+    ifaces: Vec<String>,
+    /// The model: listeners, target groups, targets (TOML). Without it nothing is balanced
+    /// and all traffic passes to the kernel.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// XDP attach mode: `auto` tries native and falls back to generic with a warning.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: AttachMode,
     /// bpffs directory where maps are pinned for `sluice stats` (one daemon per directory).
     #[arg(long, value_name = "DIR", default_value = bpffs::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// Flow table size (entries); each costs about 150 bytes of kernel memory, twice in
+    /// `nat` mode.
+    #[arg(long, value_name = "N", default_value_t = lb_common::flow::DEFAULT_FLOWS,
+          value_parser = clap::value_parser!(u32).range(1024..=(1 << 27)))]
+    flows: u32,
 }
 
+/// How often drains are checked for their deregistration delay.
+const TICK: Duration = Duration::from_secs(1);
+
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
-    let ifindex = interface::index(&args.iface)?;
+    let ifindexes = args
+        .ifaces
+        .iter()
+        .map(|iface| interface::index(iface))
+        .collect::<Result<Vec<u32>, _>>()?;
+    // The model is read before anything is loaded: a broken file changes nothing.
+    let model = match &args.config {
+        Some(path) => Model::load(path)?,
+        None => Model::default(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    // Handlers first: a SIGTERM that arrives while the program is being attached must still
-    // lead to a clean detach, not to the default action.
     let signals = {
         let _runtime = runtime.enter();
         Signals::install()?
     };
-    let mut ebpf = datapath::load(log::max_level())?;
+
+    let mut ebpf = datapath::load_with(log::max_level(), MapSizes { flows: args.flows })?;
     // The program logs only rare events (and, in debug builds, per packet); without a log
     // call in the object there is no log map, which is fine.
     let logger = match EbpfLogger::init(&mut ebpf) {
@@ -51,6 +79,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             None
         }
     };
+    let mut controller = Controller::new(Maps::take(&mut ebpf)?);
+    let changes = controller.apply(&model, Instant::now())?;
+    log_changes(&changes);
+
     bpffs::prepare_pin_dir(&args.pin_dir)?;
     let stats_pin = args.pin_dir.join(STATS_MAP);
     if stats_pin.exists() {
@@ -67,51 +99,59 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .pin(&stats_pin)
         .with_context(|| format!("pinning counters at {}", stats_pin.display()))?;
 
-    let attached = datapath::attach(&mut ebpf, &args.iface, ifindex, args.xdp_mode);
-    let (link, mode) = match attached {
-        Ok(attached) => attached,
-        Err(e) => {
-            let _ = bpffs::unpin(&stats_pin);
-            return Err(e.into());
+    let mut links: Vec<(String, XdpLinkId)> = Vec::new();
+    for (iface, &ifindex) in args.ifaces.iter().zip(&ifindexes) {
+        match datapath::attach(&mut ebpf, iface, ifindex, args.xdp_mode) {
+            Ok((link, mode)) => {
+                log::info!(
+                    "sluice attached to {iface} (ifindex {ifindex}) in {} mode",
+                    datapath::mode_name(mode)
+                );
+                links.push((iface.clone(), link));
+            }
+            Err(e) => {
+                detach(&mut ebpf, links);
+                let _ = bpffs::unpin(&stats_pin);
+                return Err(e.into());
+            }
         }
-    };
+    }
     log::info!(
-        "sluice attached to {} (ifindex {ifindex}) in {} mode; counters: sluice stats --pin-dir {}",
-        args.iface,
-        datapath::mode_name(mode),
+        "{} listener(s) from {}; counters: sluice stats --pin-dir {}",
+        controller.model().listeners.len(),
+        args.config
+            .as_ref()
+            .map_or("no configuration".into(), |p| p.display().to_string()),
         args.pin_dir.display()
     );
 
-    let served = runtime.block_on(serve(logger, signals));
-
-    datapath::program_mut(&mut ebpf)
-        .detach(link)
-        .with_context(|| format!("detaching from {}", args.iface))?;
+    let served = runtime.block_on(serve(
+        logger,
+        signals,
+        &mut controller,
+        args.config.as_ref(),
+    ));
+    detach(&mut ebpf, links);
     bpffs::unpin(&stats_pin).with_context(|| format!("removing {}", stats_pin.display()))?;
-    log::info!("detached from {}", args.iface);
     served
 }
 
-/// SIGINT and SIGTERM, caught from the moment they are installed.
-struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
-}
-
-impl Signals {
-    /// Must be called inside the runtime's context.
-    fn install() -> anyhow::Result<Signals> {
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-        })
+fn detach(ebpf: &mut Ebpf, links: Vec<(String, XdpLinkId)>) {
+    for (iface, link) in links {
+        match datapath::program_mut(ebpf).detach(link) {
+            Ok(()) => log::info!("detached from {iface}"),
+            Err(e) => log::error!("detaching from {iface}: {e}"),
+        }
     }
 }
 
-/// Forwards the program's log records until SIGINT or SIGTERM.
+/// Runs until SIGINT/SIGTERM: forwards the program's log records, reloads the model on SIGHUP,
+/// and ends drains whose deregistration delay is over.
 async fn serve(
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     mut signals: Signals,
+    controller: &mut Controller,
+    config: Option<&PathBuf>,
 ) -> anyhow::Result<()> {
     let mut logs = match logger {
         // SAFETY: the AsyncFd owns the logger and with it the ring buffer's fd, so the fd stays
@@ -122,10 +162,21 @@ async fn serve(
         ),
         None => None,
     };
+    let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
-            _ = signals.interrupt.recv() => break,
-            _ = signals.terminate.recv() => break,
+            request = signals.next() => match request {
+                Request::Stop => break,
+                Request::Reload => reload(controller, config),
+            },
+            _ = tick.tick() => {
+                match controller.tick(Instant::now()) {
+                    Ok(expired) => for key in expired {
+                        log::info!("target {} of '{}': deregistration delay over; its remaining flows move to other targets", key.addr, key.group);
+                    },
+                    Err(e) => log::error!("ending drains: {e}"),
+                }
+            }
             ready = async { logs.as_mut().unwrap().readable_mut().await }, if logs.is_some() => {
                 let mut guard = ready.context("waiting for XDP log records")?;
                 guard.get_inner_mut().flush();
@@ -135,4 +186,44 @@ async fn serve(
     }
     log::info!("stopping");
     Ok(())
+}
+
+/// Re-reads the model; a file that does not validate changes nothing.
+fn reload(controller: &mut Controller, config: Option<&PathBuf>) {
+    let Some(path) = config else {
+        log::warn!("SIGHUP: no --config to reload");
+        return;
+    };
+    let applied = Model::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|model| Ok(controller.apply(&model, Instant::now())?));
+    match applied {
+        Ok(changes) if changes.is_empty() => log::info!("reloaded {}: no changes", path.display()),
+        Ok(changes) => {
+            log::info!("reloaded {}", path.display());
+            log_changes(&changes);
+        }
+        Err(e) => log::error!(
+            "reload of {} refused, running configuration kept: {e:#}",
+            path.display()
+        ),
+    }
+}
+
+fn log_changes(changes: &Changes) {
+    for name in &changes.listeners_added {
+        log::info!("listener '{name}' added");
+    }
+    for name in &changes.listeners_removed {
+        log::info!("listener '{name}' removed");
+    }
+    for name in &changes.tables_rebuilt {
+        log::info!("listener '{name}': Maglev table rebuilt");
+    }
+    for key in &changes.targets_added {
+        log::info!("target {} of '{}' registered", key.addr, key.group);
+    }
+    for key in &changes.targets_draining {
+        log::info!("target {} of '{}' draining", key.addr, key.group);
+    }
 }

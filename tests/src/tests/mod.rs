@@ -1,8 +1,13 @@
 //! The integration tests: one binary, one module per area. They need root.
 
+mod balancing;
+mod decap;
 mod forwarding_dsr;
+mod forwarding_nat;
+mod forwarding_tunnel;
 mod l4_fixture;
 mod namespaces;
 mod packet_harness;
 mod packets;
 mod run_cli;
+mod tunnel_decap;

@@ -35,6 +35,8 @@ const OUTPUT_HEADROOM: usize = 4096;
 
 pub struct XdpHarness {
     ebpf: Ebpf,
+    /// The object's XDP program that runs (`sluice`, or `sluice_decap`).
+    program: &'static str,
     stats: PerCpuArray<MapData, CounterValue>,
     /// The interface the frame seems to arrive on (`xdp_md.ingress_ifindex`); `None` = the
     /// kernel's default for test runs, the loopback device of the caller's namespace.
@@ -56,18 +58,29 @@ impl XdpHarness {
     /// Loads sluice's XDP program; panics with the reason if that is impossible (not root,
     /// program not built, rejected by the verifier).
     pub fn new() -> XdpHarness {
+        Self::with_program(sluice::datapath::PROGRAM_NAME)
+    }
+
+    /// Like [`new`](Self::new), for another XDP program of the same object (its maps, `STATS`
+    /// among them, are the object's; the program may count elsewhere).
+    pub fn with_program(program: &'static str) -> XdpHarness {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             panic!("XdpHarness loads an XDP program and needs root: run the integration tests as root (e.g. `sudo -E cargo test -p sluice-tests`)");
         }
-        let mut ebpf = sluice::datapath::load(log::LevelFilter::Off)
-            .unwrap_or_else(|e| panic!("cannot load sluice's XDP program: {e}"));
+        let mut ebpf = sluice::datapath::load_program(
+            log::LevelFilter::Off,
+            sluice::datapath::MapSizes::default(),
+            program,
+        )
+        .unwrap_or_else(|e| panic!("cannot load sluice's XDP program {program}: {e}"));
         let map = ebpf
             .take_map(sluice::stats::STATS_MAP)
             .expect("the XDP object has a STATS map");
         let stats = PerCpuArray::try_from(map).expect("STATS is a per-CPU array of CounterValue");
         XdpHarness {
             ebpf,
+            program,
             stats,
             ingress_ifindex: None,
         }
@@ -110,7 +123,8 @@ impl XdpHarness {
                     .collect()
             })
             .unwrap_or_default();
-        let result = sluice::datapath::program_mut(&mut self.ebpf).test_run(TestRunOptions {
+        let program = sluice::datapath::program_mut_named(&mut self.ebpf, self.program);
+        let result = program.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut output),
             ctx_in: self.ingress_ifindex.map(|_| &ctx[..]),

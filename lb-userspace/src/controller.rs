@@ -1,0 +1,499 @@
+//! The controller: keeps the kernel maps in step with the model.
+//!
+//! `apply` first plans (everything that can fail without touching the maps: validation,
+//! Maglev tables, id allocation, source addresses), then commits in an order that keeps the
+//! data plane's invariants at every step:
+//! 1. new or returning targets are written to `TARGETS` as active before any table names them;
+//! 2. Maglev tables are swapped whole (one map update per listener);
+//! 3. listeners are added or updated after their table exists, removed before anything else;
+//! 4. targets that left every table are marked draining; their flows keep them until the
+//!    deregistration delay ends (`tick`), then they are gone and their flows re-hashed.
+//!
+//! Target ids are not reused while flow entries may still name them (see [`IdPool`]).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use lb_common::{
+    addr::ip_to_bytes,
+    config::Config,
+    listener::{self as abi, ForwardingMode, ListenerKey},
+    target::{Target, MAX_TARGETS, TARGET_ACTIVE, TARGET_DRAINING, TARGET_GONE},
+};
+
+use crate::{
+    maglev::{self, MaglevTarget, TableSize},
+    maps::{Maps, MapsError},
+    model::{self, HashKey, Mode, Model},
+    neighbors, snat,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("target {target} of target group '{group}' is unreachable from this host: {source}")]
+    NoRoute {
+        group: String,
+        target: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("more than {max} listeners")]
+    TooManyListeners { max: u32 },
+    #[error("more than {max} target ids in use (targets plus those still draining or in flows)")]
+    TooManyTargets { max: u32 },
+    #[error(transparent)]
+    Maglev(#[from] maglev::MaglevError),
+    #[error("updating the kernel maps: {0}")]
+    Maps(#[from] MapsError),
+}
+
+/// A target as the data plane knows it: in one target group, at one address and port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TargetKey {
+    pub group: String,
+    pub addr: SocketAddr,
+}
+
+/// Where a target stands in the data plane.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetState {
+    /// In its listeners' Maglev tables.
+    Active,
+    /// Deregistered: no new flows; existing flows keep it until `until`.
+    Draining { until: Instant },
+}
+
+#[derive(Clone, Debug)]
+struct AppliedTarget {
+    id: u32,
+    state: TargetState,
+    snat: IpAddr,
+}
+
+#[derive(Clone, Debug)]
+struct AppliedListener {
+    id: u32,
+    key: ListenerKey,
+    value: abi::Listener,
+    table: Vec<u32>,
+}
+
+/// What an `apply` changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub listeners_added: Vec<String>,
+    pub listeners_removed: Vec<String>,
+    pub tables_rebuilt: Vec<String>,
+    pub targets_added: Vec<TargetKey>,
+    pub targets_draining: Vec<TargetKey>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        *self == Changes::default()
+    }
+}
+
+pub struct Controller {
+    maps: Maps,
+    model: Model,
+    listeners: BTreeMap<String, AppliedListener>,
+    targets: BTreeMap<TargetKey, AppliedTarget>,
+    ids: IdPool,
+}
+
+impl Controller {
+    /// Takes over freshly loaded maps (no listeners, no targets).
+    pub fn new(maps: Maps) -> Controller {
+        Controller {
+            maps,
+            model: Model::default(),
+            listeners: BTreeMap::new(),
+            targets: BTreeMap::new(),
+            ids: IdPool::new(MAX_TARGETS),
+        }
+    }
+
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    pub fn maps(&self) -> &Maps {
+        &self.maps
+    }
+
+    /// Makes the data plane match `model`. On error nothing was changed (a failure while
+    /// writing the maps themselves, which the kernel does not do for valid input, is reported
+    /// and may leave a partial update).
+    pub fn apply(&mut self, model: &Model, now: Instant) -> Result<Changes, ApplyError> {
+        let plan = self.plan(model)?;
+        let mut changes = Changes::default();
+
+        self.maps.set_config(&plan.config)?;
+        // 1. Targets that tables will name, active first.
+        for (key, target) in &plan.targets {
+            let current = self.targets.get(key);
+            if current.is_none() {
+                // Not fatal: the data plane hands packets for an unresolved next hop to the
+                // kernel (nat, tunnel) or drops them, counted (dsr).
+                if let Err(e) = neighbors::manage(key.addr.ip()) {
+                    log::warn!(
+                        "target {} of '{}': cannot keep its next hop resolved: {e}",
+                        key.addr,
+                        key.group
+                    );
+                }
+            }
+            let unchanged =
+                current.is_some_and(|c| c.state == TargetState::Active && c.snat == target.snat);
+            if !unchanged {
+                self.maps
+                    .set_target(target.id, &plan.target_entry(key, target, TARGET_ACTIVE))?;
+                if current.is_none() {
+                    changes.targets_added.push(key.clone());
+                }
+            }
+        }
+        // 3 (removals first): traffic for removed listeners goes back to the kernel.
+        for (name, applied) in &self.listeners {
+            if !plan.listeners.contains_key(name) {
+                self.maps.remove_listener(&applied.key)?;
+                self.maps.set_maglev_table(applied.id, &[])?;
+                changes.listeners_removed.push(name.clone());
+            }
+        }
+        // 2. Tables, then listeners.
+        for (name, listener) in &plan.listeners {
+            let current = self.listeners.get(name);
+            if current.map(|c| &c.table) != Some(&listener.table) {
+                self.maps.set_maglev_table(listener.id, &listener.table)?;
+                changes.tables_rebuilt.push(name.clone());
+            }
+            if current.map(|c| (&c.key, &c.value)) != Some((&listener.key, &listener.value)) {
+                if let Some(current) = current.filter(|c| c.key != listener.key) {
+                    self.maps.remove_listener(&current.key)?;
+                }
+                self.maps.set_listener(&listener.key, &listener.value)?;
+                if current.is_none() {
+                    changes.listeners_added.push(name.clone());
+                }
+            }
+        }
+        self.sync_icmp_entries(&plan.listeners)?;
+        // 4. Targets that left every table drain.
+        let old_targets = std::mem::take(&mut self.targets);
+        for (key, old) in old_targets {
+            if plan.targets.contains_key(&key) {
+                continue;
+            }
+            let state = match old.state {
+                TargetState::Active => {
+                    let delay = self.drain_delay(model, &key);
+                    self.maps
+                        .set_target(old.id, &plan.target_entry(&key, &old, TARGET_DRAINING))?;
+                    changes.targets_draining.push(key.clone());
+                    TargetState::Draining { until: now + delay }
+                }
+                draining => draining,
+            };
+            self.targets.insert(key, AppliedTarget { state, ..old });
+        }
+        for (key, target) in plan.targets {
+            self.targets.insert(key, target);
+        }
+        self.listeners = plan.listeners;
+        self.ids = plan.ids;
+        self.model = model.clone();
+        self.tick(now)?;
+        Ok(changes)
+    }
+
+    /// Ends drains whose deregistration delay is over: the target is gone, flows still naming
+    /// it are re-hashed by the data plane, and its id waits in quarantine.
+    pub fn tick(&mut self, now: Instant) -> Result<Vec<TargetKey>, ApplyError> {
+        let expired: Vec<TargetKey> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| matches!(t.state, TargetState::Draining { until } if until <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &expired {
+            let target = self.targets.remove(key).expect("listed above");
+            let mut entry =
+                self.maps
+                    .targets
+                    .get(&target.id, 0)
+                    .map_err(|source| MapsError::Map {
+                        name: "TARGETS",
+                        source,
+                    })?;
+            entry.state = TARGET_GONE;
+            self.maps.set_target(target.id, &entry)?;
+            self.ids.quarantine(target.id);
+        }
+        Ok(expired)
+    }
+
+    /// Targets with their id and state, for status output.
+    pub fn targets(&self) -> impl Iterator<Item = (&TargetKey, u32, TargetState)> {
+        self.targets.iter().map(|(k, t)| (k, t.id, t.state))
+    }
+
+    /// Listener ids by name.
+    pub fn listener_ids(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.listeners.iter().map(|(n, l)| (n.as_str(), l.id))
+    }
+
+    fn drain_delay(&self, model: &Model, key: &TargetKey) -> Duration {
+        // The group's delay in the new model, else in the model it was registered under.
+        model
+            .target_group(&key.group)
+            .or_else(|| self.model.target_group(&key.group))
+            .map(model::TargetGroup::deregistration_delay)
+            .unwrap_or_default()
+    }
+
+    /// Each listener address gets an ICMP entry (port 0, ICMP/ICMPv6), so echo requests and
+    /// ICMP errors about its flows are recognised.
+    fn sync_icmp_entries(
+        &mut self,
+        listeners: &BTreeMap<String, AppliedListener>,
+    ) -> Result<(), ApplyError> {
+        let wanted: BTreeMap<([u8; 16], u8), abi::Listener> = listeners
+            .values()
+            .map(|l| ((l.key.addr, l.key.family), l.value))
+            .collect();
+        let existing: BTreeSet<([u8; 16], u8)> = self
+            .listeners
+            .values()
+            .map(|l| (l.key.addr, l.key.family))
+            .collect();
+        for (addr, family) in existing.difference(&wanted.keys().copied().collect()) {
+            self.maps.remove_listener(&icmp_key(*addr, *family))?;
+        }
+        for ((addr, family), value) in &wanted {
+            self.maps.set_listener(&icmp_key(*addr, *family), value)?;
+        }
+        Ok(())
+    }
+
+    fn plan(&self, model: &Model) -> Result<Plan, ApplyError> {
+        let mut ids = self.ids.clone();
+        let mut targets: BTreeMap<TargetKey, AppliedTarget> = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
+        let mut listener_ids: BTreeSet<u32> = BTreeSet::new();
+        let max_listeners = lb_common::listener::MAX_LISTENERS;
+
+        // Listener ids stay with their names; new listeners take the lowest free id.
+        for listener in &model.listeners {
+            if let Some(current) = self.listeners.get(&listener.name) {
+                listener_ids.insert(current.id);
+            }
+        }
+        for listener in &model.listeners {
+            let group = model
+                .target_group(&listener.default_target_group)
+                .expect("validated: the default target group exists");
+            let id = match self.listeners.get(&listener.name) {
+                Some(current) => current.id,
+                None => {
+                    let id = (0..max_listeners)
+                        .find(|id| !listener_ids.contains(id))
+                        .ok_or(ApplyError::TooManyListeners { max: max_listeners })?;
+                    listener_ids.insert(id);
+                    id
+                }
+            };
+            let mut members = Vec::new();
+            for target in &group.targets {
+                let key = TargetKey {
+                    group: group.name.clone(),
+                    addr: SocketAddr::new(target.address, target.port_for(group, listener)),
+                };
+                let applied = match targets.get(&key) {
+                    Some(t) => t.clone(),
+                    None => {
+                        let snat = snat::source_for(target.address).map_err(|source| {
+                            ApplyError::NoRoute {
+                                group: group.name.clone(),
+                                target: key.addr,
+                                source,
+                            }
+                        })?;
+                        let id = match self.targets.get(&key) {
+                            Some(current) => current.id,
+                            None => ids
+                                .allocate(|| self.maps.flows().map(|(_, flow)| flow.target_id))
+                                .ok_or(ApplyError::TooManyTargets { max: MAX_TARGETS })?,
+                        };
+                        AppliedTarget {
+                            id,
+                            state: TargetState::Active,
+                            snat,
+                        }
+                    }
+                };
+                members.push(MaglevTarget {
+                    key: maglev::target_key(key.addr),
+                    id: applied.id,
+                    weight: target.weight,
+                });
+                targets.insert(key, applied);
+            }
+            let table = if members.is_empty() {
+                Vec::new()
+            } else {
+                maglev::build(&members, TableSize::new(listener.maglev_table_size)?)?
+            };
+            let (addr, family) = ip_to_bytes(listener.address);
+            listeners.insert(
+                listener.name.clone(),
+                AppliedListener {
+                    id,
+                    key: ListenerKey {
+                        addr,
+                        port_be: listener.port.to_be(),
+                        protocol: listener.protocol.number(),
+                        family,
+                    },
+                    value: abi::Listener {
+                        id,
+                        mode: forwarding_mode(listener.mode) as u8,
+                        hash_key: match group.hash_key {
+                            HashKey::FiveTuple => abi::HashKey::FiveTuple,
+                            HashKey::SourceIp => abi::HashKey::SourceIp,
+                        } as u8,
+                        _pad: [0; 2],
+                    },
+                    table,
+                },
+            );
+        }
+        let config = Config {
+            nat_port_min: model.data_plane.nat_port_range[0],
+            nat_port_max: model.data_plane.nat_port_range[1],
+            max_new_flows_per_cpu: model.data_plane.max_new_flows_per_cpu,
+            ..Config::default()
+        };
+        Ok(Plan {
+            listeners,
+            targets,
+            ids,
+            config,
+        })
+    }
+}
+
+struct Plan {
+    listeners: BTreeMap<String, AppliedListener>,
+    targets: BTreeMap<TargetKey, AppliedTarget>,
+    ids: IdPool,
+    config: Config,
+}
+
+impl Plan {
+    fn target_entry(&self, key: &TargetKey, target: &AppliedTarget, state: u8) -> Target {
+        let (addr, family) = ip_to_bytes(key.addr.ip());
+        Target {
+            addr,
+            snat_addr: ip_to_bytes(target.snat).0,
+            port_be: key.addr.port().to_be(),
+            family,
+            state,
+            _pad: [0; 4],
+        }
+    }
+}
+
+fn icmp_key(addr: [u8; 16], family: u8) -> ListenerKey {
+    ListenerKey {
+        addr,
+        port_be: 0,
+        protocol: if family == lb_common::addr::FAMILY_V4 {
+            1
+        } else {
+            58
+        },
+        family,
+    }
+}
+
+fn forwarding_mode(mode: Mode) -> ForwardingMode {
+    match mode {
+        Mode::Nat => ForwardingMode::Nat,
+        Mode::Dsr => ForwardingMode::Dsr,
+        Mode::Tunnel => ForwardingMode::Tunnel,
+    }
+}
+
+/// Target ids. Fresh ids are handed out first; an id whose target is gone is quarantined and
+/// only reused once no flow entry names it any more (checked by scanning the flow table when
+/// fresh ids run out), so a stale flow can never be sent to an unrelated new target.
+#[derive(Clone, Debug)]
+pub struct IdPool {
+    next_fresh: u32,
+    max: u32,
+    quarantined: BTreeSet<u32>,
+    free: BTreeSet<u32>,
+}
+
+impl IdPool {
+    pub fn new(max: u32) -> IdPool {
+        IdPool {
+            next_fresh: 0,
+            max,
+            quarantined: BTreeSet::new(),
+            free: BTreeSet::new(),
+        }
+    }
+
+    /// A free id; `named` lists the ids flow entries name (called only when fresh ids run
+    /// out, since it scans the flow table).
+    fn allocate<I: Iterator<Item = u32>>(&mut self, named: impl FnOnce() -> I) -> Option<u32> {
+        if let Some(id) = self.free.pop_first() {
+            return Some(id);
+        }
+        if self.next_fresh < self.max {
+            self.next_fresh += 1;
+            return Some(self.next_fresh - 1);
+        }
+        self.reclaim(named());
+        self.free.pop_first()
+    }
+
+    fn quarantine(&mut self, id: u32) {
+        self.quarantined.insert(id);
+    }
+
+    /// Frees quarantined ids that no flow names.
+    fn reclaim(&mut self, named: impl Iterator<Item = u32>) {
+        let named: BTreeSet<u32> = named.collect();
+        let reusable: Vec<u32> = self.quarantined.difference(&named).copied().collect();
+        for id in reusable {
+            self.quarantined.remove(&id);
+            self.free.insert(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_fresh_until_exhausted_then_reclaimed_only_when_unreferenced() {
+        let mut pool = IdPool::new(3);
+        let no_flows = || std::iter::empty();
+        let taken: Vec<_> = (0..3).map(|_| pool.allocate(no_flows).unwrap()).collect();
+        assert_eq!(taken, [0, 1, 2]);
+        assert_eq!(pool.allocate(no_flows), None);
+        pool.quarantine(1);
+        pool.quarantine(2);
+        // A flow still names 2: only 1 may be reused.
+        assert_eq!(pool.allocate(|| [2].into_iter()), Some(1));
+        assert_eq!(pool.allocate(|| [2].into_iter()), None);
+        assert_eq!(pool.allocate(no_flows), Some(2));
+    }
+}

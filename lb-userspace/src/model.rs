@@ -1,0 +1,490 @@
+//! The declarative model: listeners, target groups and targets, in ELB's vocabulary. It is
+//! read from a TOML file, validated as a whole, and is the single source of truth from which
+//! the kernel maps are derived (`controller.rs`).
+//!
+//! ```toml
+//! [[listener]]
+//! name = "web"
+//! address = "192.0.2.10"      # the virtual IP
+//! port = 80                   # 0 = every port of the address
+//! protocol = "tcp"            # tcp | udp
+//! mode = "nat"                # nat (default) | dsr | tunnel
+//! default_target_group = "web"
+//!
+//! [[target_group]]
+//! name = "web"
+//! port = 3000                 # the targets' port when a target gives none
+//! hash_key = "five_tuple"     # five_tuple (default) | source_ip
+//! deregistration_delay = 300  # seconds a removed target keeps its flows
+//! targets = [
+//!   { address = "10.0.1.10" },
+//!   { address = "10.0.1.11", port = 3001, weight = 2 },
+//! ]
+//! ```
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::maglev::{TableSize, MAX_WEIGHT};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Nat,
+    Dsr,
+    Tunnel,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HashKey {
+    #[default]
+    FiveTuple,
+    SourceIp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub name: String,
+    pub address: IpAddr,
+    /// 0 = every port.
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default)]
+    pub mode: Mode,
+    pub default_target_group: String,
+    /// Maglev table size (a prime); default 65537.
+    #[serde(default = "default_table_size")]
+    pub maglev_table_size: u32,
+}
+
+fn default_table_size() -> u32 {
+    TableSize::DEFAULT.get()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetGroup {
+    pub name: String,
+    /// The targets' port when a target gives none.
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub hash_key: HashKey,
+    /// Seconds a deregistered target keeps serving its existing flows (AWS default 300).
+    #[serde(default = "default_deregistration_delay")]
+    pub deregistration_delay: u64,
+    #[serde(default)]
+    pub targets: Vec<Target>,
+}
+
+fn default_deregistration_delay() -> u64 {
+    300
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub address: IpAddr,
+    pub port: Option<u16>,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// Data-plane settings (`[data_plane]`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataPlane {
+    /// `nat` source ports, inclusive; keep it disjoint from net.ipv4.ip_local_port_range.
+    pub nat_port_range: [u16; 2],
+    /// Flood gate: new flow-table entries per second per CPU (0 = unlimited).
+    pub max_new_flows_per_cpu: u32,
+}
+
+impl Default for DataPlane {
+    fn default() -> Self {
+        let config = lb_common::config::Config::default();
+        DataPlane {
+            nat_port_range: [config.nat_port_min, config.nat_port_max],
+            max_new_flows_per_cpu: config.max_new_flows_per_cpu,
+        }
+    }
+}
+
+/// A validated model.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<Listener>,
+    #[serde(default, rename = "target_group")]
+    pub target_groups: Vec<TargetGroup>,
+    #[serde(default)]
+    pub data_plane: DataPlane,
+}
+
+impl Model {
+    /// Reads and validates a model file.
+    pub fn load(path: &Path) -> Result<Model, ModelError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Model::parse(&text, &shown)
+    }
+
+    /// Parses and validates model text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Model, ModelError> {
+        let model: Model = toml::from_str(text).map_err(|e| ModelError::Syntax {
+            path: origin.to_string(),
+            message: one_line(&e.to_string()),
+        })?;
+        model.validate().map_err(|message| ModelError::Invalid {
+            path: origin.to_string(),
+            message,
+        })?;
+        Ok(model)
+    }
+
+    pub fn target_group(&self, name: &str) -> Option<&TargetGroup> {
+        self.target_groups.iter().find(|g| g.name == name)
+    }
+
+    /// Every rule that involves more than one field: names, references, ports per mode.
+    fn validate(&self) -> Result<(), String> {
+        let mut names = BTreeSet::new();
+        let mut groups = BTreeMap::new();
+        for group in &self.target_groups {
+            if !names.insert(("target_group", group.name.as_str())) {
+                return Err(format!(
+                    "target group '{}' is defined twice; names must be unique",
+                    group.name
+                ));
+            }
+            groups.insert(group.name.as_str(), group);
+            let mut seen = BTreeSet::new();
+            for target in &group.targets {
+                let port = target.port.or(group.port);
+                let shown = show_target(target.address, port);
+                if !(1..=MAX_WEIGHT).contains(&target.weight) {
+                    return Err(format!(
+                        "target group '{}': target {shown} has weight {}; weights are 1 to {MAX_WEIGHT}",
+                        group.name, target.weight
+                    ));
+                }
+                if !seen.insert((target.address, port)) {
+                    return Err(format!(
+                        "target group '{}': target {shown} is listed twice",
+                        group.name
+                    ));
+                }
+                if target.address.is_unspecified() || target.address.is_multicast() {
+                    return Err(format!(
+                        "target group '{}': target address {} is not a unicast address",
+                        group.name, target.address
+                    ));
+                }
+            }
+            if group.deregistration_delay > 3600 {
+                return Err(format!(
+                    "target group '{}': deregistration_delay {} is above the maximum 3600 seconds",
+                    group.name, group.deregistration_delay
+                ));
+            }
+        }
+        let mut endpoints = BTreeMap::new();
+        for listener in &self.listeners {
+            let l = &listener.name;
+            if !names.insert(("listener", l.as_str())) {
+                return Err(format!(
+                    "listener '{l}' is defined twice; names must be unique"
+                ));
+            }
+            if let Some(other) =
+                endpoints.insert((listener.address, listener.port, listener.protocol), l)
+            {
+                return Err(format!(
+                    "listeners '{other}' and '{l}' both listen on {} {:?}; each address, port and protocol may have one listener",
+                    SocketAddr::new(listener.address, listener.port),
+                    listener.protocol
+                ));
+            }
+            if listener.address.is_unspecified() || listener.address.is_multicast() {
+                return Err(format!(
+                    "listener '{l}': address {} is not a unicast address",
+                    listener.address
+                ));
+            }
+            let size = TableSize::new(listener.maglev_table_size)
+                .map_err(|e| format!("listener '{l}': maglev_table_size: {e}"))?;
+            let Some(group) = groups.get(listener.default_target_group.as_str()) else {
+                let known: Vec<_> = groups.keys().copied().collect();
+                return Err(format!(
+                    "listener '{l}': default_target_group '{}' does not exist; known target groups: {}",
+                    listener.default_target_group,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ));
+            };
+            if group.targets.len() as u64 * u64::from(crate::maglev::MIN_SLOTS_PER_TARGET)
+                > u64::from(size.get())
+            {
+                return Err(format!(
+                    "listener '{l}': maglev_table_size {} is too small for the {} targets of '{}'; use a prime of at least {} targets x {}",
+                    size.get(),
+                    group.targets.len(),
+                    group.name,
+                    group.targets.len(),
+                    crate::maglev::MIN_SLOTS_PER_TARGET
+                ));
+            }
+            for target in &group.targets {
+                let port = target.port.or(group.port);
+                let shown = show_target(target.address, port);
+                if target.address.is_ipv4() != listener.address.is_ipv4()
+                    && listener.mode != Mode::Tunnel
+                {
+                    return Err(format!(
+                        "listener '{l}' ({}) cannot forward to target {shown} of '{}' in {:?} mode: address families differ (only tunnel mode carries one family inside the other)",
+                        listener.address,
+                        group.name,
+                        listener.mode
+                    ));
+                }
+                match listener.mode {
+                    Mode::Nat => {
+                        if port.is_none() && listener.port == 0 {
+                            return Err(format!(
+                                "listener '{l}' listens on every port, so target {shown} of '{}' needs a port (on the target or the group)",
+                                group.name
+                            ));
+                        }
+                    }
+                    Mode::Dsr | Mode::Tunnel => {
+                        if let Some(port) = port {
+                            if port != listener.port {
+                                return Err(format!(
+                                    "listener '{l}' uses {:?} mode, where the packet reaches the target unchanged, so target {shown} of '{}' must use the listener's port {} (or none); port translation needs mode = \"nat\"",
+                                    listener.mode,
+                                    group.name,
+                                    listener.port
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let [min, max] = self.data_plane.nat_port_range;
+        if min == 0 || min > max {
+            return Err(format!(
+                "data_plane.nat_port_range [{min}, {max}] is not a range of ports from 1 to 65535 with the first not above the second"
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl TargetGroup {
+    pub fn deregistration_delay(&self) -> Duration {
+        Duration::from_secs(self.deregistration_delay)
+    }
+}
+
+impl Target {
+    /// The target's port for a listener: its own, else its group's, else the listener's.
+    pub fn port_for(&self, group: &TargetGroup, listener: &Listener) -> u16 {
+        self.port.or(group.port).unwrap_or(listener.port)
+    }
+}
+
+fn show_target(address: IpAddr, port: Option<u16>) -> String {
+    match port {
+        Some(port) => SocketAddr::new(address, port).to_string(),
+        None => address.to_string(),
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [[listener]]
+        name = "web"
+        address = "192.0.2.10"
+        port = 80
+        protocol = "tcp"
+        default_target_group = "web"
+
+        [[target_group]]
+        name = "web"
+        port = 3000
+        targets = [ { address = "10.0.1.10" }, { address = "10.0.1.11", port = 3001, weight = 2 } ]
+    "#;
+
+    fn invalid(text: &str) -> String {
+        match Model::parse(text, "sluice.toml") {
+            Err(e) => e.to_string(),
+            Ok(model) => panic!("accepted: {model:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_aws_like() {
+        let model = Model::parse(GOOD, "sluice.toml").unwrap();
+        let listener = &model.listeners[0];
+        assert_eq!(listener.mode, Mode::Nat);
+        assert_eq!(listener.maglev_table_size, 65537);
+        let group = &model.target_groups[0];
+        assert_eq!(group.deregistration_delay, 300);
+        assert_eq!(group.hash_key, HashKey::FiveTuple);
+        assert_eq!(group.targets[0].weight, 1);
+        assert_eq!(group.targets[0].port_for(group, listener), 3000);
+        assert_eq!(group.targets[1].port_for(group, listener), 3001);
+    }
+
+    #[test]
+    fn syntax_errors_name_the_file_and_line() {
+        let e = invalid("[[listener]]\nname = \"web\"\nport = \"eighty\"\n");
+        assert!(e.starts_with("sluice.toml: "), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let e = invalid(&GOOD.replace("port = 80", "port = 80\nprot = 1"));
+        assert!(e.contains("prot"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_group_is_named_with_the_known_ones() {
+        let e = invalid(&GOOD.replace(
+            "default_target_group = \"web\"",
+            "default_target_group = \"api\"",
+        ));
+        assert!(
+            e.contains("'api' does not exist; known target groups: web"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn weights_are_1_to_999() {
+        for bad in ["0", "1000"] {
+            let e = invalid(&GOOD.replace("weight = 2", &format!("weight = {bad}")));
+            assert!(
+                e.contains(&format!("has weight {bad}; weights are 1 to 999")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn dsr_and_tunnel_refuse_port_translation() {
+        for mode in ["dsr", "tunnel"] {
+            let e = invalid(&GOOD.replace(
+                "protocol = \"tcp\"",
+                &format!("protocol = \"tcp\"\nmode = \"{mode}\""),
+            ));
+            assert!(e.contains("port translation needs mode = \"nat\""), "{e}");
+        }
+        let same_port = GOOD
+            .replace("protocol = \"tcp\"", "protocol = \"tcp\"\nmode = \"dsr\"")
+            .replace("port = 3000", "port = 80")
+            .replace(", port = 3001", "");
+        Model::parse(&same_port, "sluice.toml").unwrap();
+    }
+
+    #[test]
+    fn families_must_match_except_in_tunnel_mode() {
+        let e = invalid(&GOOD.replace("10.0.1.10", "fd00::10"));
+        assert!(e.contains("address families differ"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_endpoints_and_targets_are_refused() {
+        let twice = format!("{GOOD}\n[[listener]]\nname = \"web\"\naddress = \"192.0.2.11\"\nport = 80\nprotocol = \"tcp\"\ndefault_target_group = \"web\"\n");
+        assert!(invalid(&twice).contains("listener 'web' is defined twice"));
+        let same_endpoint = twice.replace(
+            "name = \"web\"\naddress = \"192.0.2.11\"",
+            "name = \"web2\"\naddress = \"192.0.2.10\"",
+        );
+        assert!(invalid(&same_endpoint).contains("both listen on 192.0.2.10:80"));
+        let e = invalid(&GOOD.replace("\"10.0.1.11\", port = 3001", "\"10.0.1.10\""));
+        assert!(e.contains("target 10.0.1.10:3000 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn table_size_must_be_prime_and_big_enough() {
+        let e = invalid(&GOOD.replace(
+            "default_target_group = \"web\"",
+            "default_target_group = \"web\"\nmaglev_table_size = 1000",
+        ));
+        assert!(
+            e.contains("maglev_table_size") && e.contains("not prime"),
+            "{e}"
+        );
+        let e = invalid(&GOOD.replace(
+            "default_target_group = \"web\"",
+            "default_target_group = \"web\"\nmaglev_table_size = 13",
+        ));
+        assert!(e.contains("maglev_table_size"), "{e}");
+    }
+
+    #[test]
+    fn nat_port_range_must_be_a_range() {
+        let e = invalid(&format!(
+            "{GOOD}\n[data_plane]\nnat_port_range = [5000, 4000]\n"
+        ));
+        assert!(e.contains("nat_port_range"), "{e}");
+    }
+}

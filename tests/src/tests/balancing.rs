@@ -1,0 +1,271 @@
+//! End to end, per forwarding mode: `sluice run --config` in the lb namespace of an
+//! [`LbTopology`], real servers on the targets, real clients. Connections spread over the
+//! targets, a long-lived connection survives adding and removing targets (SIGHUP reload),
+//! UDP and IPv6 listeners work.
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+};
+
+use super::namespaces::{PinDir, TIMEOUT};
+use crate::{
+    netns::{require_root, sluice_binary, wait_until, ChildGuard, LbTopology},
+    servers::{http_get, udp_request, EchoClient, EchoServer, HttpServer, UdpReply, UdpServer},
+};
+
+const VIP_V4: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
+const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x5c, 0, 0x100, 0, 0, 0, 1);
+const HTTP: u16 = 80;
+const ECHO: u16 = 7000;
+const DNS: u16 = 53;
+
+/// The running system: topology, servers on every target, sluice.
+struct Balanced {
+    mode: &'static str,
+    topology: LbTopology,
+    _servers: Vec<(HttpServer, EchoServer, UdpServer)>,
+    sluice: ChildGuard,
+    config: PathBuf,
+    _pin_dir: PinDir,
+}
+
+impl Drop for Balanced {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+/// The port a target's servers use in `mode`: `nat` translates ports, the others cannot.
+fn target_port(mode: &str, listener_port: u16) -> u16 {
+    if mode == "nat" {
+        listener_port + 3000
+    } else {
+        listener_port
+    }
+}
+
+/// The model for targets `members` (indexes into the topology's targets).
+fn config_text(mode: &str, topology: &LbTopology, members: &[usize]) -> String {
+    let group = |name: &str, port: u16, v6: bool| {
+        let targets: Vec<String> = members
+            .iter()
+            .map(|&i| {
+                let link = &topology.targets[i].link;
+                let address = if v6 {
+                    IpAddr::from(link.v6)
+                } else {
+                    IpAddr::from(link.v4)
+                };
+                format!("{{ address = \"{address}\" }}")
+            })
+            .collect();
+        format!(
+            "[[target_group]]\nname = \"{name}\"\nport = {}\nderegistration_delay = 1\ntargets = [{}]\n\n",
+            target_port(mode, port),
+            targets.join(", ")
+        )
+    };
+    let listener = |name: &str, address: IpAddr, port: u16, protocol: &str, group: &str| {
+        format!(
+            "[[listener]]\nname = \"{name}\"\naddress = \"{address}\"\nport = {port}\nprotocol = \"{protocol}\"\nmode = \"{mode}\"\ndefault_target_group = \"{group}\"\nmaglev_table_size = 251\n\n"
+        )
+    };
+    [
+        group("web", HTTP, false),
+        group("web6", HTTP, true),
+        group("echo", ECHO, false),
+        group("dns", DNS, false),
+        listener("web", VIP_V4.into(), HTTP, "tcp", "web"),
+        listener("web6", VIP_V6.into(), HTTP, "tcp", "web6"),
+        listener("echo", VIP_V4.into(), ECHO, "tcp", "echo"),
+        listener("dns", VIP_V4.into(), DNS, "udp", "dns"),
+    ]
+    .concat()
+}
+
+impl Balanced {
+    /// Four targets with servers; the model uses the first `members` of them.
+    fn start(mode: &'static str, members: &[usize]) -> Balanced {
+        require_root();
+        let topology = LbTopology::new(4);
+        let servers = topology
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, target)| {
+                if mode != "nat" {
+                    target.hold_vips(&[VIP_V4.into(), VIP_V6.into()]);
+                }
+                let name = format!("target{i}");
+                let any = IpAddr::from(Ipv6Addr::UNSPECIFIED);
+                // UDP replies must leave from the address the request went to: bind the VIP
+                // where targets hold it, the target's own address in `nat` mode.
+                let udp_addr = if mode == "nat" {
+                    IpAddr::from(target.link.v4)
+                } else {
+                    VIP_V4.into()
+                };
+                (
+                    HttpServer::start(
+                        &target.ns,
+                        SocketAddr::new(any, target_port(mode, HTTP)),
+                        &name,
+                    ),
+                    EchoServer::start(
+                        &target.ns,
+                        SocketAddr::new(any, target_port(mode, ECHO)),
+                        &name,
+                    ),
+                    UdpServer::start(
+                        &target.ns,
+                        SocketAddr::new(udp_addr, target_port(mode, DNS)),
+                        &name,
+                        UdpReply::Name,
+                    ),
+                )
+            })
+            .collect();
+        let config = std::env::temp_dir().join(format!("{}.toml", topology.lb.name()));
+        std::fs::write(&config, config_text(mode, &topology, members)).unwrap();
+        let pin_dir = PinDir::new();
+        let mut cmd = topology.lb.command(sluice_binary());
+        cmd.args([
+            "run",
+            "--iface",
+            "eth0",
+            "--iface",
+            "eth1",
+            "--pin-dir",
+            pin_dir.arg(),
+        ])
+        .arg("--config")
+        .arg(&config)
+        .args(["--flows", "65536"])
+        .env("RUST_LOG", "info");
+        let sluice = topology.lb.spawn(cmd);
+        wait_until(
+            TIMEOUT,
+            "sluice to attach and apply its configuration",
+            || {
+                if let Some(status) = sluice.try_status() {
+                    panic!("sluice exited ({status}): {}", sluice.stderr());
+                }
+                sluice.stderr().contains("listener(s) from")
+            },
+        );
+        Balanced {
+            mode,
+            topology,
+            _servers: servers,
+            sluice,
+            config,
+            _pin_dir: pin_dir,
+        }
+    }
+
+    /// Rewrites the model for `members` and reloads it with SIGHUP.
+    fn reconfigure(&mut self, members: &[usize]) {
+        let reloads = self.sluice.stderr().matches("reloaded").count();
+        std::fs::write(
+            &self.config,
+            config_text(self.mode, &self.topology, members),
+        )
+        .unwrap();
+        self.sluice.signal(libc::SIGHUP);
+        wait_until(TIMEOUT, "sluice to reload", || {
+            self.sluice.stderr().matches("reloaded").count() > reloads
+        });
+    }
+
+    fn get(&self, vip: IpAddr) -> String {
+        let addr = SocketAddr::new(vip, HTTP);
+        http_get(&self.topology.client.ns, addr, "/")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "GET http://{addr}/ through sluice ({}): {e}\n{}",
+                    self.mode,
+                    self.sluice.stderr()
+                )
+            })
+            .trim()
+            .to_string()
+    }
+
+    /// `n` new connections; how many each target answered.
+    fn spread(&self, vip: IpAddr, n: usize) -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for _ in 0..n {
+            *seen.entry(self.get(vip)).or_insert(0) += 1;
+        }
+        seen
+    }
+}
+
+fn assert_balanced(seen: &BTreeMap<String, usize>, names: &[&str], n: usize) {
+    assert_eq!(
+        seen.keys().map(String::as_str).collect::<Vec<_>>(),
+        names,
+        "{seen:?}"
+    );
+    for (name, count) in seen {
+        let share = *count as f64 / n as f64;
+        assert!(
+            (0.20..=0.47).contains(&share),
+            "{name} got {count} of {n}: {seen:?}"
+        );
+    }
+}
+
+fn balances_and_survives_changes(mode: &'static str) {
+    let mut lb = Balanced::start(mode, &[0, 1, 2]);
+
+    // 300 connections reach all three targets, each with 20-47%.
+    let seen = lb.spread(VIP_V4.into(), 300);
+    assert_balanced(&seen, &["target0", "target1", "target2"], 300);
+
+    // IPv6 listener.
+    assert!(lb.get(VIP_V6.into()).starts_with("target"));
+
+    // UDP request/response.
+    let answer = udp_request(
+        &lb.topology.client.ns,
+        SocketAddr::new(VIP_V4.into(), DNS),
+        b"query",
+    )
+    .unwrap_or_else(|e| panic!("UDP through sluice ({mode}): {e}"));
+    assert!(String::from_utf8_lossy(&answer).starts_with("target"));
+
+    // A long-lived connection keeps working while a fourth target is added and another
+    // (not its own) removed.
+    let mut echo =
+        EchoClient::connect(&lb.topology.client.ns, SocketAddr::new(VIP_V4.into(), ECHO))
+            .unwrap_or_else(|e| panic!("connecting to the echo listener ({mode}): {e}"));
+    assert_eq!(echo.echo(b"before").unwrap(), b"before");
+    let serving = lb
+        ._servers
+        .iter()
+        .position(|(_, echo_server, _)| !echo_server.peers().is_empty())
+        .expect("one target serves the echo connection");
+    let removed = (0..3).find(|&i| i != serving).unwrap();
+    let members: Vec<usize> = (0..4).filter(|&i| i != removed).collect();
+    lb.reconfigure(&members);
+    for round in 0..20 {
+        let payload = format!("during {round}");
+        assert_eq!(echo.echo(payload.as_bytes()).unwrap(), payload.as_bytes());
+    }
+    let names: Vec<String> = members.iter().map(|i| format!("target{i}")).collect();
+    let seen = lb.spread(VIP_V4.into(), 300);
+    assert_balanced(
+        &seen,
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+        300,
+    );
+    assert_eq!(echo.echo(b"after").unwrap(), b"after");
+}
+
+#[test]
+fn dsr_balances_and_survives_changes() {
+    balances_and_survives_changes("dsr");
+}
