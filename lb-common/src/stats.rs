@@ -87,7 +87,7 @@ counters! {
     IcmpEchoReply = "icmp_echo_reply", Outcome;
     /// ICMP "fragmentation needed" / ICMPv6 "packet too big" about a flow, sent to the flow's target.
     IcmpErrorForwarded = "icmp_error_forwarded", Outcome;
-    /// Passed to the kernel: other ICMP to a listener's address, or an ICMP error about no known flow.
+    /// Passed to the kernel: other ICMP to a listener's address, or an ICMP error about no known flow or whose quoted packet is cut short or malformed.
     PassVipIcmp = "pass_vip_icmp", Outcome;
     /// Rewritten, then passed to the kernel, which resolves the next hop's MAC and sends it.
     PassNeighborUnresolved = "pass_neighbor_unresolved", Outcome;
@@ -95,7 +95,7 @@ counters! {
     PassVlanListener = "pass_vlan_listener", Outcome;
     /// Dropped: IP forwarding is disabled on the receiving interface, so the kernel's FIB refuses to route for it (set net.ipv4.ip_forward=1 / net.ipv6.conf.all.forwarding=1).
     DropForwardingDisabled = "drop_forwarding_disabled", Outcome;
-    /// Dropped (`dsr` mode): the target's MAC is not resolved yet; the kernel cannot route a packet still addressed to the VIP. sluice keeps targets' neighbour entries managed, so this is transient.
+    /// Dropped (`dsr`, `nat`): the next hop's MAC is not resolved yet, and the kernel cannot take the packet over (in `dsr` it is still addressed to the VIP; in `nat` its source is the kernel's own address, a martian to forward). sluice keeps targets' neighbour entries managed, so this is transient.
     DropNeighborUnresolved = "drop_neighbor_unresolved", Outcome;
     /// Dropped: the listener has no target to send new flows to.
     DropNoTarget = "drop_no_target", Outcome;

@@ -2,7 +2,7 @@
 //! the target's); the target holds the VIP on loopback and replies straight to the client.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::stats::Counter;
+use lb_common::{stats::Counter, target::Target};
 
 use crate::{forward, parse::Packet, select::Selected};
 
@@ -12,15 +12,21 @@ pub fn forward(
     packet: &Packet,
     selected: &Selected,
 ) -> Result<(Counter, u32), Counter> {
+    send(ctx, &packet.key.src, selected.target, Counter::ForwardDsr)
+}
+
+/// Sends the frame, unchanged but for its MACs, to `target` (also used by `icmp.rs` for
+/// errors about a `dsr` flow); `src` is the packet's source address, for the FIB lookup.
+#[inline(always)]
+pub fn send(
+    ctx: &XdpContext,
+    src: &[u8; 16],
+    target: &Target,
+    forwarded: Counter,
+) -> Result<(Counter, u32), Counter> {
     // The FIB lookup is for the target's address, so the next hop is the target itself when it
     // is on-link (DSR's requirement); the packet keeps the VIP as its destination.
-    match forward::to(
-        ctx,
-        selected.target.family,
-        &packet.key.src,
-        &selected.target.addr,
-        Counter::ForwardDsr,
-    ) {
+    match forward::to(ctx, target.family, src, &target.addr, forwarded) {
         // The kernel would route a packet to the VIP, not to the target: handing it over
         // cannot help, so drop it (the client retransmits once the neighbour is resolved).
         Ok((Counter::PassNeighborUnresolved, _)) => Err(Counter::DropNeighborUnresolved),

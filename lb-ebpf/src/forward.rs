@@ -28,8 +28,15 @@ pub fn to(
     dst: &[u8; 16],
     forwarded: Counter,
 ) -> Result<(Counter, u32), Counter> {
-    // SAFETY: all-integer C struct (unions of integers); zero is a valid value.
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    let params = crate::FIB_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Counter::DropRewriteFailed)?;
+    // SAFETY: this CPU's slot, used by this packet only; all-integer C struct, so zeroing it
+    // (every field the lookup reads must start at zero) gives a valid value.
+    let params: &mut FibParams = unsafe {
+        core::ptr::write_bytes(params, 0, 1);
+        &mut *params
+    };
     // SAFETY: `ingress_ifindex` reads the xdp_md context.
     params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     if family == FAMILY_V4 {
@@ -45,7 +52,7 @@ pub fn to(
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
-            &mut params,
+            params,
             core::mem::size_of::<FibParams>() as i32,
             0,
         )

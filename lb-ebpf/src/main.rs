@@ -81,6 +81,19 @@ static LISTENER_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_
 #[map]
 static TARGET_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
 
+/// Per-CPU scratch space for `nat`'s keys, kept off the 512-byte BPF stack.
+#[map]
+static NAT_SCRATCH: PerCpuArray<nat::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for the keys of the flow an ICMP error is about, kept off the stack.
+#[map]
+static ICMP_SCRATCH: PerCpuArray<icmp::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch space for `bpf_fib_lookup`'s 64-byte parameters, kept off the stack.
+#[map]
+static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU new-flow rate window for the flood gate.
 #[map]
 static FLOOD_GATE: PerCpuArray<FloodGate> = PerCpuArray::with_max_entries(1, 0);

@@ -15,8 +15,6 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
-    macros::map,
-    maps::PerCpuArray,
     programs::XdpContext,
 };
 use lb_common::{
@@ -87,13 +85,10 @@ pub fn reply(ctx: &XdpContext, packet: &Packet) -> Option<(Counter, u32)> {
 /// inlined program shares. An XDP program runs to completion on its CPU, so one slot per CPU
 /// is never used by two packets at a time.
 #[repr(C)]
-struct Scratch {
+pub struct Scratch {
     key: FlowKey,
     origin: NatOrigin,
 }
-
-#[map]
-static NAT_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Rewrites a client's packet towards `selected.target`, allocating or reusing its translation
 /// (the port goes to `selected.flow.nat_port_be`, which `select::commit` stores).
@@ -114,7 +109,7 @@ pub fn forward(
     } else {
         target.port_be
     };
-    let scratch = NAT_SCRATCH
+    let scratch = crate::NAT_SCRATCH
         .get_ptr_mut(0)
         .ok_or(Counter::DropRewriteFailed)?;
     // SAFETY: this CPU's slot, used by this packet only (see `Scratch`).

@@ -71,7 +71,6 @@ pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 #[allow(dead_code)]
 pub const TCP_RST: u8 = 0x04;
-#[allow(dead_code)]
 pub const TCP_ACK: u8 = 0x10;
 
 /// Returns a pointer to a `T` at `offset` in the frame, or `None` if it does not fit.

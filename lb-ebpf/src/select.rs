@@ -12,7 +12,7 @@ use lb_common::{
 
 use crate::{
     hash,
-    parse::{Packet, IPPROTO_TCP, TCP_SYN},
+    parse::{Packet, IPPROTO_TCP, TCP_ACK, TCP_SYN},
     stats, CONFIG, FLOOD_GATE, FLOWS, MAGLEV, TARGETS,
 };
 
@@ -54,7 +54,12 @@ pub fn select(
     if let Some(flow) = unsafe { FLOWS.get(&packet.key) } {
         let flow = *flow;
         if let Some(target) = TARGETS.get(flow.target_id) {
-            if target.state == TARGET_ACTIVE || target.state == TARGET_DRAINING {
+            // A draining target keeps its flows but takes no new connection: a bare SYN that
+            // matches an old entry (the client reused a source port) starts a new connection.
+            let new_connection =
+                packet.protocol == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            if target.state == TARGET_ACTIVE || (target.state == TARGET_DRAINING && !new_connection)
+            {
                 let store = now.wrapping_sub(flow.last_seen_ns) > NS_PER_SEC;
                 return Ok(Selected {
                     target_id: flow.target_id,

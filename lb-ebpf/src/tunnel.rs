@@ -8,7 +8,7 @@
 //! for IPv6), so mixed families need nothing special here.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{addr::FAMILY_V4, stats::Counter};
+use lb_common::{addr::FAMILY_V4, flow::FlowKey, stats::Counter, target::Target};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -48,6 +48,26 @@ pub fn forward(
     packet: &Packet,
     selected: &Selected,
 ) -> Result<(Counter, u32), Counter> {
+    encapsulate(
+        ctx,
+        packet,
+        &packet.key,
+        selected.target,
+        Counter::ForwardTunnel,
+    )
+}
+
+/// Encapsulates the frame's IP packet towards `target` with the outer source of `flow`, the
+/// client's 5-tuple (also used by `icmp.rs`: an ICMP error about a flow travels with the
+/// flow's outer header, so it reaches the same receive queue as the flow's packets).
+#[inline(always)]
+pub fn encapsulate(
+    ctx: &XdpContext,
+    packet: &Packet,
+    flow: &FlowKey,
+    target: &Target,
+    forwarded: Counter,
+) -> Result<(Counter, u32), Counter> {
     // main.rs passes VLAN-tagged frames to the kernel before any rewrite, so the IP header
     // follows a plain Ethernet header and the new Ethernet header is the same size.
     if packet.l3_offset != EthHdr::LEN {
@@ -55,8 +75,7 @@ pub fn forward(
     }
     let inner = inner(ctx, packet)?;
     let config = CONFIG.get(0).ok_or(Counter::DropRewriteFailed)?;
-    let hash = hash::five_tuple(&packet.key).to_be_bytes();
-    let target = selected.target;
+    let hash = hash::five_tuple(flow).to_be_bytes();
     let outer_v4 = target.family == FAMILY_V4;
     let protocol = match packet.family {
         Family::V4 => IPPROTO_IPIP,
@@ -149,13 +168,7 @@ pub fn forward(
             (*h).dst_addr = target.addr;
         }
     }
-    forward::to(
-        ctx,
-        target.family,
-        &outer_src,
-        &target.addr,
-        Counter::ForwardTunnel,
-    )
+    forward::to(ctx, target.family, &outer_src, &target.addr, forwarded)
 }
 
 /// Reads what the outer header needs from the inner IP header (at `l3_offset`, already

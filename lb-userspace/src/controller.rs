@@ -21,7 +21,7 @@ use lb_common::{
     addr::ip_to_bytes,
     config::Config,
     listener::{self as abi, ForwardingMode, ListenerKey},
-    target::{Target, MAX_TARGETS, TARGET_ACTIVE, TARGET_DRAINING, TARGET_GONE},
+    target::{Target, TARGET_ACTIVE, TARGET_DRAINING, TARGET_GONE},
 };
 
 use crate::{
@@ -39,9 +39,9 @@ pub enum ApplyError {
         target: SocketAddr,
         source: std::io::Error,
     },
-    #[error("more than {max} listeners")]
+    #[error("more than {max} listeners; start sluice run with a larger --max-listeners")]
     TooManyListeners { max: u32 },
-    #[error("more than {max} target ids in use (targets plus those still draining or in flows)")]
+    #[error("more than {max} target ids in use (targets, plus removed ones still draining or named by flows); start sluice run with a larger --max-targets")]
     TooManyTargets { max: u32 },
     #[error(transparent)]
     Maglev(#[from] maglev::MaglevError),
@@ -107,12 +107,13 @@ pub struct Controller {
 impl Controller {
     /// Takes over freshly loaded maps (no listeners, no targets).
     pub fn new(maps: Maps) -> Controller {
+        let ids = IdPool::new(maps.targets.len());
         Controller {
             maps,
             model: Model::default(),
             listeners: BTreeMap::new(),
             targets: BTreeMap::new(),
-            ids: IdPool::new(MAX_TARGETS),
+            ids,
         }
     }
 
@@ -149,6 +150,10 @@ impl Controller {
             let unchanged =
                 current.is_some_and(|c| c.state == TargetState::Active && c.snat == target.snat);
             if !unchanged {
+                if current.is_none() {
+                    // The id may have served a target that is gone: count from zero.
+                    self.maps.reset_target_traffic(target.id)?;
+                }
                 self.maps
                     .set_target(target.id, &plan.target_entry(key, target, TARGET_ACTIVE))?;
                 if current.is_none() {
@@ -174,6 +179,11 @@ impl Controller {
             if current.map(|c| (&c.key, &c.value)) != Some((&listener.key, &listener.value)) {
                 if let Some(current) = current.filter(|c| c.key != listener.key) {
                     self.maps.remove_listener(&current.key)?;
+                }
+                if current.is_none() {
+                    // The id may have served a removed listener (whose last packets, still
+                    // in flight on other CPUs, may yet add a few).
+                    self.maps.reset_listener_traffic(listener.id)?;
                 }
                 self.maps.set_listener(&listener.key, &listener.value)?;
                 if current.is_none() {
@@ -284,7 +294,7 @@ impl Controller {
         let mut targets: BTreeMap<TargetKey, AppliedTarget> = BTreeMap::new();
         let mut listeners = BTreeMap::new();
         let mut listener_ids: BTreeSet<u32> = BTreeSet::new();
-        let max_listeners = lb_common::listener::MAX_LISTENERS;
+        let max_listeners = self.maps.maglev.len();
 
         // Listener ids stay with their names; new listeners take the lowest free id.
         for listener in &model.listeners {
@@ -326,7 +336,9 @@ impl Controller {
                             Some(current) => current.id,
                             None => ids
                                 .allocate(|| self.maps.flows().map(|(_, flow)| flow.target_id))
-                                .ok_or(ApplyError::TooManyTargets { max: MAX_TARGETS })?,
+                                .ok_or(ApplyError::TooManyTargets {
+                                    max: self.maps.targets.len(),
+                                })?,
                         };
                         AppliedTarget {
                             id,

@@ -53,12 +53,19 @@ pub enum DatapathError {
 pub struct MapSizes {
     /// Entries of the flow table (`FLOWS`) and of `nat` translations (`NAT_REPLIES`).
     pub flows: u32,
+    /// Listener ids (`MAGLEV`, `LISTENER_STATS`; `LISTENERS` holds twice as many entries,
+    /// for each address's ICMP entry).
+    pub listeners: u32,
+    /// Target ids (`TARGETS`, `TARGET_STATS`).
+    pub targets: u32,
 }
 
 impl Default for MapSizes {
     fn default() -> Self {
         MapSizes {
             flows: lb_common::flow::DEFAULT_FLOWS,
+            listeners: lb_common::listener::MAX_LISTENERS,
+            targets: lb_common::target::MAX_TARGETS,
         }
     }
 }
@@ -90,12 +97,36 @@ pub fn load_program(
         .override_global("AYA_LOG_LEVEL", &level, false)
         .map_max_entries("FLOWS", sizes.flows)
         .map_max_entries("NAT_REPLIES", sizes.flows)
+        .map_max_entries("LISTENERS", 2 * sizes.listeners)
+        .map_max_entries("MAGLEV", sizes.listeners)
+        .map_max_entries("LISTENER_STATS", sizes.listeners)
+        .map_max_entries("TARGETS", sizes.targets)
+        .map_max_entries("TARGET_STATS", sizes.targets)
         .load(XDP_OBJECT)
         .map_err(object_error)?;
-    program_mut_named(&mut ebpf, program)
-        .load()
-        .map_err(program_error)?;
+    load_verified(program_mut_named(&mut ebpf, program))?;
     Ok(ebpf)
+}
+
+/// How often a verification interrupted by a signal is retried (libbpf's number).
+const LOAD_ATTEMPTS: usize = 5;
+
+/// Loads `program`, retrying when the verifier was interrupted: it gives up with EAGAIN when a
+/// signal arrives during a long verification (a SIGHUP to the daemon, a child exiting).
+fn load_verified(program: &mut Xdp) -> Result<(), DatapathError> {
+    let mut attempt = 1;
+    loop {
+        match program.load() {
+            Ok(()) => return Ok(()),
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                log::debug!("verification interrupted (attempt {attempt}); retrying");
+                attempt += 1;
+            }
+            Err(e) => return Err(program_error(e)),
+        }
+    }
 }
 
 /// The loaded object's XDP program.
@@ -200,10 +231,11 @@ fn program_error(e: ProgramError) -> DatapathError {
             io_error,
             verifier_log,
         } => {
-            if is_permission_error(&io_error) {
+            let log = verifier_log.to_string();
+            // The verifier refuses some programs with EACCES too; then its log says why.
+            if is_permission_error(&io_error) && log.trim().is_empty() {
                 return DatapathError::PermissionDenied;
             }
-            let log = verifier_log.to_string();
             log::debug!("verifier output:\n{log}");
             let reason = verifier_reason(&log, &io_error);
             DatapathError::Rejected {
@@ -226,7 +258,10 @@ fn verifier_reason(log: &str, io_error: &io::Error) -> String {
         .rev()
         .map(str::trim)
         .find(|l| {
-            !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+            !l.is_empty()
+                && !l.starts_with("processed ")
+                && !l.starts_with("verification time")
+                && !l.starts_with("stack depth")
         })
         .map(|l| format!("{l} ({io_error})"))
         .unwrap_or_else(|| io_error.to_string())
@@ -252,6 +287,7 @@ mod tests {
                    invalid access to packet, off=14 size=2, R3(id=0,off=14,r=0)\n\
                    R3 offset is outside of the packet\n\
                    processed 17 insns (limit 1000000) max_states_per_insn 0\n\
+                   stack depth 496+0\n\
                    verification time 12 usec\n";
         let reason = verifier_reason(log, &io::Error::from_raw_os_error(libc::EACCES));
         assert!(

@@ -1,6 +1,7 @@
 //! sluice's userspace: loading and attaching the XDP program, reading its counters, and (in
 //! later stages) the controller, health checker, control API and L7 proxy.
 
+pub mod api;
 pub mod bpffs;
 pub mod controller;
 pub mod datapath;

@@ -3,7 +3,7 @@
 //! rules live in `lb-common`.
 
 use aya::{
-    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     Ebpf,
 };
 use lb_common::{
@@ -124,6 +124,25 @@ impl Maps {
     pub fn target_traffic(&self, id: u32) -> Result<Traffic, MapsError> {
         sum(&self.target_stats, id).map_err(err("TARGET_STATS"))
     }
+
+    /// Zeroes the traffic of listener `id`, for a listener given an id another one had.
+    pub fn reset_listener_traffic(&mut self, id: u32) -> Result<(), MapsError> {
+        zero(&mut self.listener_stats, id).map_err(err("LISTENER_STATS"))
+    }
+
+    /// Zeroes the traffic of target `id`, for a target given an id another one had.
+    pub fn reset_target_traffic(&mut self, id: u32) -> Result<(), MapsError> {
+        zero(&mut self.target_stats, id).map_err(err("TARGET_STATS"))
+    }
+}
+
+fn zero(map: &mut PerCpuArray<MapData, Traffic>, id: u32) -> Result<(), MapError> {
+    let cpus = map.get(&id, 0)?.len();
+    map.set(
+        id,
+        PerCpuValues::try_from(vec![Traffic::default(); cpus])?,
+        0,
+    )
 }
 
 fn sum(map: &PerCpuArray<MapData, Traffic>, id: u32) -> Result<Traffic, MapError> {

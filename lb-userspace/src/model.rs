@@ -29,7 +29,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::maglev::{TableSize, MAX_WEIGHT};
 
@@ -46,7 +46,7 @@ pub enum ModelError {
     Invalid { path: String, message: String },
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -60,15 +60,34 @@ impl Protocol {
             Protocol::Udp => 17,
         }
     }
+
+    /// As in the configuration.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
     Nat,
     Dsr,
     Tunnel,
+}
+
+impl Mode {
+    /// As in the configuration.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Dsr => "dsr",
+            Mode::Tunnel => "tunnel",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -285,27 +304,22 @@ impl Model {
                     && listener.mode != Mode::Tunnel
                 {
                     return Err(format!(
-                        "listener '{l}' ({}) cannot forward to target {shown} of '{}' in {:?} mode: address families differ (only tunnel mode carries one family inside the other)",
+                        "listener '{l}' ({}) cannot forward to target {shown} of '{}' in {} mode: address families differ (only tunnel mode carries one family inside the other)",
                         listener.address,
                         group.name,
-                        listener.mode
+                        listener.mode.name()
                     ));
                 }
                 match listener.mode {
-                    Mode::Nat => {
-                        if port.is_none() && listener.port == 0 {
-                            return Err(format!(
-                                "listener '{l}' listens on every port, so target {shown} of '{}' needs a port (on the target or the group)",
-                                group.name
-                            ));
-                        }
-                    }
+                    // A target without a port under an all-ports listener keeps each packet's
+                    // destination port.
+                    Mode::Nat => {}
                     Mode::Dsr | Mode::Tunnel => {
                         if let Some(port) = port {
                             if port != listener.port {
                                 return Err(format!(
-                                    "listener '{l}' uses {:?} mode, where the packet reaches the target unchanged, so target {shown} of '{}' must use the listener's port {} (or none); port translation needs mode = \"nat\"",
-                                    listener.mode,
+                                    "listener '{l}' uses {} mode, where the packet reaches the target unchanged, so target {shown} of '{}' must use the listener's port {} (or none); port translation needs mode = \"nat\"",
+                                    listener.mode.name(),
                                     group.name,
                                     listener.port
                                 ));

@@ -1,19 +1,12 @@
-//! Reading the XDP program's global counters (`STATS`), summed over CPUs.
+//! Reading the XDP program's global counters (`STATS`), summed over CPUs. The daemon serves
+//! them on its control API (`api::StatsReport`) and pins the map in its `--pin-dir`.
 
-use std::{borrow::Borrow, path::Path};
+use std::borrow::Borrow;
 
-use aya::maps::{Map, MapData, MapError, PerCpuArray};
+use aya::maps::{MapData, MapError, PerCpuArray};
 use lb_common::stats::{Counter, CounterValue};
 
 pub const STATS_MAP: &str = "STATS";
-
-#[derive(Debug, thiserror::Error)]
-pub enum StatsError {
-    #[error("no sluice data plane is pinned at {path}: is `sluice run` running with the same --pin-dir?")]
-    NotRunning { path: String },
-    #[error("cannot read counters from {path}: {source}")]
-    Read { path: String, source: MapError },
-}
 
 /// Counter values summed over all CPUs, in `Counter::ALL` order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,19 +52,21 @@ pub fn read<T: Borrow<MapData>>(map: &PerCpuArray<T, CounterValue>) -> Result<Co
         .map(Counters)
 }
 
-/// Reads the counters of a running `sluice run` through its pinned `STATS` map.
-pub fn read_pinned(pin_dir: &Path) -> Result<Counters, StatsError> {
-    let path = pin_dir.join(STATS_MAP);
-    let shown = path.display().to_string();
-    if !path.exists() {
-        return Err(StatsError::NotRunning { path: shown });
+#[cfg(test)]
+mod tests {
+    use lb_common::stats::Counter;
+
+    /// docs/OPERATING.md documents every counter, so the table cannot fall behind the code.
+    #[test]
+    fn every_counter_is_documented() {
+        let doc = include_str!("../../docs/OPERATING.md");
+        for counter in Counter::ALL {
+            let row = format!("| `{}` |", counter.name());
+            assert!(
+                doc.contains(&row),
+                "docs/OPERATING.md has no row for {}",
+                counter.name()
+            );
+        }
     }
-    let read_err = |source| StatsError::Read {
-        path: shown.clone(),
-        source,
-    };
-    let data = MapData::from_pin(&path).map_err(read_err)?;
-    let map =
-        PerCpuArray::try_from(Map::from_map_data(data).map_err(read_err)?).map_err(read_err)?;
-    read(&map).map_err(read_err)
 }

@@ -5,7 +5,7 @@
 //! Everything here lives inside namespaces this module created: the root namespace never gets
 //! an address or an interface from it, so test traffic cannot leave the machine.
 //!
-//! Namespaces and pin directories are named `sluicet-<pid>-<seq>-...`. The pid lets the first
+//! Namespaces, pin directories and control sockets are named `sluicet-<pid>-<seq>-...`. The pid lets the first
 //! use in a process delete what a crashed earlier run left behind without touching the
 //! namespaces of runs that are still alive.
 
@@ -31,6 +31,8 @@ pub const NAME_PREFIX: &str = "sluicet-";
 /// Where `ip netns` keeps the handles of named namespaces.
 const NETNS_RUN_DIR: &str = "/run/netns";
 const BPFFS_MOUNT_POINT: &str = "/sys/fs/bpf";
+/// Where daemons started by tests put their control sockets (`sluice run` creates it).
+const SOCKET_DIR: &str = "/run/sluice-tests";
 const BPF_FS_MAGIC: i64 = 0xCAFE_4A11;
 
 /// How often bounded waits look again. Short, so waits end soon after their condition holds.
@@ -118,6 +120,13 @@ pub fn unique_pin_dir() -> PathBuf {
     Path::new(BPFFS_MOUNT_POINT).join(unique_name("pins"))
 }
 
+/// A fresh path for one `sluice run --socket`: tests run in parallel, and a daemon refuses a
+/// socket another daemon answers on. Nothing is created; the daemon makes the directory.
+pub fn unique_socket_path() -> PathBuf {
+    clean_stale_once();
+    Path::new(SOCKET_DIR).join(format!("{}.sock", unique_name("api")))
+}
+
 fn is_bpffs(path: &Path) -> bool {
     let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
         return false;
@@ -143,7 +152,8 @@ fn owner_pid(name: &str) -> Option<i32> {
         .ok()
 }
 
-/// Deletes namespaces and pin directories left by harness runs that are no longer alive.
+/// Deletes namespaces, pin directories and control sockets left by harness runs that are no
+/// longer alive.
 ///
 /// Runs once, before this process makes its first name, so a name carrying this process's
 /// own pid is also stale (an earlier run that had the same pid).
@@ -167,6 +177,11 @@ fn clean_stale_once() {
                 if entry.file_name().to_str().is_some_and(is_stale) {
                     let _ = fs::remove_dir_all(entry.path());
                 }
+            }
+        }
+        for entry in fs::read_dir(SOCKET_DIR).into_iter().flatten().flatten() {
+            if entry.file_name().to_str().is_some_and(is_stale) {
+                let _ = fs::remove_file(entry.path());
             }
         }
     });

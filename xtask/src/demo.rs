@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use sluice_tests::{
-    netns::{require_root, unique_pin_dir, wait_until, LbTopology, Namespace},
+    netns::{require_root, unique_pin_dir, unique_socket_path, wait_until, LbTopology, Namespace},
     servers::HttpServer,
 };
 
@@ -44,7 +44,7 @@ pub struct DemoArgs {
     #[arg(long)]
     check: bool,
     /// Forwarding mode of the demo listener.
-    #[arg(long, default_value = "dsr", value_parser = ["nat", "dsr"])]
+    #[arg(long, default_value = "nat", value_parser = ["nat", "dsr", "tunnel"])]
     mode: String,
 }
 
@@ -55,7 +55,7 @@ impl DemoArgs {
             duration: 3,
             targets: 3,
             check: true,
-            mode: "dsr".to_string(),
+            mode: "nat".to_string(),
         }
     }
 }
@@ -104,6 +104,26 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
         })
         .collect();
 
+    // `tunnel` targets decapsulate with sluice's own XDP program (this kernel has no ipip).
+    let mut decaps = Vec::new();
+    if args.mode == "tunnel" {
+        for t in &topology.targets {
+            decaps.push(Daemon(
+                t.ns.command(sluice)
+                    .args(["decap", "--iface", &t.link.iface])
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .context("starting sluice decap on a target")?,
+            ));
+            wait_until(
+                Duration::from_secs(20),
+                "sluice decap to attach on a target",
+                || t.ns.xdp_attached(&t.link.iface).is_some(),
+            );
+        }
+    }
+
     let config = std::env::temp_dir().join(format!("{}-demo.toml", topology.lb.name()));
     let targets: Vec<String> = topology
         .targets
@@ -121,12 +141,15 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
     println!("demo: configuration ({}):\n{model}", config.display());
 
     let pin_dir = unique_pin_dir();
+    let socket = unique_socket_path();
     let mut daemon = Daemon(
         topology
             .lb
             .command(sluice)
             .args(["run", "--iface", "eth0", "--iface", "eth1", "--pin-dir"])
             .arg(&pin_dir)
+            .arg("--socket")
+            .arg(&socket)
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
@@ -157,12 +180,12 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
             .join(", ")
     );
 
-    let forwarded = |pin_dir: &Path| -> anyhow::Result<u64> {
+    let forwarded = |socket: &Path| -> anyhow::Result<u64> {
         let out = topology
             .lb
             .command(sluice)
-            .args(["stats", "--json", "--pin-dir"])
-            .arg(pin_dir)
+            .args(["stats", "--json", "--socket"])
+            .arg(socket)
             .output()?;
         if !out.status.success() {
             bail!(
@@ -170,8 +193,9 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
-        let counters: serde_json::Value =
+        let stats: serde_json::Value =
             serde_json::from_slice(&out.stdout).context("parsing `sluice stats --json`")?;
+        let counters = &stats["counters"];
         Ok(
             ["forward_nat", "forward_dsr", "forward_tunnel", "nat_reply"]
                 .iter()
@@ -181,7 +205,7 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
     };
 
     let deadline = Instant::now() + Duration::from_secs(args.duration);
-    let mut last = forwarded(&pin_dir)?;
+    let mut last = forwarded(&socket)?;
     let mut totals: BTreeMap<String, usize> = BTreeMap::new();
     let mut round = 0u64;
     while !STOP.load(Ordering::SeqCst) && Instant::now() < deadline {
@@ -192,7 +216,7 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
         for answer in &answers {
             *totals.entry(answer.clone()).or_insert(0) += 1;
         }
-        let now = forwarded(&pin_dir)?;
+        let now = forwarded(&socket)?;
         println!(
             "round {round}: {} | packets forwarded by XDP: +{} | answers so far: {}",
             answers.join(" "),
@@ -218,6 +242,9 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
 
     println!("\ndemo: stopping sluice and removing the namespaces");
     daemon.stop()?;
+    for mut decap in decaps {
+        decap.stop()?;
+    }
     drop(servers);
     drop(topology);
     println!("demo: done");

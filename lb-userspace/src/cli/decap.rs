@@ -39,7 +39,11 @@ pub fn decap(args: DecapArgs) -> anyhow::Result<()> {
     };
     // The object's load-balancer maps are created too, though this program never touches
     // them: keep the big ones (the flow tables) at their minimum.
-    let sizes = MapSizes { flows: 1 };
+    let sizes = MapSizes {
+        flows: 1,
+        listeners: 1,
+        targets: 1,
+    };
     let mut ebpf = datapath::load_program(log::max_level(), sizes, DECAP_PROGRAM_NAME)?;
     let (link, mode) = datapath::attach_named(
         &mut ebpf,

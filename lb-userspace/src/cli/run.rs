@@ -1,16 +1,24 @@
 //! `sluice run`: the daemon. Loads the XDP program, attaches it to the given interfaces,
-//! applies the model from `--config`, and runs until SIGINT/SIGTERM (SIGHUP re-reads the
-//! configuration); then detaches.
+//! applies the model from `--config`, answers the control API on `--socket`, and runs until
+//! SIGINT/SIGTERM (SIGHUP re-reads the configuration); then detaches.
 
 use std::{
+    cell::RefCell,
     path::PathBuf,
+    rc::Rc,
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use aya::{maps::Map, programs::xdp::XdpLinkId, Ebpf};
+use aya::{
+    maps::{MapData, PerCpuArray},
+    programs::xdp::XdpLinkId,
+    Ebpf,
+};
 use aya_log::EbpfLogger;
+use lb_common::stats::CounterValue;
 use sluice::{
+    api::{self, Backend, CollectError, StatsReport},
     bpffs,
     controller::{Changes, Controller},
     datapath::{self, AttachMode, MapSizes},
@@ -36,14 +44,26 @@ pub struct RunArgs {
     /// XDP attach mode: `auto` tries native and falls back to generic with a warning.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: AttachMode,
-    /// bpffs directory where maps are pinned for `sluice stats` (one daemon per directory).
+    /// bpffs directory where the counters are pinned (one daemon per directory).
     #[arg(long, value_name = "DIR", default_value = bpffs::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
+    /// The control API's Unix socket (HTTP/1.1 and JSON; `sluice stats` asks it). Its
+    /// directory is created mode 0700 if missing; the socket is mode 0600: root's only.
+    #[arg(long, value_name = "PATH", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
     /// Flow table size (entries); each costs about 150 bytes of kernel memory, twice in
     /// `nat` mode.
     #[arg(long, value_name = "N", default_value_t = lb_common::flow::DEFAULT_FLOWS,
           value_parser = clap::value_parser!(u32).range(1024..=(1 << 27)))]
     flows: u32,
+    /// Maximum number of listeners (map sizes are fixed at load time).
+    #[arg(long, value_name = "N", default_value_t = lb_common::listener::MAX_LISTENERS,
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_listeners: u32,
+    /// Maximum number of target ids (targets plus those draining or still named by flows).
+    #[arg(long, value_name = "N", default_value_t = lb_common::target::MAX_TARGETS,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    max_targets: u32,
 }
 
 /// How often drains are checked for their deregistration delay.
@@ -69,7 +89,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Signals::install()?
     };
 
-    let mut ebpf = datapath::load_with(log::max_level(), MapSizes { flows: args.flows })?;
+    let sizes = MapSizes {
+        flows: args.flows,
+        listeners: args.max_listeners,
+        targets: args.max_targets,
+    };
+    let mut ebpf = datapath::load_with(log::max_level(), sizes)?;
+    // Before anything outside this process changes (neighbour entries, pins, attachments): a
+    // second daemon on the same socket stops here.
+    let (api_listener, _socket_file) = api::server::bind(&args.socket)?;
     // The program logs only rare events (and, in debug builds, per packet); without a log
     // call in the object there is no log map, which is fine.
     let logger = match EbpfLogger::init(&mut ebpf) {
@@ -92,12 +120,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         );
         bpffs::unpin(&stats_pin).with_context(|| format!("removing {}", stats_pin.display()))?;
     }
-    let stats: &Map = ebpf
-        .map(STATS_MAP)
+    let stats = ebpf
+        .take_map(STATS_MAP)
         .context("the XDP object has no STATS map")?;
     stats
         .pin(&stats_pin)
         .with_context(|| format!("pinning counters at {}", stats_pin.display()))?;
+    let counters = PerCpuArray::try_from(stats).context("reading the STATS map")?;
 
     let mut links: Vec<(String, XdpLinkId)> = Vec::new();
     for (iface, &ifindex) in args.ifaces.iter().zip(&ifindexes) {
@@ -117,20 +146,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
     log::info!(
-        "{} listener(s) from {}; counters: sluice stats --pin-dir {}",
+        "{} listener(s) from {}; control API on {socket} (sluice stats --socket {socket})",
         controller.model().listeners.len(),
         args.config
             .as_ref()
             .map_or("no configuration".into(), |p| p.display().to_string()),
-        args.pin_dir.display()
+        socket = args.socket.display()
     );
 
-    let served = runtime.block_on(serve(
-        logger,
-        signals,
-        &mut controller,
-        args.config.as_ref(),
-    ));
+    let controller = Rc::new(RefCell::new(controller));
+    let daemon = Rc::new(Daemon {
+        controller: Rc::clone(&controller),
+        counters,
+    });
+    // A LocalSet, so the API's connection tasks can share the controller without locks: each
+    // request is answered between two awaits, never in the middle of a reload or a tick.
+    let served = tokio::task::LocalSet::new().block_on(&runtime, async {
+        let api_listener = tokio::net::UnixListener::from_std(api_listener)
+            .context("registering the control socket with the runtime")?;
+        let api = tokio::task::spawn_local(api::server::serve(api_listener, daemon));
+        let served = serve(logger, signals, &controller, args.config.as_ref()).await;
+        api.abort();
+        served
+    });
     detach(&mut ebpf, links);
     bpffs::unpin(&stats_pin).with_context(|| format!("removing {}", stats_pin.display()))?;
     served
@@ -150,7 +188,7 @@ fn detach(ebpf: &mut Ebpf, links: Vec<(String, XdpLinkId)>) {
 async fn serve(
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     mut signals: Signals,
-    controller: &mut Controller,
+    controller: &RefCell<Controller>,
     config: Option<&PathBuf>,
 ) -> anyhow::Result<()> {
     let mut logs = match logger {
@@ -167,10 +205,11 @@ async fn serve(
         tokio::select! {
             request = signals.next() => match request {
                 Request::Stop => break,
-                Request::Reload => reload(controller, config),
+                Request::Reload => reload(&mut controller.borrow_mut(), config),
             },
             _ = tick.tick() => {
-                match controller.tick(Instant::now()) {
+                let expired = controller.borrow_mut().tick(Instant::now());
+                match expired {
                     Ok(expired) => for key in expired {
                         log::info!("target {} of '{}': deregistration delay over; its remaining flows move to other targets", key.addr, key.group);
                     },
@@ -186,6 +225,18 @@ async fn serve(
     }
     log::info!("stopping");
     Ok(())
+}
+
+/// What the control API reads: the controller and the global counters.
+struct Daemon {
+    controller: Rc<RefCell<Controller>>,
+    counters: PerCpuArray<MapData, CounterValue>,
+}
+
+impl Backend for Daemon {
+    fn stats(&self) -> Result<StatsReport, CollectError> {
+        StatsReport::collect(&self.controller.borrow(), &self.counters)
+    }
 }
 
 /// Re-reads the model; a file that does not validate changes nothing.

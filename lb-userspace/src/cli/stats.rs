@@ -1,56 +1,298 @@
-//! `sluice stats`: the data plane's counters.
+//! `sluice stats`: the data plane's counters and every listener's and target's traffic, asked
+//! of the running daemon over its control socket.
 
-use std::path::PathBuf;
+use std::{fmt::Write as _, path::PathBuf};
 
-use lb_common::stats::CounterKind;
-use sluice::{bpffs, stats};
+use anyhow::Context;
+use lb_common::stats::{Counter, CounterKind};
+use sluice::api::{self, client::Client, StatsReport};
 
 #[derive(clap::Args)]
 pub struct StatsArgs {
-    /// bpffs directory given to `sluice run --pin-dir`.
-    #[arg(long, value_name = "DIR", default_value = bpffs::DEFAULT_PIN_DIR)]
-    pin_dir: PathBuf,
-    /// Print JSON (`{"counter_name": {"packets": N, "bytes": N}, ...}`) for scripts.
+    /// The daemon's control socket (`sluice run --socket`).
+    #[arg(long, value_name = "PATH", default_value = api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print the control API's JSON (`GET /v1/stats`) for scripts.
     #[arg(long)]
     json: bool,
 }
 
 pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
-    let counters = stats::read_pinned(&args.pin_dir)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let client = Client::new(&args.socket);
     if args.json {
-        let map: serde_json::Map<String, serde_json::Value> = counters
-            .0
-            .iter()
-            .map(|(c, v)| {
-                (
-                    c.name().to_string(),
-                    serde_json::json!({ "packets": v.packets, "bytes": v.bytes }),
-                )
-            })
-            .collect();
-        println!("{}", serde_json::Value::Object(map));
-        return Ok(());
+        let body = runtime.block_on(client.get(api::STATS_PATH))?;
+        print!("{}", String::from_utf8_lossy(&body));
+    } else {
+        let report = runtime.block_on(client.stats())?;
+        print!("{}", render(&report));
     }
-    let width = counters
-        .0
-        .iter()
-        .map(|(c, _)| c.name().len())
-        .max()
-        .unwrap_or(0);
-    println!(
+    Ok(())
+}
+
+/// The counters table (outcomes, then observations, each in index order; counters this
+/// version does not know, from a newer daemon, last), then the listeners and the targets.
+fn render(report: &StatsReport) -> String {
+    let mut counters: Vec<(&str, &api::CounterStats, &str)> = Vec::new();
+    for kind in [CounterKind::Outcome, CounterKind::Observation] {
+        for counter in Counter::ALL.iter().filter(|c| c.kind() == kind) {
+            if let Some(value) = report.counters.get(counter.name()) {
+                counters.push((counter.name(), value, counter.help()));
+            }
+        }
+    }
+    for (name, value) in &report.counters {
+        if !Counter::ALL.iter().any(|c| c.name() == name) {
+            counters.push((name, value, ""));
+        }
+    }
+    let mut out = String::new();
+    let width = column_width("counter", counters.iter().map(|(name, _, _)| *name));
+    let _ = writeln!(
+        out,
         "{:<width$}  {:>14}  {:>16}  meaning",
         "counter", "packets", "bytes"
     );
-    for kind in [CounterKind::Outcome, CounterKind::Observation] {
-        for (counter, value) in counters.0.iter().filter(|(c, _)| c.kind() == kind) {
-            println!(
-                "{:<width$}  {:>14}  {:>16}  {}",
-                counter.name(),
-                value.packets,
-                value.bytes,
-                counter.help()
+    for (name, value, help) in counters {
+        let _ = writeln!(
+            out,
+            "{name:<width$}  {:>14}  {:>16}  {help}",
+            value.packets, value.bytes
+        );
+    }
+
+    out.push('\n');
+    if report.listeners.is_empty() {
+        out.push_str("no listeners\n");
+    } else {
+        let addresses: Vec<String> = report
+            .listeners
+            .iter()
+            .map(|l| listener_address(l.address, l.port))
+            .collect();
+        let name_w = column_width("listener", report.listeners.iter().map(|l| l.name.as_str()));
+        let addr_w = column_width("address", addresses.iter().map(String::as_str));
+        let _ = writeln!(
+            out,
+            "{:<name_w$}  {:<addr_w$}  {:<8}  {:<6}  {:>14}  {:>16}  {:>12}",
+            "listener", "address", "protocol", "mode", "packets", "bytes", "new flows"
+        );
+        for (l, address) in report.listeners.iter().zip(&addresses) {
+            let _ = writeln!(
+                out,
+                "{:<name_w$}  {address:<addr_w$}  {:<8}  {:<6}  {:>14}  {:>16}  {:>12}",
+                l.name,
+                l.protocol.name(),
+                l.mode.name(),
+                l.packets,
+                l.bytes,
+                l.new_flows
             );
         }
     }
-    Ok(())
+
+    out.push('\n');
+    if report.targets.is_empty() {
+        out.push_str("no targets\n");
+    } else {
+        let addresses: Vec<String> = report
+            .targets
+            .iter()
+            .map(|t| t.address.to_string())
+            .collect();
+        let group_w = column_width(
+            "target group",
+            report.targets.iter().map(|t| t.group.as_str()),
+        );
+        let addr_w = column_width("target", addresses.iter().map(String::as_str));
+        let _ = writeln!(
+            out,
+            "{:<group_w$}  {:<addr_w$}  {:<8}  {:>14}  {:>16}  {:>12}",
+            "target group", "target", "state", "packets", "bytes", "new flows"
+        );
+        for (t, address) in report.targets.iter().zip(&addresses) {
+            let _ = writeln!(
+                out,
+                "{:<group_w$}  {address:<addr_w$}  {:<8}  {:>14}  {:>16}  {:>12}",
+                t.group,
+                t.state.name(),
+                t.packets,
+                t.bytes,
+                t.new_flows
+            );
+        }
+    }
+    out
+}
+
+fn column_width<'a>(header: &str, cells: impl Iterator<Item = &'a str>) -> usize {
+    cells.map(str::len).max().unwrap_or(0).max(header.len())
+}
+
+/// `192.0.2.10:80`, `[2001:db8::1]:53`; port 0 (every port) as `*`.
+fn listener_address(address: std::net::IpAddr, port: u16) -> String {
+    let port = if port == 0 {
+        "*".to_string()
+    } else {
+        port.to_string()
+    };
+    match address {
+        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice::{
+        api::{CounterStats, ListenerStats, TargetStats, TargetStatus},
+        model::{Mode, Protocol},
+    };
+
+    use super::*;
+
+    fn report() -> StatsReport {
+        let mut counters: std::collections::BTreeMap<String, CounterStats> = Counter::ALL
+            .iter()
+            .map(|c| (c.name().to_string(), CounterStats::default()))
+            .collect();
+        counters.insert(
+            "forward_nat".into(),
+            CounterStats {
+                packets: 12,
+                bytes: 960,
+            },
+        );
+        counters.insert("from_a_newer_daemon".into(), CounterStats::default());
+        StatsReport {
+            counters,
+            listeners: vec![
+                ListenerStats {
+                    name: "web".into(),
+                    address: "192.0.2.10".parse().unwrap(),
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                    mode: Mode::Nat,
+                    id: 0,
+                    packets: 12,
+                    bytes: 960,
+                    new_flows: 2,
+                },
+                ListenerStats {
+                    name: "everything6".into(),
+                    address: "2001:db8::10".parse().unwrap(),
+                    port: 0,
+                    protocol: Protocol::Udp,
+                    mode: Mode::Tunnel,
+                    id: 1,
+                    packets: 0,
+                    bytes: 0,
+                    new_flows: 0,
+                },
+            ],
+            targets: vec![
+                TargetStats {
+                    group: "web".into(),
+                    address: "10.0.1.10:3000".parse().unwrap(),
+                    id: 0,
+                    state: TargetStatus::Active,
+                    packets: 7,
+                    bytes: 560,
+                    new_flows: 1,
+                },
+                TargetStats {
+                    group: "web".into(),
+                    address: "10.0.1.11:3000".parse().unwrap(),
+                    id: 1,
+                    state: TargetStatus::Draining,
+                    packets: 5,
+                    bytes: 400,
+                    new_flows: 1,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn tables_list_counters_in_order_then_listeners_then_targets() {
+        let text = render(&report());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("counter "), "{text}");
+        let first = Counter::ALL
+            .iter()
+            .find(|c| c.kind() == CounterKind::Outcome)
+            .unwrap();
+        assert!(lines[1].starts_with(first.name()), "{text}");
+        let nat = lines
+            .iter()
+            .find(|l| l.starts_with("forward_nat "))
+            .unwrap();
+        assert!(nat.contains(" 12 ") && nat.contains(" 960 "), "{nat}");
+        assert!(nat.ends_with(Counter::ForwardNat.help()), "{nat}");
+        // Unknown counters come last among the counters, without a meaning.
+        let unknown = lines
+            .iter()
+            .position(|l| l.starts_with("from_a_newer_daemon"))
+            .unwrap();
+        assert_eq!(lines[unknown + 1], "", "{text}");
+
+        let listeners = lines
+            .iter()
+            .position(|l| l.starts_with("listener "))
+            .unwrap();
+        let words = |line: &str| {
+            line.split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            words(lines[listeners + 1]),
+            ["web", "192.0.2.10:80", "tcp", "nat", "12", "960", "2"]
+        );
+        assert_eq!(
+            words(lines[listeners + 2]),
+            [
+                "everything6",
+                "[2001:db8::10]:*",
+                "udp",
+                "tunnel",
+                "0",
+                "0",
+                "0"
+            ]
+        );
+        let targets = lines
+            .iter()
+            .position(|l| l.starts_with("target group "))
+            .unwrap();
+        assert_eq!(
+            words(lines[targets + 1]),
+            ["web", "10.0.1.10:3000", "active", "7", "560", "1"]
+        );
+        assert_eq!(
+            words(lines[targets + 2]),
+            ["web", "10.0.1.11:3000", "draining", "5", "400", "1"]
+        );
+        // Columns line up: every row of a table is as wide as its header.
+        for table in [listeners, targets] {
+            let header = lines[table];
+            for row in &lines[table + 1..table + 3] {
+                assert_eq!(row.len(), header.len(), "{header:?} vs {row:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_listeners_and_no_targets_say_so() {
+        let report = StatsReport {
+            listeners: Vec::new(),
+            targets: Vec::new(),
+            ..report()
+        };
+        let text = render(&report);
+        assert!(text.ends_with("\nno listeners\n\nno targets\n"), "{text}");
+    }
 }

@@ -11,7 +11,7 @@ use std::{
 
 use super::namespaces::{PinDir, TIMEOUT};
 use crate::{
-    netns::{require_root, sluice_binary, wait_until, ChildGuard, LbTopology},
+    netns::{require_root, sluice_binary, unique_socket_path, wait_until, ChildGuard, LbTopology},
     servers::{http_get, udp_request, EchoClient, EchoServer, HttpServer, UdpReply, UdpServer},
 };
 
@@ -26,6 +26,8 @@ struct Balanced {
     mode: &'static str,
     topology: LbTopology,
     _servers: Vec<(HttpServer, EchoServer, UdpServer)>,
+    /// `tunnel` mode: `sluice decap` on every target.
+    _decaps: Vec<ChildGuard>,
     sluice: ChildGuard,
     config: PathBuf,
     _pin_dir: PinDir,
@@ -127,6 +129,27 @@ impl Balanced {
                 )
             })
             .collect();
+        let decaps = if mode == "tunnel" {
+            topology
+                .targets
+                .iter()
+                .map(|target| {
+                    let mut cmd = target.ns.command(sluice_binary());
+                    cmd.args(["decap", "--iface", &target.link.iface])
+                        .env("RUST_LOG", "info");
+                    let decap = target.ns.spawn(cmd);
+                    wait_until(TIMEOUT, "sluice decap to attach on a target", || {
+                        if let Some(status) = decap.try_status() {
+                            panic!("sluice decap exited ({status}): {}", decap.stderr());
+                        }
+                        target.ns.xdp_attached(&target.link.iface).is_some()
+                    });
+                    decap
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let config = std::env::temp_dir().join(format!("{}.toml", topology.lb.name()));
         std::fs::write(&config, config_text(mode, &topology, members)).unwrap();
         let pin_dir = PinDir::new();
@@ -142,6 +165,8 @@ impl Balanced {
         ])
         .arg("--config")
         .arg(&config)
+        .arg("--socket")
+        .arg(unique_socket_path())
         .args(["--flows", "65536"])
         .env("RUST_LOG", "info");
         let sluice = topology.lb.spawn(cmd);
@@ -159,6 +184,7 @@ impl Balanced {
             mode,
             topology,
             _servers: servers,
+            _decaps: decaps,
             sluice,
             config,
             _pin_dir: pin_dir,
@@ -268,4 +294,115 @@ fn balances_and_survives_changes(mode: &'static str) {
 #[test]
 fn dsr_balances_and_survives_changes() {
     balances_and_survives_changes("dsr");
+}
+
+#[test]
+fn nat_balances_and_survives_changes() {
+    balances_and_survives_changes("nat");
+}
+
+#[test]
+fn tunnel_balances_and_survives_changes() {
+    balances_and_survives_changes("tunnel");
+}
+
+#[test]
+fn a_broken_configuration_on_reload_changes_nothing() {
+    let lb = Balanced::start("nat", &[0, 1]);
+    let before = lb.spread(VIP_V4.into(), 40);
+    std::fs::write(
+        &lb.config,
+        "[[listener]]\nname = \"web\"\nport = \"eighty\"\n",
+    )
+    .unwrap();
+    lb.sluice.signal(libc::SIGHUP);
+    wait_until(TIMEOUT, "sluice to refuse the broken configuration", || {
+        lb.sluice
+            .stderr()
+            .contains("refused, running configuration kept")
+    });
+    let refusal = lb.sluice.stderr();
+    assert!(
+        refusal.contains("line 3"),
+        "the error names the line: {refusal}"
+    );
+    let after = lb.spread(VIP_V4.into(), 40);
+    assert_eq!(
+        before.keys().collect::<Vec<_>>(),
+        after.keys().collect::<Vec<_>>(),
+        "same targets before and after the refused reload"
+    );
+    assert!(lb.sluice.try_status().is_none(), "sluice keeps running");
+}
+
+#[test]
+fn a_broken_configuration_at_start_is_one_line_and_attaches_nothing() {
+    require_root();
+    let topology = LbTopology::new(1);
+    let config = std::env::temp_dir().join(format!("{}-bad.toml", topology.lb.name()));
+    std::fs::write(
+        &config,
+        "[[listener]]\nname = \"web\"\naddress = \"10.111.100.1\"\nport = 80\nprotocol = \"tcp\"\ndefault_target_group = \"nope\"\n",
+    )
+    .unwrap();
+    let pin_dir = PinDir::new();
+    let out = topology
+        .lb
+        .command(sluice_binary())
+        .args([
+            "run",
+            "--iface",
+            "eth0",
+            "--pin-dir",
+            pin_dir.arg(),
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--socket")
+        .arg(unique_socket_path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("default_target_group 'nope' does not exist; known target groups: none"),
+        "{stderr}"
+    );
+    assert_eq!(topology.lb.xdp_attached("eth0"), None);
+}
+
+#[test]
+fn more_listeners_than_the_maps_hold_is_refused() {
+    require_root();
+    let topology = LbTopology::new(1);
+    let config = std::env::temp_dir().join(format!("{}-many.toml", topology.lb.name()));
+    std::fs::write(&config, config_text("nat", &topology, &[0])).unwrap();
+    let pin_dir = PinDir::new();
+    let out = topology
+        .lb
+        .command(sluice_binary())
+        .args([
+            "run",
+            "--iface",
+            "eth0",
+            "--max-listeners",
+            "2",
+            "--pin-dir",
+            pin_dir.arg(),
+            "--config",
+        ])
+        .arg(&config)
+        .arg("--socket")
+        .arg(unique_socket_path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("more than 2 listeners"), "{stderr}");
+    assert_eq!(topology.lb.xdp_attached("eth0"), None);
 }

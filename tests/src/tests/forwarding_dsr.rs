@@ -139,3 +139,94 @@ fn a_listener_without_targets_drops_and_other_ports_pass() {
     run.assert_passed_unchanged(&other_port, &[Counter::PassNoListener]);
     assert_eq!(run.action, XDP_PASS);
 }
+
+#[test]
+fn a_new_connection_reusing_a_draining_flows_tuple_avoids_the_draining_target() {
+    let vip = SocketAddr::from((VIP_V4, 80));
+    let mut f = dsr_fixture(vip, TCP, 3);
+    let syn = L4Fixture::inbound(Frame::tcp((CLIENT_V4, 43000), vip).syn()).build();
+    let target = target_of(&f.run(&syn).output);
+    let remaining: Vec<(u32, u32)> = (0..3u32)
+        .filter(|&i| i != u32::from(target))
+        .map(|i| (i, 1))
+        .collect();
+    let mut drained = f.maps.targets.get(&u32::from(target), 0).unwrap();
+    drained.state = TARGET_DRAINING;
+    f.target_with(u32::from(target), drained);
+    f.table(0, &remaining);
+    // The old connection's packets still reach the draining target...
+    let ack = L4Fixture::inbound(Frame::tcp((CLIENT_V4, 43000), vip).ack()).build();
+    assert_eq!(target_of(&f.run(&ack).output), target);
+    // ...but a bare SYN with the same 5-tuple is a new connection and goes elsewhere.
+    let run = f.run(&syn);
+    assert_ne!(target_of(&run.output), target);
+    assert!(run.moved().iter().any(|(c, _)| *c == Counter::FlowRehashed));
+}
+
+#[test]
+fn a_port_zero_listener_matches_every_port_of_its_address() {
+    let mut f = L4Fixture::new();
+    f.listener(
+        0,
+        SocketAddr::from((VIP_V4, 0)),
+        TCP,
+        ForwardingMode::Dsr,
+        HashKey::FiveTuple,
+    );
+    f.target(0, SocketAddr::from((target_v4(0), 0)));
+    f.table(0, &[(0, 1)]);
+    for port in [1, 80, 443, 65535] {
+        let frame =
+            L4Fixture::inbound(Frame::tcp((CLIENT_V4, 40000), (VIP_V4, port)).syn()).build();
+        let run = f.run(&frame);
+        assert_eq!(
+            (run.action, run.outcome()),
+            (XDP_TX, Counter::ForwardDsr),
+            "port {port}"
+        );
+    }
+    // Another protocol on the same address is not this listener's.
+    let udp = L4Fixture::inbound(Frame::udp((CLIENT_V4, 40000), (VIP_V4, 80))).build();
+    f.run(&udp)
+        .assert_passed_unchanged(&udp, &[Counter::PassNoListener]);
+}
+
+#[test]
+fn the_flood_gate_keeps_new_flows_out_of_the_table_but_forwards_them() {
+    let vip = SocketAddr::from((VIP_V4, 80));
+    let mut f = dsr_fixture(vip, TCP, 2);
+    f.maps
+        .set_config(&lb_common::config::Config {
+            max_new_flows_per_cpu: 3,
+            ..Default::default()
+        })
+        .unwrap();
+    // The gate is per CPU: keep every run on one CPU (threads inherit the affinity).
+    // SAFETY: sched_setaffinity on the calling thread with a valid, initialised cpu set.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+            0
+        );
+    }
+    let mut created = 0;
+    let mut gated = 0;
+    for port in 0..10u16 {
+        let syn = L4Fixture::inbound(Frame::tcp((CLIENT_V4, 30000 + port), vip).syn()).build();
+        let run = f.run(&syn);
+        assert_eq!(run.outcome(), Counter::ForwardDsr);
+        let moved: Vec<Counter> = run.moved().iter().map(|(c, _)| *c).collect();
+        created += moved.contains(&Counter::FlowCreated) as u32;
+        gated += moved.contains(&Counter::FloodGated) as u32;
+    }
+    // Three admitted per one-second window, the rest gated; the ten runs take well under a
+    // second, but may straddle one window boundary.
+    assert!(
+        (3..=6).contains(&created),
+        "created {created}, gated {gated}"
+    );
+    assert_eq!(created + gated, 10);
+    assert_eq!(f.maps.flows().count() as u32, created);
+}

@@ -13,8 +13,8 @@ use lb_common::stats::Counter;
 
 use crate::{
     netns::{
-        list_namespaces, require_root, sluice_binary, unique_pin_dir, veth, wait_until, ChildGuard,
-        LbTopology, Namespace,
+        list_namespaces, require_root, sluice_binary, unique_pin_dir, unique_socket_path, veth,
+        wait_until, ChildGuard, LbTopology, Namespace,
     },
     servers::{http_get, udp_request, HttpServer, UdpReply, UdpServer},
 };
@@ -45,16 +45,38 @@ impl Drop for PinDir {
     }
 }
 
-/// Starts `sluice run --iface IFACE --pin-dir DIR EXTRA...` in `ns` and waits until its XDP
-/// program shows up on the interface.
+/// A control socket path of its own for one daemon, removed at the end of a test (a killed
+/// daemon leaves its socket behind).
+pub(super) struct ApiSocket(pub PathBuf);
+
+impl ApiSocket {
+    pub fn new() -> ApiSocket {
+        ApiSocket(unique_socket_path())
+    }
+
+    pub fn arg(&self) -> &str {
+        self.0.to_str().expect("socket paths are UTF-8")
+    }
+}
+
+impl Drop for ApiSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Starts `sluice run --iface IFACE --pin-dir DIR --socket PATH EXTRA...` in `ns` and waits
+/// until its XDP program shows up on the interface.
 pub(super) fn start_sluice(
     ns: &Namespace,
     iface: &str,
     pin_dir: &PinDir,
+    socket: &ApiSocket,
     extra: &[&str],
 ) -> ChildGuard {
     let mut cmd = ns.command(sluice_binary());
     cmd.args(["run", "--iface", iface, "--pin-dir", pin_dir.arg()])
+        .args(["--socket", socket.arg()])
         .args(extra)
         .env_remove("RUST_LOG");
     let sluice = ns.spawn(cmd);
@@ -71,13 +93,14 @@ pub(super) fn start_sluice(
 }
 
 /// Stops sluice with `signal` and checks that it exits 0, leaving neither the XDP program
-/// nor the pin behind.
+/// nor the pin nor the control socket behind.
 pub(super) fn stop_sluice(
     sluice: &mut ChildGuard,
     signal: i32,
     ns: &Namespace,
     iface: &str,
     pin_dir: &PinDir,
+    socket: &ApiSocket,
 ) {
     let status = sluice.stop(signal, TIMEOUT);
     assert!(
@@ -91,6 +114,7 @@ pub(super) fn stop_sluice(
         "XDP still attached after sluice exited"
     );
     assert_gone(&pin_dir.stats_pin());
+    assert_gone(&socket.0);
     assert!(
         sluice.stderr().contains(&format!("detached from {iface}")),
         "{}",
@@ -107,18 +131,24 @@ pub(super) fn sluice_output(args: &[&str]) -> Output {
         .expect("running sluice")
 }
 
-/// `sluice stats --json`: packets per counter name.
-pub(super) fn stats(pin_dir: &PinDir) -> BTreeMap<String, u64> {
-    let output = sluice_output(&["stats", "--json", "--pin-dir", pin_dir.arg()]);
+/// `sluice stats --json`: the control API's answer to `GET /v1/stats`.
+pub(super) fn stats_json(socket: &ApiSocket) -> serde_json::Value {
+    let output = sluice_output(&["stats", "--json", "--socket", socket.arg()]);
     assert!(
         output.status.success(),
         "sluice stats failed ({}): {}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    let json: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("sluice stats --json prints JSON");
-    let counters = json.as_object().expect("a JSON object of counters");
+    serde_json::from_slice(&output.stdout).expect("sluice stats --json prints JSON")
+}
+
+/// `sluice stats --json`: packets per global counter name.
+pub(super) fn stats(socket: &ApiSocket) -> BTreeMap<String, u64> {
+    let json = stats_json(socket);
+    let counters = json["counters"]
+        .as_object()
+        .expect("a JSON object of counters");
     for counter in Counter::ALL {
         let value = &counters[counter.name()];
         assert!(value["bytes"].is_u64(), "{}: {value}", counter.name());
@@ -172,14 +202,15 @@ fn sluice_passes_tcp_and_udp_through_the_lb_and_detaches_on_sigint() {
         .map(|(t, name)| UdpServer::start(&t.ns, any(5353), name, UdpReply::Name))
         .collect();
     let pin_dir = PinDir::new();
+    let socket = ApiSocket::new();
     let iface = topo.lb_client_side.iface.clone();
-    let mut sluice = start_sluice(&topo.lb, &iface, &pin_dir, &[]);
+    let mut sluice = start_sluice(&topo.lb, &iface, &pin_dir, &socket, &[]);
     assert_eq!(
         topo.lb.xdp_attached(&iface).as_deref(),
         Some("xdp"),
         "auto mode on veth is native"
     );
-    let before = stats(&pin_dir);
+    let before = stats(&socket);
 
     let mut tcp_connections = 0;
     let mut datagrams = 0;
@@ -211,7 +242,7 @@ fn sluice_passes_tcp_and_udp_through_the_lb_and_detaches_on_sigint() {
     // Each answered GET needed at least its SYN, the handshake's ACK and the request to cross
     // lb's client-side interface; each datagram, itself. No listener is configured, so the
     // program passes them all on as `pass_no_listener`.
-    let after = stats(&pin_dir);
+    let after = stats(&socket);
     let moved = |counter: Counter| after[counter.name()] - before[counter.name()];
     let at_least = 3 * tcp_connections + datagrams;
     assert!(
@@ -226,7 +257,14 @@ fn sluice_passes_tcp_and_udp_through_the_lb_and_detaches_on_sigint() {
         assert_eq!(moved(*malformed), 0, "{}", malformed.name());
     }
 
-    stop_sluice(&mut sluice, libc::SIGINT, &topo.lb, &iface, &pin_dir);
+    stop_sluice(
+        &mut sluice,
+        libc::SIGINT,
+        &topo.lb,
+        &iface,
+        &pin_dir,
+        &socket,
+    );
     // With sluice gone, traffic still flows.
     let target = &topo.targets[0];
     assert_eq!(
@@ -252,7 +290,7 @@ fn sluice_passes_tcp_and_udp_through_the_lb_and_detaches_on_sigint() {
         "namespaces left after the topology was dropped: {left:?}"
     );
     drop(sluice);
-    drop(pin_dir);
+    drop((pin_dir, socket));
 }
 
 #[test]
@@ -266,8 +304,15 @@ fn generic_mode_attaches_as_xdpgeneric_and_still_passes_traffic() {
         "generic-target",
     );
     let pin_dir = PinDir::new();
+    let socket = ApiSocket::new();
     let iface = topo.lb_client_side.iface.clone();
-    let mut sluice = start_sluice(&topo.lb, &iface, &pin_dir, &["--xdp-mode", "generic"]);
+    let mut sluice = start_sluice(
+        &topo.lb,
+        &iface,
+        &pin_dir,
+        &socket,
+        &["--xdp-mode", "generic"],
+    );
     assert_eq!(topo.lb.xdp_attached(&iface).as_deref(), Some("xdpgeneric"));
     assert!(
         sluice.stderr().contains("in generic mode"),
@@ -275,19 +320,26 @@ fn generic_mode_attaches_as_xdpgeneric_and_still_passes_traffic() {
         sluice.stderr()
     );
 
-    let before = stats(&pin_dir);
+    let before = stats(&socket);
     assert_eq!(
         http_get(&topo.client.ns, server.addr(), "/").unwrap(),
         "generic-target\n"
     );
-    let after = stats(&pin_dir);
+    let after = stats(&socket);
     let name = Counter::PassNoListener.name();
     assert!(
         after[name] >= before[name] + 3,
         "before {before:?}, after {after:?}"
     );
 
-    stop_sluice(&mut sluice, libc::SIGINT, &topo.lb, &iface, &pin_dir);
+    stop_sluice(
+        &mut sluice,
+        libc::SIGINT,
+        &topo.lb,
+        &iface,
+        &pin_dir,
+        &socket,
+    );
 }
 
 #[test]
@@ -297,7 +349,9 @@ fn sigterm_also_detaches_cleanly() {
     let peer = Namespace::new("peer");
     veth(&lb, "eth0", &peer, "eth0");
     let pin_dir = PinDir::new();
-    let mut sluice = start_sluice(&lb, "eth0", &pin_dir, &[]);
+    let socket = ApiSocket::new();
+    let mut sluice = start_sluice(&lb, "eth0", &pin_dir, &socket, &[]);
     assert!(pin_dir.stats_pin().exists());
-    stop_sluice(&mut sluice, libc::SIGTERM, &lb, "eth0", &pin_dir);
+    assert!(socket.0.exists());
+    stop_sluice(&mut sluice, libc::SIGTERM, &lb, "eth0", &pin_dir, &socket);
 }

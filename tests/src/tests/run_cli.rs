@@ -1,8 +1,9 @@
 //! How `sluice run` and `sluice stats` fail: one clear line and a non-zero exit for people and
-//! scripts, and recovery from a daemon that was killed without cleaning up.
+//! scripts, recovery from a daemon that was killed without cleaning up, and a second daemon
+//! refused on a socket the first still answers on.
 
 use super::namespaces::{
-    one_line, sluice_output, start_sluice, stats, stop_sluice, PinDir, TIMEOUT,
+    one_line, sluice_output, start_sluice, stats, stop_sluice, ApiSocket, PinDir, TIMEOUT,
 };
 use crate::{
     netns::{require_root, sluice_binary, veth, wait_until, Namespace},
@@ -19,9 +20,11 @@ fn run_on_a_missing_interface_names_it() {
     // In a fresh namespace, nothing called nosuch0 can exist and nothing can be attached to.
     let ns = Namespace::new("cli");
     let pin_dir = PinDir::new();
+    let socket = ApiSocket::new();
     let output = ns
         .command(sluice_binary())
         .args(["run", "--iface", "nosuch0", "--pin-dir", pin_dir.arg()])
+        .args(["--socket", socket.arg()])
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
@@ -38,9 +41,11 @@ fn run_without_root_says_permission_denied() {
     let peer = Namespace::new("peer");
     veth(&ns, "eth0", &peer, "eth0");
     let pin_dir = PinDir::new();
+    let socket = ApiSocket::new();
     let output = ns
         .command_as(sluice_binary(), UNPRIVILEGED, UNPRIVILEGED)
         .args(["run", "--iface", "eth0", "--pin-dir", pin_dir.arg()])
+        .args(["--socket", socket.arg()])
         .env_remove("RUST_LOG")
         .output()
         .unwrap();
@@ -52,18 +57,63 @@ fn run_without_root_says_permission_denied() {
     );
     assert_eq!(ns.xdp_attached("eth0"), None);
     assert!(!pin_dir.stats_pin().exists());
+    assert!(!socket.0.exists());
 }
 
 #[test]
 fn stats_without_a_running_sluice_says_so() {
     require_root();
+    let socket = ApiSocket::new();
+    for json in [false, true] {
+        let mut args = vec!["stats", "--socket", socket.arg()];
+        if json {
+            args.push("--json");
+        }
+        let output = sluice_output(&args);
+        assert_eq!(output.status.code(), Some(1));
+        assert_eq!(
+            one_line(&output.stderr),
+            format!(
+                "error: no sluice daemon answers on {}: is `sluice run` running (with the same --socket)?",
+                socket.arg()
+            )
+        );
+        assert!(output.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_is_refused() {
+    require_root();
+    let lb = Namespace::new("lb");
+    let peer = Namespace::new("peer");
+    veth(&lb, "eth0", &peer, "eth0");
+    veth(&lb, "eth1", &peer, "eth1");
     let pin_dir = PinDir::new();
-    let output = sluice_output(&["stats", "--pin-dir", pin_dir.arg()]);
-    assert!(!output.status.success());
-    let line = one_line(&output.stderr);
-    assert!(line.contains(pin_dir.arg()), "{line}");
-    assert!(line.contains("sluice run"), "{line}");
-    assert!(output.stdout.is_empty());
+    let socket = ApiSocket::new();
+    let mut first = start_sluice(&lb, "eth0", &pin_dir, &socket, &[]);
+
+    // Same socket and pin directory, another interface: refused before it touches either.
+    let output = lb
+        .command(sluice_binary())
+        .args(["run", "--iface", "eth1", "--pin-dir", pin_dir.arg()])
+        .args(["--socket", socket.arg()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        one_line(&output.stderr),
+        format!(
+            "error: another sluice daemon answers on {}: stop it first, or give this one its own --socket",
+            socket.arg()
+        )
+    );
+    assert_eq!(lb.xdp_attached("eth1"), None);
+    // The first daemon still answers, with its pin in place.
+    assert!(pin_dir.stats_pin().exists());
+    assert!(stats(&socket).contains_key(Counter::PassNoListener.name()));
+    stop_sluice(&mut first, libc::SIGINT, &lb, "eth0", &pin_dir, &socket);
 }
 
 #[test]
@@ -92,25 +142,28 @@ fn a_stale_pin_from_a_killed_sluice_is_replaced() {
     let peer = Namespace::new("peer");
     veth(&lb, "eth0", &peer, "eth0");
     let pin_dir = PinDir::new();
+    let socket = ApiSocket::new();
 
-    let mut killed = start_sluice(&lb, "eth0", &pin_dir, &[]);
+    let mut killed = start_sluice(&lb, "eth0", &pin_dir, &socket, &[]);
     let status = killed.stop(libc::SIGKILL, TIMEOUT);
     assert!(!status.success());
-    // The pin outlives the process; the program's attachment does not.
+    // The pin and the socket file outlive the process; the program's attachment does not.
     assert!(
         pin_dir.stats_pin().exists(),
         "SIGKILL leaves the pin behind"
     );
+    assert!(socket.0.exists(), "SIGKILL leaves the socket file behind");
     wait_until(TIMEOUT, "XDP to detach from the killed sluice", || {
         lb.xdp_attached("eth0").is_none()
     });
 
-    let mut sluice = start_sluice(&lb, "eth0", &pin_dir, &[]);
-    assert!(
-        sluice.stderr().contains("replacing a stale pin"),
-        "{}",
-        sluice.stderr()
-    );
+    let mut sluice = start_sluice(&lb, "eth0", &pin_dir, &socket, &[]);
+    for replaced in [
+        "replacing a stale pin",
+        "replacing the stale control socket",
+    ] {
+        assert!(sluice.stderr().contains(replaced), "{}", sluice.stderr());
+    }
     // The pin now leads to the new program's counters: traffic moves them.
     lb.add_addr("eth0", "10.112.0.1/24");
     peer.add_addr("eth0", "10.112.0.2/24");
@@ -120,16 +173,16 @@ fn a_stale_pin_from_a_killed_sluice_is_replaced() {
         "lb",
         UdpReply::Echo,
     );
-    let before = stats(&pin_dir);
+    let before = stats(&socket);
     assert_eq!(
         udp_request(&peer, server.addr(), b"hello").unwrap(),
         b"hello"
     );
-    let after = stats(&pin_dir);
+    let after = stats(&socket);
     let name = Counter::PassNoListener.name();
     assert!(
         after[name] > before[name],
         "before {before:?}, after {after:?}"
     );
-    stop_sluice(&mut sluice, libc::SIGINT, &lb, "eth0", &pin_dir);
+    stop_sluice(&mut sluice, libc::SIGINT, &lb, "eth0", &pin_dir, &socket);
 }

@@ -1,0 +1,412 @@
+//! The daemon's side: binding the socket (refusing to share it with a live daemon, replacing
+//! one left by a dead daemon) and answering requests.
+
+use std::{
+    convert::Infallible,
+    fs, io,
+    os::unix::{
+        fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt},
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    rc::Rc,
+    time::Duration,
+};
+
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header,
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+
+use super::{CollectError, StatsReport, STATS_PATH};
+
+/// What the API asks of the daemon.
+pub trait Backend {
+    fn stats(&self) -> Result<StatsReport, CollectError>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "another sluice daemon answers on {path}: stop it first, or give this one its own --socket"
+    )]
+    InUse { path: String },
+    #[error("{path} exists and is not a socket: remove it, or choose another --socket")]
+    NotASocket { path: String },
+    #[error("cannot create {dir} for the control socket: {source}")]
+    CreateDir { dir: String, source: io::Error },
+    #[error("cannot remove the stale control socket {path}: {source}")]
+    RemoveStale { path: String, source: io::Error },
+    #[error("cannot listen on {path}: {source}")]
+    Bind { path: String, source: io::Error },
+}
+
+/// A client that sends no complete request head within this long is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// After a failed accept (e.g. out of file descriptors), before the next one.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The socket file of a bound listener. Dropping it removes the file, if it is still the one
+/// bound here: after someone removed it and another daemon bound the same path, it is theirs.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = fs::symlink_metadata(&self.path)
+            .is_ok_and(|meta| meta.dev() == self.dev && meta.ino() == self.ino);
+        if ours {
+            if let Err(e) = fs::remove_file(&self.path) {
+                log::warn!("removing the control socket {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+/// Listens on `path`, creating its directory (mode 0700) if needed; the socket is mode 0600.
+/// A socket file nobody answers on was left by a daemon that did not stop cleanly and is
+/// replaced; one a daemon answers on is refused.
+///
+/// The listener is non-blocking, ready for `tokio::net::UnixListener::from_std`.
+pub fn bind(path: &Path) -> Result<(UnixListener, SocketFile), BindError> {
+    let shown = path.display().to_string();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| BindError::CreateDir {
+                dir: dir.display().to_string(),
+                source,
+            })?;
+    }
+    let bind_err = |source| BindError::Bind {
+        path: shown.clone(),
+        source,
+    };
+    match fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(BindError::NotASocket { path: shown })
+        }
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => return Err(BindError::InUse { path: shown }),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                log::warn!(
+                    "replacing the stale control socket {shown} left by a sluice that did not stop cleanly"
+                );
+                fs::remove_file(path).map_err(|source| BindError::RemoveStale {
+                    path: shown.clone(),
+                    source,
+                })?;
+            }
+            Err(e) => return Err(bind_err(e)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_err(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(|source| match source.kind() {
+        // Another daemon bound it between our look and our bind.
+        io::ErrorKind::AddrInUse => BindError::InUse {
+            path: shown.clone(),
+        },
+        _ => bind_err(source),
+    })?;
+    // Until this chmod the socket has the umask's mode. Connecting needs write permission, which
+    // the usual umask (022) withholds from others, and a directory made here is 0700 anyway.
+    // (Setting the umask instead would affect every thread of the process.)
+    if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(0o600)) {
+        let _ = fs::remove_file(path);
+        return Err(bind_err(e));
+    }
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => {
+            let _ = fs::remove_file(path);
+            return Err(bind_err(e));
+        }
+    };
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    listener.set_nonblocking(true).map_err(bind_err)?;
+    Ok((listener, file))
+}
+
+/// Answers requests on `listener`, each connection in a task of its own, until dropped.
+/// Must run inside a `tokio::task::LocalSet` (the backend is not `Send`).
+pub async fn serve<B: Backend + 'static>(listener: tokio::net::UnixListener, backend: Rc<B>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                log::warn!("control API: accepting a connection: {e}");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let backend = Rc::clone(&backend);
+        tokio::task::spawn_local(async move {
+            let service = service_fn(move |request: Request<Incoming>| {
+                let response = respond(&*backend, request.method(), request.uri().path());
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                log::debug!("control API connection: {e}");
+            }
+        });
+    }
+}
+
+/// The answer to `method path`.
+pub fn respond(backend: &impl Backend, method: &Method, path: &str) -> Response<Full<Bytes>> {
+    match path {
+        STATS_PATH if method == Method::GET => match backend.stats() {
+            Ok(report) => json(StatusCode::OK, &report),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+        STATS_PATH => {
+            let mut response = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{path} takes GET, not {method}"),
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+            response
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            format!("no endpoint {path}; there is GET {STATS_PATH}"),
+        ),
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, serde::Deserialize, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    json(status, &ErrorBody { error: message })
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Response<Full<Bytes>> {
+    let mut bytes = serde_json::to_vec(body).expect("API bodies have string keys only");
+    // For people reading `curl` output in a terminal.
+    bytes.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::{
+        api::{client::Client, ClientError, CounterStats},
+        maps::MapsError,
+    };
+
+    /// A directory of its own under the temporary directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "sluice-api-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    struct Fake {
+        broken: bool,
+    }
+
+    impl Backend for Fake {
+        fn stats(&self) -> Result<StatsReport, CollectError> {
+            if self.broken {
+                return Err(MapsError::Missing("LISTENER_STATS").into());
+            }
+            Ok(StatsReport {
+                counters: [(
+                    "forward_nat".to_string(),
+                    CounterStats {
+                        packets: 1,
+                        bytes: 60,
+                    },
+                )]
+                .into(),
+                ..StatsReport::default()
+            })
+        }
+    }
+
+    fn body_text(response: Response<Full<Bytes>>) -> String {
+        let collected = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(response.into_body().collect())
+            .unwrap();
+        String::from_utf8(collected.to_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn routes_stats_and_refuses_other_paths_and_methods() {
+        let fake = Fake { broken: false };
+        let ok = respond(&fake, &Method::GET, STATS_PATH);
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert_eq!(ok.headers()[header::CONTENT_TYPE], "application/json");
+        let report: StatsReport = serde_json::from_str(&body_text(ok)).unwrap();
+        assert_eq!(report.counters["forward_nat"].bytes, 60);
+
+        let missing = respond(&fake, &Method::GET, "/v1/nothing");
+        assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+        let text = body_text(missing);
+        let error: ErrorBody = serde_json::from_str(&text).unwrap();
+        assert!(error.error.contains("/v1/nothing") && error.error.contains(STATS_PATH));
+
+        let post = respond(&fake, &Method::POST, STATS_PATH);
+        assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[header::ALLOW], "GET");
+        assert!(body_text(post).contains("takes GET, not POST"));
+
+        let broken = respond(&Fake { broken: true }, &Method::GET, STATS_PATH);
+        assert_eq!(broken.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body_text(broken).contains("LISTENER_STATS"));
+    }
+
+    #[test]
+    fn socket_is_private_and_removed_with_its_file_guard() {
+        let dir = TempDir::new();
+        let path = dir.0.join("run/sluice.sock");
+        let (listener, file) = bind(&path).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(file.path(), path);
+        drop(listener);
+        drop(file);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_live_socket_is_refused_a_dead_one_replaced_and_a_file_kept() {
+        let dir = TempDir::new();
+        let path = dir.0.join("sluice.sock");
+        let (listener, file) = bind(&path).unwrap();
+        let refused = bind(&path).unwrap_err();
+        assert!(matches!(refused, BindError::InUse { .. }), "{refused}");
+        assert!(refused
+            .to_string()
+            .contains("another sluice daemon answers on"));
+
+        // A daemon killed without cleaning up: the file stays, nobody answers.
+        drop(listener);
+        std::mem::forget(file);
+        assert!(path.exists());
+        let (_listener, _file) = bind(&path).expect("a stale socket is replaced");
+
+        let other = dir.0.join("not-a-socket");
+        fs::write(&other, "keep me").unwrap();
+        let refused = bind(&other).unwrap_err();
+        assert!(matches!(refused, BindError::NotASocket { .. }), "{refused}");
+        assert_eq!(fs::read_to_string(&other).unwrap(), "keep me");
+    }
+
+    #[test]
+    fn the_guard_leaves_a_socket_that_is_no_longer_its_own() {
+        let dir = TempDir::new();
+        let path = dir.0.join("sluice.sock");
+        // The first daemon still runs (its socket's inode is alive) when its file is removed
+        // and a second daemon binds the path.
+        let (_first, first_file) = bind(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        let (_second, _second_file) = bind(&path).unwrap();
+        drop(first_file);
+        assert!(path.exists(), "the second daemon's socket was removed");
+    }
+
+    #[test]
+    fn client_and_server_talk_over_the_socket() {
+        let dir = TempDir::new();
+        let path = dir.0.join("sluice.sock");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = Client::new(&path);
+        let not_running = runtime.block_on(client.stats()).unwrap_err();
+        assert!(
+            matches!(not_running, ClientError::NotRunning { .. }),
+            "{not_running}"
+        );
+        assert_eq!(
+            not_running.to_string(),
+            format!(
+                "no sluice daemon answers on {}: is `sluice run` running (with the same --socket)?",
+                path.display()
+            )
+        );
+
+        let (listener, _file) = bind(&path).unwrap();
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+            let server = tokio::task::spawn_local(serve(listener, Rc::new(Fake { broken: false })));
+            let report = client.stats().await.unwrap();
+            assert_eq!(report.counters["forward_nat"].packets, 1);
+            let missing = client.get("/v2/stats").await.unwrap_err();
+            match &missing {
+                ClientError::Status {
+                    status, message, ..
+                } => {
+                    assert_eq!(*status, StatusCode::NOT_FOUND);
+                    assert!(message.starts_with("no endpoint /v2/stats"), "{message}");
+                }
+                other => panic!("{other}"),
+            }
+            server.abort();
+        });
+    }
+}
