@@ -2,7 +2,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::{assert_size, impl_aya_pod};
+use crate::{assert_size, counters, impl_aya_pod};
 
 /// Packets and bytes counted for one [`Counter`] on one CPU.
 #[repr(C)]
@@ -21,40 +21,6 @@ impl CounterValue {
     }
 }
 
-macro_rules! counters {
-    ($( $(#[doc = $doc:literal])* $variant:ident = $name:literal, $kind:ident; )*) => {
-        /// Index into the `STATS` map.
-        ///
-        /// Every packet the program sees moves exactly one [`CounterKind::Outcome`] counter;
-        /// [`CounterKind::Observation`] counters are moved in addition, for packets with a
-        /// property worth knowing about.
-        #[repr(u32)]
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub enum Counter {
-            $( $(#[doc = $doc])* $variant, )*
-        }
-
-        impl Counter {
-            /// Every counter, in index order.
-            pub const ALL: &'static [Counter] = &[$(Counter::$variant),*];
-
-            /// The stable name shown by `sluice stats` and used in metrics.
-            pub const fn name(self) -> &'static str {
-                match self { $(Counter::$variant => $name,)* }
-            }
-
-            pub const fn kind(self) -> CounterKind {
-                match self { $(Counter::$variant => CounterKind::$kind,)* }
-            }
-
-            /// A one-line explanation, for humans reading `sluice stats`.
-            pub const fn help(self) -> &'static str {
-                match self { $(Counter::$variant => concat!($($doc),*),)* }
-            }
-        }
-    };
-}
-
 /// Whether a counter is moved once per packet or in addition to that.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CounterKind {
@@ -63,6 +29,12 @@ pub enum CounterKind {
 }
 
 counters! {
+    /// Index into the `STATS` map.
+    ///
+    /// Every packet the program sees moves exactly one [`CounterKind::Outcome`] counter;
+    /// [`CounterKind::Observation`] counters are moved in addition, for packets with a
+    /// property worth knowing about.
+    Counter {
     /// Passed to the kernel: not IPv4 or IPv6 (ARP, LLDP, ...).
     PassNotIp = "pass_not_ip", Outcome;
     /// Passed to the kernel: IP traffic that matches no listener.
@@ -134,6 +106,7 @@ counters! {
     /// Observed: a `nat` source port was taken; another was tried.
     NatPortCollision = "nat_port_collision", Observation;
 }
+}
 
 /// Number of slots in the `STATS` map.
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
@@ -142,14 +115,22 @@ pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
 mod tests {
     use super::*;
 
+    /// Index, name and help of every counter of both programs.
+    macro_rules! assert_dense_and_unique {
+        ($enum:ty) => {
+            for (i, c) in <$enum>::ALL.iter().enumerate() {
+                assert_eq!(*c as usize, i, "{c:?} is out of order");
+                assert!(!c.help().is_empty(), "{c:?} has no help text");
+                for other in &<$enum>::ALL[i + 1..] {
+                    assert_ne!(c.name(), other.name());
+                }
+            }
+        };
+    }
+
     #[test]
     fn indices_are_dense_and_names_unique() {
-        for (i, c) in Counter::ALL.iter().enumerate() {
-            assert_eq!(*c as usize, i, "{c:?} is out of order");
-            assert!(!c.help().is_empty(), "{c:?} has no help text");
-            for other in &Counter::ALL[i + 1..] {
-                assert_ne!(c.name(), other.name());
-            }
-        }
+        assert_dense_and_unique!(Counter);
+        assert_dense_and_unique!(crate::decap::DecapCounter);
     }
 }
