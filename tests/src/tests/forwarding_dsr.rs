@@ -230,3 +230,39 @@ fn the_flood_gate_keeps_new_flows_out_of_the_table_but_forwards_them() {
     assert_eq!(created + gated, 10);
     assert_eq!(f.maps.flows().count() as u32, created);
 }
+
+#[test]
+fn dsr_output_is_byte_exact_for_both_families_and_protocols() {
+    for (vip, client) in [
+        (
+            SocketAddr::from((VIP_V4, 80)),
+            SocketAddr::from((CLIENT_V4, 40001)),
+        ),
+        (
+            SocketAddr::from((VIP_V6, 80)),
+            SocketAddr::from((CLIENT_V6, 40001)),
+        ),
+    ] {
+        for protocol in [TCP, UDP] {
+            let mut f = dsr_fixture(vip, protocol, 3);
+            let frame = if protocol == TCP {
+                Frame::tcp(client, vip).syn().payload(b"hello")
+            } else {
+                Frame::udp(client, vip).payload(b"hello")
+            };
+            let input = L4Fixture::inbound(frame).build();
+            let run = f.run(&input);
+            assert_eq!(
+                (run.action, run.outcome()),
+                (XDP_TX, Counter::ForwardDsr),
+                "{vip} {protocol}"
+            );
+            let target = target_of(&run.output);
+            let mut expected = input.clone();
+            expected[..6].copy_from_slice(&target_mac(target));
+            expected[6..12].copy_from_slice(&LB_MAC);
+            assert_eq!(hex(&run.output), hex(&expected), "{vip} {protocol}");
+            checksum::verify(&run.output).unwrap();
+        }
+    }
+}
