@@ -25,6 +25,7 @@ use lb_common::{
 };
 
 use crate::{
+    health::{self, Health, HealthCheck},
     maglev::{self, MaglevTarget, TableSize},
     maps::{Maps, MapsError},
     model::{self, HashKey, Mode, Model},
@@ -70,6 +71,9 @@ struct AppliedTarget {
     id: u32,
     state: TargetState,
     snat: IpAddr,
+    /// What `TARGETS` says: `TARGET_ACTIVE`, or `TARGET_GONE` for an unhealthy target outside
+    /// every table (its flows are re-hashed); draining targets are `TARGET_DRAINING`.
+    kernel_state: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -88,6 +92,10 @@ pub struct Changes {
     pub tables_rebuilt: Vec<String>,
     pub targets_added: Vec<TargetKey>,
     pub targets_draining: Vec<TargetKey>,
+    /// Target groups that now have no healthy target and send traffic to all (fail open).
+    pub failing_open: Vec<String>,
+    /// Target groups that have a healthy target again.
+    pub failing_closed: Vec<String>,
 }
 
 impl Changes {
@@ -102,6 +110,10 @@ pub struct Controller {
     listeners: BTreeMap<String, AppliedListener>,
     targets: BTreeMap<TargetKey, AppliedTarget>,
     ids: IdPool,
+    /// Health of registered targets, from the health checker; missing = initial.
+    health: BTreeMap<TargetKey, Health>,
+    /// Target groups failing open (no healthy target).
+    failing_open: BTreeSet<String>,
 }
 
 impl Controller {
@@ -114,7 +126,52 @@ impl Controller {
             listeners: BTreeMap::new(),
             targets: BTreeMap::new(),
             ids,
+            health: BTreeMap::new(),
+            failing_open: BTreeSet::new(),
         }
+    }
+
+    fn health_of(&self, key: &TargetKey) -> Health {
+        self.health.get(key).copied().unwrap_or(Health::Initial)
+    }
+
+    /// Records a target's new health and rebuilds what depends on it (tables, target states).
+    pub fn set_health(
+        &mut self,
+        key: &TargetKey,
+        health: Health,
+        now: Instant,
+    ) -> Result<Changes, ApplyError> {
+        if !self.targets.contains_key(key) {
+            // A late event about a target that is no longer registered.
+            return Ok(Changes::default());
+        }
+        self.health.insert(key.clone(), health);
+        let model = self.model.clone();
+        self.apply(&model, now)
+    }
+
+    /// What the health checker should check: every registered target that is not draining,
+    /// at its traffic address, with its group's settings.
+    pub fn health_checks(&self) -> Vec<(TargetKey, SocketAddr, HealthCheck)> {
+        self.targets
+            .iter()
+            .filter(|(_, t)| t.state == TargetState::Active)
+            .filter_map(|(key, _)| {
+                let group = self.model.target_group(&key.group)?;
+                Some((key.clone(), key.addr, group.health_check()))
+            })
+            .collect()
+    }
+
+    /// Target groups with no healthy target, sending traffic to all of them.
+    pub fn failing_open(&self) -> impl Iterator<Item = &str> {
+        self.failing_open.iter().map(String::as_str)
+    }
+
+    /// A target's health (initial until the checker reports).
+    pub fn health(&self, key: &TargetKey) -> Health {
+        self.health_of(key)
     }
 
     pub fn model(&self) -> &Model {
@@ -147,9 +204,13 @@ impl Controller {
                     );
                 }
             }
-            let unchanged =
-                current.is_some_and(|c| c.state == TargetState::Active && c.snat == target.snat);
-            if !unchanged {
+            let unchanged = current.is_some_and(|c| {
+                c.state == TargetState::Active
+                    && c.snat == target.snat
+                    && c.kernel_state == target.kernel_state
+            });
+            // Unhealthy targets are marked gone only after the tables without them (below).
+            if !unchanged && target.kernel_state == TARGET_ACTIVE {
                 if current.is_none() {
                     // The id may have served a target that is gone: count from zero.
                     self.maps.reset_target_traffic(target.id)?;
@@ -192,6 +253,24 @@ impl Controller {
             }
         }
         self.sync_icmp_entries(&plan.listeners)?;
+        // Unhealthy targets out of every table: their flows move on (re-hashed).
+        for (key, target) in &plan.targets {
+            let was = self.targets.get(key).map(|c| c.kernel_state);
+            if target.kernel_state == TARGET_GONE && was != Some(TARGET_GONE) {
+                self.maps
+                    .set_target(target.id, &plan.target_entry(key, target, TARGET_GONE))?;
+                if was.is_none() {
+                    changes.targets_added.push(key.clone());
+                }
+            }
+        }
+        for group in plan.failing_open.difference(&self.failing_open) {
+            changes.failing_open.push(group.clone());
+        }
+        for group in self.failing_open.difference(&plan.failing_open) {
+            changes.failing_closed.push(group.clone());
+        }
+        self.failing_open = plan.failing_open.clone();
         // 4. Targets that left every table drain.
         let old_targets = std::mem::take(&mut self.targets);
         for (key, old) in old_targets {
@@ -201,8 +280,11 @@ impl Controller {
             let state = match old.state {
                 TargetState::Active => {
                     let delay = self.drain_delay(model, &key);
-                    self.maps
-                        .set_target(old.id, &plan.target_entry(&key, &old, TARGET_DRAINING))?;
+                    // An unhealthy target stays gone: its flows must not stick to it.
+                    if old.kernel_state != TARGET_GONE {
+                        self.maps
+                            .set_target(old.id, &plan.target_entry(&key, &old, TARGET_DRAINING))?;
+                    }
                     changes.targets_draining.push(key.clone());
                     TargetState::Draining { until: now + delay }
                 }
@@ -213,6 +295,14 @@ impl Controller {
         for (key, target) in plan.targets {
             self.targets.insert(key, target);
         }
+        // Health is kept for registered targets only; a target registered again starts over.
+        let active: BTreeSet<&TargetKey> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| t.state == TargetState::Active)
+            .map(|(k, _)| k)
+            .collect();
+        self.health.retain(|k, _| active.contains(k));
         self.listeners = plan.listeners;
         self.ids = plan.ids;
         self.model = model.clone();
@@ -294,6 +384,8 @@ impl Controller {
         let mut targets: BTreeMap<TargetKey, AppliedTarget> = BTreeMap::new();
         let mut listeners = BTreeMap::new();
         let mut listener_ids: BTreeSet<u32> = BTreeSet::new();
+        let mut failing_open = BTreeSet::new();
+        let mut serving: BTreeSet<TargetKey> = BTreeSet::new();
         let max_listeners = self.maps.maglev.len();
 
         // Listener ids stay with their names; new listeners take the lowest free id.
@@ -317,6 +409,7 @@ impl Controller {
                 }
             };
             let mut members = Vec::new();
+            let mut member_keys = Vec::new();
             for target in &group.targets {
                 let key = TargetKey {
                     group: group.name.clone(),
@@ -344,6 +437,7 @@ impl Controller {
                             id,
                             state: TargetState::Active,
                             snat,
+                            kernel_state: TARGET_ACTIVE,
                         }
                     }
                 };
@@ -352,8 +446,27 @@ impl Controller {
                     id: applied.id,
                     weight: target.weight,
                 });
+                member_keys.push(key.clone());
                 targets.insert(key, applied);
             }
+            // Only healthy targets get new flows; none healthy: all of them (fail open).
+            let routable = health::routable(
+                member_keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, key)| (i, self.health_of(key))),
+            );
+            // Targets still in their initial checks get traffic too until one passes, but
+            // that is a start, not a failure: only a group with unhealthy targets and no
+            // healthy one is reported as failing open.
+            let any_unhealthy = member_keys
+                .iter()
+                .any(|key| self.health_of(key) == Health::Unhealthy);
+            if routable.failing_open && any_unhealthy {
+                failing_open.insert(group.name.clone());
+            }
+            let members: Vec<MaglevTarget> = routable.targets.iter().map(|&i| members[i]).collect();
+            serving.extend(routable.targets.iter().map(|&i| member_keys[i].clone()));
             let table = if members.is_empty() {
                 Vec::new()
             } else {
@@ -389,11 +502,20 @@ impl Controller {
             max_new_flows_per_cpu: model.data_plane.max_new_flows_per_cpu,
             ..Config::default()
         };
+        for (key, target) in targets.iter_mut() {
+            target.kernel_state =
+                if self.health_of(key) == Health::Unhealthy && !serving.contains(key) {
+                    TARGET_GONE
+                } else {
+                    TARGET_ACTIVE
+                };
+        }
         Ok(Plan {
             listeners,
             targets,
             ids,
             config,
+            failing_open,
         })
     }
 }
@@ -403,6 +525,8 @@ struct Plan {
     targets: BTreeMap<TargetKey, AppliedTarget>,
     ids: IdPool,
     config: Config,
+    /// Target groups with no healthy target, sending traffic to all of them.
+    failing_open: BTreeSet<String>,
 }
 
 impl Plan {

@@ -16,6 +16,7 @@
 //! port = 3000                 # the targets' port when a target gives none
 //! hash_key = "five_tuple"     # five_tuple (default) | source_ip
 //! deregistration_delay = 300  # seconds a removed target keeps its flows
+//! health_check = { protocol = "http", path = "/health", interval = 10, matcher = "200-299" }
 //! targets = [
 //!   { address = "10.0.1.10" },
 //!   { address = "10.0.1.11", port = 3001, weight = 2 },
@@ -31,7 +32,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::maglev::{TableSize, MAX_WEIGHT};
+use crate::{
+    health::{CheckProtocol, HealthCheck, HealthCheckSpec},
+    maglev::{TableSize, MAX_WEIGHT},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -131,6 +135,10 @@ pub struct TargetGroup {
     pub deregistration_delay: u64,
     #[serde(default)]
     pub targets: Vec<Target>,
+    /// How targets are checked (ELB defaults: TCP on the traffic port every 30 s, 10 s
+    /// timeout, healthy after 5 passes, unhealthy after 2 failures).
+    #[serde(default)]
+    pub health_check: HealthCheckSpec,
 }
 
 fn default_deregistration_delay() -> u64 {
@@ -245,6 +253,10 @@ impl Model {
                     ));
                 }
             }
+            group
+                .health_check
+                .resolve()
+                .map_err(|e| format!("target group '{}': health_check: {e}", group.name))?;
             if group.deregistration_delay > 3600 {
                 return Err(format!(
                     "target group '{}': deregistration_delay {} is above the maximum 3600 seconds",
@@ -297,6 +309,15 @@ impl Model {
                     crate::maglev::MIN_SLOTS_PER_TARGET
                 ));
             }
+            if listener.protocol == Protocol::Udp
+                && group.health_check.protocol == CheckProtocol::Tcp
+                && group.health_check.port.is_none()
+            {
+                return Err(format!(
+                    "listener '{l}' is UDP, so target group '{}' needs health_check.port (a TCP or HTTP service on the targets): a TCP check on the UDP traffic port would always fail",
+                    group.name
+                ));
+            }
             for target in &group.targets {
                 let port = target.port.or(group.port);
                 let shown = show_target(target.address, port);
@@ -342,6 +363,13 @@ impl Model {
 impl TargetGroup {
     pub fn deregistration_delay(&self) -> Duration {
         Duration::from_secs(self.deregistration_delay)
+    }
+
+    /// The group's health check with defaults filled in (validated when the model loaded).
+    pub fn health_check(&self) -> HealthCheck {
+        self.health_check
+            .resolve()
+            .expect("validated when the model was loaded")
     }
 }
 
@@ -492,6 +520,38 @@ mod tests {
             "default_target_group = \"web\"\nmaglev_table_size = 13",
         ));
         assert!(e.contains("maglev_table_size"), "{e}");
+    }
+
+    #[test]
+    fn health_checks_default_to_elb_and_are_validated_with_the_group_named() {
+        let model = Model::parse(GOOD, "sluice.toml").unwrap();
+        let check = model.target_groups[0].health_check();
+        assert_eq!(check.interval, std::time::Duration::from_secs(30));
+        assert_eq!((check.healthy_threshold, check.unhealthy_threshold), (5, 2));
+        let e = invalid(&GOOD.replace(
+            "port = 3000\n",
+            "port = 3000\nhealth_check = { protocol = \"http\", matcher = \"2x0\" }\n",
+        ));
+        assert!(e.contains("line 12") && e.contains("matcher '2x0'"), "{e}");
+        let e = invalid(&GOOD.replace(
+            "port = 3000\n",
+            "port = 3000\nhealth_check = { interval = 5 }\n",
+        ));
+        assert!(
+            e.contains("target group 'web': health_check: timeout 10s"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn udp_groups_need_a_health_check_port() {
+        let udp = GOOD.replace("protocol = \"tcp\"", "protocol = \"udp\"");
+        assert!(invalid(&udp).contains("needs health_check.port"));
+        let checked = udp.replace(
+            "port = 3000\n",
+            "port = 3000\nhealth_check = { port = 8080 }\n",
+        );
+        Model::parse(&checked, "sluice.toml").unwrap();
     }
 
     #[test]

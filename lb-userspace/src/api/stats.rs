@@ -61,6 +61,9 @@ pub struct TargetStats {
     pub address: SocketAddr,
     pub id: u32,
     pub state: TargetStatus,
+    /// `initial`, `healthy` or `unhealthy`, from the health checker.
+    #[serde(default)]
+    pub health: String,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -139,6 +142,7 @@ impl StatsReport {
                     TargetState::Active => TargetStatus::Active,
                     TargetState::Draining { .. } => TargetStatus::Draining,
                 },
+                health: controller.health(key).name().to_string(),
                 packets,
                 bytes,
                 new_flows,
@@ -188,6 +192,7 @@ mod tests {
                 address: "[2001:db8::5]:3000".parse().unwrap(),
                 id: 7,
                 state: TargetStatus::Draining,
+                health: "initial".into(),
                 packets: 3,
                 bytes: 180,
                 new_flows: 1,
@@ -204,7 +209,7 @@ mod tests {
                 }],
                 "targets": [{
                     "group": "web", "address": "[2001:db8::5]:3000", "id": 7,
-                    "state": "draining", "packets": 3, "bytes": 180, "new_flows": 1
+                    "state": "draining", "health": "initial", "packets": 3, "bytes": 180, "new_flows": 1
                 }]
             })
         );

@@ -30,6 +30,7 @@ use sluice::{
 use tokio::io::unix::AsyncFd;
 
 use super::signals::{Request, Signals};
+use sluice::health::HealthChecker;
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -201,12 +202,28 @@ async fn serve(
         None => None,
     };
     let mut tick = tokio::time::interval(TICK);
+    let (mut checker, mut health_events) = HealthChecker::new();
+    checker.set_targets(controller.borrow().health_checks());
     loop {
         tokio::select! {
             request = signals.next() => match request {
                 Request::Stop => break,
-                Request::Reload => reload(&mut controller.borrow_mut(), config),
+                Request::Reload => {
+                    reload(&mut controller.borrow_mut(), config);
+                    checker.set_targets(controller.borrow().health_checks());
+                }
             },
+            Some(event) = health_events.recv() => {
+                log::info!(
+                    "target {} of '{}': {} -> {}: {}",
+                    event.target.addr, event.target.group, event.from.name(), event.to.name(), event.reason
+                );
+                let applied = controller.borrow_mut().set_health(&event.target, event.to, Instant::now());
+                match applied {
+                    Ok(changes) => log_changes(&changes),
+                    Err(e) => log::error!("applying the health of {}: {e}", event.target.addr),
+                }
+            }
             _ = tick.tick() => {
                 let expired = controller.borrow_mut().tick(Instant::now());
                 match expired {
@@ -276,5 +293,11 @@ fn log_changes(changes: &Changes) {
     }
     for key in &changes.targets_draining {
         log::info!("target {} of '{}' draining", key.addr, key.group);
+    }
+    for group in &changes.failing_open {
+        log::warn!("target group '{group}' has no healthy target: failing open, traffic goes to all its targets");
+    }
+    for group in &changes.failing_closed {
+        log::info!("target group '{group}' has a healthy target again: no longer failing open");
     }
 }

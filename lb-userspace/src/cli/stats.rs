@@ -110,15 +110,16 @@ fn render(report: &StatsReport) -> String {
         let addr_w = column_width("target", addresses.iter().map(String::as_str));
         let _ = writeln!(
             out,
-            "{:<group_w$}  {:<addr_w$}  {:<8}  {:>14}  {:>16}  {:>12}",
-            "target group", "target", "state", "packets", "bytes", "new flows"
+            "{:<group_w$}  {:<addr_w$}  {:<8}  {:<9}  {:>14}  {:>16}  {:>12}",
+            "target group", "target", "state", "health", "packets", "bytes", "new flows"
         );
         for (t, address) in report.targets.iter().zip(&addresses) {
             let _ = writeln!(
                 out,
-                "{:<group_w$}  {address:<addr_w$}  {:<8}  {:>14}  {:>16}  {:>12}",
+                "{:<group_w$}  {address:<addr_w$}  {:<8}  {:<9}  {:>14}  {:>16}  {:>12}",
                 t.group,
                 t.state.name(),
+                t.health,
                 t.packets,
                 t.bytes,
                 t.new_flows
@@ -199,6 +200,7 @@ mod tests {
                     address: "10.0.1.10:3000".parse().unwrap(),
                     id: 0,
                     state: TargetStatus::Active,
+                    health: "healthy".into(),
                     packets: 7,
                     bytes: 560,
                     new_flows: 1,
@@ -208,6 +210,7 @@ mod tests {
                     address: "10.0.1.11:3000".parse().unwrap(),
                     id: 1,
                     state: TargetStatus::Draining,
+                    health: "initial".into(),
                     packets: 5,
                     bytes: 400,
                     new_flows: 1,
@@ -270,11 +273,27 @@ mod tests {
             .unwrap();
         assert_eq!(
             words(lines[targets + 1]),
-            ["web", "10.0.1.10:3000", "active", "7", "560", "1"]
+            [
+                "web",
+                "10.0.1.10:3000",
+                "active",
+                "healthy",
+                "7",
+                "560",
+                "1"
+            ]
         );
         assert_eq!(
             words(lines[targets + 2]),
-            ["web", "10.0.1.11:3000", "draining", "5", "400", "1"]
+            [
+                "web",
+                "10.0.1.11:3000",
+                "draining",
+                "initial",
+                "5",
+                "400",
+                "1"
+            ]
         );
         // Columns line up: every row of a table is as wide as its header.
         for table in [listeners, targets] {

@@ -25,12 +25,14 @@ const DNS: u16 = 53;
 struct Balanced {
     mode: &'static str,
     topology: LbTopology,
-    _servers: Vec<(HttpServer, EchoServer, UdpServer)>,
+    servers: Vec<(HttpServer, Option<EchoServer>, UdpServer)>,
     /// `tunnel` mode: `sluice decap` on every target.
     _decaps: Vec<ChildGuard>,
     sluice: ChildGuard,
     config: PathBuf,
     _pin_dir: PinDir,
+    /// Targets in the model now.
+    members: Vec<usize>,
 }
 
 impl Drop for Balanced {
@@ -50,6 +52,16 @@ fn target_port(mode: &str, listener_port: u16) -> u16 {
 
 /// The model for targets `members` (indexes into the topology's targets).
 fn config_text(mode: &str, topology: &LbTopology, members: &[usize]) -> String {
+    config_checked_on(mode, topology, members, HTTP)
+}
+
+/// [`config_text`] with health checks on the targets' `health_port` service.
+fn config_checked_on(
+    mode: &str,
+    topology: &LbTopology,
+    members: &[usize],
+    health_port: u16,
+) -> String {
     let group = |name: &str, port: u16, v6: bool| {
         let targets: Vec<String> = members
             .iter()
@@ -63,10 +75,13 @@ fn config_text(mode: &str, topology: &LbTopology, members: &[usize]) -> String {
                 format!("{{ address = \"{address}\" }}")
             })
             .collect();
+        // Every group is checked on the targets' HTTP server (UDP groups need a TCP port),
+        // often, so tests see health changes quickly.
         format!(
-            "[[target_group]]\nname = \"{name}\"\nport = {}\nderegistration_delay = 1\ntargets = [{}]\n\n",
+            "[[target_group]]\nname = \"{name}\"\nport = {}\nderegistration_delay = 1\ntargets = [{}]\nhealth_check = {{ port = {}, interval = \"200ms\", timeout = \"150ms\", healthy_threshold = 2, unhealthy_threshold = 2 }}\n\n",
             target_port(mode, port),
-            targets.join(", ")
+            targets.join(", "),
+            target_port(mode, health_port),
         )
     };
     let listener = |name: &str, address: IpAddr, port: u16, protocol: &str, group: &str| {
@@ -90,6 +105,11 @@ fn config_text(mode: &str, topology: &LbTopology, members: &[usize]) -> String {
 impl Balanced {
     /// Four targets with servers; the model uses the first `members` of them.
     fn start(mode: &'static str, members: &[usize]) -> Balanced {
+        Balanced::start_checked_on(mode, members, HTTP)
+    }
+
+    /// [`Balanced::start`] with health checks on the targets' `health_port` service.
+    fn start_checked_on(mode: &'static str, members: &[usize], health_port: u16) -> Balanced {
         require_root();
         let topology = LbTopology::new(4);
         let servers = topology
@@ -115,11 +135,11 @@ impl Balanced {
                         SocketAddr::new(any, target_port(mode, HTTP)),
                         &name,
                     ),
-                    EchoServer::start(
+                    Some(EchoServer::start(
                         &target.ns,
                         SocketAddr::new(any, target_port(mode, ECHO)),
                         &name,
-                    ),
+                    )),
                     UdpServer::start(
                         &target.ns,
                         SocketAddr::new(udp_addr, target_port(mode, DNS)),
@@ -151,7 +171,11 @@ impl Balanced {
             Vec::new()
         };
         let config = std::env::temp_dir().join(format!("{}.toml", topology.lb.name()));
-        std::fs::write(&config, config_text(mode, &topology, members)).unwrap();
+        std::fs::write(
+            &config,
+            config_checked_on(mode, &topology, members, health_port),
+        )
+        .unwrap();
         let pin_dir = PinDir::new();
         let mut cmd = topology.lb.command(sluice_binary());
         cmd.args([
@@ -180,15 +204,27 @@ impl Balanced {
                 sluice.stderr().contains("listener(s) from")
             },
         );
-        Balanced {
+        let lb = Balanced {
             mode,
             topology,
-            _servers: servers,
+            servers,
             _decaps: decaps,
             sluice,
             config,
             _pin_dir: pin_dir,
-        }
+            members: members.to_vec(),
+        };
+        // Four groups (web, web6, echo, dns) per target.
+        lb.wait_healthy(4 * members.len());
+        lb
+    }
+
+    /// Waits until the daemon has reported `n` targets healthy in all (health events are
+    /// logged as `initial -> healthy`), so tables hold every target before traffic is counted.
+    fn wait_healthy(&self, n: usize) {
+        wait_until(TIMEOUT, &format!("{n} healthy targets"), || {
+            self.sluice.stderr().matches("-> healthy").count() >= n
+        });
     }
 
     /// Rewrites the model for `members` and reloads it with SIGHUP.
@@ -199,10 +235,14 @@ impl Balanced {
             config_text(self.mode, &self.topology, members),
         )
         .unwrap();
+        let healthy = self.sluice.stderr().matches("-> healthy").count();
+        let added = members.iter().filter(|i| !self.members.contains(i)).count();
         self.sluice.signal(libc::SIGHUP);
         wait_until(TIMEOUT, "sluice to reload", || {
             self.sluice.stderr().matches("reloaded").count() > reloads
         });
+        self.wait_healthy(healthy + 4 * added);
+        self.members = members.to_vec();
     }
 
     fn get(&self, vip: IpAddr) -> String {
@@ -270,9 +310,9 @@ fn balances_and_survives_changes(mode: &'static str) {
             .unwrap_or_else(|e| panic!("connecting to the echo listener ({mode}): {e}"));
     assert_eq!(echo.echo(b"before").unwrap(), b"before");
     let serving = lb
-        ._servers
+        .servers
         .iter()
-        .position(|(_, echo_server, _)| !echo_server.peers().is_empty())
+        .position(|(_, echo_server, _)| !echo_server.as_ref().unwrap().peers().is_empty())
         .expect("one target serves the echo connection");
     let removed = (0..3).find(|&i| i != serving).unwrap();
     let members: Vec<usize> = (0..4).filter(|&i| i != removed).collect();
@@ -405,4 +445,71 @@ fn more_listeners_than_the_maps_hold_is_refused() {
     assert!(!out.status.success());
     assert!(stderr.contains("more than 2 listeners"), "{stderr}");
     assert_eq!(topology.lb.xdp_attached("eth0"), None);
+}
+
+impl Balanced {
+    fn count(&self, text: &str) -> usize {
+        self.sluice.stderr().matches(text).count()
+    }
+
+    fn stop_echo(&mut self, target: usize) {
+        self.servers[target].1 = None;
+    }
+
+    fn start_echo(&mut self, target: usize) {
+        let host = &self.topology.targets[target];
+        let addr = SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), target_port(self.mode, ECHO));
+        self.servers[target].1 = Some(EchoServer::start(
+            &host.ns,
+            addr,
+            &format!("target{target}"),
+        ));
+    }
+}
+
+/// Health checks against the echo service while HTTP traffic is counted: a target whose
+/// checks fail leaves the table (its HTTP server still works, so only the table can keep
+/// connections away), comes back after the healthy threshold, and with every target
+/// unhealthy the group fails open.
+#[test]
+fn unhealthy_targets_leave_the_table_and_all_unhealthy_fails_open() {
+    let mut lb = Balanced::start_checked_on("nat", &[0, 1, 2], ECHO);
+    let web_target1 = format!(
+        "target {}:{} of 'web'",
+        lb.topology.targets[1].link.v4,
+        target_port("nat", HTTP)
+    );
+    lb.stop_echo(1);
+    let went_down = format!("{web_target1}: healthy -> unhealthy: Target.FailedHealthChecks");
+    wait_until(TIMEOUT, &went_down, || lb.count(&went_down) == 1);
+    let seen = lb.spread(VIP_V4.into(), 60);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["target0", "target2"],
+        "{seen:?}"
+    );
+
+    lb.start_echo(1);
+    let came_back = format!("{web_target1}: unhealthy -> healthy");
+    wait_until(TIMEOUT, &came_back, || lb.count(&came_back) == 1);
+    let seen = lb.spread(VIP_V4.into(), 90);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["target0", "target1", "target2"],
+        "{seen:?}"
+    );
+
+    for target in 0..3 {
+        lb.stop_echo(target);
+    }
+    let failing_open = "target group 'web' has no healthy target: failing open";
+    wait_until(TIMEOUT, "the web group to fail open", || {
+        lb.count(failing_open) == 1
+    });
+    let seen = lb.spread(VIP_V4.into(), 90);
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["target0", "target1", "target2"],
+        "fail open: {seen:?}"
+    );
 }
