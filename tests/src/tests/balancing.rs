@@ -33,6 +33,8 @@ struct Balanced {
     _pin_dir: PinDir,
     /// Targets in the model now.
     members: Vec<usize>,
+    health_port: u16,
+    deregistration_delay: u64,
 }
 
 impl Drop for Balanced {
@@ -52,7 +54,7 @@ fn target_port(mode: &str, listener_port: u16) -> u16 {
 
 /// The model for targets `members` (indexes into the topology's targets).
 fn config_text(mode: &str, topology: &LbTopology, members: &[usize]) -> String {
-    config_checked_on(mode, topology, members, HTTP)
+    config_checked_on(mode, topology, members, HTTP, 1)
 }
 
 /// [`config_text`] with health checks on the targets' `health_port` service.
@@ -61,6 +63,7 @@ fn config_checked_on(
     topology: &LbTopology,
     members: &[usize],
     health_port: u16,
+    deregistration_delay: u64,
 ) -> String {
     let group = |name: &str, port: u16, v6: bool| {
         let targets: Vec<String> = members
@@ -78,7 +81,7 @@ fn config_checked_on(
         // Every group is checked on the targets' HTTP server (UDP groups need a TCP port),
         // often, so tests see health changes quickly.
         format!(
-            "[[target_group]]\nname = \"{name}\"\nport = {}\nderegistration_delay = 1\ntargets = [{}]\nhealth_check = {{ port = {}, interval = \"200ms\", timeout = \"150ms\", healthy_threshold = 2, unhealthy_threshold = 2 }}\n\n",
+            "[[target_group]]\nname = \"{name}\"\nport = {}\nderegistration_delay = {deregistration_delay}\ntargets = [{}]\nhealth_check = {{ port = {}, interval = \"200ms\", timeout = \"150ms\", healthy_threshold = 2, unhealthy_threshold = 2 }}\n\n",
             target_port(mode, port),
             targets.join(", "),
             target_port(mode, health_port),
@@ -105,11 +108,16 @@ fn config_checked_on(
 impl Balanced {
     /// Four targets with servers; the model uses the first `members` of them.
     fn start(mode: &'static str, members: &[usize]) -> Balanced {
-        Balanced::start_checked_on(mode, members, HTTP)
+        Balanced::start_with(mode, members, HTTP, 1)
     }
 
     /// [`Balanced::start`] with health checks on the targets' `health_port` service.
-    fn start_checked_on(mode: &'static str, members: &[usize], health_port: u16) -> Balanced {
+    fn start_with(
+        mode: &'static str,
+        members: &[usize],
+        health_port: u16,
+        deregistration_delay: u64,
+    ) -> Balanced {
         require_root();
         let topology = LbTopology::new(4);
         let servers = topology
@@ -173,7 +181,7 @@ impl Balanced {
         let config = std::env::temp_dir().join(format!("{}.toml", topology.lb.name()));
         std::fs::write(
             &config,
-            config_checked_on(mode, &topology, members, health_port),
+            config_checked_on(mode, &topology, members, health_port, deregistration_delay),
         )
         .unwrap();
         let pin_dir = PinDir::new();
@@ -213,6 +221,8 @@ impl Balanced {
             config,
             _pin_dir: pin_dir,
             members: members.to_vec(),
+            health_port,
+            deregistration_delay,
         };
         // Four groups (web, web6, echo, dns) per target.
         lb.wait_healthy(4 * members.len());
@@ -232,7 +242,13 @@ impl Balanced {
         let reloads = self.sluice.stderr().matches("reloaded").count();
         std::fs::write(
             &self.config,
-            config_text(self.mode, &self.topology, members),
+            config_checked_on(
+                self.mode,
+                &self.topology,
+                members,
+                self.health_port,
+                self.deregistration_delay,
+            ),
         )
         .unwrap();
         let healthy = self.sluice.stderr().matches("-> healthy").count();
@@ -473,7 +489,7 @@ impl Balanced {
 /// unhealthy the group fails open.
 #[test]
 fn unhealthy_targets_leave_the_table_and_all_unhealthy_fails_open() {
-    let mut lb = Balanced::start_checked_on("nat", &[0, 1, 2], ECHO);
+    let mut lb = Balanced::start_with("nat", &[0, 1, 2], ECHO, 1);
     let web_target1 = format!(
         "target {}:{} of 'web'",
         lb.topology.targets[1].link.v4,
@@ -511,5 +527,49 @@ fn unhealthy_targets_leave_the_table_and_all_unhealthy_fails_open() {
         seen.keys().collect::<Vec<_>>(),
         ["target0", "target1", "target2"],
         "fail open: {seen:?}"
+    );
+}
+
+/// Deregistration: an established connection to a removed target keeps working for the
+/// deregistration delay while new connections avoid the target from the start; when the delay
+/// is over the flow is re-hashed (the connection then breaks, which shows the delay is what
+/// kept it).
+#[test]
+fn a_deregistered_target_keeps_its_connections_for_the_delay_only() {
+    let mut lb = Balanced::start_with("nat", &[0, 1, 2], HTTP, 3);
+    let mut echo =
+        EchoClient::connect(&lb.topology.client.ns, SocketAddr::new(VIP_V4.into(), ECHO))
+            .unwrap_or_else(|e| panic!("connecting to the echo listener: {e}"));
+    assert_eq!(echo.echo(b"before").unwrap(), b"before");
+    let serving = lb
+        .servers
+        .iter()
+        .position(|(_, echo_server, _)| !echo_server.as_ref().unwrap().peers().is_empty())
+        .expect("one target serves the echo connection");
+    let others: Vec<usize> = (0..3).filter(|&i| i != serving).collect();
+    lb.reconfigure(&others);
+    let removed_at = std::time::Instant::now();
+
+    // New connections avoid the draining target from the start...
+    let seen = lb.spread(VIP_V4.into(), 60);
+    let names: Vec<String> = others.iter().map(|i| format!("target{i}")).collect();
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), names, "{seen:?}");
+    // ...while the established one still works (the delay is 3 s).
+    assert_eq!(echo.echo(b"draining").unwrap(), b"draining");
+    assert!(
+        removed_at.elapsed() < std::time::Duration::from_secs(3),
+        "too slow to check within the delay"
+    );
+
+    // When the delay is over, its flow moves to another target, which resets it.
+    let over = format!(
+        "target {}:{} of 'echo': deregistration delay over",
+        lb.topology.targets[serving].link.v4,
+        target_port("nat", ECHO)
+    );
+    wait_until(TIMEOUT, &over, || lb.count(&over) == 1);
+    assert!(
+        echo.echo(b"after").is_err(),
+        "the connection outlived the deregistration delay"
     );
 }
