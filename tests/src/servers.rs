@@ -12,7 +12,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::AsRawFd,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering},
         mpsc, Arc, Mutex,
     },
     thread::{self, JoinHandle},
@@ -40,6 +40,8 @@ struct Shared {
     name: String,
     stop: AtomicBool,
     requests: AtomicU64,
+    /// The HTTP status the HTTP server answers with (200 unless a test changes it).
+    status: AtomicU16,
     peers: Mutex<Vec<SocketAddr>>,
 }
 
@@ -49,6 +51,7 @@ impl Shared {
             name: name.to_string(),
             stop: AtomicBool::new(false),
             requests: AtomicU64::new(0),
+            status: AtomicU16::new(200),
             peers: Mutex::new(Vec::new()),
         })
     }
@@ -242,6 +245,12 @@ impl HttpServer {
 
     pub fn addr(&self) -> SocketAddr {
         self.running.addr
+    }
+
+    /// Makes the server answer every request from now on with `status` (e.g. 500, to fail an
+    /// HTTP health check).
+    pub fn set_status(&self, status: u16) {
+        self.running.shared.status.store(status, Ordering::Relaxed);
     }
 
     /// Requests answered so far.
@@ -460,7 +469,8 @@ fn serve_http(mut stream: TcpStream, shared: &Shared) {
         buf.drain(..head_len + head.content_length);
         shared.requests.fetch_add(1, Ordering::Relaxed);
         let body = format!("{}\n", shared.name);
-        let response = http_response(200, &body, head.keep_alive, head.method == "HEAD");
+        let status = shared.status.load(Ordering::Relaxed);
+        let response = http_response(status, &body, head.keep_alive, head.method == "HEAD");
         if stream.write_all(&response).is_err() || !head.keep_alive {
             return;
         }
@@ -471,6 +481,7 @@ fn http_response(status: u16, body: &str, keep_alive: bool, head_only: bool) -> 
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        500 => "Internal Server Error",
         431 => "Request Header Fields Too Large",
         _ => "Unknown",
     };

@@ -573,3 +573,84 @@ fn a_deregistered_target_keeps_its_connections_for_the_delay_only() {
         "the connection outlived the deregistration delay"
     );
 }
+
+/// An HTTP health check with matcher 200-299 marks a target answering 500 unhealthy, with
+/// ELB's reason, and traffic avoids it; fixed, it comes back.
+#[test]
+fn an_http_check_with_a_matcher_marks_a_target_answering_500_unhealthy() {
+    require_root();
+    let topology = LbTopology::new(2);
+    let servers: Vec<HttpServer> = topology
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            HttpServer::start(
+                &t.ns,
+                SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 8080),
+                &format!("target{i}"),
+            )
+        })
+        .collect();
+    let targets: Vec<String> = topology
+        .targets
+        .iter()
+        .map(|t| format!("{{ address = \"{}\" }}", t.link.v4))
+        .collect();
+    let config = std::env::temp_dir().join(format!("{}-http.toml", topology.lb.name()));
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"web\"\naddress = \"{VIP_V4}\"\nport = {HTTP}\nprotocol = \"tcp\"\ndefault_target_group = \"web\"\nmaglev_table_size = 251\n\n\
+             [[target_group]]\nname = \"web\"\nport = 8080\ntargets = [{}]\n\
+             health_check = {{ protocol = \"http\", path = \"/health\", matcher = \"200-299\", interval = \"200ms\", timeout = \"150ms\", healthy_threshold = 2, unhealthy_threshold = 2 }}\n",
+            targets.join(", ")
+        ),
+    )
+    .unwrap();
+    let pin_dir = PinDir::new();
+    let socket = unique_socket_path();
+    let mut cmd = topology.lb.command(sluice_binary());
+    cmd.args([
+        "run",
+        "--iface",
+        "eth0",
+        "--iface",
+        "eth1",
+        "--pin-dir",
+        pin_dir.arg(),
+    ])
+    .arg("--socket")
+    .arg(&socket)
+    .arg("--config")
+    .arg(&config)
+    .args(["--flows", "65536"])
+    .env("RUST_LOG", "info");
+    let sluice = topology.lb.spawn(cmd);
+    let count = |text: &str| sluice.stderr().matches(text).count();
+    wait_until(TIMEOUT, "both targets healthy", || {
+        count("initial -> healthy") == 2
+    });
+
+    servers[1].set_status(500);
+    let went_down = format!(
+        "target {}:8080 of 'web': healthy -> unhealthy: Target.ResponseCodeMismatch: Health checks failed with these codes: [500]",
+        topology.targets[1].link.v4
+    );
+    wait_until(TIMEOUT, &went_down, || count(&went_down) == 1);
+    for _ in 0..40 {
+        let answer = http_get(
+            &topology.client.ns,
+            SocketAddr::new(VIP_V4.into(), HTTP),
+            "/",
+        )
+        .unwrap_or_else(|e| panic!("traffic must avoid the unhealthy target: {e}"));
+        assert_eq!(answer.trim(), "target0");
+    }
+
+    servers[1].set_status(200);
+    wait_until(TIMEOUT, "target1 healthy again", || {
+        count("unhealthy -> healthy") == 1
+    });
+    let _ = std::fs::remove_file(&socket);
+}
