@@ -51,7 +51,9 @@ pub enum ApplyError {
 }
 
 /// A target as the data plane knows it: in one target group, at one address and port.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct TargetKey {
     pub group: String,
     pub addr: SocketAddr,
@@ -84,8 +86,8 @@ struct AppliedListener {
     table: Vec<u32>,
 }
 
-/// What an `apply` changed, for the log.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// What an `apply` changed, for the log and the control API's answers.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Changes {
     pub listeners_added: Vec<String>,
     pub listeners_removed: Vec<String>,

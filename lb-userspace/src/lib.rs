@@ -5,6 +5,7 @@ pub mod api;
 pub mod bpffs;
 pub mod controller;
 pub mod datapath;
+pub mod edit;
 pub mod health;
 pub mod interface;
 pub mod maglev;

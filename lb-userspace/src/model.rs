@@ -219,7 +219,7 @@ impl Model {
     }
 
     /// Every rule that involves more than one field: names, references, ports per mode.
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let mut names = BTreeSet::new();
         let mut groups = BTreeMap::new();
         for group in &self.target_groups {
@@ -276,9 +276,9 @@ impl Model {
                 endpoints.insert((listener.address, listener.port, listener.protocol), l)
             {
                 return Err(format!(
-                    "listeners '{other}' and '{l}' both listen on {} {:?}; each address, port and protocol may have one listener",
+                    "listeners '{other}' and '{l}' both listen on {} {}; each address, port and protocol may have one listener",
                     SocketAddr::new(listener.address, listener.port),
-                    listener.protocol
+                    listener.protocol.name()
                 ));
             }
             if listener.address.is_unspecified() || listener.address.is_multicast() {

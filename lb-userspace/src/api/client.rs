@@ -6,8 +6,8 @@ use std::{
     time::Duration,
 };
 
-use http_body_util::{BodyExt, Empty};
-use hyper::{body::Bytes, header, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Bytes, header, Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 use super::{server::ErrorBody, StatsReport, STATS_PATH};
@@ -70,7 +70,18 @@ impl Client {
     /// `GET path`: the body of a 2xx answer; any other status is an error carrying the
     /// daemon's message.
     pub async fn get(&self, path: &str) -> Result<Bytes, ClientError> {
-        match tokio::time::timeout(TIMEOUT, self.get_untimed(path)).await {
+        self.send(Method::GET, path, None::<&()>).await
+    }
+
+    /// `METHOD path` with `body` as JSON: like [`Client::get`].
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl serde::Serialize>,
+    ) -> Result<Bytes, ClientError> {
+        let body = body.map(|b| serde_json::to_vec(b).expect("request bodies have string keys"));
+        match tokio::time::timeout(TIMEOUT, self.send_untimed(method, path, body)).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout {
                 socket: self.shown(),
@@ -78,7 +89,12 @@ impl Client {
         }
     }
 
-    async fn get_untimed(&self, path: &str) -> Result<Bytes, ClientError> {
+    async fn send_untimed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
         let socket = self.shown();
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
@@ -104,10 +120,16 @@ impl Client {
             .await
             .map_err(http)?;
         let connection = tokio::spawn(connection);
-        let request = Request::get(path)
-            .header(header::HOST, "sluice")
-            .body(Empty::<Bytes>::new())
-            .expect("a path and a constant header make a valid request");
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "sluice");
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("a method, a path and constant headers make a valid request");
         let response = sender.send_request(request).await.map_err(http)?;
         let status = response.status();
         let body = response

@@ -4,9 +4,26 @@
 //! | method and path  | answer                                              |
 //! |------------------|-----------------------------------------------------|
 //! | `GET /v1/stats`  | 200, a [`StatsReport`]                              |
+//! | `POST /v1/reload` | re-reads `--config` as SIGHUP does; 200, the [`Changes`] |
+//! | `POST /v1/targets` | adds a target ([`TargetSpec`]); 200, the [`Changes`] |
+//! | `PATCH /v1/targets` | sets a target's weight ([`TargetWeight`]) |
+//! | `DELETE /v1/targets` | deregisters a target ([`TargetRef`]): it drains |
+//! | `POST /v1/listeners` | adds a listener ([`ListenerSpec`]) |
+//! | `DELETE /v1/listeners` | removes a listener ([`ListenerRef`]) |
 //!
-//! Errors are `{"error": "..."}`: 404 for an unknown path, 405 (with `Allow`) for a method the
-//! path does not take, 500 when the daemon cannot read its maps.
+//! Changes edit the daemon's model, which is validated as a whole like the file and applied
+//! like a reload; they last until the next reload, which re-reads the file.
+//!
+//! Errors are `{"error": "..."}`: 400 for a body or change that does not validate (or a file
+//! that does not, on reload), 404 for an unknown path, target group, target or listener, 405
+//! (with `Allow`) for a method the path does not take, 409 for something that exists already
+//! or that the daemon cannot take (e.g. more listeners than `--max-listeners`), 500 when the
+//! daemon cannot read or write its maps.
+//!
+//! [`Changes`]: crate::controller::Changes
+//! [`TargetSpec`]: crate::edit::TargetSpec
+//! [`TargetRef`]: crate::edit::TargetRef
+//! [`ListenerSpec`]: crate::edit::ListenerSpec
 //!
 //! The server runs on the daemon's single-threaded runtime and asks a [`Backend`] (the daemon's
 //! controller) for answers, so a request never races a reload: each handler runs to completion
@@ -17,9 +34,10 @@ pub mod server;
 mod stats;
 
 pub use client::ClientError;
-pub use server::{Backend, BindError, SocketFile};
+pub use server::{Backend, BindError, ControlError, SocketFile};
 pub use stats::{
-    CollectError, CounterStats, ListenerStats, StatsReport, TargetStats, TargetStatus,
+    CollectError, CounterStats, ListenerStats, StatsReport, TargetGroupStats, TargetStats,
+    TargetStatus,
 };
 
 /// Where `sluice run` listens and `sluice stats` asks unless told otherwise (`--socket`).
@@ -27,3 +45,28 @@ pub const DEFAULT_SOCKET: &str = "/run/sluice/sluice.sock";
 
 /// The path of the statistics endpoint.
 pub const STATS_PATH: &str = "/v1/stats";
+
+/// Re-reads the configuration file.
+pub const RELOAD_PATH: &str = "/v1/reload";
+/// Targets: `POST` adds, `PATCH` sets a weight, `DELETE` deregisters.
+pub const TARGETS_PATH: &str = "/v1/targets";
+/// Listeners: `POST` adds, `DELETE` removes.
+pub const LISTENERS_PATH: &str = "/v1/listeners";
+
+/// The body of `PATCH /v1/targets`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetWeight {
+    pub group: String,
+    pub address: std::net::IpAddr,
+    #[serde(default)]
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+/// The body of `DELETE /v1/listeners`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerRef {
+    pub name: String,
+}

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
     body::{Bytes, Incoming},
     header,
@@ -22,13 +22,72 @@ use hyper::{
     Method, Request, Response, StatusCode,
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Serialize;
+use serde::{de::DeserializeOwned, Serialize};
 
-use super::{CollectError, StatsReport, STATS_PATH};
+use super::{
+    CollectError, ListenerRef, StatsReport, TargetWeight, LISTENERS_PATH, RELOAD_PATH, STATS_PATH,
+    TARGETS_PATH,
+};
+use crate::{
+    controller::Changes,
+    edit::{Edit, EditError, ListenerSpec, TargetRef},
+};
 
 /// What the API asks of the daemon.
 pub trait Backend {
     fn stats(&self) -> Result<StatsReport, CollectError>;
+    /// Re-reads the configuration file, as on SIGHUP, dropping changes made through the API.
+    fn reload(&self) -> Result<Changes, ControlError>;
+    /// Changes the running model (until the next reload).
+    fn change(&self, edit: Edit) -> Result<Changes, ControlError>;
+}
+
+/// A refused reload or change: nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ControlError {
+    /// A request that cannot be carried out as things stand (409).
+    pub fn conflict(message: impl Into<String>) -> ControlError {
+        ControlError {
+            status: StatusCode::CONFLICT,
+            message: message.into(),
+        }
+    }
+
+    /// Input the daemon refuses, such as a configuration file that does not validate (400).
+    pub fn invalid(message: impl Into<String>) -> ControlError {
+        ControlError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    /// The daemon could not do what it should have been able to (500).
+    pub fn internal(message: impl Into<String>) -> ControlError {
+        ControlError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<EditError> for ControlError {
+    fn from(e: EditError) -> ControlError {
+        let status = match e {
+            EditError::NotFound(_) => StatusCode::NOT_FOUND,
+            EditError::Conflict(_) => StatusCode::CONFLICT,
+            EditError::Invalid(_) => StatusCode::BAD_REQUEST,
+        };
+        ControlError {
+            status,
+            message: e.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +110,8 @@ pub enum BindError {
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// After a failed accept (e.g. out of file descriptors), before the next one.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Request bodies are small JSON objects.
+const MAX_BODY: usize = 64 * 1024;
 
 /// The socket file of a bound listener. Dropping it removes the file, if it is still the one
 /// bound here: after someone removed it and another daemon bound the same path, it is theirs.
@@ -165,8 +226,22 @@ pub async fn serve<B: Backend + 'static>(listener: tokio::net::UnixListener, bac
         let backend = Rc::clone(&backend);
         tokio::task::spawn_local(async move {
             let service = service_fn(move |request: Request<Incoming>| {
-                let response = respond(&*backend, request.method(), request.uri().path());
-                async move { Ok::<_, Infallible>(response) }
+                let backend = Rc::clone(&backend);
+                async move {
+                    let (head, body) = request.into_parts();
+                    // The backend is asked only once the whole body is here, so each change
+                    // runs to completion between two awaits.
+                    let response = match Limited::new(body, MAX_BODY).collect().await {
+                        Ok(body) => {
+                            respond(&*backend, &head.method, head.uri.path(), &body.to_bytes())
+                        }
+                        Err(e) => error(
+                            StatusCode::BAD_REQUEST,
+                            format!("reading the request body (at most {MAX_BODY} bytes): {e}"),
+                        ),
+                    };
+                    Ok::<_, Infallible>(response)
+                }
             });
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -179,27 +254,86 @@ pub async fn serve<B: Backend + 'static>(listener: tokio::net::UnixListener, bac
     }
 }
 
-/// The answer to `method path`.
-pub fn respond(backend: &impl Backend, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    match path {
-        STATS_PATH if method == Method::GET => match backend.stats() {
+/// Every endpoint and the methods it takes.
+const ENDPOINTS: &[(&str, &[Method])] = &[
+    (STATS_PATH, &[Method::GET]),
+    (RELOAD_PATH, &[Method::POST]),
+    (TARGETS_PATH, &[Method::POST, Method::PATCH, Method::DELETE]),
+    (LISTENERS_PATH, &[Method::POST, Method::DELETE]),
+];
+
+/// The answer to `method path` with `body`.
+pub fn respond(
+    backend: &impl Backend,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    let Some((_, methods)) = ENDPOINTS.iter().find(|(p, _)| *p == path) else {
+        let known: Vec<String> = ENDPOINTS
+            .iter()
+            .flat_map(|(p, methods)| methods.iter().map(move |m| format!("{m} {p}")))
+            .collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no endpoint {path}; there are {}", known.join(", ")),
+        );
+    };
+    match (path, method) {
+        (STATS_PATH, &Method::GET) => match backend.stats() {
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
-        STATS_PATH => {
+        (RELOAD_PATH, &Method::POST) => changed(backend.reload()),
+        (TARGETS_PATH, &Method::POST) => change(backend, body, Edit::AddTarget),
+        (TARGETS_PATH, &Method::DELETE) => change(backend, body, Edit::RemoveTarget),
+        (TARGETS_PATH, &Method::PATCH) => change(backend, body, |w: TargetWeight| {
+            let target = TargetRef {
+                group: w.group,
+                address: w.address,
+                port: w.port,
+            };
+            Edit::SetWeight(target, w.weight)
+        }),
+        (LISTENERS_PATH, &Method::POST) => change(backend, body, |spec: ListenerSpec| {
+            Edit::AddListener(spec.into())
+        }),
+        (LISTENERS_PATH, &Method::DELETE) => {
+            change(backend, body, |r: ListenerRef| Edit::RemoveListener(r.name))
+        }
+        _ => {
+            let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
             let mut response = error(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("{path} takes GET, not {method}"),
+                format!("{path} takes {}, not {method}", names.join(" or ")),
             );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
+            let allow = header::HeaderValue::from_str(&names.join(", "))
+                .expect("method names are valid header text");
+            response.headers_mut().insert(header::ALLOW, allow);
             response
         }
-        _ => error(
-            StatusCode::NOT_FOUND,
-            format!("no endpoint {path}; there is GET {STATS_PATH}"),
+    }
+}
+
+/// Parses `body` as `T` and asks the backend for the change it describes.
+fn change<T: DeserializeOwned>(
+    backend: &impl Backend,
+    body: &[u8],
+    edit: impl FnOnce(T) -> Edit,
+) -> Response<Full<Bytes>> {
+    match serde_json::from_slice::<T>(body) {
+        Ok(request) => changed(backend.change(edit(request))),
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            format!("the request body is not what this endpoint takes: {e}"),
         ),
+    }
+}
+
+fn changed(result: Result<Changes, ControlError>) -> Response<Full<Bytes>> {
+    match result {
+        Ok(changes) => json(StatusCode::OK, &changes),
+        Err(e) => error(e.status, e.message),
     }
 }
 
@@ -281,6 +415,24 @@ mod tests {
                 ..StatsReport::default()
             })
         }
+
+        fn reload(&self) -> Result<Changes, ControlError> {
+            Err(ControlError::invalid("reload of f refused"))
+        }
+
+        /// Knows target group `web`, listener `web`.
+        fn change(&self, edit: Edit) -> Result<Changes, ControlError> {
+            let model = crate::model::Model::parse(
+                "[[target_group]]\nname = \"web\"\n[[listener]]\nname = \"web\"\naddress = \"192.0.2.1\"\nport = 80\nprotocol = \"tcp\"\ndefault_target_group = \"web\"\n",
+                "fake",
+            )
+            .unwrap();
+            edit.apply_to(&model)?;
+            Ok(Changes {
+                listeners_added: vec![format!("{edit:?}")],
+                ..Changes::default()
+            })
+        }
     }
 
     fn body_text(response: Response<Full<Bytes>>) -> String {
@@ -295,26 +447,114 @@ mod tests {
     #[test]
     fn routes_stats_and_refuses_other_paths_and_methods() {
         let fake = Fake { broken: false };
-        let ok = respond(&fake, &Method::GET, STATS_PATH);
+        let ok = respond(&fake, &Method::GET, STATS_PATH, b"");
         assert_eq!(ok.status(), StatusCode::OK);
         assert_eq!(ok.headers()[header::CONTENT_TYPE], "application/json");
         let report: StatsReport = serde_json::from_str(&body_text(ok)).unwrap();
         assert_eq!(report.counters["forward_nat"].bytes, 60);
 
-        let missing = respond(&fake, &Method::GET, "/v1/nothing");
+        let missing = respond(&fake, &Method::GET, "/v1/nothing", b"");
         assert_eq!(missing.status(), StatusCode::NOT_FOUND);
         let text = body_text(missing);
         let error: ErrorBody = serde_json::from_str(&text).unwrap();
         assert!(error.error.contains("/v1/nothing") && error.error.contains(STATS_PATH));
 
-        let post = respond(&fake, &Method::POST, STATS_PATH);
+        let post = respond(&fake, &Method::POST, STATS_PATH, b"");
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(post.headers()[header::ALLOW], "GET");
         assert!(body_text(post).contains("takes GET, not POST"));
 
-        let broken = respond(&Fake { broken: true }, &Method::GET, STATS_PATH);
+        let broken = respond(&Fake { broken: true }, &Method::GET, STATS_PATH, b"");
         assert_eq!(broken.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert!(body_text(broken).contains("LISTENER_STATS"));
+    }
+
+    #[test]
+    fn changes_parse_their_bodies_and_map_refusals_to_statuses() {
+        let fake = Fake { broken: false };
+        let ask = |method: Method, path: &str, body: &str| {
+            let response = respond(&fake, &method, path, body.as_bytes());
+            (response.status(), body_text(response))
+        };
+        let (status, text) = ask(
+            Method::POST,
+            TARGETS_PATH,
+            r#"{"group": "web", "address": "10.0.1.10", "port": 80, "weight": 2}"#,
+        );
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let changes: Changes = serde_json::from_str(&text).unwrap();
+        assert!(
+            changes.listeners_added[0].starts_with("AddTarget"),
+            "{text}"
+        );
+
+        let cases = [
+            (
+                Method::DELETE,
+                TARGETS_PATH,
+                r#"{"group": "nope", "address": "10.0.1.10"}"#,
+                StatusCode::NOT_FOUND,
+                "target group 'nope' does not exist",
+            ),
+            (
+                Method::DELETE,
+                TARGETS_PATH,
+                r#"{"group": "web", "address": "10.0.1.10"}"#,
+                StatusCode::NOT_FOUND,
+                "is not in target group 'web'",
+            ),
+            (
+                Method::PATCH,
+                TARGETS_PATH,
+                r#"{"group": "web", "address": "10.0.1"}"#,
+                StatusCode::BAD_REQUEST,
+                "not what this endpoint takes",
+            ),
+            (
+                Method::POST,
+                TARGETS_PATH,
+                r#"{"group": "web", "address": "10.0.1.10", "weight": 0}"#,
+                StatusCode::BAD_REQUEST,
+                "weights are 1 to 999",
+            ),
+            (
+                Method::POST,
+                LISTENERS_PATH,
+                r#"{"name": "web", "address": "192.0.2.2", "port": 80, "protocol": "tcp", "target_group": "web"}"#,
+                StatusCode::CONFLICT,
+                "listener 'web' already exists",
+            ),
+            (
+                Method::DELETE,
+                LISTENERS_PATH,
+                r#"{"name": "www"}"#,
+                StatusCode::NOT_FOUND,
+                "listener 'www' does not exist; listeners: web",
+            ),
+            (
+                Method::POST,
+                RELOAD_PATH,
+                "",
+                StatusCode::BAD_REQUEST,
+                "reload of f refused",
+            ),
+            (
+                Method::GET,
+                TARGETS_PATH,
+                "",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "takes POST or PATCH or DELETE, not GET",
+            ),
+        ];
+        for (method, path, body, status, message) in cases {
+            let (got, text) = ask(method.clone(), path, body);
+            let error: ErrorBody = serde_json::from_str(&text).unwrap();
+            assert_eq!(got, status, "{method} {path} {body}: {text}");
+            assert!(
+                error.error.contains(message),
+                "{method} {path} {body}: {text}"
+            );
+        }
     }
 
     #[test]

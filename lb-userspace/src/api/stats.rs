@@ -10,9 +10,9 @@ use lb_common::{stats::CounterValue, target::Traffic};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    controller::{Controller, TargetState},
+    controller::{Controller, TargetKey, TargetState},
     maps::MapsError,
-    model::{Mode, Protocol},
+    model::{Mode, Model, Protocol},
     stats,
 };
 
@@ -34,6 +34,16 @@ pub struct StatsReport {
     pub listeners: Vec<ListenerStats>,
     /// By target group, then address; draining targets too.
     pub targets: Vec<TargetStats>,
+    /// In the configuration's order.
+    #[serde(default)]
+    pub target_groups: Vec<TargetGroupStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetGroupStats {
+    pub name: String,
+    /// No target is healthy, so traffic goes to all of them.
+    pub failing_open: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,6 +59,9 @@ pub struct ListenerStats {
     pub port: u16,
     pub protocol: Protocol,
     pub mode: Mode,
+    /// The listener's default target group.
+    #[serde(default)]
+    pub target_group: String,
     pub id: u32,
     pub packets: u64,
     pub bytes: u64,
@@ -61,6 +74,9 @@ pub struct TargetStats {
     pub address: SocketAddr,
     pub id: u32,
     pub state: TargetStatus,
+    /// The weight in the running model; none for a draining target no longer in it.
+    #[serde(default)]
+    pub weight: Option<u32>,
     /// `initial`, `healthy` or `unhealthy`, from the health checker.
     #[serde(default)]
     pub health: String,
@@ -105,6 +121,8 @@ impl StatsReport {
         let counters = stats::read(counters).map_err(CollectError::Counters)?;
         let ids: BTreeMap<&str, u32> = controller.listener_ids().collect();
         let maps = controller.maps();
+        let model = controller.model();
+        let failing_open: Vec<&str> = controller.failing_open().collect();
         let mut listeners = Vec::new();
         for listener in &controller.model().listeners {
             let Some(&id) = ids.get(listener.name.as_str()) else {
@@ -121,6 +139,7 @@ impl StatsReport {
                 port: listener.port,
                 protocol: listener.protocol,
                 mode: listener.mode,
+                target_group: listener.default_target_group.clone(),
                 id,
                 packets,
                 bytes,
@@ -142,6 +161,7 @@ impl StatsReport {
                     TargetState::Active => TargetStatus::Active,
                     TargetState::Draining { .. } => TargetStatus::Draining,
                 },
+                weight: weight(model, key, state),
                 health: controller.health(key).name().to_string(),
                 packets,
                 bytes,
@@ -156,8 +176,32 @@ impl StatsReport {
                 .collect(),
             listeners,
             targets,
+            target_groups: model
+                .target_groups
+                .iter()
+                .map(|g| TargetGroupStats {
+                    name: g.name.clone(),
+                    failing_open: failing_open.contains(&g.name.as_str()),
+                })
+                .collect(),
         })
     }
+}
+
+/// A registered target's weight in the model. A target without a port of its own or its
+/// group's takes each listener's port, so any port matches it.
+fn weight(model: &Model, key: &TargetKey, state: TargetState) -> Option<u32> {
+    if state != TargetState::Active {
+        return None;
+    }
+    let group = model.target_group(&key.group)?;
+    group
+        .targets
+        .iter()
+        .find(|t| {
+            t.address == key.addr.ip() && t.port.or(group.port).is_none_or(|p| p == key.addr.port())
+        })
+        .map(|t| t.weight)
 }
 
 #[cfg(test)]
@@ -182,6 +226,7 @@ mod tests {
                 port: 80,
                 protocol: Protocol::Tcp,
                 mode: Mode::Nat,
+                target_group: "web".into(),
                 id: 0,
                 packets: 3,
                 bytes: 180,
@@ -192,10 +237,15 @@ mod tests {
                 address: "[2001:db8::5]:3000".parse().unwrap(),
                 id: 7,
                 state: TargetStatus::Draining,
+                weight: None,
                 health: "initial".into(),
                 packets: 3,
                 bytes: 180,
                 new_flows: 1,
+            }],
+            target_groups: vec![TargetGroupStats {
+                name: "web".into(),
+                failing_open: true,
             }],
         };
         let json = serde_json::to_value(&report).unwrap();
@@ -205,12 +255,13 @@ mod tests {
                 "counters": { "forward_nat": { "packets": 3, "bytes": 180 } },
                 "listeners": [{
                     "name": "web", "address": "192.0.2.10", "port": 80, "protocol": "tcp",
-                    "mode": "nat", "id": 0, "packets": 3, "bytes": 180, "new_flows": 1
+                    "mode": "nat", "target_group": "web", "id": 0, "packets": 3, "bytes": 180, "new_flows": 1
                 }],
                 "targets": [{
                     "group": "web", "address": "[2001:db8::5]:3000", "id": 7,
-                    "state": "draining", "health": "initial", "packets": 3, "bytes": 180, "new_flows": 1
-                }]
+                    "state": "draining", "weight": null, "health": "initial", "packets": 3, "bytes": 180, "new_flows": 1
+                }],
+                "target_groups": [{ "name": "web", "failing_open": true }]
             })
         );
         let back: StatsReport = serde_json::from_value(json).unwrap();

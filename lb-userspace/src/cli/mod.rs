@@ -1,11 +1,23 @@
 //! Command-line interface: one module per subcommand.
 
 mod decap;
+mod listener;
+mod reload;
 mod run;
 mod signals;
 mod stats;
+mod status;
+mod target;
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hyper::{body::Bytes, Method};
+use sluice::{
+    api::{self, client::Client, ClientError},
+    controller::Changes,
+};
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "An XDP load balancer for Linux")]
@@ -14,12 +26,25 @@ pub struct Cli {
     command: Command,
 }
 
+/// Shown under the help of every subcommand that changes the running daemon.
+const RUN_TIME_RULE: &str = "Changes edit the running daemon's model, validated as a whole like the configuration file and applied at once. They last until `sluice reload` (or SIGHUP), which re-reads the file and drops them: to keep a change, write it to the file too.";
+
 #[derive(Subcommand)]
 enum Command {
     /// Load the XDP program, attach it to an interface and run until SIGINT/SIGTERM.
     Run(run::RunArgs),
     /// Show the data plane's counters.
     Stats(stats::StatsArgs),
+    /// Show listeners, target groups and targets: weights, states, health and traffic.
+    Status(status::StatusArgs),
+    /// Register, deregister or re-weight targets of the running daemon (until the next reload).
+    #[command(after_help = RUN_TIME_RULE)]
+    Target(target::TargetArgs),
+    /// Add or remove listeners of the running daemon (until the next reload).
+    #[command(after_help = RUN_TIME_RULE)]
+    Listener(listener::ListenerArgs),
+    /// Re-read the daemon's configuration file (as SIGHUP does), dropping run-time changes.
+    Reload(reload::ReloadArgs),
     /// On a target of a `tunnel` listener: strip IPIP/IP6IP6 outer headers in XDP until SIGINT/SIGTERM.
     Decap(decap::DecapArgs),
 }
@@ -28,6 +53,89 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
         Command::Stats(args) => stats::stats(args),
+        Command::Status(args) => status::status(args),
+        Command::Target(args) => target::target(args),
+        Command::Listener(args) => listener::listener(args),
+        Command::Reload(args) => reload::reload(args),
         Command::Decap(args) => decap::decap(args),
     }
+}
+
+/// The daemon's control socket, for the subcommands that talk to it.
+#[derive(clap::Args)]
+struct SocketArg {
+    /// The daemon's control socket (`sluice run --socket`).
+    #[arg(long, value_name = "PATH", default_value = api::DEFAULT_SOCKET, global = true)]
+    socket: PathBuf,
+}
+
+/// One request to the daemon. A refusal is the daemon's own sentence, which names what is
+/// wrong; the status code adds nothing for people.
+fn ask(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&impl serde::Serialize>,
+) -> anyhow::Result<Bytes> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let client = Client::new(socket);
+    match runtime.block_on(client.send(method, path, body)) {
+        Ok(body) => Ok(body),
+        Err(ClientError::Status { message, .. }) => Err(anyhow::anyhow!(message)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Asks for a change of the running model and prints `done` and what the data plane did.
+fn change(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: &impl serde::Serialize,
+    done: &str,
+) -> anyhow::Result<()> {
+    let answer = ask(socket, method, path, Some(body))?;
+    let changes: Changes = serde_json::from_slice(&answer)
+        .context("the daemon's answer is not the changes this sluice expects")?;
+    println!("{done} until the next reload (to keep it, write it to the configuration file)");
+    print!("{}", describe(&changes));
+    Ok(())
+}
+
+/// One line per change, indented.
+fn describe(changes: &Changes) -> String {
+    let mut lines = Vec::new();
+    for name in &changes.listeners_added {
+        lines.push(format!("listener '{name}' added"));
+    }
+    for name in &changes.listeners_removed {
+        lines.push(format!("listener '{name}' removed"));
+    }
+    for name in &changes.tables_rebuilt {
+        lines.push(format!("listener '{name}': Maglev table rebuilt"));
+    }
+    for key in &changes.targets_added {
+        lines.push(format!("target {} of '{}' registered", key.addr, key.group));
+    }
+    for key in &changes.targets_draining {
+        lines.push(format!(
+            "target {} of '{}' draining: no new flows; its flows stay for the deregistration delay",
+            key.addr, key.group
+        ));
+    }
+    for group in &changes.failing_open {
+        lines.push(format!(
+            "target group '{group}' has no healthy target: failing open"
+        ));
+    }
+    for group in &changes.failing_closed {
+        lines.push(format!("target group '{group}' no longer failing open"));
+    }
+    if lines.is_empty() {
+        lines.push("no change to the data plane".to_string());
+    }
+    lines.iter().map(|l| format!("  {l}\n")).collect()
 }

@@ -18,10 +18,11 @@ use aya::{
 use aya_log::EbpfLogger;
 use lb_common::stats::CounterValue;
 use sluice::{
-    api::{self, Backend, CollectError, StatsReport},
+    api::{self, Backend, CollectError, ControlError, StatsReport},
     bpffs,
-    controller::{Changes, Controller},
+    controller::{ApplyError, Changes, Controller, TargetKey},
     datapath::{self, AttachMode, MapSizes},
+    edit::Edit,
     interface,
     maps::Maps,
     model::Model,
@@ -30,7 +31,7 @@ use sluice::{
 use tokio::io::unix::AsyncFd;
 
 use super::signals::{Request, Signals};
-use sluice::health::HealthChecker;
+use sluice::health::{HealthChecker, HealthEvent};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -155,9 +156,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         socket = args.socket.display()
     );
 
-    let controller = Rc::new(RefCell::new(controller));
+    let (checker, health_events) = HealthChecker::new();
     let daemon = Rc::new(Daemon {
-        controller: Rc::clone(&controller),
+        controller: RefCell::new(controller),
+        checker: RefCell::new(checker),
+        config: args.config.clone(),
         counters,
     });
     // A LocalSet, so the API's connection tasks can share the controller without locks: each
@@ -165,8 +168,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let served = tokio::task::LocalSet::new().block_on(&runtime, async {
         let api_listener = tokio::net::UnixListener::from_std(api_listener)
             .context("registering the control socket with the runtime")?;
-        let api = tokio::task::spawn_local(api::server::serve(api_listener, daemon));
-        let served = serve(logger, signals, &controller, args.config.as_ref()).await;
+        let api = tokio::task::spawn_local(api::server::serve(api_listener, Rc::clone(&daemon)));
+        let served = serve(logger, signals, &daemon, health_events).await;
         api.abort();
         served
     });
@@ -189,9 +192,10 @@ fn detach(ebpf: &mut Ebpf, links: Vec<(String, XdpLinkId)>) {
 async fn serve(
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     mut signals: Signals,
-    controller: &RefCell<Controller>,
-    config: Option<&PathBuf>,
+    daemon: &Daemon,
+    mut health_events: tokio::sync::mpsc::UnboundedReceiver<HealthEvent<TargetKey>>,
 ) -> anyhow::Result<()> {
+    let controller = &daemon.controller;
     let mut logs = match logger {
         // SAFETY: the AsyncFd owns the logger and with it the ring buffer's fd, so the fd stays
         // open for as long as it is registered.
@@ -202,15 +206,14 @@ async fn serve(
         None => None,
     };
     let mut tick = tokio::time::interval(TICK);
-    let (mut checker, mut health_events) = HealthChecker::new();
-    checker.set_targets(controller.borrow().health_checks());
+    daemon.recheck();
     loop {
         tokio::select! {
             request = signals.next() => match request {
                 Request::Stop => break,
+                // Logged either way; the control API's `POST /v1/reload` takes the same path.
                 Request::Reload => {
-                    reload(&mut controller.borrow_mut(), config);
-                    checker.set_targets(controller.borrow().health_checks());
+                    let _ = daemon.reload();
                 }
             },
             Some(event) = health_events.recv() => {
@@ -244,37 +247,78 @@ async fn serve(
     Ok(())
 }
 
-/// What the control API reads: the controller and the global counters.
+/// What the control API asks: the controller, its health checker, the configuration file and
+/// the global counters.
 struct Daemon {
-    controller: Rc<RefCell<Controller>>,
+    controller: RefCell<Controller>,
+    checker: RefCell<HealthChecker<TargetKey>>,
+    config: Option<PathBuf>,
     counters: PerCpuArray<MapData, CounterValue>,
+}
+
+impl Daemon {
+    /// After every change of the model: the checker checks exactly the registered targets.
+    fn recheck(&self) {
+        let checks = self.controller.borrow().health_checks();
+        self.checker.borrow_mut().set_targets(checks);
+    }
 }
 
 impl Backend for Daemon {
     fn stats(&self) -> Result<StatsReport, CollectError> {
         StatsReport::collect(&self.controller.borrow(), &self.counters)
     }
-}
 
-/// Re-reads the model; a file that does not validate changes nothing.
-fn reload(controller: &mut Controller, config: Option<&PathBuf>) {
-    let Some(path) = config else {
-        log::warn!("SIGHUP: no --config to reload");
-        return;
-    };
-    let applied = Model::load(path)
-        .map_err(anyhow::Error::from)
-        .and_then(|model| Ok(controller.apply(&model, Instant::now())?));
-    match applied {
-        Ok(changes) if changes.is_empty() => log::info!("reloaded {}: no changes", path.display()),
-        Ok(changes) => {
+    /// Re-reads the model, dropping changes made through the API; a file that does not
+    /// validate changes nothing.
+    fn reload(&self) -> Result<Changes, ControlError> {
+        let Some(path) = &self.config else {
+            let message = "sluice run was started without --config: there is no file to reload";
+            log::warn!("{message}");
+            return Err(ControlError::conflict(message));
+        };
+        let refused = |e: &dyn std::fmt::Display| {
+            let message = format!(
+                "reload of {} refused, running configuration kept: {e}",
+                path.display()
+            );
+            log::error!("{message}");
+            message
+        };
+        let model = Model::load(path).map_err(|e| ControlError::invalid(refused(&e)))?;
+        let applied = self.controller.borrow_mut().apply(&model, Instant::now());
+        let changes = applied.map_err(|e| apply_refused(&e, refused(&e)))?;
+        self.recheck();
+        if changes.is_empty() {
+            log::info!("reloaded {}: no changes", path.display());
+        } else {
             log::info!("reloaded {}", path.display());
             log_changes(&changes);
         }
-        Err(e) => log::error!(
-            "reload of {} refused, running configuration kept: {e:#}",
-            path.display()
-        ),
+        Ok(changes)
+    }
+
+    fn change(&self, edit: Edit) -> Result<Changes, ControlError> {
+        let model = edit.apply_to(self.controller.borrow().model());
+        let model = model.inspect_err(|e| log::info!("control API: {edit} refused: {e}"))?;
+        let applied = self.controller.borrow_mut().apply(&model, Instant::now());
+        let changes = applied.map_err(|e| {
+            let message = format!("{edit} refused, running configuration kept: {e}");
+            log::error!("control API: {message}");
+            apply_refused(&e, message)
+        })?;
+        self.recheck();
+        log::info!("control API: {edit}, until the next reload");
+        log_changes(&changes);
+        Ok(changes)
+    }
+}
+
+/// Failing to write the maps is the daemon's fault; everything else is the request's.
+fn apply_refused(e: &ApplyError, message: String) -> ControlError {
+    match e {
+        ApplyError::Maps(_) => ControlError::internal(message),
+        _ => ControlError::conflict(message),
     }
 }
 

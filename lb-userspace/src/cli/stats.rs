@@ -129,12 +129,12 @@ fn render(report: &StatsReport) -> String {
     out
 }
 
-fn column_width<'a>(header: &str, cells: impl Iterator<Item = &'a str>) -> usize {
+pub(super) fn column_width<'a>(header: &str, cells: impl Iterator<Item = &'a str>) -> usize {
     cells.map(str::len).max().unwrap_or(0).max(header.len())
 }
 
 /// `192.0.2.10:80`, `[2001:db8::1]:53`; port 0 (every port) as `*`.
-fn listener_address(address: std::net::IpAddr, port: u16) -> String {
+pub(super) fn listener_address(address: std::net::IpAddr, port: u16) -> String {
     let port = if port == 0 {
         "*".to_string()
     } else {
@@ -177,6 +177,7 @@ mod tests {
                     port: 80,
                     protocol: Protocol::Tcp,
                     mode: Mode::Nat,
+                    target_group: "web".into(),
                     id: 0,
                     packets: 12,
                     bytes: 960,
@@ -188,6 +189,7 @@ mod tests {
                     port: 0,
                     protocol: Protocol::Udp,
                     mode: Mode::Tunnel,
+                    target_group: "all".into(),
                     id: 1,
                     packets: 0,
                     bytes: 0,
@@ -200,6 +202,7 @@ mod tests {
                     address: "10.0.1.10:3000".parse().unwrap(),
                     id: 0,
                     state: TargetStatus::Active,
+                    weight: Some(1),
                     health: "healthy".into(),
                     packets: 7,
                     bytes: 560,
@@ -210,12 +213,14 @@ mod tests {
                     address: "10.0.1.11:3000".parse().unwrap(),
                     id: 1,
                     state: TargetStatus::Draining,
+                    weight: None,
                     health: "initial".into(),
                     packets: 5,
                     bytes: 400,
                     new_flows: 1,
                 },
             ],
+            target_groups: Vec::new(),
         }
     }
 

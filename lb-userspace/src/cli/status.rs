@@ -1,0 +1,225 @@
+//! `sluice status`: what the running daemon balances: listeners, target groups (failing open
+//! or not) and targets (weight, state, health, traffic). The same report as `sluice stats`
+//! (`GET /v1/stats`), arranged for reading the configuration rather than the counters.
+
+use std::fmt::Write as _;
+
+use hyper::Method;
+use sluice::api::{self, StatsReport};
+
+use super::{
+    stats::{column_width, listener_address},
+    SocketArg,
+};
+
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    socket: SocketArg,
+    /// Print the control API's JSON (`GET /v1/stats`) for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let body = super::ask(
+        &args.socket.socket,
+        Method::GET,
+        api::STATS_PATH,
+        None::<&()>,
+    )?;
+    if args.json {
+        print!("{}", String::from_utf8_lossy(&body));
+    } else {
+        let report: StatsReport = serde_json::from_slice(&body)?;
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
+/// Rows of cells under a header, each column as wide as its widest cell; numbers (columns in
+/// `right`) aligned right.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>], right: &[usize]) {
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| column_width(header[i], rows.iter().map(|r| r[i].as_str())))
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let cells: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match right.contains(&i) {
+                true => format!("{c:>w$}", w = widths[i]),
+                false => format!("{c:<w$}", w = widths[i]),
+            })
+            .collect();
+        cells.join("  ").trim_end().to_string()
+    };
+    let _ = writeln!(out, "{}", line(header.to_vec()));
+    for row in rows {
+        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
+    }
+}
+
+fn render(report: &StatsReport) -> String {
+    let mut out = String::new();
+    if report.listeners.is_empty() {
+        out.push_str("no listeners\n");
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .listeners
+            .iter()
+            .map(|l| {
+                vec![
+                    l.name.clone(),
+                    format!(
+                        "{}/{}",
+                        listener_address(l.address, l.port),
+                        l.protocol.name()
+                    ),
+                    l.mode.name().to_string(),
+                    l.target_group.clone(),
+                    l.packets.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["listener", "address", "mode", "target group", "packets"],
+            &rows,
+            &[4],
+        );
+    }
+    out.push('\n');
+    if report.target_groups.is_empty() {
+        out.push_str("no target groups\n");
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .target_groups
+            .iter()
+            .map(|g| {
+                let open = if g.failing_open { "yes" } else { "no" };
+                vec![g.name.clone(), open.to_string()]
+            })
+            .collect();
+        table(&mut out, &["target group", "failing open"], &rows, &[]);
+    }
+    out.push('\n');
+    if report.targets.is_empty() {
+        out.push_str("no targets\n");
+    } else {
+        let rows: Vec<Vec<String>> = report
+            .targets
+            .iter()
+            .map(|t| {
+                vec![
+                    t.group.clone(),
+                    t.address.to_string(),
+                    t.weight.map_or("-".to_string(), |w| w.to_string()),
+                    t.state.name().to_string(),
+                    t.health.clone(),
+                    t.new_flows.to_string(),
+                    t.packets.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &[
+                "target group",
+                "target",
+                "weight",
+                "state",
+                "health",
+                "new flows",
+                "packets",
+            ],
+            &rows,
+            &[2, 5, 6],
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice::{
+        api::{ListenerStats, TargetGroupStats, TargetStats, TargetStatus},
+        model::{Mode, Protocol},
+    };
+
+    use super::*;
+
+    #[test]
+    fn tables_of_listeners_groups_and_targets() {
+        let target = |address: &str, weight, state| TargetStats {
+            group: "web".into(),
+            address: address.parse().unwrap(),
+            id: 0,
+            state,
+            weight,
+            health: "healthy".into(),
+            packets: 40,
+            bytes: 4000,
+            new_flows: 4,
+        };
+        let report = StatsReport {
+            listeners: vec![ListenerStats {
+                name: "web".into(),
+                address: "192.0.2.10".parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                mode: Mode::Dsr,
+                target_group: "web".into(),
+                id: 0,
+                packets: 12,
+                bytes: 960,
+                new_flows: 2,
+            }],
+            targets: vec![
+                target("10.0.1.10:3000", Some(2), TargetStatus::Active),
+                target("10.0.1.11:3000", None, TargetStatus::Draining),
+            ],
+            target_groups: vec![TargetGroupStats {
+                name: "web".into(),
+                failing_open: true,
+            }],
+            ..StatsReport::default()
+        };
+        let text = render(&report);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert!(
+            rows.contains(&vec!["web", "192.0.2.10:80/tcp", "dsr", "web", "12"]),
+            "{text}"
+        );
+        assert!(rows.contains(&vec!["web", "yes"]), "{text}");
+        assert!(
+            rows.contains(&vec![
+                "web",
+                "10.0.1.10:3000",
+                "2",
+                "active",
+                "healthy",
+                "4",
+                "40"
+            ]),
+            "{text}"
+        );
+        assert!(
+            rows.contains(&vec![
+                "web",
+                "10.0.1.11:3000",
+                "-",
+                "draining",
+                "healthy",
+                "4",
+                "40"
+            ]),
+            "{text}"
+        );
+        let empty = render(&StatsReport::default());
+        assert_eq!(empty, "no listeners\n\nno target groups\n\nno targets\n");
+    }
+}
