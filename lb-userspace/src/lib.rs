@@ -10,6 +10,7 @@ pub mod health;
 pub mod interface;
 pub mod maglev;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod neighbors;
 pub mod snat;

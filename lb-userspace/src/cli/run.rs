@@ -1,6 +1,7 @@
 //! `sluice run`: the daemon. Loads the XDP program, attaches it to the given interfaces,
-//! applies the model from `--config`, answers the control API on `--socket`, and runs until
-//! SIGINT/SIGTERM (SIGHUP re-reads the configuration); then detaches.
+//! applies the model from `--config`, answers the control API on `--socket` and Prometheus
+//! scrapes on `--metrics-address`, and runs until SIGINT/SIGTERM (SIGHUP re-reads the
+//! configuration); then detaches.
 
 use std::{
     cell::RefCell,
@@ -25,6 +26,7 @@ use sluice::{
     edit::Edit,
     interface,
     maps::Maps,
+    metrics::{self, MetricsAddress, Scrape},
     model::Model,
     stats::STATS_MAP,
 };
@@ -66,6 +68,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = lb_common::target::MAX_TARGETS,
           value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     max_targets: u32,
+    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); `off` for nowhere.
+    /// Port 0 picks a free port, logged at start-up.
+    #[arg(long, value_name = "ADDR|off", default_value = metrics::DEFAULT_ADDRESS)]
+    metrics_address: MetricsAddress,
 }
 
 /// How often drains are checked for their deregistration delay.
@@ -98,8 +104,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let mut ebpf = datapath::load_with(log::max_level(), sizes)?;
     // Before anything outside this process changes (neighbour entries, pins, attachments): a
-    // second daemon on the same socket stops here.
+    // second daemon on the same socket, or the same metrics address, stops here.
     let (api_listener, _socket_file) = api::server::bind(&args.socket)?;
+    let metrics_listener = match args.metrics_address.0 {
+        Some(addr) => {
+            let listener = metrics::bind(addr)?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            log::info!("metrics on http://{bound}{}", metrics::PATH);
+            Some(listener)
+        }
+        None => None,
+    };
     // The program logs only rare events (and, in debug builds, per packet); without a log
     // call in the object there is no log map, which is fine.
     let logger = match EbpfLogger::init(&mut ebpf) {
@@ -169,8 +184,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let api_listener = tokio::net::UnixListener::from_std(api_listener)
             .context("registering the control socket with the runtime")?;
         let api = tokio::task::spawn_local(api::server::serve(api_listener, Rc::clone(&daemon)));
+        let metrics = match metrics_listener {
+            Some(listener) => {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .context("registering the metrics socket with the runtime")?;
+                Some(tokio::task::spawn_local(metrics::serve(
+                    listener,
+                    Rc::clone(&daemon),
+                )))
+            }
+            None => None,
+        };
         let served = serve(logger, signals, &daemon, health_events).await;
         api.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         served
     });
     detach(&mut ebpf, links);
@@ -311,6 +340,26 @@ impl Backend for Daemon {
         log::info!("control API: {edit}, until the next reload");
         log_changes(&changes);
         Ok(changes)
+    }
+}
+
+impl metrics::Source for Daemon {
+    fn scrape(&self) -> Result<Scrape, CollectError> {
+        let report = self.stats()?;
+        let checker = self.checker.borrow();
+        let latencies = report
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let key = TargetKey {
+                    group: t.group.clone(),
+                    addr: t.address,
+                };
+                let latency = checker.status(&key)?.last?.latency;
+                Some(((key.group, key.addr), latency))
+            })
+            .collect();
+        Ok(Scrape { report, latencies })
     }
 }
 
