@@ -10,6 +10,7 @@ pub mod config;
 pub mod decap;
 pub mod flow;
 pub mod listener;
+pub mod state;
 pub mod stats;
 pub mod target;
 

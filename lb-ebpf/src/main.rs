@@ -34,6 +34,7 @@ use lb_common::{
     config::Config,
     flow::{Flow, FlowKey, NatOrigin, DEFAULT_FLOWS},
     listener::{ForwardingMode, Listener, ListenerKey, MAX_LISTENERS},
+    state::{STATE_CHUNK, STATE_ENTRIES},
     stats::{Counter, CounterValue, COUNTER_COUNT},
     target::{Target, Traffic, MAX_TARGETS},
 };
@@ -43,6 +44,11 @@ use crate::{parse::Packet, select::FloodGate};
 /// Global counters, one slot per `lb_common::stats::Counter`.
 #[map]
 static STATS: PerCpuArray<CounterValue> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// The controller's saved state (see `lb_common::state`); never read here, declared so that
+/// it is created and pinned with the other maps.
+#[map]
+static STATE: Array<[u8; STATE_CHUNK]> = Array::with_max_entries(STATE_ENTRIES, 0);
 
 /// Global settings, one entry.
 #[map]

@@ -29,7 +29,9 @@ use crate::{
     maglev::{self, MaglevTarget, TableSize},
     maps::{Maps, MapsError},
     model::{self, HashKey, Mode, Model},
-    neighbors, snat,
+    neighbors,
+    saved::{SavedIds, SavedListener, SavedState, SavedTarget},
+    snat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +118,9 @@ pub struct Controller {
     health: BTreeMap<TargetKey, Health>,
     /// Target groups failing open (no healthy target).
     failing_open: BTreeSet<String>,
+    /// Deregistration delays of groups adopted from a previous daemon, for targets whose
+    /// group the first model no longer has.
+    adopted_delays: BTreeMap<String, Duration>,
 }
 
 impl Controller {
@@ -130,7 +135,117 @@ impl Controller {
             ids,
             health: BTreeMap::new(),
             failing_open: BTreeSet::new(),
+            adopted_delays: BTreeMap::new(),
         }
+    }
+
+    /// Takes over maps that a previous daemon pinned, with the state it saved: the same ids
+    /// for the same listeners and targets, the same drains (their remaining time), the same
+    /// health. The next [`Controller::apply`] then changes only what the new model changes;
+    /// it rewrites each listener's Maglev table once (with the same content, in one swap).
+    pub fn adopt(maps: Maps, saved: &SavedState, now: Instant) -> Result<Controller, ApplyError> {
+        let mut controller = Controller::new(maps);
+        let mut keys = BTreeMap::new();
+        for entry in controller.maps.listeners.iter() {
+            let (key, value) = entry.map_err(|source| MapsError::Map {
+                name: "LISTENERS",
+                source,
+            })?;
+            // ICMP entries (port 0, ICMP or ICMPv6) share their address's listener id.
+            let icmp = key.port_be == 0 && (key.protocol == 1 || key.protocol == 58);
+            if !icmp {
+                keys.insert(value.id, (key, value));
+            }
+        }
+        for listener in &saved.listeners {
+            let Some(&(key, value)) = keys.get(&listener.id) else {
+                log::warn!(
+                    "saved listener '{}' (id {}) is not in the LISTENERS map; it starts afresh",
+                    listener.name,
+                    listener.id
+                );
+                continue;
+            };
+            controller.listeners.insert(
+                listener.name.clone(),
+                AppliedListener {
+                    id: listener.id,
+                    key,
+                    value,
+                    // Unknown here: the first apply writes the table again.
+                    table: Vec::new(),
+                },
+            );
+        }
+        for target in &saved.targets {
+            let key = TargetKey {
+                group: target.group.clone(),
+                addr: target.addr,
+            };
+            let state = match target.draining_for {
+                Some(left) => TargetState::Draining { until: now + left },
+                None => TargetState::Active,
+            };
+            controller.targets.insert(
+                key.clone(),
+                AppliedTarget {
+                    id: target.id,
+                    state,
+                    snat: target.snat,
+                    kernel_state: target.kernel_state,
+                },
+            );
+            controller
+                .adopted_delays
+                .insert(target.group.clone(), target.deregistration_delay);
+            match Health::from_name(&target.health) {
+                Some(Health::Initial) | None => {}
+                Some(health) => {
+                    controller.health.insert(key, health);
+                }
+            }
+        }
+        controller.ids = IdPool::from_saved(&saved.ids, controller.maps.targets.len());
+        Ok(controller)
+    }
+
+    /// What a restarted daemon needs to adopt the maps (see [`Controller::adopt`]).
+    pub fn saved(&self, now: Instant) -> SavedState {
+        SavedState {
+            listeners: self
+                .listeners
+                .iter()
+                .map(|(name, l)| SavedListener {
+                    name: name.clone(),
+                    id: l.id,
+                })
+                .collect(),
+            targets: self
+                .targets
+                .iter()
+                .map(|(key, t)| SavedTarget {
+                    group: key.group.clone(),
+                    addr: key.addr,
+                    id: t.id,
+                    snat: t.snat,
+                    kernel_state: t.kernel_state,
+                    draining_for: match t.state {
+                        TargetState::Active => None,
+                        TargetState::Draining { until } => {
+                            Some(until.saturating_duration_since(now))
+                        }
+                    },
+                    deregistration_delay: self.drain_delay(&self.model, key),
+                    health: self.health_of(key).name().to_string(),
+                })
+                .collect(),
+            ids: self.ids.saved(),
+        }
+    }
+
+    /// Health of every registered target that has left `initial`, for a new health checker.
+    pub fn known_health(&self) -> impl Iterator<Item = (&TargetKey, Health)> {
+        self.health.iter().map(|(k, h)| (k, *h))
     }
 
     fn health_of(&self, key: &TargetKey) -> Health {
@@ -354,6 +469,7 @@ impl Controller {
             .target_group(&key.group)
             .or_else(|| self.model.target_group(&key.group))
             .map(model::TargetGroup::deregistration_delay)
+            .or_else(|| self.adopted_delays.get(&key.group).copied())
             .unwrap_or_default()
     }
 
@@ -599,6 +715,23 @@ impl IdPool {
         }
         self.reclaim(named());
         self.free.pop_first()
+    }
+
+    fn from_saved(saved: &SavedIds, max: u32) -> IdPool {
+        IdPool {
+            next_fresh: saved.next_fresh.min(max),
+            max,
+            quarantined: saved.quarantined.iter().copied().collect(),
+            free: saved.free.iter().copied().filter(|&id| id < max).collect(),
+        }
+    }
+
+    fn saved(&self) -> SavedIds {
+        SavedIds {
+            next_fresh: self.next_fresh,
+            quarantined: self.quarantined.iter().copied().collect(),
+            free: self.free.iter().copied().collect(),
+        }
     }
 
     fn quarantine(&mut self, id: u32) {

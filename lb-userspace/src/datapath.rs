@@ -1,6 +1,6 @@
 //! The embedded XDP program: loading it into the kernel and attaching it to an interface.
 
-use std::io;
+use std::{io, path::Path};
 
 use aya::{
     programs::{ProgramError, Xdp, XdpMode},
@@ -82,6 +82,34 @@ pub fn load_with(log_level: log::LevelFilter, sizes: MapSizes) -> Result<Ebpf, D
     load_program(log_level, sizes, PROGRAM_NAME)
 }
 
+/// The maps that hold the data plane's state, pinned in the daemon's pin directory under
+/// their own names: a restarted daemon reuses them (hitless restart). The per-CPU scratch
+/// maps hold nothing between packets and the log ring is the process's own.
+pub const PINNED_MAPS: &[&str] = &[
+    "STATS",
+    "CONFIG",
+    "STATE",
+    "LISTENERS",
+    "MAGLEV",
+    "TARGETS",
+    "FLOWS",
+    "NAT_REPLIES",
+    "LISTENER_STATS",
+    "TARGET_STATS",
+    "FLOOD_GATE",
+];
+
+/// [`load_with`], with the maps of [`PINNED_MAPS`] taken from `pin_dir` where pinned there
+/// (by a previous daemon) and created and pinned there otherwise. A reused map keeps its
+/// size, whatever `sizes` says.
+pub fn load_pinned(
+    log_level: log::LevelFilter,
+    sizes: MapSizes,
+    pin_dir: &Path,
+) -> Result<Ebpf, DatapathError> {
+    load_from(log_level, sizes, PROGRAM_NAME, Some(pin_dir))
+}
+
 /// [`load_with`] for the object's XDP program named `program` ([`PROGRAM_NAME`] or
 /// [`DECAP_PROGRAM_NAME`]); the object's other programs are not loaded, its maps all are.
 pub fn load_program(
@@ -89,11 +117,26 @@ pub fn load_program(
     sizes: MapSizes,
     program: &str,
 ) -> Result<Ebpf, DatapathError> {
+    load_from(log_level, sizes, program, None)
+}
+
+fn load_from(
+    log_level: log::LevelFilter,
+    sizes: MapSizes,
+    program: &str,
+    pin_dir: Option<&Path>,
+) -> Result<Ebpf, DatapathError> {
     if XDP_OBJECT.is_empty() {
         return Err(DatapathError::NotBuilt);
     }
     let level = log_level as u8;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader
         .override_global("AYA_LOG_LEVEL", &level, false)
         .map_max_entries("FLOWS", sizes.flows)
         .map_max_entries("NAT_REPLIES", sizes.flows)

@@ -13,5 +13,7 @@ pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod neighbors;
+pub mod pins;
+pub mod saved;
 pub mod snat;
 pub mod stats;

@@ -10,6 +10,7 @@
 //! | `DELETE /v1/targets` | deregisters a target ([`TargetRef`]): it drains |
 //! | `POST /v1/listeners` | adds a listener ([`ListenerSpec`]) |
 //! | `DELETE /v1/listeners` | removes a listener ([`ListenerRef`]) |
+//! | `POST /v1/down`  | detaches, removes the pins and stops the daemon (`sluice down`) |
 //!
 //! Changes edit the daemon's model, which is validated as a whole like the file and applied
 //! like a reload; they last until the next reload, which re-reads the file.
@@ -50,6 +51,8 @@ pub const STATS_PATH: &str = "/v1/stats";
 pub const RELOAD_PATH: &str = "/v1/reload";
 /// Targets: `POST` adds, `PATCH` sets a weight, `DELETE` deregisters.
 pub const TARGETS_PATH: &str = "/v1/targets";
+/// Detaches the XDP program, removes the pins and stops the daemon (`sluice down`).
+pub const DOWN_PATH: &str = "/v1/down";
 /// Listeners: `POST` adds, `DELETE` removes.
 pub const LISTENERS_PATH: &str = "/v1/listeners";
 

@@ -25,8 +25,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    CollectError, ListenerRef, StatsReport, TargetWeight, LISTENERS_PATH, RELOAD_PATH, STATS_PATH,
-    TARGETS_PATH,
+    CollectError, ListenerRef, StatsReport, TargetWeight, DOWN_PATH, LISTENERS_PATH, RELOAD_PATH,
+    STATS_PATH, TARGETS_PATH,
 };
 use crate::{
     controller::Changes,
@@ -40,6 +40,11 @@ pub trait Backend {
     fn reload(&self) -> Result<Changes, ControlError>;
     /// Changes the running model (until the next reload).
     fn change(&self, edit: Edit) -> Result<Changes, ControlError>;
+    /// Stops the daemon after detaching the XDP program and removing its pins (`sluice
+    /// down`), instead of leaving forwarding running as a plain stop does.
+    fn down(&self) -> Result<(), ControlError> {
+        Err(ControlError::conflict("this daemon cannot be taken down"))
+    }
 }
 
 /// A refused reload or change: nothing was changed.
@@ -260,6 +265,7 @@ const ENDPOINTS: &[(&str, &[Method])] = &[
     (RELOAD_PATH, &[Method::POST]),
     (TARGETS_PATH, &[Method::POST, Method::PATCH, Method::DELETE]),
     (LISTENERS_PATH, &[Method::POST, Method::DELETE]),
+    (DOWN_PATH, &[Method::POST]),
 ];
 
 /// The answer to `method path` with `body`.
@@ -285,6 +291,10 @@ pub fn respond(
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
         (RELOAD_PATH, &Method::POST) => changed(backend.reload()),
+        (DOWN_PATH, &Method::POST) => match backend.down() {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({ "stopping": true })),
+            Err(e) => error(e.status, e.message),
+        },
         (TARGETS_PATH, &Method::POST) => change(backend, body, Edit::AddTarget),
         (TARGETS_PATH, &Method::DELETE) => change(backend, body, Edit::RemoveTarget),
         (TARGETS_PATH, &Method::PATCH) => change(backend, body, |w: TargetWeight| {

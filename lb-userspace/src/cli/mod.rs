@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand.
 
 mod decap;
+mod down;
 mod listener;
 mod reload;
 mod run;
@@ -31,8 +32,11 @@ const RUN_TIME_RULE: &str = "Changes edit the running daemon's model, validated 
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the XDP program, attach it to an interface and run until SIGINT/SIGTERM.
+    /// Load the XDP program, attach it to interfaces and run until SIGINT/SIGTERM; forwarding
+    /// goes on after it stops, and the next `sluice run` takes over without a gap.
     Run(run::RunArgs),
+    /// Stop forwarding: detach the XDP program and remove its pins (and the daemon, if running).
+    Down(down::DownArgs),
     /// Show the data plane's counters.
     Stats(stats::StatsArgs),
     /// Show listeners, target groups and targets: weights, states, health and traffic.
@@ -52,6 +56,7 @@ enum Command {
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Down(args) => down::down(args),
         Command::Stats(args) => stats::stats(args),
         Command::Status(args) => status::status(args),
         Command::Target(args) => target::target(args),

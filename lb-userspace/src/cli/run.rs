@@ -1,7 +1,9 @@
 //! `sluice run`: the daemon. Loads the XDP program, attaches it to the given interfaces,
 //! applies the model from `--config`, answers the control API on `--socket` and Prometheus
 //! scrapes on `--metrics-address`, and runs until SIGINT/SIGTERM (SIGHUP re-reads the
-//! configuration); then detaches.
+//! configuration). The program, its maps and the controller's state are pinned in
+//! `--pin-dir`: forwarding goes on after the daemon stops, and the next daemon takes it over
+//! (hitless restart). `sluice down` detaches and removes the pins.
 
 use std::{
     cell::RefCell,
@@ -11,11 +13,7 @@ use std::{
 };
 
 use anyhow::Context;
-use aya::{
-    maps::{MapData, PerCpuArray},
-    programs::xdp::XdpLinkId,
-    Ebpf,
-};
+use aya::maps::{MapData, PerCpuArray};
 use aya_log::EbpfLogger;
 use lb_common::stats::CounterValue;
 use sluice::{
@@ -28,6 +26,8 @@ use sluice::{
     maps::Maps,
     metrics::{self, MetricsAddress, Scrape},
     model::Model,
+    pins,
+    saved::{self, SavedState},
     stats::STATS_MAP,
 };
 use tokio::io::unix::AsyncFd;
@@ -48,7 +48,8 @@ pub struct RunArgs {
     /// XDP attach mode: `auto` tries native and falls back to generic with a warning.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: AttachMode,
-    /// bpffs directory where the counters are pinned (one daemon per directory).
+    /// bpffs directory where the XDP links, the maps and the saved state are pinned (one
+    /// daemon per directory); a daemon finding a data plane there takes it over.
     #[arg(long, value_name = "DIR", default_value = bpffs::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
     /// The control API's Unix socket (HTTP/1.1 and JSON; `sluice stats` asks it). Its
@@ -102,9 +103,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         listeners: args.max_listeners,
         targets: args.max_targets,
     };
-    let mut ebpf = datapath::load_with(log::max_level(), sizes)?;
-    // Before anything outside this process changes (neighbour entries, pins, attachments): a
-    // second daemon on the same socket, or the same metrics address, stops here.
+    bpffs::prepare_pin_dir(&args.pin_dir)?;
+    let adopting = pins::has_data_plane(&args.pin_dir);
+    // Pins this start creates are removed again if it fails; adopted ones never are, since
+    // they keep forwarding going.
+    let mut fresh = FreshPins {
+        dir: args.pin_dir.clone(),
+        armed: !adopting,
+    };
+    let mut ebpf = datapath::load_pinned(log::max_level(), sizes, &args.pin_dir)?;
+    // Before anything outside this process changes (neighbour entries, links): a second
+    // daemon on the same socket, or the same metrics address, stops here.
     let (api_listener, _socket_file) = api::server::bind(&args.socket)?;
     let metrics_listener = match args.metrics_address.0 {
         Some(addr) => {
@@ -124,44 +133,61 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let mut controller = Controller::new(Maps::take(&mut ebpf)?);
-    let changes = controller.apply(&model, Instant::now())?;
-    log_changes(&changes);
-
-    bpffs::prepare_pin_dir(&args.pin_dir)?;
-    let stats_pin = args.pin_dir.join(STATS_MAP);
-    if stats_pin.exists() {
-        log::warn!(
-            "replacing a stale pin at {} left by an earlier sluice that did not stop cleanly",
-            stats_pin.display()
-        );
-        bpffs::unpin(&stats_pin).with_context(|| format!("removing {}", stats_pin.display()))?;
-    }
-    let stats = ebpf
-        .take_map(STATS_MAP)
-        .context("the XDP object has no STATS map")?;
-    stats
-        .pin(&stats_pin)
-        .with_context(|| format!("pinning counters at {}", stats_pin.display()))?;
-    let counters = PerCpuArray::try_from(stats).context("reading the STATS map")?;
-
-    let mut links: Vec<(String, XdpLinkId)> = Vec::new();
-    for (iface, &ifindex) in args.ifaces.iter().zip(&ifindexes) {
-        match datapath::attach(&mut ebpf, iface, ifindex, args.xdp_mode) {
-            Ok((link, mode)) => {
+    let maps = Maps::take(&mut ebpf).map_err(|e| incompatible(e, adopting, &args.pin_dir))?;
+    let state: saved::StateMap = ebpf
+        .take_map("STATE")
+        .context("the XDP object has no STATE map")?
+        .try_into()
+        .map_err(|e| incompatible(e, adopting, &args.pin_dir))?;
+    let now = Instant::now();
+    let mut controller = if adopting {
+        match saved::load(&state)? {
+            Some(saved) => {
                 log::info!(
-                    "sluice attached to {iface} (ifindex {ifindex}) in {} mode",
-                    datapath::mode_name(mode)
+                    "adopting the data plane pinned in {} ({} listener(s), {} target(s))",
+                    args.pin_dir.display(),
+                    saved.listeners.len(),
+                    saved.targets.len()
                 );
-                links.push((iface.clone(), link));
+                Controller::adopt(maps, &saved, now)?
             }
-            Err(e) => {
-                detach(&mut ebpf, links);
-                let _ = bpffs::unpin(&stats_pin);
-                return Err(e.into());
+            None => {
+                log::warn!(
+                    "{} holds maps but no saved state (a daemon died while starting); starting from empty maps' names",
+                    args.pin_dir.display()
+                );
+                Controller::new(maps)
             }
         }
+    } else {
+        Controller::new(maps)
+    };
+    let changes = controller.apply(&model, now)?;
+    log_changes(&changes);
+    let counters = PerCpuArray::try_from(
+        ebpf.take_map(STATS_MAP)
+            .context("the XDP object has no STATS map")?,
+    )
+    .context("reading the STATS map")?;
+
+    for (iface, &ifindex) in args.ifaces.iter().zip(&ifindexes) {
+        match pins::attach(&mut ebpf, &args.pin_dir, iface, ifindex, args.xdp_mode)? {
+            pins::Attached::Replaced => log::info!(
+                "sluice took over {iface} (ifindex {ifindex}): the previous program was replaced in one step; established flows keep their targets"
+            ),
+            pins::Attached::New(mode) => log::info!(
+                "sluice attached to {iface} (ifindex {ifindex}) in {} mode",
+                datapath::mode_name(mode)
+            ),
+        }
     }
+    for (iface, _) in pins::pinned_links(&args.pin_dir)? {
+        if !args.ifaces.contains(&iface) {
+            pins::detach(&args.pin_dir, &iface)?;
+            log::info!("detached from {iface}: not among this daemon's --iface");
+        }
+    }
+    fresh.armed = false;
     log::info!(
         "{} listener(s) from {}; control API on {socket} (sluice stats --socket {socket})",
         controller.model().listeners.len(),
@@ -171,13 +197,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         socket = args.socket.display()
     );
 
-    let (checker, health_events) = HealthChecker::new();
+    let (mut checker, health_events) = HealthChecker::new();
+    checker.adopt(
+        controller
+            .known_health()
+            .map(|(key, health)| (key.clone(), health)),
+    );
     let daemon = Rc::new(Daemon {
         controller: RefCell::new(controller),
         checker: RefCell::new(checker),
         config: args.config.clone(),
         counters,
+        state: RefCell::new(state),
+        saved: RefCell::new(None),
+        down: tokio::sync::Notify::new(),
+        going_down: std::cell::Cell::new(false),
     });
+    daemon.save();
     // A LocalSet, so the API's connection tasks can share the controller without locks: each
     // request is answered between two awaits, never in the middle of a reload or a tick.
     let served = tokio::task::LocalSet::new().block_on(&runtime, async {
@@ -202,17 +238,60 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         served
     });
-    detach(&mut ebpf, links);
-    bpffs::unpin(&stats_pin).with_context(|| format!("removing {}", stats_pin.display()))?;
+    daemon.save();
+    if daemon.going_down.get() {
+        // The program holds no link of its own (pins do), but drop it before the pins go.
+        drop(ebpf);
+        let removed = pins::remove_all(&args.pin_dir)?;
+        log::info!(
+            "down: detached from {}; removed {} pinned map(s) and {}",
+            if removed.detached.is_empty() {
+                "no interface".to_string()
+            } else {
+                removed.detached.join(", ")
+            },
+            removed.maps,
+            args.pin_dir.display()
+        );
+    } else {
+        log::info!(
+            "stopped; the XDP program stays attached and forwards with the last state; the next `sluice run --pin-dir {}` takes over, `sluice down` removes it",
+            args.pin_dir.display()
+        );
+    }
     served
 }
 
-fn detach(ebpf: &mut Ebpf, links: Vec<(String, XdpLinkId)>) {
-    for (iface, link) in links {
-        match datapath::program_mut(ebpf).detach(link) {
-            Ok(()) => log::info!("detached from {iface}"),
-            Err(e) => log::error!("detaching from {iface}: {e}"),
+/// Removes the pins of a start that failed before it attached anything.
+struct FreshPins {
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Drop for FreshPins {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = pins::remove_all(&self.dir) {
+                log::warn!("cleaning up after a failed start: {e}");
+            }
         }
+    }
+}
+
+/// Pinned maps this build cannot use (an upgrade changed their layout).
+fn incompatible(
+    e: impl std::fmt::Display,
+    adopting: bool,
+    pin_dir: &std::path::Path,
+) -> anyhow::Error {
+    if adopting {
+        anyhow::anyhow!(
+            "the maps pinned in {} do not fit this sluice ({e}); run `sluice down --pin-dir {}` (this drops established flows) and start again",
+            pin_dir.display(),
+            pin_dir.display()
+        )
+    } else {
+        anyhow::anyhow!("{e}")
     }
 }
 
@@ -238,6 +317,7 @@ async fn serve(
     daemon.recheck();
     loop {
         tokio::select! {
+            _ = daemon.down.notified() => break,
             request = signals.next() => match request {
                 Request::Stop => break,
                 // Logged either way; the control API's `POST /v1/reload` takes the same path.
@@ -255,6 +335,7 @@ async fn serve(
                     Ok(changes) => log_changes(&changes),
                     Err(e) => log::error!("applying the health of {}: {e}", event.target.addr),
                 }
+                daemon.save();
             }
             _ = tick.tick() => {
                 let expired = controller.borrow_mut().tick(Instant::now());
@@ -264,6 +345,7 @@ async fn serve(
                     },
                     Err(e) => log::error!("ending drains: {e}"),
                 }
+                daemon.save();
             }
             ready = async { logs.as_mut().unwrap().readable_mut().await }, if logs.is_some() => {
                 let mut guard = ready.context("waiting for XDP log records")?;
@@ -283,6 +365,12 @@ struct Daemon {
     checker: RefCell<HealthChecker<TargetKey>>,
     config: Option<PathBuf>,
     counters: PerCpuArray<MapData, CounterValue>,
+    /// The pinned `STATE` map, and what was last saved in it.
+    state: RefCell<saved::StateMap>,
+    saved: RefCell<Option<SavedState>>,
+    /// `sluice down` asked: stop, then detach and remove the pins.
+    down: tokio::sync::Notify,
+    going_down: std::cell::Cell<bool>,
 }
 
 impl Daemon {
@@ -290,6 +378,18 @@ impl Daemon {
     fn recheck(&self) {
         let checks = self.controller.borrow().health_checks();
         self.checker.borrow_mut().set_targets(checks);
+    }
+
+    /// Saves the controller's state for a daemon that takes over later, when it changed.
+    fn save(&self) {
+        let state = self.controller.borrow().saved(Instant::now());
+        if self.saved.borrow().as_ref() == Some(&state) {
+            return;
+        }
+        match saved::save(&mut *self.state.borrow_mut(), &state) {
+            Ok(()) => *self.saved.borrow_mut() = Some(state),
+            Err(e) => log::error!("saving the state for the next daemon: {e}"),
+        }
     }
 }
 
@@ -318,6 +418,7 @@ impl Backend for Daemon {
         let applied = self.controller.borrow_mut().apply(&model, Instant::now());
         let changes = applied.map_err(|e| apply_refused(&e, refused(&e)))?;
         self.recheck();
+        self.save();
         if changes.is_empty() {
             log::info!("reloaded {}: no changes", path.display());
         } else {
@@ -337,9 +438,23 @@ impl Backend for Daemon {
             apply_refused(&e, message)
         })?;
         self.recheck();
+        self.save();
         log::info!("control API: {edit}, until the next reload");
         log_changes(&changes);
         Ok(changes)
+    }
+
+    fn down(&self) -> Result<(), ControlError> {
+        self.take_down();
+        Ok(())
+    }
+}
+
+impl Daemon {
+    fn take_down(&self) {
+        log::info!("control API: down: stopping, detaching and removing the pins");
+        self.going_down.set(true);
+        self.down.notify_one();
     }
 }
 

@@ -1,7 +1,7 @@
 //! Runs the checks of a changing set of targets, one task per target, and reports every
 //! change of state on a channel.
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr};
+use std::{collections::BTreeMap, fmt, net::SocketAddr, time::Duration};
 
 use tokio::{
     sync::{mpsc, watch},
@@ -14,6 +14,9 @@ use super::{
     state::{Health, Reason, TargetHealth},
     HealthCheck,
 };
+
+/// The longest spread of first checks among targets that start together.
+const STAGGER: Duration = Duration::from_secs(1);
 
 /// A target changed state.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +60,9 @@ pub struct HealthChecker<K> {
     events: mpsc::UnboundedSender<HealthEvent<K>>,
     targets: BTreeMap<K, Running>,
     generation: u64,
+    /// States a previous daemon established, taken by targets when they start (hitless
+    /// restart).
+    adopted: BTreeMap<K, Health>,
 }
 
 impl<K> HealthChecker<K>
@@ -71,8 +77,15 @@ where
             events,
             targets: BTreeMap::new(),
             generation: 0,
+            adopted: BTreeMap::new(),
         };
         (checker, receiver)
+    }
+
+    /// Targets that start later (in [`HealthChecker::set_targets`]) start in these states
+    /// instead of `Initial`: what a previous daemon had established.
+    pub fn adopt(&mut self, states: impl IntoIterator<Item = (K, Health)>) {
+        self.adopted.extend(states);
     }
 
     /// Makes the checked set exactly `targets` (key, traffic address, settings), touching
@@ -89,6 +102,7 @@ where
             wanted.insert(key, (addr, check));
         }
         self.targets.retain(|key, _| wanted.contains_key(key));
+        let mut starting = Vec::new();
         for (key, (addr, check)) in wanted {
             let health = match self.targets.get(&key) {
                 Some(running) if running.addr == addr && running.check == check => continue,
@@ -97,10 +111,20 @@ where
                     health.restart_counting();
                     health
                 }
-                _ => TargetHealth::new(),
+                _ => match self.adopted.remove(&key) {
+                    Some(state) => TargetHealth::adopted(state),
+                    None => TargetHealth::new(),
+                },
             };
+            starting.push((key, addr, check, health));
+        }
+        let count = starting.len() as u32;
+        for (i, (key, addr, check, health)) in starting.into_iter().enumerate() {
+            // Targets starting together (a daemon's start, a reload adding many) spread their
+            // first checks over up to a second instead of probing in lockstep forever after.
+            let first_after = check.interval.min(STAGGER) * i as u32 / count.max(1);
             // Replacing the old entry drops it, which stops its task.
-            let running = self.start(key.clone(), addr, check, health);
+            let running = self.start(key.clone(), addr, check, health, first_after);
             self.targets.insert(key, running);
         }
     }
@@ -137,6 +161,7 @@ where
         addr: SocketAddr,
         check: HealthCheck,
         health: TargetHealth,
+        first_after: Duration,
     ) -> Running {
         self.generation += 1;
         let (status, receiver) = watch::channel(TargetStatus {
@@ -150,6 +175,7 @@ where
             health,
             status,
             self.events.clone(),
+            first_after,
         ));
         Running {
             addr,
@@ -168,10 +194,12 @@ async fn run<K: Clone>(
     mut health: TargetHealth,
     status: watch::Sender<TargetStatus>,
     events: mpsc::UnboundedSender<HealthEvent<K>>,
+    first_after: Duration,
 ) {
     // As in ELB, the interval runs from check to check whatever each takes; a timeout
     // shorter than the interval (validated) keeps checks from overlapping.
-    let mut ticks = tokio::time::interval(check.interval);
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + first_after, check.interval);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;

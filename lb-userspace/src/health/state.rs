@@ -21,6 +21,12 @@ impl Health {
             Health::Unhealthy => "unhealthy",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Health> {
+        [Health::Initial, Health::Healthy, Health::Unhealthy]
+            .into_iter()
+            .find(|h| h.name() == name)
+    }
 }
 
 impl fmt::Display for Health {
@@ -115,6 +121,28 @@ impl TargetHealth {
             passes: 0,
             failures: 0,
             codes: Vec::new(),
+        }
+    }
+
+    /// A target whose state a previous daemon established (hitless restart): it keeps that
+    /// state, and its runs of passes or failures start again.
+    pub fn adopted(state: Health) -> TargetHealth {
+        match state {
+            Health::Initial => TargetHealth::new(),
+            Health::Healthy => TargetHealth {
+                state,
+                reason: None,
+                ..TargetHealth::new()
+            },
+            Health::Unhealthy => TargetHealth {
+                state,
+                reason: Some(Reason {
+                    code: Some(ReasonCode::FailedHealthChecks),
+                    description:
+                        "Health checks failed (state kept from before the daemon restarted)".into(),
+                }),
+                ..TargetHealth::new()
+            },
         }
     }
 

@@ -12,7 +12,10 @@ use std::{
 use super::namespaces::{PinDir, TIMEOUT};
 use crate::{
     netns::{require_root, sluice_binary, unique_socket_path, wait_until, ChildGuard, LbTopology},
-    servers::{http_get, udp_request, EchoClient, EchoServer, HttpServer, UdpReply, UdpServer},
+    servers::{
+        http_get, http_get_timeout, udp_request, EchoClient, EchoServer, HttpServer, UdpReply,
+        UdpServer,
+    },
 };
 
 const VIP_V4: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
@@ -30,7 +33,8 @@ struct Balanced {
     _decaps: Vec<ChildGuard>,
     sluice: ChildGuard,
     config: PathBuf,
-    _pin_dir: PinDir,
+    pin_dir: PinDir,
+    socket: PathBuf,
     /// Targets in the model now.
     members: Vec<usize>,
     health_port: u16,
@@ -103,6 +107,43 @@ fn config_checked_on(
         listener("dns", VIP_V4.into(), DNS, "udp", "dns"),
     ]
     .concat()
+}
+
+/// `sluice run` in the lb namespace on both interfaces, once it has applied `config`.
+fn spawn_sluice(
+    topology: &LbTopology,
+    config: &std::path::Path,
+    pin_dir: &PinDir,
+    socket: &std::path::Path,
+) -> ChildGuard {
+    let mut cmd = topology.lb.command(sluice_binary());
+    cmd.args([
+        "run",
+        "--iface",
+        "eth0",
+        "--iface",
+        "eth1",
+        "--pin-dir",
+        pin_dir.arg(),
+    ])
+    .arg("--config")
+    .arg(config)
+    .arg("--socket")
+    .arg(socket)
+    .args(["--flows", "65536", "--metrics-address", "off"])
+    .env("RUST_LOG", "info");
+    let sluice = topology.lb.spawn(cmd);
+    wait_until(
+        TIMEOUT,
+        "sluice to attach and apply its configuration",
+        || {
+            if let Some(status) = sluice.try_status() {
+                panic!("sluice exited ({status}): {}", sluice.stderr());
+            }
+            sluice.stderr().contains("listener(s) from")
+        },
+    );
+    sluice
 }
 
 impl Balanced {
@@ -185,33 +226,8 @@ impl Balanced {
         )
         .unwrap();
         let pin_dir = PinDir::new();
-        let mut cmd = topology.lb.command(sluice_binary());
-        cmd.args([
-            "run",
-            "--iface",
-            "eth0",
-            "--iface",
-            "eth1",
-            "--pin-dir",
-            pin_dir.arg(),
-        ])
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(unique_socket_path())
-        .args(["--flows", "65536"])
-        .env("RUST_LOG", "info");
-        let sluice = topology.lb.spawn(cmd);
-        wait_until(
-            TIMEOUT,
-            "sluice to attach and apply its configuration",
-            || {
-                if let Some(status) = sluice.try_status() {
-                    panic!("sluice exited ({status}): {}", sluice.stderr());
-                }
-                sluice.stderr().contains("listener(s) from")
-            },
-        );
+        let socket = unique_socket_path();
+        let sluice = spawn_sluice(&topology, &config, &pin_dir, &socket);
         let lb = Balanced {
             mode,
             topology,
@@ -219,7 +235,8 @@ impl Balanced {
             _decaps: decaps,
             sluice,
             config,
-            _pin_dir: pin_dir,
+            pin_dir,
+            socket,
             members: members.to_vec(),
             health_port,
             deregistration_delay,
@@ -653,4 +670,174 @@ fn an_http_check_with_a_matcher_marks_a_target_answering_500_unhealthy() {
         count("unhealthy -> healthy") == 1
     });
     let _ = std::fs::remove_file(&socket);
+}
+
+/// `sluice status --json` without the traffic numbers, which go on counting.
+fn state_of(lb: &Balanced) -> serde_json::Value {
+    let out = lb
+        .topology
+        .lb
+        .command(sluice_binary())
+        .args(["status", "--json", "--socket"])
+        .arg(&lb.socket)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "sluice status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    state.as_object_mut().unwrap().remove("counters");
+    for list in ["listeners", "targets"] {
+        for item in state[list].as_array_mut().unwrap() {
+            let item = item.as_object_mut().unwrap();
+            for counter in ["packets", "bytes", "new_flows"] {
+                item.remove(counter);
+            }
+        }
+    }
+    state
+}
+
+/// A client streams over a connection through the VIP while the daemon is stopped, traffic
+/// goes on without it, and a new daemon takes over: no byte lost, no reset, same state.
+fn restart_is_hitless_lb(mode: &'static str) -> Balanced {
+    let mut lb = Balanced::start(mode, &[0, 1, 2]);
+    let before = state_of(&lb);
+    let mut echo =
+        EchoClient::connect(&lb.topology.client.ns, SocketAddr::new(VIP_V4.into(), ECHO))
+            .unwrap_or_else(|e| panic!("connecting to the echo listener ({mode}): {e}"));
+    assert_eq!(echo.echo(b"before").unwrap(), b"before");
+
+    // The client streams from its own thread for the whole restart.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let streamer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut rounds = 0u64;
+            // Bounded in count and time.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && rounds < 1_000_000
+                && started.elapsed() < 3 * TIMEOUT
+            {
+                let payload = format!("round {rounds} {}", "x".repeat((rounds % 900) as usize));
+                match echo.echo(payload.as_bytes()) {
+                    Ok(back) if back == payload.as_bytes() => rounds += 1,
+                    Ok(back) => {
+                        return Err(format!(
+                            "round {rounds}: sent {} bytes, got {} different ones back",
+                            payload.len(),
+                            back.len()
+                        ))
+                    }
+                    Err(e) => return Err(format!("round {rounds}: {e}")),
+                }
+            }
+            Ok((rounds, echo))
+        })
+    };
+    // Stop the daemon: forwarding goes on with the last state.
+    lb.sluice.signal(libc::SIGTERM);
+    lb.sluice.wait_timeout(TIMEOUT);
+    assert!(
+        lb.sluice.stderr().contains("stays attached"),
+        "{}",
+        lb.sluice.stderr()
+    );
+    assert!(lb.topology.lb.xdp_attached("eth0").is_some());
+    assert_eq!(
+        lb.get(VIP_V4.into()).len(),
+        "targetN".len(),
+        "new connections are balanced without a daemon"
+    );
+
+    // A new daemon takes over.
+    lb.sluice = spawn_sluice(&lb.topology, &lb.config, &lb.pin_dir, &lb.socket);
+    let log = lb.sluice.stderr();
+    assert!(log.contains("adopting the data plane"), "{log}");
+    assert!(log.contains("sluice took over eth0"), "{log}");
+    assert!(
+        !log.contains("registered"),
+        "no target is new to the adopting daemon: {log}"
+    );
+    let after = state_of(&lb);
+    assert_eq!(before, after, "the new daemon shows the same state");
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (rounds, mut echo) = streamer.join().unwrap().unwrap_or_else(|e| {
+        panic!("the stream through the VIP broke during the restart ({mode}): {e}")
+    });
+    assert!(rounds > 10, "the stream made progress: {rounds} rounds");
+    assert_eq!(echo.echo(b"after").unwrap(), b"after");
+    let seen = lb.spread(VIP_V4.into(), 60);
+    assert_eq!(
+        seen.len(),
+        3,
+        "new connections reach every target: {seen:?}"
+    );
+    lb
+}
+
+/// `sluice down`: with the daemon running (it stops), or after it stopped (pins only).
+fn down(lb: &mut Balanced, daemon_running: bool) {
+    if !daemon_running {
+        lb.sluice.signal(libc::SIGTERM);
+        lb.sluice.wait_timeout(TIMEOUT);
+        assert!(lb.topology.lb.xdp_attached("eth0").is_some());
+    }
+    let out = lb
+        .topology
+        .lb
+        .command(sluice_binary())
+        .args(["down", "--pin-dir", lb.pin_dir.arg(), "--socket"])
+        .arg(&lb.socket)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sluice down: {said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("sluice stopped"), "{said}");
+    if daemon_running {
+        lb.sluice.wait_timeout(TIMEOUT);
+        assert!(
+            lb.sluice
+                .stderr()
+                .contains("down: detached from eth0, eth1"),
+            "{}",
+            lb.sluice.stderr()
+        );
+    } else {
+        assert!(said.contains("detached from eth0, eth1"), "{said}");
+    }
+    assert!(lb.topology.lb.xdp_attached("eth0").is_none());
+    assert!(lb.topology.lb.xdp_attached("eth1").is_none());
+    assert!(!lb.pin_dir.0.exists(), "the pins are gone");
+    let addr = SocketAddr::new(VIP_V4.into(), HTTP);
+    assert!(
+        http_get_timeout(
+            &lb.topology.client.ns,
+            addr,
+            "/",
+            std::time::Duration::from_millis(300)
+        )
+        .is_err(),
+        "nothing balances the VIP after sluice down"
+    );
+}
+
+#[test]
+fn nat_restart_is_hitless_and_down_detaches() {
+    let mut lb = restart_is_hitless_lb("nat");
+    down(&mut lb, false);
+}
+
+#[test]
+fn dsr_restart_is_hitless_and_down_stops_the_daemon() {
+    let mut lb = restart_is_hitless_lb("dsr");
+    down(&mut lb, true);
 }

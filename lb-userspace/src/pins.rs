@@ -1,0 +1,187 @@
+//! What outlives the daemon in its pin directory, so that forwarding goes on while no daemon
+//! runs (a restart, an upgrade) and a new daemon takes it over: the data plane's maps
+//! (`datapath::PINNED_MAPS`, including the controller's saved state) and one XDP link per
+//! interface (`link_<iface>`). Removing a link's pin detaches the program once no process
+//! holds the link; `sluice down` removes everything.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
+    Ebpf,
+};
+
+use crate::datapath::{self, AttachMode, DatapathError};
+
+const LINK_PREFIX: &str = "link_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinsError {
+    #[error("cannot pin the XDP link of {iface} at {path}: {reason}")]
+    PinLink {
+        iface: String,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("cannot remove {path}: {source}")]
+    Remove { path: PathBuf, source: io::Error },
+    #[error("cannot read the pin directory {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+}
+
+/// Whether `pin_dir` holds a data plane left by an earlier daemon.
+pub fn has_data_plane(pin_dir: &Path) -> bool {
+    pin_dir.join("STATE").exists()
+}
+
+pub fn link_path(pin_dir: &Path, iface: &str) -> PathBuf {
+    pin_dir.join(format!("{LINK_PREFIX}{iface}"))
+}
+
+/// The interfaces with a pinned link, and the pins' paths.
+pub fn pinned_links(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>, PinsError> {
+    let entries = match fs::read_dir(pin_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(PinsError::Read {
+                path: pin_dir.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let mut links = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(iface) = name.strip_prefix(LINK_PREFIX) {
+            links.push((iface.to_string(), entry.path()));
+        }
+    }
+    links.sort();
+    Ok(links)
+}
+
+/// How the program came to run on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// Attached afresh in this mode.
+    New(AttachMode),
+    /// Replaced the previous daemon's program on its pinned link, in one atomic update:
+    /// no packet is missed and none sees a mix.
+    Replaced,
+}
+
+/// Runs the loaded program on `iface`: on the link a previous daemon pinned if there is a
+/// live one (atomic replacement), else attached afresh and pinned.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    pin_dir: &Path,
+    iface: &str,
+    ifindex: u32,
+    mode: AttachMode,
+) -> Result<Attached, AttachError> {
+    let path = link_path(pin_dir, iface);
+    if path.exists() {
+        match replace(ebpf, &path) {
+            Ok(()) => return Ok(Attached::Replaced),
+            Err(reason) => {
+                // The interface went away (and maybe came back): its link is dead.
+                log::warn!(
+                    "the pinned XDP link of {iface} is not usable ({reason}); attaching afresh"
+                );
+                fs::remove_file(&path).map_err(|source| PinsError::Remove {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    let (id, mode) = datapath::attach(ebpf, iface, ifindex, mode)?;
+    pin_new_link(ebpf, id, iface, &path)?;
+    Ok(Attached::New(mode))
+}
+
+fn replace(ebpf: &mut Ebpf, path: &Path) -> Result<(), String> {
+    let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+    let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
+    let program = datapath::program_mut(ebpf);
+    let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
+    // The pin holds the link; the program must not (its drop would close our fd only, but
+    // `sluice down` expects no process to keep the link alive).
+    drop(program.take_link(id).map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+fn pin_new_link(ebpf: &mut Ebpf, id: XdpLinkId, iface: &str, path: &Path) -> Result<(), PinsError> {
+    let failed = |reason: String| PinsError::PinLink {
+        iface: iface.to_string(),
+        path: path.to_path_buf(),
+        reason,
+    };
+    let program = datapath::program_mut(ebpf);
+    let link = program.take_link(id).map_err(|e| failed(e.to_string()))?;
+    // A netlink attachment (kernels before 5.9) cannot be pinned.
+    let fd_link = FdLink::try_from(link).map_err(|e| failed(e.to_string()))?;
+    // The pin holds the link from now on; the fd closes when `_pinned` drops.
+    let _pinned = fd_link.pin(path).map_err(|e| failed(e.to_string()))?;
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error(transparent)]
+    Pins(#[from] PinsError),
+}
+
+/// Detaches from `iface` by removing its link's pin.
+pub fn detach(pin_dir: &Path, iface: &str) -> Result<(), PinsError> {
+    let path = link_path(pin_dir, iface);
+    fs::remove_file(&path).map_err(|source| PinsError::Remove { path, source })
+}
+
+/// What [`remove_all`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removed {
+    /// Interfaces the program was detached from.
+    pub detached: Vec<String>,
+    pub maps: usize,
+}
+
+/// Detaches every pinned link, then removes the maps' pins (the kernel frees the maps once
+/// no program or process uses them) and the directory. A missing directory is nothing to do.
+pub fn remove_all(pin_dir: &Path) -> Result<Removed, PinsError> {
+    let mut removed = Removed::default();
+    for (iface, path) in pinned_links(pin_dir)? {
+        fs::remove_file(&path).map_err(|source| PinsError::Remove { path, source })?;
+        removed.detached.push(iface);
+    }
+    for name in datapath::PINNED_MAPS {
+        let path = pin_dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => removed.maps += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(PinsError::Remove { path, source }),
+        }
+    }
+    match fs::remove_dir(pin_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        // Something else lives there (a user's own pins): leave the directory.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {}
+        Err(source) => {
+            return Err(PinsError::Remove {
+                path: pin_dir.to_path_buf(),
+                source,
+            })
+        }
+    }
+    Ok(removed)
+}
