@@ -350,7 +350,9 @@ mod tests {
             health: health.name().into(),
             packets: 4,
             bytes: 400,
+            reason: None,
             new_flows: 2,
+            rate: Default::default(),
         }
     }
 
@@ -383,6 +385,7 @@ mod tests {
                 packets: 12,
                 bytes: 888,
                 new_flows: 12,
+                rate: Default::default(),
             }],
             targets: vec![
                 target("dns", "10.0.0.1:53", Health::Healthy, TargetStatus::Active),

@@ -141,6 +141,9 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
     println!("demo: configuration ({}):\n{model}", config.display());
 
     let pin_dir = unique_pin_dir();
+    // A stopped daemon leaves its data plane pinned (for a hitless restart); the demo's goes
+    // with it, whatever happens.
+    let _pins = RemoveDirOnDrop(pin_dir.clone());
     let socket = unique_socket_path();
     let mut daemon = Daemon(
         topology
@@ -264,6 +267,15 @@ struct RemoveOnDrop(std::path::PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+struct RemoveDirOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveDirOnDrop {
+    fn drop(&mut self) {
+        // Removing the pins detaches the program and frees the maps.
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -13,6 +13,7 @@ use crate::{
     controller::{Controller, TargetKey, TargetState},
     maps::MapsError,
     model::{Mode, Model, Protocol},
+    rates::Rate,
     stats,
 };
 
@@ -66,6 +67,9 @@ pub struct ListenerStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Over the last seconds (see `rates.rs`); zero until the daemon has sampled twice.
+    #[serde(default)]
+    pub rate: Rate,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,9 +84,14 @@ pub struct TargetStats {
     /// `initial`, `healthy` or `unhealthy`, from the health checker.
     #[serde(default)]
     pub health: String,
+    /// Why it is not healthy, in ELB's words (`Target.Timeout: Request timed out`).
+    #[serde(default)]
+    pub reason: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    #[serde(default)]
+    pub rate: Rate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,6 +153,7 @@ impl StatsReport {
                 packets,
                 bytes,
                 new_flows,
+                rate: Rate::default(),
             });
         }
         let mut targets = Vec::new();
@@ -163,9 +173,11 @@ impl StatsReport {
                 },
                 weight: weight(model, key, state),
                 health: controller.health(key).name().to_string(),
+                reason: None,
                 packets,
                 bytes,
                 new_flows,
+                rate: Rate::default(),
             });
         }
         Ok(StatsReport {
@@ -231,6 +243,7 @@ mod tests {
                 packets: 3,
                 bytes: 180,
                 new_flows: 1,
+                rate: Default::default(),
             }],
             targets: vec![TargetStats {
                 group: "web".into(),
@@ -241,7 +254,9 @@ mod tests {
                 health: "initial".into(),
                 packets: 3,
                 bytes: 180,
+                reason: None,
                 new_flows: 1,
+                rate: Default::default(),
             }],
             target_groups: vec![TargetGroupStats {
                 name: "web".into(),
@@ -255,11 +270,13 @@ mod tests {
                 "counters": { "forward_nat": { "packets": 3, "bytes": 180 } },
                 "listeners": [{
                     "name": "web", "address": "192.0.2.10", "port": 80, "protocol": "tcp",
-                    "mode": "nat", "target_group": "web", "id": 0, "packets": 3, "bytes": 180, "new_flows": 1
+                    "mode": "nat", "target_group": "web", "id": 0, "packets": 3, "bytes": 180, "new_flows": 1,
+                    "rate": { "packets_per_second": 0, "bits_per_second": 0 }
                 }],
                 "targets": [{
                     "group": "web", "address": "[2001:db8::5]:3000", "id": 7,
-                    "state": "draining", "weight": null, "health": "initial", "packets": 3, "bytes": 180, "new_flows": 1
+                    "state": "draining", "weight": null, "health": "initial", "reason": null, "packets": 3, "bytes": 180, "new_flows": 1,
+                    "rate": { "packets_per_second": 0, "bits_per_second": 0 }
                 }],
                 "target_groups": [{ "name": "web", "failing_open": true }]
             })

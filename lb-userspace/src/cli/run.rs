@@ -27,6 +27,7 @@ use sluice::{
     metrics::{self, MetricsAddress, Scrape},
     model::Model,
     pins,
+    rates::Rates,
     saved::{self, SavedState},
     stats::STATS_MAP,
 };
@@ -212,6 +213,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         saved: RefCell::new(None),
         down: tokio::sync::Notify::new(),
         going_down: std::cell::Cell::new(false),
+        rates: RefCell::new(Rates::new(RATE_WINDOW)),
     });
     daemon.save();
     // A LocalSet, so the API's connection tasks can share the controller without locks: each
@@ -346,6 +348,7 @@ async fn serve(
                     Err(e) => log::error!("ending drains: {e}"),
                 }
                 daemon.save();
+                daemon.sample_rates();
             }
             ready = async { logs.as_mut().unwrap().readable_mut().await }, if logs.is_some() => {
                 let mut guard = ready.context("waiting for XDP log records")?;
@@ -371,7 +374,19 @@ struct Daemon {
     /// `sluice down` asked: stop, then detach and remove the pins.
     down: tokio::sync::Notify,
     going_down: std::cell::Cell<bool>,
+    /// Traffic samples for the rates in status.
+    rates: RefCell<Rates<RateKey>>,
 }
+
+/// Whose traffic a rate is: ids included, so an id given to something new starts over.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum RateKey {
+    Listener(String, u32),
+    Target(TargetKey, u32),
+}
+
+/// The window traffic rates are averaged over.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 impl Daemon {
     /// After every change of the model: the checker checks exactly the registered targets.
@@ -393,9 +408,54 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// One sample of every listener's and target's traffic, for the rates.
+    fn sample_rates(&self) {
+        match StatsReport::collect(&self.controller.borrow(), &self.counters) {
+            Ok(report) => {
+                let listeners = report
+                    .listeners
+                    .iter()
+                    .map(|l| (RateKey::Listener(l.name.clone(), l.id), l.packets, l.bytes));
+                let targets = report.targets.iter().map(|t| {
+                    let key = TargetKey {
+                        group: t.group.clone(),
+                        addr: t.address,
+                    };
+                    (RateKey::Target(key, t.id), t.packets, t.bytes)
+                });
+                self.rates
+                    .borrow_mut()
+                    .record(Instant::now(), listeners.chain(targets));
+            }
+            Err(e) => log::warn!("sampling traffic for rates: {e}"),
+        }
+    }
+}
+
 impl Backend for Daemon {
+    /// The counters, with health reasons from the checker and rates from the samples.
     fn stats(&self) -> Result<StatsReport, CollectError> {
-        StatsReport::collect(&self.controller.borrow(), &self.counters)
+        let mut report = StatsReport::collect(&self.controller.borrow(), &self.counters)?;
+        let checker = self.checker.borrow();
+        let rates = self.rates.borrow();
+        for listener in &mut report.listeners {
+            let key = RateKey::Listener(listener.name.clone(), listener.id);
+            listener.rate = rates.rate(&key).unwrap_or_default();
+        }
+        for target in &mut report.targets {
+            let key = TargetKey {
+                group: target.group.clone(),
+                addr: target.address,
+            };
+            target.reason = checker
+                .status(&key)
+                .and_then(|s| s.health.reason().map(ToString::to_string));
+            target.rate = rates
+                .rate(&RateKey::Target(key, target.id))
+                .unwrap_or_default();
+        }
+        Ok(report)
     }
 
     /// Re-reads the model, dropping changes made through the API; a file that does not

@@ -182,6 +182,7 @@ mod tests {
                     packets: 12,
                     bytes: 960,
                     new_flows: 2,
+                    rate: Default::default(),
                 },
                 ListenerStats {
                     name: "everything6".into(),
@@ -194,6 +195,7 @@ mod tests {
                     packets: 0,
                     bytes: 0,
                     new_flows: 0,
+                    rate: Default::default(),
                 },
             ],
             targets: vec![
@@ -206,7 +208,9 @@ mod tests {
                     health: "healthy".into(),
                     packets: 7,
                     bytes: 560,
+                    reason: None,
                     new_flows: 1,
+                    rate: Default::default(),
                 },
                 TargetStats {
                     group: "web".into(),
@@ -217,7 +221,9 @@ mod tests {
                     health: "initial".into(),
                     packets: 5,
                     bytes: 400,
+                    reason: None,
                     new_flows: 1,
+                    rate: Default::default(),
                 },
             ],
             target_groups: Vec::new(),

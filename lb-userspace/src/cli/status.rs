@@ -79,14 +79,24 @@ fn render(report: &StatsReport) -> String {
                     l.mode.name().to_string(),
                     l.target_group.clone(),
                     l.packets.to_string(),
+                    si(l.rate.packets_per_second),
+                    si(l.rate.bits_per_second),
                 ]
             })
             .collect();
         table(
             &mut out,
-            &["listener", "address", "mode", "target group", "packets"],
+            &[
+                "listener",
+                "address",
+                "mode",
+                "target group",
+                "packets",
+                "pkt/s",
+                "bit/s",
+            ],
             &rows,
-            &[4],
+            &[4, 5, 6],
         );
     }
     out.push('\n');
@@ -119,6 +129,9 @@ fn render(report: &StatsReport) -> String {
                     t.health.clone(),
                     t.new_flows.to_string(),
                     t.packets.to_string(),
+                    si(t.rate.packets_per_second),
+                    si(t.rate.bits_per_second),
+                    t.reason.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
             .collect();
@@ -132,12 +145,26 @@ fn render(report: &StatsReport) -> String {
                 "health",
                 "new flows",
                 "packets",
+                "pkt/s",
+                "bit/s",
+                "reason",
             ],
             &rows,
-            &[2, 5, 6],
+            &[2, 5, 6, 7, 8],
         );
     }
     out
+}
+
+/// A rate with an SI prefix: 950, 1.2k, 34.5M.
+fn si(value: u64) -> String {
+    const PREFIXES: [(u64, &str); 3] = [(1_000_000_000, "G"), (1_000_000, "M"), (1_000, "k")];
+    for (scale, prefix) in PREFIXES {
+        if value >= scale {
+            return format!("{:.1}{prefix}", value as f64 / scale as f64);
+        }
+    }
+    value.to_string()
 }
 
 #[cfg(test)]
@@ -160,7 +187,9 @@ mod tests {
             health: "healthy".into(),
             packets: 40,
             bytes: 4000,
+            reason: None,
             new_flows: 4,
+            rate: Default::default(),
         };
         let report = StatsReport {
             listeners: vec![ListenerStats {
@@ -174,10 +203,18 @@ mod tests {
                 packets: 12,
                 bytes: 960,
                 new_flows: 2,
+                rate: sluice::rates::Rate {
+                    packets_per_second: 1500,
+                    bits_per_second: 12_000_000,
+                },
             }],
             targets: vec![
                 target("10.0.1.10:3000", Some(2), TargetStatus::Active),
-                target("10.0.1.11:3000", None, TargetStatus::Draining),
+                TargetStats {
+                    health: "unhealthy".into(),
+                    reason: Some("Target.Timeout: Request timed out".into()),
+                    ..target("10.0.1.11:3000", None, TargetStatus::Draining)
+                },
             ],
             target_groups: vec![TargetGroupStats {
                 name: "web".into(),
@@ -191,7 +228,15 @@ mod tests {
             .map(|l| l.split_whitespace().collect())
             .collect();
         assert!(
-            rows.contains(&vec!["web", "192.0.2.10:80/tcp", "dsr", "web", "12"]),
+            rows.contains(&vec![
+                "web",
+                "192.0.2.10:80/tcp",
+                "dsr",
+                "web",
+                "12",
+                "1.5k",
+                "12.0M"
+            ]),
             "{text}"
         );
         assert!(rows.contains(&vec!["web", "yes"]), "{text}");
@@ -203,7 +248,10 @@ mod tests {
                 "active",
                 "healthy",
                 "4",
-                "40"
+                "40",
+                "0",
+                "0",
+                "-"
             ]),
             "{text}"
         );
@@ -213,9 +261,15 @@ mod tests {
                 "10.0.1.11:3000",
                 "-",
                 "draining",
-                "healthy",
+                "unhealthy",
                 "4",
-                "40"
+                "40",
+                "0",
+                "0",
+                "Target.Timeout:",
+                "Request",
+                "timed",
+                "out"
             ]),
             "{text}"
         );

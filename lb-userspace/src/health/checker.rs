@@ -120,11 +120,12 @@ where
         }
         let count = starting.len() as u32;
         for (i, (key, addr, check, health)) in starting.into_iter().enumerate() {
-            // Targets starting together (a daemon's start, a reload adding many) spread their
-            // first checks over up to a second instead of probing in lockstep forever after.
-            let first_after = check.interval.min(STAGGER) * i as u32 / count.max(1);
+            // Targets starting together (a daemon's start, a reload adding many) are checked
+            // at once, so they leave `initial` together, but then spread their checks over up
+            // to a second instead of probing in lockstep forever after.
+            let phase = check.interval.min(STAGGER) * i as u32 / count.max(1);
             // Replacing the old entry drops it, which stops its task.
-            let running = self.start(key.clone(), addr, check, health, first_after);
+            let running = self.start(key.clone(), addr, check, health, phase);
             self.targets.insert(key, running);
         }
     }
@@ -161,7 +162,7 @@ where
         addr: SocketAddr,
         check: HealthCheck,
         health: TargetHealth,
-        first_after: Duration,
+        phase: Duration,
     ) -> Running {
         self.generation += 1;
         let (status, receiver) = watch::channel(TargetStatus {
@@ -175,7 +176,7 @@ where
             health,
             status,
             self.events.clone(),
-            first_after,
+            phase,
         ));
         Running {
             addr,
@@ -194,15 +195,21 @@ async fn run<K: Clone>(
     mut health: TargetHealth,
     status: watch::Sender<TargetStatus>,
     events: mpsc::UnboundedSender<HealthEvent<K>>,
-    first_after: Duration,
+    phase: Duration,
 ) {
     // As in ELB, the interval runs from check to check whatever each takes; a timeout
-    // shorter than the interval (validated) keeps checks from overlapping.
-    let mut ticks =
-        tokio::time::interval_at(tokio::time::Instant::now() + first_after, check.interval);
+    // shorter than the interval (validated) keeps checks from overlapping. The first check
+    // is at once, the next ones shifted by `phase`.
+    let mut ticks = tokio::time::interval_at(
+        tokio::time::Instant::now() + check.interval + phase,
+        check.interval,
+    );
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
-        ticks.tick().await;
+        if !std::mem::take(&mut first) {
+            ticks.tick().await;
+        }
         let result = probe(&check, addr).await;
         let change = health.record(&check, &result.outcome);
         // Status before event, with no await between: whoever reads the event finds the

@@ -515,12 +515,36 @@ fn unhealthy_targets_leave_the_table_and_all_unhealthy_fails_open() {
     lb.stop_echo(1);
     let went_down = format!("{web_target1}: healthy -> unhealthy: Target.FailedHealthChecks");
     wait_until(TIMEOUT, &went_down, || lb.count(&went_down) == 1);
+    // `sluice status` shows it unhealthy, with ELB's reason.
+    let address = format!(
+        "{}:{}",
+        lb.topology.targets[1].link.v4,
+        target_port("nat", HTTP)
+    );
+    let status = sluice_status(&lb, false);
+    let row = status
+        .lines()
+        .find(|l| l.starts_with("web ") && l.contains(&address))
+        .unwrap_or_else(|| panic!("no row for {address}: {status}"));
+    assert!(
+        row.contains("unhealthy") && row.contains("Target.FailedHealthChecks"),
+        "{row}"
+    );
     let seen = lb.spread(VIP_V4.into(), 60);
     assert_eq!(
         seen.keys().collect::<Vec<_>>(),
         ["target0", "target2"],
         "{seen:?}"
     );
+    // The traffic shows as a rate once the daemon has sampled it.
+    wait_until(TIMEOUT, "a packet rate for listener web", || {
+        let status: serde_json::Value = serde_json::from_str(&sluice_status(&lb, true)).unwrap();
+        status["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "web" && l["rate"]["packets_per_second"].as_u64() > Some(0))
+    });
 
     lb.start_echo(1);
     let came_back = format!("{web_target1}: unhealthy -> healthy");
@@ -672,27 +696,30 @@ fn an_http_check_with_a_matcher_marks_a_target_answering_500_unhealthy() {
     let _ = std::fs::remove_file(&socket);
 }
 
-/// `sluice status --json` without the traffic numbers, which go on counting.
-fn state_of(lb: &Balanced) -> serde_json::Value {
-    let out = lb
-        .topology
-        .lb
-        .command(sluice_binary())
-        .args(["status", "--json", "--socket"])
-        .arg(&lb.socket)
-        .output()
-        .unwrap();
+/// `sluice status [--json]`'s output.
+fn sluice_status(lb: &Balanced, json: bool) -> String {
+    let mut cmd = lb.topology.lb.command(sluice_binary());
+    cmd.args(["status", "--socket"]).arg(&lb.socket);
+    if json {
+        cmd.arg("--json");
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
         "sluice status: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `sluice status --json` without the traffic numbers, which go on counting.
+fn state_of(lb: &Balanced) -> serde_json::Value {
+    let mut state: serde_json::Value = serde_json::from_str(&sluice_status(lb, true)).unwrap();
     state.as_object_mut().unwrap().remove("counters");
     for list in ["listeners", "targets"] {
         for item in state[list].as_array_mut().unwrap() {
             let item = item.as_object_mut().unwrap();
-            for counter in ["packets", "bytes", "new_flows"] {
+            for counter in ["packets", "bytes", "new_flows", "rate"] {
                 item.remove(counter);
             }
         }

@@ -10,12 +10,16 @@ use std::{
 use super::namespaces::{one_line, start_sluice, stop_sluice, ApiSocket, PinDir, TIMEOUT};
 use crate::{
     netns::{require_root, sluice_binary, wait_until, ChildGuard, LbTopology},
-    servers::{http_get, udp_request, HttpServer, UdpReply, UdpServer},
+    servers::{http_get, udp_request, udp_request_timeout, HttpServer, UdpReply, UdpServer},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
 const DNS: u16 = 53;
 const DNS_TARGET: u16 = 3053;
+/// A TCP listener balanced over the targets' HTTP servers.
+const WEB: u16 = 80;
+/// A UDP listener whose target group has no targets: everything to it is dropped.
+const VOID: u16 = 54;
 /// The health check's port: an HTTP server, so a TCP connect passes.
 const HEALTH: u16 = 3080;
 const QUERY: &[u8; 32] = b"which target answers this query?";
@@ -25,7 +29,7 @@ const QUERY_FRAME: u64 = 14 + 20 + 8 + 32;
 struct Running {
     topology: LbTopology,
     dns: Vec<UdpServer>,
-    _health: Vec<HttpServer>,
+    health: Vec<HttpServer>,
     sluice: ChildGuard,
     config: PathBuf,
     pin_dir: PinDir,
@@ -72,7 +76,11 @@ impl Running {
             &config,
             format!(
                 "[[listener]]\nname = \"dns\"\naddress = \"{VIP}\"\nport = {DNS}\nprotocol = \"udp\"\ndefault_target_group = \"dns\"\nmaglev_table_size = 251\n\n\
-                 [[target_group]]\nname = \"dns\"\nport = {DNS_TARGET}\ntargets = [{targets}]\nhealth_check = {{ port = {HEALTH}, interval = \"500ms\", timeout = \"400ms\" }}\n"
+                 [[target_group]]\nname = \"dns\"\nport = {DNS_TARGET}\ntargets = [{targets}]\nhealth_check = {{ port = {HEALTH}, interval = \"500ms\", timeout = \"400ms\" }}\n\n\
+                 [[listener]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {WEB}\nprotocol = \"tcp\"\ndefault_target_group = \"web\"\nmaglev_table_size = 251\n\n\
+                 [[target_group]]\nname = \"web\"\nport = {HEALTH}\ntargets = [{targets}]\nhealth_check = {{ interval = \"500ms\", timeout = \"400ms\" }}\n\n\
+                 [[listener]]\nname = \"void\"\naddress = \"{VIP}\"\nport = {VOID}\nprotocol = \"udp\"\ndefault_target_group = \"void\"\nmaglev_table_size = 251\n\n\
+                 [[target_group]]\nname = \"void\"\nhealth_check = {{ port = {HEALTH} }}\n"
             ),
         )
         .unwrap();
@@ -103,7 +111,7 @@ impl Running {
         Running {
             topology,
             dns,
-            _health: health,
+            health,
             sluice,
             config,
             pin_dir,
@@ -234,5 +242,80 @@ fn metrics_count_what_was_sent_and_the_healthy_targets() {
         "eth0",
         &run.pin_dir,
         &run.socket,
+    );
+}
+
+/// TCP: every connection is one new flow of the listener and of the target that served it,
+/// and the listener's packets are its targets' packets. Drops: each datagram to a listener
+/// without targets is one `drop_no_target`.
+#[test]
+fn metrics_count_tcp_connections_and_drops() {
+    const CONNECTIONS: usize = 8;
+    const DATAGRAMS: u64 = 5;
+    let run = Running::start();
+    wait_until(
+        TIMEOUT,
+        "both web targets to pass their health check",
+        || {
+            value(
+                &run.scrape(),
+                "sluice_healthy_host_count{target_group=\"web\"}",
+            ) == 2.0
+        },
+    );
+    let before = run.scrape();
+    let served_before: Vec<u64> = run.health.iter().map(HttpServer::requests).collect();
+    for _ in 0..CONNECTIONS {
+        let answer = http_get(
+            &run.topology.client.ns,
+            SocketAddr::new(VIP.into(), WEB),
+            "/",
+        )
+        .unwrap_or_else(|e| panic!("HTTP through sluice: {e}\n{}", run.sluice.stderr()));
+        assert!(answer.starts_with("target"), "{answer}");
+    }
+    for _ in 0..DATAGRAMS {
+        let lost = udp_request_timeout(
+            &run.topology.client.ns,
+            SocketAddr::new(VIP.into(), VOID),
+            QUERY,
+            std::time::Duration::from_millis(100),
+        );
+        assert!(lost.is_err(), "a listener without targets answered");
+    }
+    let after = run.scrape();
+    let delta = |series: &str| value(&after, series) - value(&before, series);
+
+    assert_eq!(
+        delta("sluice_new_flow_count_total{listener=\"web\"}"),
+        CONNECTIONS as f64
+    );
+    let mut target_packets = 0.0;
+    for (i, server) in run.health.iter().enumerate() {
+        let target = SocketAddr::new(run.topology.targets[i].link.v4.into(), HEALTH);
+        let labels = format!("{{target_group=\"web\",target=\"{target}\"}}");
+        assert_eq!(
+            delta(&format!("sluice_target_new_flow_count_total{labels}")),
+            (server.requests() - served_before[i]) as f64,
+            "target {target}"
+        );
+        target_packets += delta(&format!("sluice_target_processed_packets_total{labels}"));
+    }
+    let packets = delta("sluice_processed_packets_total{listener=\"web\"}");
+    assert_eq!(
+        packets, target_packets,
+        "the listener's packets are its targets'"
+    );
+    // At least SYN, the request and FIN from the client per connection.
+    assert!(packets >= 3.0 * CONNECTIONS as f64, "{packets}");
+    let bytes = delta("sluice_processed_bytes_total{listener=\"web\"}");
+    assert!(
+        bytes >= packets * 54.0,
+        "every frame has Ethernet, IP and TCP headers: {bytes}"
+    );
+
+    assert_eq!(
+        delta("sluice_packets_total{outcome=\"drop_no_target\"}"),
+        DATAGRAMS as f64
     );
 }

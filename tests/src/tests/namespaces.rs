@@ -110,18 +110,42 @@ pub(super) fn stop_sluice(
         "sluice exited with {status}: {}",
         sluice.stderr()
     );
-    assert_eq!(
-        ns.xdp_attached(iface),
-        None,
-        "XDP still attached after sluice exited"
+    // A stopped daemon leaves forwarding running, for the next one to take over.
+    assert!(
+        ns.xdp_attached(iface).is_some(),
+        "XDP detached when sluice stopped: {}",
+        sluice.stderr()
     );
-    assert_gone(&pin_dir.stats_pin());
+    assert!(
+        pin_dir.stats_pin().exists(),
+        "the pins went with the daemon"
+    );
     assert_gone(&socket.0);
     assert!(
-        sluice.stderr().contains(&format!("detached from {iface}")),
+        sluice.stderr().contains("stays attached"),
         "{}",
         sluice.stderr()
     );
+    // `sluice down` ends it on purpose.
+    let down = ns
+        .command(sluice_binary())
+        .args(["down", "--pin-dir", pin_dir.arg(), "--socket", socket.arg()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&down.stdout);
+    assert!(
+        down.status.success(),
+        "sluice down: {said}{}",
+        one_line(&down.stderr)
+    );
+    assert!(said.contains(&format!("detached from {iface}")), "{said}");
+    assert_eq!(
+        ns.xdp_attached(iface),
+        None,
+        "XDP still attached after sluice down"
+    );
+    assert_gone(&pin_dir.stats_pin());
 }
 
 /// Runs a `sluice` command to completion (outside any test namespace: it needs none).
