@@ -6,7 +6,7 @@ use super::namespaces::{
     one_line, sluice_output, start_sluice, stats, stop_sluice, ApiSocket, PinDir, TIMEOUT,
 };
 use crate::{
-    netns::{require_root, sluice_binary, veth, wait_until, Namespace},
+    netns::{require_root, sluice_binary, veth, Namespace},
     servers::{udp_request, UdpReply, UdpServer},
 };
 use lb_common::stats::Counter;
