@@ -76,8 +76,7 @@ pub fn socketio_packages(workspace_root: &Path) -> anyhow::Result<()> {
     // npm writes this copy of the lock file last, so its time says when an install completed.
     let installed = dir.join("node_modules/.package-lock.json");
     let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
-    let lock_time =
-        modified(&lock).with_context(|| format!("{} is missing", lock.display()))?;
+    let lock_time = modified(&lock).with_context(|| format!("{} is missing", lock.display()))?;
     if modified(&installed).is_some_and(|t| t >= lock_time) {
         return Ok(());
     }

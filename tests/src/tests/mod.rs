@@ -8,6 +8,7 @@ mod forwarding_nat;
 mod forwarding_tunnel;
 mod icmp;
 mod l4_fixture;
+mod l7_socketio;
 mod metrics;
 mod namespaces;
 mod packet_harness;
