@@ -92,25 +92,7 @@ impl SocketIoServer {
             .args(["--port", &addr.port().to_string()])
             .args(["--name", name]);
         let child = ns.spawn(cmd);
-        let mut port = None;
-        wait_until(
-            START_TIMEOUT,
-            &format!("socket.io server {name} to listen on {addr}"),
-            || {
-                if let Some(status) = child.try_status() {
-                    panic!(
-                        "socket.io server {name} exited ({status}): {}",
-                        child.stderr()
-                    );
-                }
-                port = child.stdout().lines().find_map(|line| {
-                    serde_json::from_str::<serde_json::Value>(line).ok()?["listening"]["port"]
-                        .as_u64()
-                });
-                port.is_some()
-            },
-        );
-        let port = port.expect("set by wait_until") as u16;
+        let port = wait_listening(&child, &format!("socket.io server {name}"), addr);
         SocketIoServer {
             child,
             addr: SocketAddr::new(addr.ip(), port),
@@ -155,6 +137,54 @@ impl SocketIoServer {
                     self.child.stderr()
                 )
             })
+    }
+}
+
+/// Waits until a script started with `child` prints `{"listening":{"port":...}}`; returns the
+/// port.
+fn wait_listening(child: &ChildGuard, what: &str, addr: SocketAddr) -> u16 {
+    let mut port = None;
+    wait_until(
+        START_TIMEOUT,
+        &format!("{what} to listen on {addr}"),
+        || {
+            if let Some(status) = child.try_status() {
+                panic!("{what} exited ({status}): {}", child.stderr());
+            }
+            port = child.stdout().lines().find_map(|line| {
+                serde_json::from_str::<serde_json::Value>(line).ok()?["listening"]["port"].as_u64()
+            });
+            port.is_some()
+        },
+    );
+    port.expect("set by wait_until") as u16
+}
+
+/// A deliberately non-sticky HTTP reverse proxy (`roundrobin.js`): each request and each
+/// WebSocket upgrade goes to the next target in turn. It shows what the socket.io test sees
+/// behind a load balancer without stickiness. Killed on drop.
+pub struct RoundRobinProxy {
+    _child: ChildGuard,
+    addr: SocketAddr,
+}
+
+impl RoundRobinProxy {
+    pub fn start(ns: &Namespace, addr: SocketAddr, targets: &[SocketAddr]) -> RoundRobinProxy {
+        let targets: Vec<String> = targets.iter().map(SocketAddr::to_string).collect();
+        let mut cmd = node(ns, "roundrobin.js");
+        cmd.args(["--host", &addr.ip().to_string()])
+            .args(["--port", &addr.port().to_string()])
+            .args(["--targets", &targets.join(",")]);
+        let child = ns.spawn(cmd);
+        let port = wait_listening(&child, "the round-robin proxy", addr);
+        RoundRobinProxy {
+            _child: child,
+            addr: SocketAddr::new(addr.ip(), port),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 

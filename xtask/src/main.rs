@@ -71,7 +71,7 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
         Task::Setup => {
             setup::ebpf_toolchain()?;
             setup::debian_packages(setup::TEST_PACKAGES)?;
-            setup::socketio_packages(&workspace_root())
+            setup::socketio_packages(workspace_root())
         }
         Task::Build { release } => build(release).map(|_| ()),
         Task::Run { debug, args } => {
@@ -146,7 +146,7 @@ fn lint() -> anyhow::Result<()> {
 fn test(with_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
     setup::ebpf_toolchain()?;
     setup::debian_packages(setup::TEST_PACKAGES)?;
-    setup::socketio_packages(&workspace_root())?;
+    setup::socketio_packages(workspace_root())?;
     if with_lint {
         lint()?;
     }

@@ -14,7 +14,7 @@ use super::namespaces::{PinDir, TIMEOUT};
 use crate::{
     netns::{require_root, sluice_binary, unique_socket_path, wait_until, ChildGuard, LbTopology},
     servers::http_get,
-    socketio::{run_clients, ClientsSummary, ServerStats, SocketIoServer},
+    socketio::{run_clients, ClientsSummary, RoundRobinProxy, ServerStats, SocketIoServer},
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
@@ -77,6 +77,27 @@ fn socketio_harness_works_against_one_server() {
         }
     );
     assert!(stats[1..].iter().all(|s| s.connections == 0), "{stats:?}");
+}
+
+/// The harness notices a load balancer without stickiness: behind a round-robin proxy (in
+/// Node, no sluice) sessions are split and the servers count "Session ID unknown".
+#[test]
+fn socketio_harness_detects_a_balancer_without_stickiness() {
+    require_root();
+    let topology = LbTopology::new(3);
+    let servers = socketio_targets(&topology);
+    let targets: Vec<SocketAddr> = servers.iter().map(SocketIoServer::addr).collect();
+    let proxy = RoundRobinProxy::start(
+        &topology.lb,
+        SocketAddr::new(topology.lb_client_side.v4.into(), 8080),
+        &targets,
+    );
+    let url = format!("http://{}", proxy.addr());
+    let summary = run_clients(&topology.client.ns, &url, CLIENTS, CLIENTS_TIMEOUT);
+    let stats = stop_all(servers);
+    assert!(session_id_unknown(&stats) > 0, "{summary:#?}\n{stats:#?}");
+    assert!(!summary.all_succeeded(), "{summary:#?}");
+    assert!(!summary.timed_out, "clients fail fast: {summary:#?}");
 }
 
 /// `sluice run` in the lb namespace with an http listener on [`VIP`] for the socket.io group.
