@@ -9,6 +9,7 @@ mod forwarding_tunnel;
 mod icmp;
 mod l4_fixture;
 mod l7_socketio;
+mod l7_tls;
 mod metrics;
 mod namespaces;
 mod packet_harness;
