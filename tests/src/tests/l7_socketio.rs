@@ -4,20 +4,14 @@
 //! client connects, upgrades and gets its echo, and no server sees a "Session ID unknown"
 //! error; without stickiness the servers do see them, which shows the test can fail.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
-use super::namespaces::{PinDir, TIMEOUT};
+use super::l7_support::{all_targets, fast_health_check, L7Sluice, VIP};
 use crate::{
-    netns::{require_root, sluice_binary, unique_socket_path, wait_until, ChildGuard, LbTopology},
-    servers::http_get,
+    netns::{require_root, LbTopology},
     socketio::{run_clients, ClientsSummary, RoundRobinProxy, ServerStats, SocketIoServer},
 };
 
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
 const LISTENER_PORT: u16 = 80;
 const TARGET_PORT: u16 = 3000;
 const CLIENTS: usize = 50;
@@ -100,37 +94,23 @@ fn socketio_harness_detects_a_balancer_without_stickiness() {
     assert!(!summary.timed_out, "clients fail fast: {summary:#?}");
 }
 
-/// `sluice run` in the lb namespace with an http listener on [`VIP`] for the socket.io group.
+/// `sluice run` with an http listener on [`VIP`] for a group of three socket.io targets.
 struct L7Lb {
     topology: LbTopology,
     servers: Vec<SocketIoServer>,
-    sluice: ChildGuard,
-    config: PathBuf,
-    _pin_dir: PinDir,
-}
-
-impl Drop for L7Lb {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
-    }
+    _sluice: L7Sluice,
 }
 
 /// The model (L7-SPEC.md): one http listener, one group of three socket.io targets.
 fn model(topology: &LbTopology, stickiness: Option<&str>) -> String {
-    let targets: Vec<String> = topology
-        .targets
-        .iter()
-        .map(|t| format!("{{ address = \"{}\" }}", t.link.v4))
-        .collect();
     let stickiness = stickiness
         .map(|s| format!("stickiness = {s}\n"))
         .unwrap_or_default();
     format!(
         "[[listener]]\nname = \"socketio\"\naddress = \"{VIP}\"\nport = {LISTENER_PORT}\nprotocol = \"http\"\ndefault_target_group = \"socketio\"\nidle_timeout = 60\n\n\
-         [[target_group]]\nname = \"socketio\"\nport = {TARGET_PORT}\nalgorithm = \"round_robin\"\n{stickiness}\
-         health_check = {{ port = {TARGET_PORT}, interval = \"200ms\", timeout = \"150ms\", healthy_threshold = 2, unhealthy_threshold = 2 }}\n\
-         targets = [{}]\n",
-        targets.join(", ")
+         [[target_group]]\nname = \"socketio\"\nport = {TARGET_PORT}\nalgorithm = \"round_robin\"\n{stickiness}{}targets = [{}]\n",
+        fast_health_check(TARGET_PORT),
+        all_targets(topology),
     )
 }
 
@@ -138,64 +118,22 @@ impl L7Lb {
     fn start(stickiness: Option<&str>) -> L7Lb {
         require_root();
         let topology = LbTopology::new(3);
-        // The proxy terminates connections to the VIP: the lb's own stack must accept them.
-        topology
-            .lb
-            .add_addr(&topology.lb_client_side.iface, &format!("{VIP}/32"));
         let servers = socketio_targets(&topology);
-        let config = std::env::temp_dir().join(format!("{}.toml", topology.lb.name()));
-        std::fs::write(&config, model(&topology, stickiness)).unwrap();
-        let pin_dir = PinDir::new();
-        let mut cmd = topology.lb.command(sluice_binary());
-        cmd.args(["run", "--iface", "eth0", "--iface", "eth1"])
-            .args(["--pin-dir", pin_dir.arg()])
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(unique_socket_path())
-            .env("RUST_LOG", "info");
-        let sluice = topology.lb.spawn(cmd);
-        let lb = L7Lb {
+        let sluice = L7Sluice::start(&topology, &model(&topology, stickiness), 3);
+        // server.js answers any other path with its name.
+        sluice.wait_forwarding(&topology, LISTENER_PORT, "target");
+        L7Lb {
             topology,
             servers,
-            sluice,
-            config,
-            _pin_dir: pin_dir,
-        };
-        lb.wait_serving();
-        lb
-    }
-
-    /// Waits until all three targets are healthy and the listener forwards a plain request.
-    fn wait_serving(&self) {
-        wait_until(TIMEOUT, "3 healthy socket.io targets", || {
-            if let Some(status) = self.sluice.try_status() {
-                panic!("sluice exited ({status}): {}", self.sluice.stderr());
-            }
-            self.sluice.stderr().matches("-> healthy").count() >= 3
-        });
-        let vip = SocketAddr::new(IpAddr::from(VIP), LISTENER_PORT);
-        wait_until(TIMEOUT, "the http listener to forward GET /", || {
-            http_get(&self.topology.client.ns, vip, "/")
-                .is_ok_and(|body| body.starts_with("target"))
-        });
-    }
-
-    fn url(&self) -> String {
-        format!("http://{VIP}:{LISTENER_PORT}")
+            _sluice: sluice,
+        }
     }
 
     /// Runs the clients, then stops the servers and returns what both saw.
     fn run(self) -> (ClientsSummary, Vec<ServerStats>) {
-        let summary = run_clients(
-            &self.topology.client.ns,
-            &self.url(),
-            CLIENTS,
-            CLIENTS_TIMEOUT,
-        );
-        let mut lb = self;
-        let stats = stop_all(std::mem::take(&mut lb.servers));
-        (summary, stats)
+        let url = format!("http://{VIP}:{LISTENER_PORT}");
+        let summary = run_clients(&self.topology.client.ns, &url, CLIENTS, CLIENTS_TIMEOUT);
+        (summary, stop_all(self.servers))
     }
 }
 

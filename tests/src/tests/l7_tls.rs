@@ -1,7 +1,8 @@
-//! The TLS test helpers ([`crate::tls`]) against sluice's own TLS configuration
+//! TLS. First the test helpers ([`crate::tls`]) against sluice's own TLS configuration
 //! (`sluice::proxy::tls::server_config`) served by a small blocking rustls server, in a
 //! namespace of its own: curl trusts the self-signed certificates, sees the certificate chosen
-//! by SNI, and `curl --http2` negotiates h2 through ALPN.
+//! by SNI, and `curl --http2` negotiates h2 through ALPN. Then the same through an https
+//! listener of `sluice run` (issue 5's acceptance: two certificates by SNI, HTTP/2 over TLS).
 
 use std::{
     io::{self, Read, Write},
@@ -180,4 +181,78 @@ fn curl_sees_the_certificate_chosen_by_sni_and_negotiates_h2() {
             (Some("a.example.com".to_string()), Some(b"h2".to_vec())),
         ]
     );
+}
+
+/// An https listener through sluice: two certificates chosen by SNI, HTTP/2 via ALPN
+/// (`curl --http2`) and HTTP/1.1, forwarded to plain HTTP targets.
+#[test]
+#[ignore = "needs the L7 proxy (merged by the lead)"]
+fn https_listener_chooses_certificates_by_sni_and_speaks_http2() {
+    use super::{
+        l7_support::{all_targets, fast_health_check, L7Sluice, VIP},
+        namespaces::TIMEOUT as START_TIMEOUT,
+    };
+    use crate::{
+        netns::{wait_until, LbTopology},
+        servers::HttpServer,
+    };
+
+    let topology = LbTopology::new(2);
+    let _servers: Vec<HttpServer> = topology
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            HttpServer::start(
+                &t.ns,
+                SocketAddr::new(t.link.v4.into(), 3000),
+                &format!("target{i}"),
+            )
+        })
+        .collect();
+    let certs = CertDir::new();
+    let a = certs.self_signed("a", &["a.example.com"]);
+    let b = certs.self_signed("b", &["*.b.example.com"]);
+    let trusted = certs.bundle("ca.pem", &[&a, &b]);
+    let model = format!(
+        "[[listener]]\nname = \"secure\"\naddress = \"{VIP}\"\nport = 443\nprotocol = \"https\"\ndefault_target_group = \"web\"\ncertificates = [{}, {}]\n\n\
+         [[target_group]]\nname = \"web\"\nport = 3000\n{}targets = [{}]\n",
+        a.toml(),
+        b.toml(),
+        fast_health_check(3000),
+        all_targets(&topology),
+    );
+    let lb = L7Sluice::start(&topology, &model, 2);
+    let vip = SocketAddr::new(VIP.into(), 443);
+    let curl = |host: &str, version| {
+        curl_https(
+            &topology.client.ns,
+            host,
+            vip,
+            "/",
+            &trusted,
+            version,
+            TIMEOUT,
+        )
+    };
+    wait_until(START_TIMEOUT, "the https listener to answer", || {
+        lb.check_running();
+        curl("a.example.com", HttpVersion::Http2).is_ok()
+    });
+
+    for host in ["a.example.com", "api.b.example.com"] {
+        let answer = curl(host, HttpVersion::Http2)
+            .unwrap_or_else(|e| panic!("{e}\n{}", lb.sluice.stderr()));
+        assert_eq!(answer.status, 200, "{host}: {answer:?}");
+        assert_eq!(answer.http_version, "2", "{host}: {answer:?}");
+        assert!(answer.body.starts_with("target"), "{host}: {answer:?}");
+        let answer = curl(host, HttpVersion::Http1).unwrap();
+        assert_eq!(
+            (answer.status, answer.http_version.as_str()),
+            (200, "1.1"),
+            "{host}"
+        );
+    }
+    // Neither certificate covers this name: the default one is sent, and curl refuses it.
+    assert!(curl("www.example.org", HttpVersion::Http2).is_err());
 }
