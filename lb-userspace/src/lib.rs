@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod neighbors;
 pub mod pins;
+pub mod proxy;
 pub mod rates;
 pub mod saved;
 pub mod snat;

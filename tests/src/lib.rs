@@ -4,12 +4,18 @@
 //!   threads inside them, teardown on drop and on panic;
 //! - [`servers`]: tiny TCP/HTTP/UDP servers that answer with their own name;
 //! - [`packet`]: a frame builder for Ethernet/VLAN/IPv4/IPv6/TCP/UDP/ICMP;
-//! - [`checksum`]: an independent checksum verifier for frames the XDP program rewrites.
+//! - [`checksum`]: an independent checksum verifier for frames the XDP program rewrites;
+//! - [`socketio`]: real socket.io servers and clients (Node) for the L7 proxy's tests;
+//! - [`tls`]: self-signed certificates and `curl` over TLS for https listeners;
+//! - [`websocket`]: a WebSocket server and a client with heartbeats.
 
 pub mod checksum;
 pub mod netns;
 pub mod packet;
 pub mod servers;
+pub mod socketio;
+pub mod tls;
+pub mod websocket;
 
 #[cfg(test)]
 mod tests;

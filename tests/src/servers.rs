@@ -36,10 +36,10 @@ const MAX_PEERS: usize = 10_000;
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What every server shares with its threads.
-struct Shared {
-    name: String,
+pub(crate) struct Shared {
+    pub(crate) name: String,
     stop: AtomicBool,
-    requests: AtomicU64,
+    pub(crate) requests: AtomicU64,
     /// The HTTP status the HTTP server answers with (200 unless a test changes it).
     status: AtomicU16,
     peers: Mutex<Vec<SocketAddr>>,
@@ -56,7 +56,7 @@ impl Shared {
         })
     }
 
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
     }
 
@@ -71,15 +71,15 @@ impl Shared {
 }
 
 /// The parts every server has: its address, its counters and its thread, stopped on drop.
-struct Running {
-    addr: SocketAddr,
-    shared: Arc<Shared>,
+pub(crate) struct Running {
+    pub(crate) addr: SocketAddr,
+    pub(crate) shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Running {
     /// Binds with `bind` inside `ns`, then runs `serve` there on the bound socket.
-    fn start<S: Send + 'static>(
+    pub(crate) fn start<S: Send + 'static>(
         ns: &impl Netns,
         kind: &str,
         name: &str,
@@ -110,7 +110,7 @@ impl Running {
         }
     }
 
-    fn peers(&self) -> Vec<SocketAddr> {
+    pub(crate) fn peers(&self) -> Vec<SocketAddr> {
         self.shared.peers.lock().unwrap().clone()
     }
 }
@@ -125,7 +125,7 @@ impl Drop for Running {
     }
 }
 
-fn tcp_listener(addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
+pub(crate) fn tcp_listener(addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind(addr)?;
     // Nonblocking, so a readiness poll that races with a reset connection cannot block accept.
     listener.set_nonblocking(true)?;
@@ -134,7 +134,11 @@ fn tcp_listener(addr: SocketAddr) -> io::Result<(TcpListener, SocketAddr)> {
 }
 
 /// Accepts connections until stopped, serving each on its own thread, then joins them all.
-fn accept_loop(listener: TcpListener, shared: &Arc<Shared>, handle: fn(TcpStream, &Shared)) {
+pub(crate) fn accept_loop(
+    listener: TcpListener,
+    shared: &Arc<Shared>,
+    handle: fn(TcpStream, &Shared),
+) {
     let mut connections: Vec<JoinHandle<()>> = Vec::new();
     while !shared.stopping() {
         connections.retain(|c| !c.is_finished());
@@ -217,7 +221,7 @@ fn read_more(stream: &mut TcpStream, buf: &mut Vec<u8>, shared: &Shared) -> io::
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
+pub(crate) fn is_timeout(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -517,7 +521,7 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    fn from_io(addr: SocketAddr, timeout: Duration, source: io::Error) -> ClientError {
+    pub(crate) fn from_io(addr: SocketAddr, timeout: Duration, source: io::Error) -> ClientError {
         if is_timeout(&source) {
             ClientError::Timeout { addr, timeout }
         } else {

@@ -23,7 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the eBPF toolchain and the Debian packages the tests use (idempotent).
+    /// Install the eBPF toolchain, the Debian packages and the npm packages the tests use
+    /// (idempotent).
     Setup,
     /// Build `sluice` (with its XDP program embedded).
     Build {
@@ -69,7 +70,8 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
     match task {
         Task::Setup => {
             setup::ebpf_toolchain()?;
-            setup::debian_packages(setup::TEST_PACKAGES)
+            setup::debian_packages(setup::TEST_PACKAGES)?;
+            setup::socketio_packages(workspace_root())
         }
         Task::Build { release } => build(release).map(|_| ()),
         Task::Run { debug, args } => {
@@ -144,6 +146,7 @@ fn lint() -> anyhow::Result<()> {
 fn test(with_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
     setup::ebpf_toolchain()?;
     setup::debian_packages(setup::TEST_PACKAGES)?;
+    setup::socketio_packages(workspace_root())?;
     if with_lint {
         lint()?;
     }

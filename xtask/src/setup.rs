@@ -1,5 +1,6 @@
 //! Installs what building and testing sluice needs, idempotently: the nightly `rust-src`
-//! component, `bpf-linker` built against the nightly's own libLLVM, and Debian packages.
+//! component, `bpf-linker` built against the nightly's own libLLVM, Debian packages, and the
+//! npm packages of the socket.io end-to-end test.
 //! When everything is in place this costs a few cheap process spawns (well under a second).
 
 use std::{
@@ -62,6 +63,28 @@ pub fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     Ok(())
+}
+
+/// Where the socket.io test's `package.json` and committed `package-lock.json` live.
+const SOCKETIO_DIR: &str = "tests/socketio";
+
+/// Installs socket.io and socket.io-client for the end-to-end test with `npm ci`, only when
+/// `node_modules` is missing or older than `package-lock.json`.
+pub fn socketio_packages(workspace_root: &Path) -> anyhow::Result<()> {
+    let dir = workspace_root.join(SOCKETIO_DIR);
+    let lock = dir.join("package-lock.json");
+    // npm writes this copy of the lock file last, so its time says when an install completed.
+    let installed = dir.join("node_modules/.package-lock.json");
+    let modified = |path: &Path| fs::metadata(path).and_then(|m| m.modified()).ok();
+    let lock_time = modified(&lock).with_context(|| format!("{} is missing", lock.display()))?;
+    if modified(&installed).is_some_and(|t| t >= lock_time) {
+        return Ok(());
+    }
+    eprintln!("xtask: installing the socket.io test's npm packages (npm ci in {SOCKETIO_DIR})");
+    run(Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir))
+    .context("node and npm are needed for the socket.io test (apt-get install nodejs npm)")
 }
 
 fn debian_package_installed(package: &str) -> bool {
