@@ -12,6 +12,7 @@ pub mod maglev;
 pub mod maps;
 pub mod metrics;
 pub mod model;
+pub mod model_lines;
 pub mod neighbors;
 pub mod pins;
 pub mod proxy;

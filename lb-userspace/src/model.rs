@@ -208,7 +208,10 @@ impl Model {
             message: one_line(&e.to_string()),
         })?;
         model.validate().map_err(|message| ModelError::Invalid {
-            path: origin.to_string(),
+            path: match crate::model_lines::locate(text, &message) {
+                Some(line) => format!("{origin}, line {line}"),
+                None => origin.to_string(),
+            },
             message,
         })?;
         Ok(model)
@@ -455,6 +458,18 @@ mod tests {
         ));
         assert!(
             e.contains("'api' does not exist; known target groups: web"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn semantic_errors_name_the_line() {
+        let e = invalid(&GOOD.replace(
+            "default_target_group = \"web\"",
+            "default_target_group = \"api\"",
+        ));
+        assert!(
+            e.starts_with("sluice.toml, line 7: listener 'web': default_target_group 'api'"),
             "{e}"
         );
     }

@@ -441,10 +441,17 @@ fn a_broken_configuration_at_start_is_one_line_and_attaches_nothing() {
     assert!(!out.status.success());
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
-        stderr.contains("default_target_group 'nope' does not exist; known target groups: none"),
-        "{stderr}"
+        stderr.contains(&format!(
+            "{}, line 6: listener 'web': default_target_group 'nope' does not exist; known target groups: none",
+            config.display()
+        )),
+        "the file, the line, the object, the field and the fix: {stderr}"
     );
     assert_eq!(topology.lb.xdp_attached("eth0"), None);
+    assert!(
+        !pin_dir.0.exists() || std::fs::read_dir(&pin_dir.0).unwrap().next().is_none(),
+        "a failed start leaves no pins"
+    );
 }
 
 #[test]
