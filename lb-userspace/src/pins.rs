@@ -155,6 +155,22 @@ pub struct Removed {
     pub maps: usize,
 }
 
+impl Removed {
+    /// "detached from eth0, eth1; removed 11 pinned map(s) in DIR".
+    pub fn describe(&self, pin_dir: &Path) -> String {
+        format!(
+            "detached from {}; removed {} pinned map(s) in {}",
+            if self.detached.is_empty() {
+                "no interface".to_string()
+            } else {
+                self.detached.join(", ")
+            },
+            self.maps,
+            pin_dir.display()
+        )
+    }
+}
+
 /// Detaches every pinned link, then removes the maps' pins (the kernel frees the maps once
 /// no program or process uses them) and the directory. A missing directory is nothing to do.
 pub fn remove_all(pin_dir: &Path) -> Result<Removed, PinsError> {

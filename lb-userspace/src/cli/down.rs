@@ -64,16 +64,7 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
                     args.pin_dir.display()
                 );
             } else {
-                println!(
-                    "sluice stopped: detached from {}; removed {} pinned map(s) in {}",
-                    if removed.detached.is_empty() {
-                        "no interface".to_string()
-                    } else {
-                        removed.detached.join(", ")
-                    },
-                    removed.maps,
-                    args.pin_dir.display()
-                );
+                println!("sluice stopped: {}", removed.describe(&args.pin_dir));
             }
             Ok(())
         }

@@ -245,16 +245,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         // The program holds no link of its own (pins do), but drop it before the pins go.
         drop(ebpf);
         let removed = pins::remove_all(&args.pin_dir)?;
-        log::info!(
-            "down: detached from {}; removed {} pinned map(s) and {}",
-            if removed.detached.is_empty() {
-                "no interface".to_string()
-            } else {
-                removed.detached.join(", ")
-            },
-            removed.maps,
-            args.pin_dir.display()
-        );
+        log::info!("down: {}", removed.describe(&args.pin_dir));
     } else {
         log::info!(
             "stopped; the XDP program stays attached and forwards with the last state; the next `sluice run --pin-dir {}` takes over, `sluice down` removes it",

@@ -658,23 +658,7 @@ fn an_http_check_with_a_matcher_marks_a_target_answering_500_unhealthy() {
     .unwrap();
     let pin_dir = PinDir::new();
     let socket = unique_socket_path();
-    let mut cmd = topology.lb.command(sluice_binary());
-    cmd.args([
-        "run",
-        "--iface",
-        "eth0",
-        "--iface",
-        "eth1",
-        "--pin-dir",
-        pin_dir.arg(),
-    ])
-    .arg("--socket")
-    .arg(&socket)
-    .arg("--config")
-    .arg(&config)
-    .args(["--flows", "65536"])
-    .env("RUST_LOG", "info");
-    let sluice = topology.lb.spawn(cmd);
+    let sluice = spawn_sluice(&topology, &config, &pin_dir, &socket);
     let count = |text: &str| sluice.stderr().matches(text).count();
     wait_until(TIMEOUT, "both targets healthy", || {
         count("initial -> healthy") == 2
