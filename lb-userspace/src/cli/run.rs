@@ -154,7 +154,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             None => {
                 log::warn!(
-                    "{} holds maps but no saved state (a daemon died while starting); starting from empty maps' names",
+                    "{} holds maps but no saved state (the daemon that made them died while starting); starting afresh with them",
                     args.pin_dir.display()
                 );
                 Controller::new(maps)
@@ -165,6 +165,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let changes = controller.apply(&model, now)?;
     log_changes(&changes);
+    // Saved before anything is attached: from the moment the pins forward, a daemon taking
+    // over finds the state that goes with them.
+    let mut state = state;
+    let first_state = controller.saved(now);
+    saved::save(&mut state, &first_state).context("saving the state for the next daemon")?;
     let counters = PerCpuArray::try_from(
         ebpf.take_map(STATS_MAP)
             .context("the XDP object has no STATS map")?,
@@ -210,12 +215,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         config: args.config.clone(),
         counters,
         state: RefCell::new(state),
-        saved: RefCell::new(None),
+        saved: RefCell::new(Some(first_state)),
         down: tokio::sync::Notify::new(),
         going_down: std::cell::Cell::new(false),
         rates: RefCell::new(Rates::new(RATE_WINDOW)),
     });
-    daemon.save();
     // A LocalSet, so the API's connection tasks can share the controller without locks: each
     // request is answered between two awaits, never in the middle of a reload or a tick.
     let served = tokio::task::LocalSet::new().block_on(&runtime, async {
