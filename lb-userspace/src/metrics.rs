@@ -353,6 +353,7 @@ mod tests {
             reason: None,
             new_flows: 2,
             rate: Default::default(),
+            active_flows: None,
         }
     }
 
@@ -386,6 +387,7 @@ mod tests {
                 bytes: 888,
                 new_flows: 12,
                 rate: Default::default(),
+                active_flows: None,
             }],
             targets: vec![
                 target("dns", "10.0.0.1:53", Health::Healthy, TargetStatus::Active),

@@ -70,6 +70,9 @@ pub struct ListenerStats {
     /// Over the last seconds (see `rates.rs`); zero until the daemon has sampled twice.
     #[serde(default)]
     pub rate: Rate,
+    /// Flows seen in the last [`ACTIVE_WINDOW`]; counted for `GET /v1/stats`, not for metrics.
+    #[serde(default)]
+    pub active_flows: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +95,8 @@ pub struct TargetStats {
     pub new_flows: u64,
     #[serde(default)]
     pub rate: Rate,
+    #[serde(default)]
+    pub active_flows: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +122,45 @@ impl From<CounterValue> for CounterStats {
         CounterStats {
             packets: v.packets,
             bytes: v.bytes,
+        }
+    }
+}
+
+/// A flow is active when a packet of it was seen this recently (ELB's ActiveFlowCount counts
+/// flows active during the period; the flow table keeps idle entries until evicted).
+pub const ACTIVE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Active flows per listener id and per target id.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ActiveFlows {
+    pub listeners: BTreeMap<u32, u64>,
+    pub targets: BTreeMap<u32, u64>,
+}
+
+impl ActiveFlows {
+    /// Counts the flows last seen within `window` of `now_ns` (both `bpf_ktime_get_ns`, that
+    /// is CLOCK_MONOTONIC, time).
+    pub fn count(
+        flows: impl Iterator<Item = lb_common::flow::Flow>,
+        now_ns: u64,
+        window: std::time::Duration,
+    ) -> ActiveFlows {
+        let mut active = ActiveFlows::default();
+        let since = now_ns.saturating_sub(window.as_nanos() as u64);
+        for flow in flows.filter(|f| f.last_seen_ns >= since) {
+            *active.listeners.entry(flow.listener_id).or_default() += 1;
+            *active.targets.entry(flow.target_id).or_default() += 1;
+        }
+        active
+    }
+
+    /// Writes the counts into `report` (zero for whoever has none).
+    pub fn fill(&self, report: &mut StatsReport) {
+        for l in &mut report.listeners {
+            l.active_flows = Some(self.listeners.get(&l.id).copied().unwrap_or(0));
+        }
+        for t in &mut report.targets {
+            t.active_flows = Some(self.targets.get(&t.id).copied().unwrap_or(0));
         }
     }
 }
@@ -154,6 +198,7 @@ impl StatsReport {
                 bytes,
                 new_flows,
                 rate: Rate::default(),
+                active_flows: None,
             });
         }
         let mut targets = Vec::new();
@@ -178,6 +223,7 @@ impl StatsReport {
                 bytes,
                 new_flows,
                 rate: Rate::default(),
+                active_flows: None,
             });
         }
         Ok(StatsReport {
@@ -244,6 +290,7 @@ mod tests {
                 bytes: 180,
                 new_flows: 1,
                 rate: Default::default(),
+                active_flows: None,
             }],
             targets: vec![TargetStats {
                 group: "web".into(),
@@ -257,6 +304,7 @@ mod tests {
                 reason: None,
                 new_flows: 1,
                 rate: Default::default(),
+                active_flows: None,
             }],
             target_groups: vec![TargetGroupStats {
                 name: "web".into(),
@@ -271,17 +319,39 @@ mod tests {
                 "listeners": [{
                     "name": "web", "address": "192.0.2.10", "port": 80, "protocol": "tcp",
                     "mode": "nat", "target_group": "web", "id": 0, "packets": 3, "bytes": 180, "new_flows": 1,
-                    "rate": { "packets_per_second": 0, "bits_per_second": 0 }
+                    "rate": { "packets_per_second": 0, "bits_per_second": 0 }, "active_flows": null
                 }],
                 "targets": [{
                     "group": "web", "address": "[2001:db8::5]:3000", "id": 7,
                     "state": "draining", "weight": null, "health": "initial", "reason": null, "packets": 3, "bytes": 180, "new_flows": 1,
-                    "rate": { "packets_per_second": 0, "bits_per_second": 0 }
+                    "rate": { "packets_per_second": 0, "bits_per_second": 0 }, "active_flows": null
                 }],
                 "target_groups": [{ "name": "web", "failing_open": true }]
             })
         );
         let back: StatsReport = serde_json::from_value(json).unwrap();
         assert_eq!(back, report);
+    }
+}
+
+#[cfg(test)]
+mod active_tests {
+    use lb_common::flow::Flow;
+
+    use super::*;
+
+    #[test]
+    fn only_recently_seen_flows_are_active() {
+        const S: u64 = 1_000_000_000;
+        let flow = |listener_id, target_id, last_seen_ns| Flow {
+            listener_id,
+            target_id,
+            last_seen_ns,
+            ..Flow::default()
+        };
+        let flows = [flow(0, 3, 100 * S), flow(0, 4, 41 * S), flow(1, 3, 39 * S)];
+        let active = ActiveFlows::count(flows.into_iter(), 100 * S, ACTIVE_WINDOW);
+        assert_eq!(active.listeners, BTreeMap::from([(0, 2)]));
+        assert_eq!(active.targets, BTreeMap::from([(3, 1), (4, 1)]));
     }
 }

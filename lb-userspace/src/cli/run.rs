@@ -17,7 +17,7 @@ use aya::maps::{MapData, PerCpuArray};
 use aya_log::EbpfLogger;
 use lb_common::stats::CounterValue;
 use sluice::{
-    api::{self, Backend, CollectError, ControlError, StatsReport},
+    api::{self, ActiveFlows, Backend, CollectError, ControlError, StatsReport, ACTIVE_WINDOW},
     bpffs,
     controller::{ApplyError, Changes, Controller, TargetKey},
     datapath::{self, AttachMode, MapSizes},
@@ -428,10 +428,16 @@ impl Daemon {
     }
 }
 
-impl Backend for Daemon {
-    /// The counters, with health reasons from the checker and rates from the samples.
-    fn stats(&self) -> Result<StatsReport, CollectError> {
+impl Daemon {
+    /// The counters, with health reasons from the checker, rates from the samples and, when
+    /// `flows`, the active flows (a walk of the flow table).
+    fn report(&self, flows: bool) -> Result<StatsReport, CollectError> {
         let mut report = StatsReport::collect(&self.controller.borrow(), &self.counters)?;
+        if flows {
+            let controller = self.controller.borrow();
+            let entries = controller.maps().flows().map(|(_, flow)| flow);
+            ActiveFlows::count(entries, monotonic_ns(), ACTIVE_WINDOW).fill(&mut report);
+        }
         let checker = self.checker.borrow();
         let rates = self.rates.borrow();
         for listener in &mut report.listeners {
@@ -451,6 +457,23 @@ impl Backend for Daemon {
                 .unwrap_or_default();
         }
         Ok(report)
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the XDP program's `bpf_ktime_get_ns` clock.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes into `now`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+impl Backend for Daemon {
+    fn stats(&self) -> Result<StatsReport, CollectError> {
+        self.report(true)
     }
 
     /// Re-reads the model, dropping changes made through the API; a file that does not
@@ -515,7 +538,8 @@ impl Daemon {
 
 impl metrics::Source for Daemon {
     fn scrape(&self) -> Result<Scrape, CollectError> {
-        let report = self.stats()?;
+        // Without active flows: a scrape must stay cheap whatever the flow table holds.
+        let report = self.report(false)?;
         let checker = self.checker.borrow();
         let latencies = report
             .targets

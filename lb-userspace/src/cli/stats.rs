@@ -183,6 +183,7 @@ mod tests {
                     bytes: 960,
                     new_flows: 2,
                     rate: Default::default(),
+                    active_flows: None,
                 },
                 ListenerStats {
                     name: "everything6".into(),
@@ -196,6 +197,7 @@ mod tests {
                     bytes: 0,
                     new_flows: 0,
                     rate: Default::default(),
+                    active_flows: None,
                 },
             ],
             targets: vec![
@@ -211,6 +213,7 @@ mod tests {
                     reason: None,
                     new_flows: 1,
                     rate: Default::default(),
+                    active_flows: None,
                 },
                 TargetStats {
                     group: "web".into(),
@@ -224,6 +227,7 @@ mod tests {
                     reason: None,
                     new_flows: 1,
                     rate: Default::default(),
+                    active_flows: None,
                 },
             ],
             target_groups: Vec::new(),

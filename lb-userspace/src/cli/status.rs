@@ -78,6 +78,7 @@ fn render(report: &StatsReport) -> String {
                     ),
                     l.mode.name().to_string(),
                     l.target_group.clone(),
+                    count(l.active_flows),
                     l.packets.to_string(),
                     si(l.rate.packets_per_second),
                     si(l.rate.bits_per_second),
@@ -91,12 +92,13 @@ fn render(report: &StatsReport) -> String {
                 "address",
                 "mode",
                 "target group",
+                "active flows",
                 "packets",
                 "pkt/s",
                 "bit/s",
             ],
             &rows,
-            &[4, 5, 6],
+            &[4, 5, 6, 7],
         );
     }
     out.push('\n');
@@ -127,6 +129,7 @@ fn render(report: &StatsReport) -> String {
                     t.weight.map_or("-".to_string(), |w| w.to_string()),
                     t.state.name().to_string(),
                     t.health.clone(),
+                    count(t.active_flows),
                     t.new_flows.to_string(),
                     t.packets.to_string(),
                     si(t.rate.packets_per_second),
@@ -143,6 +146,7 @@ fn render(report: &StatsReport) -> String {
                 "weight",
                 "state",
                 "health",
+                "active flows",
                 "new flows",
                 "packets",
                 "pkt/s",
@@ -150,10 +154,15 @@ fn render(report: &StatsReport) -> String {
                 "reason",
             ],
             &rows,
-            &[2, 5, 6, 7, 8],
+            &[2, 5, 6, 7, 8, 9],
         );
     }
     out
+}
+
+/// A count, or `-` when the daemon did not count it.
+fn count(value: Option<u64>) -> String {
+    value.map_or("-".to_string(), |v| v.to_string())
 }
 
 /// A rate with an SI prefix: 950, 1.2k, 34.5M.
@@ -190,6 +199,7 @@ mod tests {
             reason: None,
             new_flows: 4,
             rate: Default::default(),
+            active_flows: Some(2),
         };
         let report = StatsReport {
             listeners: vec![ListenerStats {
@@ -207,12 +217,14 @@ mod tests {
                     packets_per_second: 1500,
                     bits_per_second: 12_000_000,
                 },
+                active_flows: None,
             }],
             targets: vec![
                 target("10.0.1.10:3000", Some(2), TargetStatus::Active),
                 TargetStats {
                     health: "unhealthy".into(),
                     reason: Some("Target.Timeout: Request timed out".into()),
+                    active_flows: None,
                     ..target("10.0.1.11:3000", None, TargetStatus::Draining)
                 },
             ],
@@ -233,6 +245,7 @@ mod tests {
                 "192.0.2.10:80/tcp",
                 "dsr",
                 "web",
+                "-",
                 "12",
                 "1.5k",
                 "12.0M"
@@ -247,6 +260,7 @@ mod tests {
                 "2",
                 "active",
                 "healthy",
+                "2",
                 "4",
                 "40",
                 "0",
@@ -262,6 +276,7 @@ mod tests {
                 "-",
                 "draining",
                 "unhealthy",
+                "-",
                 "4",
                 "40",
                 "0",

@@ -710,7 +710,7 @@ fn state_of(lb: &Balanced) -> serde_json::Value {
     for list in ["listeners", "targets"] {
         for item in state[list].as_array_mut().unwrap() {
             let item = item.as_object_mut().unwrap();
-            for counter in ["packets", "bytes", "new_flows", "rate"] {
+            for counter in ["packets", "bytes", "new_flows", "rate", "active_flows"] {
                 item.remove(counter);
             }
         }
@@ -782,6 +782,15 @@ fn restart_is_hitless_lb(mode: &'static str) -> Balanced {
     );
     let after = state_of(&lb);
     assert_eq!(before, after, "the new daemon shows the same state");
+    // The stream is an active flow of the echo listener, seen through the adopted table.
+    let status: serde_json::Value = serde_json::from_str(&sluice_status(&lb, true)).unwrap();
+    let echo_listener = status["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "echo")
+        .unwrap();
+    assert_eq!(echo_listener["active_flows"], 1, "{echo_listener}");
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (rounds, mut echo) = streamer.join().unwrap().unwrap_or_else(|e| {
