@@ -13,5 +13,6 @@ pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod neighbors;
+pub mod proxy;
 pub mod snat;
 pub mod stats;
