@@ -338,6 +338,21 @@ impl Controller {
         Ok(expired)
     }
 
+    /// Every registered target's health and whether it is draining, for the L7 proxy's
+    /// routing snapshot.
+    pub fn target_views(&self) -> BTreeMap<TargetKey, crate::proxy::TargetView> {
+        self.targets
+            .iter()
+            .map(|(key, t)| {
+                let view = crate::proxy::TargetView {
+                    health: self.health_of(key),
+                    draining: t.state != TargetState::Active,
+                };
+                (key.clone(), view)
+            })
+            .collect()
+    }
+
     /// Targets with their id and state, for status output.
     pub fn targets(&self) -> impl Iterator<Item = (&TargetKey, u32, TargetState)> {
         self.targets.iter().map(|(k, t)| (k, t.id, t.state))

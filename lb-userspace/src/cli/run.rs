@@ -28,6 +28,7 @@ use sluice::{
     maps::Maps,
     metrics::{self, MetricsAddress, Scrape},
     model::Model,
+    proxy::Proxy,
     stats::STATS_MAP,
 };
 use tokio::io::unix::AsyncFd;
@@ -177,7 +178,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         checker: RefCell::new(checker),
         config: args.config.clone(),
         counters,
+        proxy: RefCell::new(None),
     });
+    // The L7 proxy, when the model has http/https listeners: a listener that cannot be
+    // served stops sluice here, as a broken model would.
+    if let Err(e) = daemon.sync_proxy(true) {
+        detach(&mut ebpf, links);
+        let _ = bpffs::unpin(&stats_pin);
+        return Err(e);
+    }
     // A LocalSet, so the API's connection tasks can share the controller without locks: each
     // request is answered between two awaits, never in the middle of a reload or a tick.
     let served = tokio::task::LocalSet::new().block_on(&runtime, async {
@@ -255,13 +264,19 @@ async fn serve(
                     Ok(changes) => log_changes(&changes),
                     Err(e) => log::error!("applying the health of {}: {e}", event.target.addr),
                 }
+                let _ = daemon.sync_proxy(false);
             }
             _ = tick.tick() => {
                 let expired = controller.borrow_mut().tick(Instant::now());
                 match expired {
-                    Ok(expired) => for key in expired {
-                        log::info!("target {} of '{}': deregistration delay over; its remaining flows move to other targets", key.addr, key.group);
-                    },
+                    Ok(expired) => {
+                        for key in &expired {
+                            log::info!("target {} of '{}': deregistration delay over; its remaining flows move to other targets", key.addr, key.group);
+                        }
+                        if !expired.is_empty() {
+                            let _ = daemon.sync_proxy(false);
+                        }
+                    }
                     Err(e) => log::error!("ending drains: {e}"),
                 }
             }
@@ -283,9 +298,40 @@ struct Daemon {
     checker: RefCell<HealthChecker<TargetKey>>,
     config: Option<PathBuf>,
     counters: PerCpuArray<MapData, CounterValue>,
+    /// Started with the first http/https listener.
+    proxy: RefCell<Option<Proxy>>,
 }
 
 impl Daemon {
+    /// Gives the L7 proxy the controller's current model and targets; with `listeners`,
+    /// also (re)binds its listeners. Errors are logged and returned (only start-up treats
+    /// them as fatal: after a reload, the other listeners keep serving).
+    fn sync_proxy(&self, listeners: bool) -> anyhow::Result<()> {
+        let controller = self.controller.borrow();
+        let model = controller.model();
+        let mut proxy = self.proxy.borrow_mut();
+        if proxy.is_none() {
+            if !model.listeners.iter().any(|l| l.protocol.is_l7()) {
+                return Ok(());
+            }
+            *proxy = Some(Proxy::start()?);
+        }
+        let proxy = proxy.as_mut().expect("started above");
+        let views = controller.target_views();
+        if !listeners {
+            proxy.update_routes(model, &views);
+            return Ok(());
+        }
+        let errors = proxy.update(model, &views);
+        for e in &errors {
+            log::error!("{e}");
+        }
+        match errors.into_iter().next() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
     /// After every change of the model: the checker checks exactly the registered targets.
     fn recheck(&self) {
         let checks = self.controller.borrow().health_checks();
@@ -318,6 +364,7 @@ impl Backend for Daemon {
         let applied = self.controller.borrow_mut().apply(&model, Instant::now());
         let changes = applied.map_err(|e| apply_refused(&e, refused(&e)))?;
         self.recheck();
+        let _ = self.sync_proxy(true);
         if changes.is_empty() {
             log::info!("reloaded {}: no changes", path.display());
         } else {
@@ -337,6 +384,7 @@ impl Backend for Daemon {
             apply_refused(&e, message)
         })?;
         self.recheck();
+        let _ = self.sync_proxy(true);
         log::info!("control API: {edit}, until the next reload");
         log_changes(&changes);
         Ok(changes)
@@ -359,7 +407,17 @@ impl metrics::Source for Daemon {
                 Some(((key.group, key.addr), latency))
             })
             .collect();
-        Ok(Scrape { report, latencies })
+        let proxy = self
+            .proxy
+            .borrow()
+            .as_ref()
+            .map(Proxy::stats)
+            .unwrap_or_default();
+        Ok(Scrape {
+            report,
+            latencies,
+            proxy,
+        })
     }
 }
 
