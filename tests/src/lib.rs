@@ -7,6 +7,7 @@
 //! - [`checksum`]: an independent checksum verifier for frames the XDP program rewrites.
 
 pub mod checksum;
+pub mod http_servers;
 pub mod netns;
 pub mod packet;
 pub mod servers;
