@@ -30,9 +30,9 @@ fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)
     }
 }
 
-#[test]
-fn websocket_passes_through_and_outlives_the_idle_timeout_with_heartbeats() {
-    let l7 = L7::start();
+/// Opens a WebSocket to `/ws` through the proxy: the stream, bytes read past the handshake,
+/// and the answering target's name.
+fn open(l7: &L7) -> (TcpStream, Vec<u8>, String) {
     let mut stream = l7
         .topology
         .client
@@ -79,6 +79,24 @@ fn websocket_passes_through_and_outlives_the_idle_timeout_with_heartbeats() {
         .next()
         .unwrap()
         .to_string();
+    (stream, buf, target)
+}
+
+fn beat(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> bool {
+    let payload = format!("beat {n}");
+    if stream
+        .write_all(&frame(1, payload.as_bytes(), Some([9, 8, 7, 6])))
+        .is_err()
+    {
+        return false;
+    }
+    read_frame(stream, buf) == Some((1, payload.into_bytes()))
+}
+
+#[test]
+fn websocket_passes_through_and_outlives_the_idle_timeout_with_heartbeats() {
+    let l7 = L7::start();
+    let (mut stream, mut buf, target) = open(&l7);
 
     // Heartbeats every 400 ms for three idle timeouts.
     let started = Instant::now();
@@ -104,4 +122,42 @@ fn websocket_passes_through_and_outlives_the_idle_timeout_with_heartbeats() {
         "{took:?}"
     );
     assert!(target.starts_with("target"), "{target}");
+}
+
+#[test]
+fn a_drained_targets_websocket_lasts_its_deregistration_delay_then_closes() {
+    let l7 = L7::start();
+    let (mut stream, mut buf, target) = open(&l7);
+    let index: usize = target.trim_start_matches("target").parse().unwrap();
+    let address = format!("{}:8080", l7.topology.targets[index].link.v4);
+    let out = l7.cli(&["target", "remove", "www", &address]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed = Instant::now();
+    // The group's deregistration_delay is 1 s; drains end on the daemon's 1 s tick.
+    let mut beats = 0;
+    while beat(&mut stream, &mut buf, beats) {
+        beats += 1;
+        assert!(
+            removed.elapsed() < SHORT,
+            "still open {:?} after deregistration",
+            removed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lasted = removed.elapsed();
+    assert!(
+        lasted >= Duration::from_millis(900),
+        "closed after {lasted:?}, before the delay ended"
+    );
+    assert!(
+        l7.sluice
+            .stderr()
+            .contains("closing an upgraded connection"),
+        "{}",
+        l7.sluice.stderr()
+    );
 }
