@@ -391,15 +391,23 @@ impl Model {
             }
             // http and https share TCP ports with tcp listeners.
             let transport = listener.protocol.number();
-            if let Some((other, _)) = endpoints.insert(
+            if let Some((other, protocol)) = endpoints.insert(
                 (listener.address, listener.port, transport),
                 (l, listener.protocol),
             ) {
-                return Err(format!(
-                    "listeners '{other}' and '{l}' both listen on {} {}; each address, port and transport (tcp, including http and https, or udp) may have one listener",
-                    SocketAddr::new(listener.address, listener.port),
-                    if transport == 6 { "tcp" } else { "udp" }
-                ));
+                let at = SocketAddr::new(listener.address, listener.port);
+                return Err(if protocol == listener.protocol {
+                    format!(
+                        "listeners '{other}' and '{l}' both listen on {at} {}; each address, port and protocol may have one listener",
+                        protocol.name()
+                    )
+                } else {
+                    format!(
+                        "listeners '{other}' ({}) and '{l}' ({}) both listen on {at} tcp; http and https listeners take the TCP port, so each address and port may have one of tcp, http, https",
+                        protocol.name(),
+                        listener.protocol.name()
+                    )
+                });
             }
             if listener.address.is_unspecified() || listener.address.is_multicast() {
                 return Err(format!(

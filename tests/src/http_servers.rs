@@ -277,7 +277,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 pub fn websocket_accept(key: &str) -> String {
     let mut sha = Sha1::new();
     sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC11B85");
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
     base64(&sha.finalize())
 }
 

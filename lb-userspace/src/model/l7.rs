@@ -746,8 +746,11 @@ mod tests {
         let tcp_too = format!(
             "{HTTP}\n[[listener]]\nname = \"raw\"\naddress = \"192.0.2.10\"\nport = 80\nprotocol = \"tcp\"\ndefault_target_group = \"plain\"\n[[target_group]]\nname = \"plain\"\nhealth_check = {{ port = 3000 }}\n"
         );
-        assert!(invalid(&tcp_too)
-            .contains("listeners 'web' and 'raw' both listen on 192.0.2.10:80 tcp"));
+        let e = invalid(&tcp_too);
+        assert!(
+            e.contains("listeners 'web' (http) and 'raw' (tcp) both listen on 192.0.2.10:80 tcp"),
+            "{e}"
+        );
         let all_ports = tcp_too.replace(
             "port = 80\nprotocol = \"tcp\"",
             "port = 0\nprotocol = \"tcp\"",
