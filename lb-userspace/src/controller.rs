@@ -453,6 +453,21 @@ impl Controller {
         Ok(expired)
     }
 
+    /// Every registered target's health and whether it is draining, for the L7 proxy's
+    /// routing snapshot.
+    pub fn target_views(&self) -> BTreeMap<TargetKey, crate::proxy::TargetView> {
+        self.targets
+            .iter()
+            .map(|(key, t)| {
+                let view = crate::proxy::TargetView {
+                    health: self.health_of(key),
+                    draining: t.state != TargetState::Active,
+                };
+                (key.clone(), view)
+            })
+            .collect()
+    }
+
     /// Targets with their id and state, for status output.
     pub fn targets(&self) -> impl Iterator<Item = (&TargetKey, u32, TargetState)> {
         self.targets.iter().map(|(k, t)| (k, t.id, t.state))
@@ -512,7 +527,20 @@ impl Controller {
                 listener_ids.insert(current.id);
             }
         }
-        for listener in &model.listeners {
+        // HTTP/HTTPS listeners are served by the proxy, not XDP: they get no kernel listener
+        // or table, but the targets of every group they may send to are registered like any
+        // other (ids, health checks, draining).
+        for listener in model.listeners.iter().filter(|l| l.protocol.is_l7()) {
+            let mut seen = BTreeSet::new();
+            for name in listener.target_groups().filter(|g| seen.insert(*g)) {
+                let group = model
+                    .target_group(name)
+                    .expect("validated: rules name existing target groups");
+                let (_, member_keys) = self.register(group, listener, &mut targets, &mut ids)?;
+                self.route(&member_keys, group, &mut failing_open, &mut serving);
+            }
+        }
+        for listener in model.listeners.iter().filter(|l| !l.protocol.is_l7()) {
             let group = model
                 .target_group(&listener.default_target_group)
                 .expect("validated: the default target group exists");
@@ -526,69 +554,13 @@ impl Controller {
                     id
                 }
             };
-            let mut members = Vec::new();
-            let mut member_keys = Vec::new();
-            for target in &group.targets {
-                let key = TargetKey {
-                    group: group.name.clone(),
-                    addr: SocketAddr::new(target.address, target.port_for(group, listener)),
-                };
-                let applied = match targets.get(&key) {
-                    Some(t) => t.clone(),
-                    None => {
-                        let snat = snat::source_for(target.address).map_err(|source| {
-                            ApplyError::NoRoute {
-                                group: group.name.clone(),
-                                target: key.addr,
-                                source,
-                            }
-                        })?;
-                        let id = match self.targets.get(&key) {
-                            Some(current) => current.id,
-                            None => ids
-                                .allocate(|| self.maps.flows().map(|(_, flow)| flow.target_id))
-                                .ok_or(ApplyError::TooManyTargets {
-                                    max: self.maps.targets.len(),
-                                })?,
-                        };
-                        AppliedTarget {
-                            id,
-                            state: TargetState::Active,
-                            snat,
-                            kernel_state: TARGET_ACTIVE,
-                        }
-                    }
-                };
-                members.push(MaglevTarget {
-                    key: maglev::target_key(key.addr),
-                    id: applied.id,
-                    weight: target.weight,
-                });
-                member_keys.push(key.clone());
-                targets.insert(key, applied);
-            }
-            // Only healthy targets get new flows; none healthy: all of them (fail open).
-            let routable = health::routable(
-                member_keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, key)| (i, self.health_of(key))),
-            );
-            // Targets still in their initial checks get traffic too until one passes, but
-            // that is a start, not a failure: only a group with unhealthy targets and no
-            // healthy one is reported as failing open.
-            let any_unhealthy = member_keys
-                .iter()
-                .any(|key| self.health_of(key) == Health::Unhealthy);
-            if routable.failing_open && any_unhealthy {
-                failing_open.insert(group.name.clone());
-            }
-            let members: Vec<MaglevTarget> = routable.targets.iter().map(|&i| members[i]).collect();
-            serving.extend(routable.targets.iter().map(|&i| member_keys[i].clone()));
+            let (members, member_keys) = self.register(group, listener, &mut targets, &mut ids)?;
+            let routable = self.route(&member_keys, group, &mut failing_open, &mut serving);
+            let members: Vec<MaglevTarget> = routable.iter().map(|&i| members[i]).collect();
             let table = if members.is_empty() {
                 Vec::new()
             } else {
-                maglev::build(&members, TableSize::new(listener.maglev_table_size)?)?
+                maglev::build(&members, TableSize::new(listener.maglev_table_size())?)?
             };
             let (addr, family) = ip_to_bytes(listener.address);
             listeners.insert(
@@ -603,7 +575,7 @@ impl Controller {
                     },
                     value: abi::Listener {
                         id,
-                        mode: forwarding_mode(listener.mode) as u8,
+                        mode: forwarding_mode(listener.mode()) as u8,
                         hash_key: match group.hash_key {
                             HashKey::FiveTuple => abi::HashKey::FiveTuple,
                             HashKey::SourceIp => abi::HashKey::SourceIp,
@@ -635,6 +607,86 @@ impl Controller {
             config,
             failing_open,
         })
+    }
+
+    /// Registers `group`'s targets as `listener` reaches them (ids and source addresses of
+    /// new ones): the Maglev members and their keys, in the group's order.
+    fn register(
+        &self,
+        group: &model::TargetGroup,
+        listener: &model::Listener,
+        targets: &mut BTreeMap<TargetKey, AppliedTarget>,
+        ids: &mut IdPool,
+    ) -> Result<(Vec<MaglevTarget>, Vec<TargetKey>), ApplyError> {
+        let mut members = Vec::new();
+        let mut member_keys = Vec::new();
+        for target in &group.targets {
+            let key = TargetKey {
+                group: group.name.clone(),
+                addr: SocketAddr::new(target.address, target.port_for(group, listener)),
+            };
+            let applied = match targets.get(&key) {
+                Some(t) => t.clone(),
+                None => {
+                    let snat =
+                        snat::source_for(target.address).map_err(|source| ApplyError::NoRoute {
+                            group: group.name.clone(),
+                            target: key.addr,
+                            source,
+                        })?;
+                    let id = match self.targets.get(&key) {
+                        Some(current) => current.id,
+                        None => ids
+                            .allocate(|| self.maps.flows().map(|(_, flow)| flow.target_id))
+                            .ok_or(ApplyError::TooManyTargets {
+                                max: self.maps.targets.len(),
+                            })?,
+                    };
+                    AppliedTarget {
+                        id,
+                        state: TargetState::Active,
+                        snat,
+                        kernel_state: TARGET_ACTIVE,
+                    }
+                }
+            };
+            members.push(MaglevTarget {
+                key: maglev::target_key(key.addr),
+                id: applied.id,
+                weight: target.weight,
+            });
+            member_keys.push(key.clone());
+            targets.insert(key, applied);
+        }
+        Ok((members, member_keys))
+    }
+
+    /// Which of `member_keys` get new traffic (indexes): the healthy ones, or all when none
+    /// is (fail open, recorded in `failing_open` when some are unhealthy).
+    fn route(
+        &self,
+        member_keys: &[TargetKey],
+        group: &model::TargetGroup,
+        failing_open: &mut BTreeSet<String>,
+        serving: &mut BTreeSet<TargetKey>,
+    ) -> Vec<usize> {
+        let routable = health::routable(
+            member_keys
+                .iter()
+                .enumerate()
+                .map(|(i, key)| (i, self.health_of(key))),
+        );
+        // Targets still in their initial checks get traffic too until one passes, but
+        // that is a start, not a failure: only a group with unhealthy targets and no
+        // healthy one is reported as failing open.
+        let any_unhealthy = member_keys
+            .iter()
+            .any(|key| self.health_of(key) == Health::Unhealthy);
+        if routable.failing_open && any_unhealthy {
+            failing_open.insert(group.name.clone());
+        }
+        serving.extend(routable.targets.iter().map(|&i| member_keys[i].clone()));
+        routable.targets
     }
 }
 

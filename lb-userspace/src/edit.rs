@@ -49,8 +49,9 @@ pub struct ListenerSpec {
     pub address: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    /// tcp/udp only (default nat).
     #[serde(default)]
-    pub mode: Mode,
+    pub mode: Option<Mode>,
     pub target_group: String,
     #[serde(default)]
     pub maglev_table_size: Option<u32>,
@@ -59,15 +60,16 @@ pub struct ListenerSpec {
 impl From<ListenerSpec> for Listener {
     fn from(spec: ListenerSpec) -> Listener {
         Listener {
-            name: spec.name,
-            address: spec.address,
-            port: spec.port,
-            protocol: spec.protocol,
             mode: spec.mode,
-            default_target_group: spec.target_group,
-            maglev_table_size: spec
-                .maglev_table_size
-                .unwrap_or(crate::maglev::TableSize::DEFAULT.get()),
+            maglev_table_size: spec.maglev_table_size,
+            ..Listener::l4(
+                &spec.name,
+                spec.address,
+                spec.port,
+                spec.protocol,
+                Mode::Nat,
+                &spec.target_group,
+            )
         }
     }
 }
@@ -181,7 +183,11 @@ impl std::fmt::Display for Edit {
                 l.name,
                 SocketAddr::new(l.address, l.port),
                 l.protocol.name(),
-                l.mode.name(),
+                if l.protocol.is_l7() {
+                    "proxied"
+                } else {
+                    l.mode().name()
+                },
                 l.default_target_group
             ),
             Edit::RemoveListener(name) => write!(f, "remove listener '{name}'"),
@@ -331,13 +337,15 @@ targets = [{ address = "10.0.2.10", port = 1 }, { address = "10.0.2.10", port = 
 
     fn listener(name: &str, group: &str) -> Listener {
         Listener {
-            name: name.into(),
-            address: "192.0.2.11".parse().unwrap(),
-            port: 80,
-            protocol: Protocol::Tcp,
-            mode: Mode::Nat,
-            default_target_group: group.into(),
-            maglev_table_size: 251,
+            maglev_table_size: Some(251),
+            ..Listener::l4(
+                name,
+                "192.0.2.11".parse().unwrap(),
+                80,
+                Protocol::Tcp,
+                Mode::Nat,
+                group,
+            )
         }
     }
 

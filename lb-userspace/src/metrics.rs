@@ -30,6 +30,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use crate::{
     api::{CollectError, StatsReport, TargetStatus},
     health::Health,
+    proxy::metrics::{ProxyStats, RESPONSE_TIME_BUCKETS},
 };
 
 /// Where `sluice run` serves metrics unless told otherwise (the node exporter's usual port).
@@ -84,12 +85,15 @@ pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
     Ok(listener)
 }
 
-/// What a scrape reads: the daemon's statistics and the latest health-check latencies.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What a scrape reads: the daemon's statistics, the latest health-check latencies and the
+/// L7 proxy's counters.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scrape {
     pub report: StatsReport,
     /// By target group and target address; only targets checked at least once.
     pub latencies: BTreeMap<(String, SocketAddr), Duration>,
+    /// Empty without http/https listeners.
+    pub proxy: ProxyStats,
 }
 
 /// What the metrics server asks of the daemon.
@@ -293,7 +297,86 @@ pub fn render(scrape: &Scrape) -> String {
             latency.as_secs_f64(),
         );
     }
+    render_proxy(&scrape.proxy, &mut out);
     out.text
+}
+
+/// The L7 proxy's families (ALB's names), always present so dashboards see zeros.
+fn render_proxy(proxy: &ProxyStats, out: &mut Exposition) {
+    type ListenerMetric = (
+        &'static str,
+        &'static str,
+        &'static str,
+        fn(&crate::proxy::metrics::ListenerNumbers) -> u64,
+    );
+    const LISTENER: [ListenerMetric; 5] = [
+        ("sluice_request_count_total", "counter", "HTTP requests received by the listener (RequestCount).", |n| n.requests),
+        ("sluice_httpcode_elb_4xx_count_total", "counter", "4XX responses made by sluice itself, e.g. 400 malformed, 408 header timeout, 431 header too large (HTTPCode_ELB_4XX_Count; 400 and 431 answered by the HTTP parser are not counted).", |n| n.elb_4xx),
+        ("sluice_httpcode_elb_5xx_count_total", "counter", "5XX responses made by sluice itself: 502 target refused or broke, 503 no target, 504 target timeout (HTTPCode_ELB_5XX_Count).", |n| n.elb_5xx),
+        ("sluice_active_connection_count", "gauge", "Client connections open now, upgraded ones included.", |n| n.active_connections),
+        ("sluice_new_connection_count_total", "counter", "Client connections accepted (NewConnectionCount).", |n| n.new_connections),
+    ];
+    for (name, kind, help, value) in LISTENER {
+        out.family(name, kind, help);
+        for (listener, numbers) in &proxy.listeners {
+            out.sample(name, &[("listener", listener)], value(numbers));
+        }
+    }
+    let name = "sluice_httpcode_target_count_total";
+    out.family(
+        name,
+        "counter",
+        "Responses from targets by status class 2XX..5XX (HTTPCode_Target_2XX_Count...).",
+    );
+    for (group, numbers) in &proxy.groups {
+        for (i, count) in numbers.target_responses.iter().enumerate() {
+            let class = format!("{}xx", i + 2);
+            out.sample(name, &[("target_group", group), ("code", &class)], count);
+        }
+    }
+    let name = "sluice_non_sticky_request_count_total";
+    out.family(name, "counter", "Requests of a sticky target group that could not use an existing sticky session: no cookie, an invalid one, or its target no longer routable (NonStickyRequestCount).");
+    for (group, numbers) in &proxy.groups {
+        out.sample(
+            name,
+            &[("target_group", group)],
+            numbers.non_sticky_requests,
+        );
+    }
+    let name = "sluice_target_response_time_seconds";
+    out.family(
+        name,
+        "histogram",
+        "From sending a request to its target to the target's response head (TargetResponseTime).",
+    );
+    for (group, numbers) in &proxy.groups {
+        let bucket = format!("{name}_bucket");
+        for (le, count) in RESPONSE_TIME_BUCKETS
+            .iter()
+            .zip(numbers.response_time_buckets)
+        {
+            out.sample(
+                &bucket,
+                &[("target_group", group), ("le", &le.to_string())],
+                count,
+            );
+        }
+        out.sample(
+            &bucket,
+            &[("target_group", group), ("le", "+Inf")],
+            numbers.response_time_count,
+        );
+        out.sample(
+            &format!("{name}_sum"),
+            &[("target_group", group)],
+            numbers.response_time_seconds,
+        );
+        out.sample(
+            &format!("{name}_count"),
+            &[("target_group", group)],
+            numbers.response_time_count,
+        );
+    }
 }
 
 #[derive(Default)]
@@ -423,6 +506,7 @@ mod tests {
                 Duration::from_micros(1500),
             )]
             .into(),
+            proxy: ProxyStats::default(),
         }
     }
 
@@ -511,13 +595,17 @@ mod tests {
                 assert!(!families.contains(&name), "HELP of {name} after its TYPE");
             } else {
                 let name = line.split(['{', ' ']).next().unwrap();
-                assert_eq!(Some(name), current, "{line} outside its family");
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s).filter(|f| Some(*f) == current))
+                    .unwrap_or(name);
+                assert_eq!(Some(family), current, "{line} outside its family");
             }
         }
-        assert_eq!(families.len(), 12, "{families:?}");
+        assert_eq!(families.len(), 20, "{families:?}");
         // The same shape with nothing to report: every family, no samples but the global one.
         let empty = render(&Scrape::default());
-        assert_eq!(empty.matches("# TYPE ").count(), 12, "{empty}");
+        assert_eq!(empty.matches("# TYPE ").count(), 20, "{empty}");
         assert!(empty.contains("\nsluice_port_allocation_error_count_total 0\n"));
     }
 
@@ -547,5 +635,57 @@ mod tests {
             Ok(MetricsAddress(Some("127.0.0.1:9100".parse().unwrap())))
         );
         assert!("localhost".parse::<MetricsAddress>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod proxy_tests {
+    use super::*;
+    use crate::proxy::metrics::{GroupNumbers, ListenerNumbers};
+
+    #[test]
+    fn proxy_families_carry_listener_and_group_numbers() {
+        let mut buckets = [0; RESPONSE_TIME_BUCKETS.len()];
+        buckets[5..].fill(2);
+        let scrape = Scrape {
+            proxy: ProxyStats {
+                listeners: vec![(
+                    "web".into(),
+                    ListenerNumbers {
+                        requests: 9,
+                        elb_5xx: 2,
+                        active_connections: 1,
+                        ..ListenerNumbers::default()
+                    },
+                )],
+                groups: vec![(
+                    "www".into(),
+                    GroupNumbers {
+                        target_responses: [5, 0, 1, 0],
+                        non_sticky_requests: 3,
+                        response_time_buckets: buckets,
+                        response_time_count: 2,
+                        response_time_seconds: 0.15,
+                    },
+                )],
+            },
+            ..Scrape::default()
+        };
+        let text = render(&scrape);
+        for line in [
+            "sluice_request_count_total{listener=\"web\"} 9",
+            "sluice_httpcode_elb_5xx_count_total{listener=\"web\"} 2",
+            "sluice_active_connection_count{listener=\"web\"} 1",
+            "sluice_httpcode_target_count_total{target_group=\"www\",code=\"2xx\"} 5",
+            "sluice_httpcode_target_count_total{target_group=\"www\",code=\"4xx\"} 1",
+            "sluice_non_sticky_request_count_total{target_group=\"www\"} 3",
+            "sluice_target_response_time_seconds_bucket{target_group=\"www\",le=\"0.05\"} 0",
+            "sluice_target_response_time_seconds_bucket{target_group=\"www\",le=\"0.1\"} 2",
+            "sluice_target_response_time_seconds_bucket{target_group=\"www\",le=\"+Inf\"} 2",
+            "sluice_target_response_time_seconds_sum{target_group=\"www\"} 0.15",
+            "sluice_target_response_time_seconds_count{target_group=\"www\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
     }
 }

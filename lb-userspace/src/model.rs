@@ -26,7 +26,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
-    path::Path,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
@@ -35,6 +35,13 @@ use serde::{Deserialize, Serialize};
 use crate::{
     health::{CheckProtocol, HealthCheck, HealthCheckSpec},
     maglev::{TableSize, MAX_WEIGHT},
+};
+
+mod l7;
+pub use l7::{
+    Action, Algorithm, Certificate, Cidr, FixedResponse, Forward, HeaderCondition, QueryCondition,
+    Redirect, Rule, Stickiness, WeightedGroup, CONTENT_TYPES, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +62,17 @@ pub enum ModelError {
 pub enum Protocol {
     Tcp,
     Udp,
+    /// Served by the L7 proxy, not by XDP.
+    Http,
+    /// Served by the L7 proxy with TLS termination.
+    Https,
 }
 
 impl Protocol {
+    /// The IP protocol number of the transport (HTTP and HTTPS run over TCP).
     pub const fn number(self) -> u8 {
         match self {
-            Protocol::Tcp => 6,
+            Protocol::Tcp | Protocol::Http | Protocol::Https => 6,
             Protocol::Udp => 17,
         }
     }
@@ -70,7 +82,14 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
+            Protocol::Http => "http",
+            Protocol::Https => "https",
         }
+    }
+
+    /// Served by the L7 proxy rather than the XDP program.
+    pub const fn is_l7(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Https)
     }
 }
 
@@ -110,16 +129,98 @@ pub struct Listener {
     /// 0 = every port.
     pub port: u16,
     pub protocol: Protocol,
+    /// tcp/udp only; default nat (see [`Listener::mode`]).
     #[serde(default)]
-    pub mode: Mode,
+    pub mode: Option<Mode>,
     pub default_target_group: String,
-    /// Maglev table size (a prime); default 65537.
-    #[serde(default = "default_table_size")]
-    pub maglev_table_size: u32,
+    /// tcp/udp only: Maglev table size (a prime); default 65537.
+    #[serde(default)]
+    pub maglev_table_size: Option<u32>,
+    /// http/https only: a client connection with no data either way for this long is
+    /// closed; also how long a target may take to answer (then 504). Default 60 s.
+    #[serde(default, deserialize_with = "crate::health::spec::optional_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// http/https only: a request head must arrive within this (slowloris); else 408.
+    /// Default 10 s.
+    #[serde(default, deserialize_with = "crate::health::spec::optional_duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// http/https only: the largest request head (request line and headers); larger gets 431.
+    /// Default 16384.
+    #[serde(default)]
+    pub max_header_bytes: Option<usize>,
+    /// https only: at least one; the first is the default when SNI matches none.
+    #[serde(default)]
+    pub certificates: Vec<Certificate>,
+    /// http/https only: append access log lines to this file instead of the log target
+    /// `sluice::access`.
+    #[serde(default)]
+    pub access_log: Option<PathBuf>,
+    /// http/https only: evaluated by ascending priority; no match: the default target group.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Rule>,
 }
 
-fn default_table_size() -> u32 {
-    TableSize::DEFAULT.get()
+impl Listener {
+    /// A tcp/udp listener with defaults for everything else.
+    pub fn l4(
+        name: &str,
+        address: IpAddr,
+        port: u16,
+        protocol: Protocol,
+        mode: Mode,
+        default_target_group: &str,
+    ) -> Listener {
+        Listener {
+            name: name.to_string(),
+            address,
+            port,
+            protocol,
+            mode: Some(mode),
+            default_target_group: default_target_group.to_string(),
+            maglev_table_size: None,
+            idle_timeout: None,
+            header_read_timeout: None,
+            max_header_bytes: None,
+            certificates: Vec::new(),
+            access_log: None,
+            rules: Vec::new(),
+        }
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode.unwrap_or_default()
+    }
+
+    pub fn maglev_table_size(&self) -> u32 {
+        self.maglev_table_size.unwrap_or(TableSize::DEFAULT.get())
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout.unwrap_or(l7::DEFAULT_IDLE_TIMEOUT)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout
+            .unwrap_or(l7::DEFAULT_HEADER_READ_TIMEOUT)
+    }
+
+    pub fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
+            .unwrap_or(l7::DEFAULT_MAX_HEADER_BYTES)
+    }
+
+    /// The target groups the listener may send to: its default and every forward action's.
+    pub fn target_groups(&self) -> impl Iterator<Item = &str> {
+        let forwards = self.rules.iter().flat_map(|rule| match &rule.action {
+            Action::Forward(forward) => forward
+                .target_groups
+                .iter()
+                .map(|g| g.name.as_str())
+                .collect(),
+            _ => Vec::new(),
+        });
+        std::iter::once(self.default_target_group.as_str()).chain(forwards)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -139,6 +240,13 @@ pub struct TargetGroup {
     /// timeout, healthy after 5 passes, unhealthy after 2 failures).
     #[serde(default)]
     pub health_check: HealthCheckSpec,
+    /// http/https listeners: round_robin (default) or least_outstanding_requests; tcp/udp
+    /// listeners always use Maglev.
+    #[serde(default)]
+    pub algorithm: Option<Algorithm>,
+    /// http/https listeners only.
+    #[serde(default)]
+    pub stickiness: Option<Stickiness>,
 }
 
 fn default_deregistration_delay() -> u64 {
@@ -266,8 +374,17 @@ impl Model {
                     group.name, group.deregistration_delay
                 ));
             }
+            if let Some(stickiness) = &group.stickiness {
+                l7::validate_stickiness(&group.name, stickiness)?;
+            }
         }
         let mut endpoints = BTreeMap::new();
+        let known: Vec<&str> = groups.keys().copied().collect();
+        let known = if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        };
         for listener in &self.listeners {
             let l = &listener.name;
             if !names.insert(("listener", l.as_str())) {
@@ -275,14 +392,25 @@ impl Model {
                     "listener '{l}' is defined twice; names must be unique"
                 ));
             }
-            if let Some(other) =
-                endpoints.insert((listener.address, listener.port, listener.protocol), l)
-            {
-                return Err(format!(
-                    "listeners '{other}' and '{l}' both listen on {} {}; each address, port and protocol may have one listener",
-                    SocketAddr::new(listener.address, listener.port),
-                    listener.protocol.name()
-                ));
+            // http and https share TCP ports with tcp listeners.
+            let transport = listener.protocol.number();
+            if let Some((other, protocol)) = endpoints.insert(
+                (listener.address, listener.port, transport),
+                (l, listener.protocol),
+            ) {
+                let at = SocketAddr::new(listener.address, listener.port);
+                return Err(if protocol == listener.protocol {
+                    format!(
+                        "listeners '{other}' and '{l}' both listen on {at} {}; each address, port and protocol may have one listener",
+                        protocol.name()
+                    )
+                } else {
+                    format!(
+                        "listeners '{other}' ({}) and '{l}' ({}) both listen on {at} tcp; http and https listeners take the TCP port, so each address and port may have one of tcp, http, https",
+                        protocol.name(),
+                        listener.protocol.name()
+                    )
+                });
             }
             if listener.address.is_unspecified() || listener.address.is_multicast() {
                 return Err(format!(
@@ -290,67 +418,34 @@ impl Model {
                     listener.address
                 ));
             }
-            let size = TableSize::new(listener.maglev_table_size)
-                .map_err(|e| format!("listener '{l}': maglev_table_size: {e}"))?;
             let Some(group) = groups.get(listener.default_target_group.as_str()) else {
-                let known: Vec<_> = groups.keys().copied().collect();
                 return Err(format!(
-                    "listener '{l}': default_target_group '{}' does not exist; known target groups: {}",
+                    "listener '{l}': default_target_group '{}' does not exist; known target groups: {known}",
                     listener.default_target_group,
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
                 ));
             };
-            if group.targets.len() as u64 * u64::from(crate::maglev::MIN_SLOTS_PER_TARGET)
-                > u64::from(size.get())
-            {
-                return Err(format!(
-                    "listener '{l}': maglev_table_size {} is too small for the {} targets of '{}'; use a prime of at least {} targets x {}",
-                    size.get(),
-                    group.targets.len(),
-                    group.name,
-                    group.targets.len(),
-                    crate::maglev::MIN_SLOTS_PER_TARGET
-                ));
+            if listener.protocol.is_l7() {
+                self.validate_l7_listener(listener, &groups, &known)?;
+            } else {
+                validate_l4_listener(listener, group)?;
             }
-            if listener.protocol == Protocol::Udp
-                && group.health_check.protocol == CheckProtocol::Tcp
-                && group.health_check.port.is_none()
-            {
+        }
+        // An all-ports TCP listener takes every TCP packet to its address in XDP, so the
+        // proxy would never see its listener's traffic.
+        for listener in self.listeners.iter().filter(|l| l.protocol.is_l7()) {
+            if let Some(all) = self.listeners.iter().find(|o| {
+                o.port == 0 && o.protocol == Protocol::Tcp && o.address == listener.address
+            }) {
                 return Err(format!(
-                    "listener '{l}' is UDP, so target group '{}' needs health_check.port (a TCP or HTTP service on the targets): a TCP check on the UDP traffic port would always fail",
-                    group.name
+                    "listener '{}' ({}) takes every TCP port of {}, so {} listener '{}' on port {} would never see its traffic; give '{}' a port or use another address",
+                    all.name,
+                    all.protocol.name(),
+                    all.address,
+                    listener.protocol.name(),
+                    listener.name,
+                    listener.port,
+                    all.name
                 ));
-            }
-            for target in &group.targets {
-                let port = target.port.or(group.port);
-                let shown = show_target(target.address, port);
-                if target.address.is_ipv4() != listener.address.is_ipv4()
-                    && listener.mode != Mode::Tunnel
-                {
-                    return Err(format!(
-                        "listener '{l}' ({}) cannot forward to target {shown} of '{}' in {} mode: address families differ (only tunnel mode carries one family inside the other)",
-                        listener.address,
-                        group.name,
-                        listener.mode.name()
-                    ));
-                }
-                match listener.mode {
-                    // A target without a port under an all-ports listener keeps each packet's
-                    // destination port.
-                    Mode::Nat => {}
-                    Mode::Dsr | Mode::Tunnel => {
-                        if let Some(port) = port {
-                            if port != listener.port {
-                                return Err(format!(
-                                    "listener '{l}' uses {} mode, where the packet reaches the target unchanged, so target {shown} of '{}' must use the listener's port {} (or none); port translation needs mode = \"nat\"",
-                                    listener.mode.name(),
-                                    group.name,
-                                    listener.port
-                                ));
-                            }
-                        }
-                    }
-                }
             }
         }
         let [min, max] = self.data_plane.nat_port_range;
@@ -361,6 +456,182 @@ impl Model {
         }
         Ok(())
     }
+}
+
+impl Model {
+    fn validate_l7_listener(
+        &self,
+        listener: &Listener,
+        groups: &BTreeMap<&str, &TargetGroup>,
+        known: &str,
+    ) -> Result<(), String> {
+        let l = &listener.name;
+        let protocol = listener.protocol.name();
+        if listener.port == 0 {
+            return Err(format!(
+                "listener '{l}' ({protocol}) needs a port; port 0 (every port) is for tcp and udp listeners"
+            ));
+        }
+        if listener.mode.is_some() {
+            return Err(format!(
+                "listener '{l}' ({protocol}) has a mode; the L7 proxy opens its own connections to targets, remove 'mode' (it is for tcp and udp listeners)"
+            ));
+        }
+        if listener.maglev_table_size.is_some() {
+            return Err(format!(
+                "listener '{l}' ({protocol}) has maglev_table_size; {protocol} listeners balance per target group (algorithm), remove it"
+            ));
+        }
+        if let Some(idle) = listener.idle_timeout {
+            let secs = idle.as_secs();
+            if !l7::IDLE_TIMEOUT_RANGE.contains(&secs) || idle.subsec_nanos() != 0 {
+                return Err(format!(
+                    "listener '{l}': idle_timeout {idle:?} must be whole seconds from 1 to 4000"
+                ));
+            }
+        }
+        if let Some(timeout) = listener.header_read_timeout {
+            if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(300) {
+                return Err(format!(
+                    "listener '{l}': header_read_timeout {timeout:?} must be 100 ms to 300 s"
+                ));
+            }
+        }
+        if let Some(bytes) = listener.max_header_bytes {
+            if !l7::MAX_HEADER_BYTES_RANGE.contains(&bytes) {
+                return Err(format!(
+                    "listener '{l}': max_header_bytes {bytes} must be 1024 to 1048576"
+                ));
+            }
+        }
+        match listener.protocol {
+            Protocol::Https if listener.certificates.is_empty() => {
+                return Err(format!(
+                    "listener '{l}' (https) needs certificates = [{{ cert = \"/path/cert.pem\", key = \"/path/key.pem\" }}]; the first is the default"
+                ));
+            }
+            Protocol::Http if !listener.certificates.is_empty() => {
+                return Err(format!(
+                    "listener '{l}' (http) has certificates; use protocol = \"https\" to terminate TLS, or remove them"
+                ));
+            }
+            _ => {}
+        }
+        for cert in &listener.certificates {
+            if cert.cert.as_os_str().is_empty() || cert.key.as_os_str().is_empty() {
+                return Err(format!(
+                    "listener '{l}': a certificate needs both cert and key (PEM file paths)"
+                ));
+            }
+        }
+        let mut priorities = BTreeSet::new();
+        for rule in &listener.rules {
+            if !priorities.insert(rule.priority) {
+                return Err(format!(
+                    "listener '{l}': two rules have priority {}; priorities must be unique per listener",
+                    rule.priority
+                ));
+            }
+            l7::validate_rule(l, rule, |name| groups.contains_key(name), known)?;
+        }
+        for name in listener.target_groups() {
+            let group = groups[name];
+            if group.algorithm == Some(Algorithm::Maglev) {
+                return Err(format!(
+                    "target group '{name}' has algorithm maglev, which {protocol} listener '{l}' does not use; choose round_robin or least_outstanding_requests"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_l4_listener(listener: &Listener, group: &TargetGroup) -> Result<(), String> {
+    let l = &listener.name;
+    let protocol = listener.protocol.name();
+    let l7_only = [
+        ("rule", !listener.rules.is_empty()),
+        ("certificates", !listener.certificates.is_empty()),
+        ("idle_timeout", listener.idle_timeout.is_some()),
+        (
+            "header_read_timeout",
+            listener.header_read_timeout.is_some(),
+        ),
+        ("max_header_bytes", listener.max_header_bytes.is_some()),
+        ("access_log", listener.access_log.is_some()),
+    ];
+    if let Some((field, _)) = l7_only.iter().find(|(_, set)| *set) {
+        return Err(format!(
+            "listener '{l}' ({protocol}) has {field}, which only http and https listeners take; use protocol = \"http\" or \"https\", or remove it"
+        ));
+    }
+    if let Some(algorithm) = group.algorithm.filter(|a| *a != Algorithm::Maglev) {
+        return Err(format!(
+            "target group '{}' has algorithm {}, but {protocol} listener '{l}' balances with maglev; remove algorithm (or set \"maglev\")",
+            group.name,
+            algorithm.name()
+        ));
+    }
+    if group.stickiness.is_some() {
+        return Err(format!(
+            "target group '{}' has stickiness, which {protocol} listener '{l}' cannot honour (it sees packets, not cookies); use hash_key = \"source_ip\" for L4 stickiness",
+            group.name
+        ));
+    }
+    let size = TableSize::new(listener.maglev_table_size())
+        .map_err(|e| format!("listener '{l}': maglev_table_size: {e}"))?;
+    if group.targets.len() as u64 * u64::from(crate::maglev::MIN_SLOTS_PER_TARGET)
+        > u64::from(size.get())
+    {
+        return Err(format!(
+            "listener '{l}': maglev_table_size {} is too small for the {} targets of '{}'; use a prime of at least {} targets x {}",
+            size.get(),
+            group.targets.len(),
+            group.name,
+            group.targets.len(),
+            crate::maglev::MIN_SLOTS_PER_TARGET
+        ));
+    }
+    if listener.protocol == Protocol::Udp
+        && group.health_check.protocol == CheckProtocol::Tcp
+        && group.health_check.port.is_none()
+    {
+        return Err(format!(
+            "listener '{l}' is UDP, so target group '{}' needs health_check.port (a TCP or HTTP service on the targets): a TCP check on the UDP traffic port would always fail",
+            group.name
+        ));
+    }
+    let mode = listener.mode();
+    for target in &group.targets {
+        let port = target.port.or(group.port);
+        let shown = show_target(target.address, port);
+        if target.address.is_ipv4() != listener.address.is_ipv4() && mode != Mode::Tunnel {
+            return Err(format!(
+                "listener '{l}' ({}) cannot forward to target {shown} of '{}' in {} mode: address families differ (only tunnel mode carries one family inside the other)",
+                listener.address,
+                group.name,
+                mode.name()
+            ));
+        }
+        match mode {
+            // A target without a port under an all-ports listener keeps each packet's
+            // destination port.
+            Mode::Nat => {}
+            Mode::Dsr | Mode::Tunnel => {
+                if let Some(port) = port {
+                    if port != listener.port {
+                        return Err(format!(
+                            "listener '{l}' uses {} mode, where the packet reaches the target unchanged, so target {shown} of '{}' must use the listener's port {} (or none); port translation needs mode = \"nat\"",
+                            mode.name(),
+                            group.name,
+                            listener.port
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl TargetGroup {
@@ -427,8 +698,8 @@ mod tests {
     fn defaults_are_aws_like() {
         let model = Model::parse(GOOD, "sluice.toml").unwrap();
         let listener = &model.listeners[0];
-        assert_eq!(listener.mode, Mode::Nat);
-        assert_eq!(listener.maglev_table_size, 65537);
+        assert_eq!(listener.mode(), Mode::Nat);
+        assert_eq!(listener.maglev_table_size(), 65537);
         let group = &model.target_groups[0];
         assert_eq!(group.deregistration_delay, 300);
         assert_eq!(group.hash_key, HashKey::FiveTuple);

@@ -10,6 +10,7 @@
 //! - [`websocket`]: a WebSocket server and a client with heartbeats.
 
 pub mod checksum;
+pub mod http_servers;
 pub mod netns;
 pub mod packet;
 pub mod servers;

@@ -191,7 +191,7 @@ impl StatsReport {
                 address: listener.address,
                 port: listener.port,
                 protocol: listener.protocol,
-                mode: listener.mode,
+                mode: listener.mode(),
                 target_group: listener.default_target_group.clone(),
                 id,
                 packets,

@@ -81,11 +81,11 @@ pub fn listener(args: ListenerArgs) -> anyhow::Result<()> {
                     ProtocolArg::Tcp => Protocol::Tcp,
                     ProtocolArg::Udp => Protocol::Udp,
                 },
-                mode: match mode {
+                mode: Some(match mode {
                     ModeArg::Nat => Mode::Nat,
                     ModeArg::Dsr => Mode::Dsr,
                     ModeArg::Tunnel => Mode::Tunnel,
-                },
+                }),
                 target_group,
                 maglev_table_size,
             };

@@ -27,6 +27,7 @@ use sluice::{
     metrics::{self, MetricsAddress, Scrape},
     model::Model,
     pins,
+    proxy::Proxy,
     rates::Rates,
     saved::{self, SavedState},
     stats::STATS_MAP,
@@ -193,7 +194,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             log::info!("detached from {iface}: not among this daemon's --iface");
         }
     }
-    fresh.armed = false;
     log::info!(
         "{} listener(s) from {}; control API on {socket} (sluice stats --socket {socket})",
         controller.model().listeners.len(),
@@ -219,7 +219,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         down: tokio::sync::Notify::new(),
         going_down: std::cell::Cell::new(false),
         rates: RefCell::new(Rates::new(RATE_WINDOW)),
+        proxy: RefCell::new(None),
     });
+    // The L7 proxy, when the model has http/https listeners: a listener that cannot be
+    // served stops sluice here, as a broken model would.
+    // A fresh start that fails here removes its pins (`fresh`), detaching again.
+    daemon.sync_proxy(true)?;
+    fresh.armed = false;
     // A LocalSet, so the API's connection tasks can share the controller without locks: each
     // request is answered between two awaits, never in the middle of a reload or a tick.
     let served = tokio::task::LocalSet::new().block_on(&runtime, async {
@@ -333,13 +339,19 @@ async fn serve(
                     Err(e) => log::error!("applying the health of {}: {e}", event.target.addr),
                 }
                 daemon.save();
+                let _ = daemon.sync_proxy(false);
             }
             _ = tick.tick() => {
                 let expired = controller.borrow_mut().tick(Instant::now());
                 match expired {
-                    Ok(expired) => for key in expired {
-                        log::info!("target {} of '{}': deregistration delay over; its remaining flows move to other targets", key.addr, key.group);
-                    },
+                    Ok(expired) => {
+                        for key in &expired {
+                            log::info!("target {} of '{}': deregistration delay over; its remaining flows move to other targets", key.addr, key.group);
+                        }
+                        if !expired.is_empty() {
+                            let _ = daemon.sync_proxy(false);
+                        }
+                    }
                     Err(e) => log::error!("ending drains: {e}"),
                 }
                 daemon.save();
@@ -371,6 +383,8 @@ struct Daemon {
     going_down: std::cell::Cell<bool>,
     /// Traffic samples for the rates in status.
     rates: RefCell<Rates<RateKey>>,
+    /// Started with the first http/https listener.
+    proxy: RefCell<Option<Proxy>>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -384,6 +398,35 @@ enum RateKey {
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 impl Daemon {
+    /// Gives the L7 proxy the controller's current model and targets; with `listeners`,
+    /// also (re)binds its listeners. Errors are logged and returned (only start-up treats
+    /// them as fatal: after a reload, the other listeners keep serving).
+    fn sync_proxy(&self, listeners: bool) -> anyhow::Result<()> {
+        let controller = self.controller.borrow();
+        let model = controller.model();
+        let mut proxy = self.proxy.borrow_mut();
+        if proxy.is_none() {
+            if !model.listeners.iter().any(|l| l.protocol.is_l7()) {
+                return Ok(());
+            }
+            *proxy = Some(Proxy::start()?);
+        }
+        let proxy = proxy.as_mut().expect("started above");
+        let views = controller.target_views();
+        if !listeners {
+            proxy.update_routes(model, &views);
+            return Ok(());
+        }
+        let errors = proxy.update(model, &views);
+        for e in &errors {
+            log::error!("{e}");
+        }
+        match errors.into_iter().next() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
     /// After every change of the model: the checker checks exactly the registered targets.
     fn recheck(&self) {
         let checks = self.controller.borrow().health_checks();
@@ -497,6 +540,7 @@ impl Backend for Daemon {
         let changes = applied.map_err(|e| apply_refused(&e, refused(&e)))?;
         self.recheck();
         self.save();
+        let _ = self.sync_proxy(true);
         if changes.is_empty() {
             log::info!("reloaded {}: no changes", path.display());
         } else {
@@ -517,6 +561,7 @@ impl Backend for Daemon {
         })?;
         self.recheck();
         self.save();
+        let _ = self.sync_proxy(true);
         log::info!("control API: {edit}, until the next reload");
         log_changes(&changes);
         Ok(changes)
@@ -553,7 +598,17 @@ impl metrics::Source for Daemon {
                 Some(((key.group, key.addr), latency))
             })
             .collect();
-        Ok(Scrape { report, latencies })
+        let proxy = self
+            .proxy
+            .borrow()
+            .as_ref()
+            .map(Proxy::stats)
+            .unwrap_or_default();
+        Ok(Scrape {
+            report,
+            latencies,
+            proxy,
+        })
     }
 }
 

@@ -1,77 +1,163 @@
-//! WebSocket through an http listener (issue 5): the upgrade passes through, the connection
-//! stays on its target, and it stays open while otherwise idle past the listener's idle
-//! timeout as long as heartbeats flow; a silent one is closed after the idle timeout.
+//! WebSocket through the proxy: the handshake reaches the target and its answer the client;
+//! frames echo; the connection stays open past the idle timeout while heartbeats flow, and
+//! is closed once it has been idle for it.
 
 use std::{
-    net::{IpAddr, SocketAddr},
-    time::Duration,
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
 };
 
-use super::l7_support::{all_targets, fast_health_check, L7Sluice, VIP};
-use crate::{
-    netns::{require_root, LbTopology},
-    servers::HttpServer,
-    websocket::{WebSocketClient, WebSocketServer},
-};
+use super::l7_routing::{vip, IDLE_TIMEOUT_SECS, L7, SHORT};
+use crate::http_servers::{frame, parse_frame, websocket_accept};
 
-const LISTENER_PORT: u16 = 80;
-const WS_PORT: u16 = 3000;
-/// A plain HTTP server on every target, to see when the listener forwards.
-const HTTP_PORT: u16 = 3080;
-const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    let deadline = Instant::now() + SHORT;
+    loop {
+        if let Some((op, payload, used)) = parse_frame(buf) {
+            buf.drain(..used);
+            return Some((op, payload));
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        let mut chunk = [0u8; 1024];
+        match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => return None,
+        }
+    }
+}
 
-fn model(topology: &LbTopology) -> String {
-    let idle = IDLE_TIMEOUT.as_secs();
-    let targets = all_targets(topology);
-    format!(
-        "[[listener]]\nname = \"ws\"\naddress = \"{VIP}\"\nport = {LISTENER_PORT}\nprotocol = \"http\"\ndefault_target_group = \"ws\"\nidle_timeout = {idle}\n\n\
-         [[listener]]\nname = \"plain\"\naddress = \"{VIP}\"\nport = 8080\nprotocol = \"http\"\ndefault_target_group = \"plain\"\n\n\
-         [[target_group]]\nname = \"ws\"\nport = {WS_PORT}\n{}targets = [{targets}]\n\n\
-         [[target_group]]\nname = \"plain\"\nport = {HTTP_PORT}\n{}targets = [{targets}]\n",
-        fast_health_check(WS_PORT),
-        fast_health_check(HTTP_PORT),
+/// Opens a WebSocket to `/ws` through the proxy: the stream, bytes read past the handshake,
+/// and the answering target's name.
+fn open(l7: &L7) -> (TcpStream, Vec<u8>, String) {
+    let mut stream = l7
+        .topology
+        .client
+        .ns
+        .run_in(|| TcpStream::connect_timeout(&vip(), SHORT))
+        .unwrap();
+    stream.set_read_timeout(Some(SHORT)).unwrap();
+    let key = "dGhlIHNhbXBsZSBub25jZQ==";
+    write!(
+        stream,
+        "GET /ws HTTP/1.1\r\nHost: www.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
+    .unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    let head_end = loop {
+        let n = stream.read(&mut chunk).expect("the handshake answer");
+        assert!(
+            n > 0,
+            "closed during the handshake: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    buf.drain(..head_end);
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(
+        head.contains(&format!(
+            "sec-websocket-accept: {}\r\n",
+            websocket_accept(key).to_ascii_lowercase()
+        )),
+        "{head}"
+    );
+    assert!(head.contains("upgrade: websocket\r\n"), "{head}");
+    let target = head
+        .split("x-target: ")
+        .nth(1)
+        .unwrap()
+        .split("\r\n")
+        .next()
+        .unwrap()
+        .to_string();
+    (stream, buf, target)
+}
+
+fn beat(stream: &mut TcpStream, buf: &mut Vec<u8>, n: usize) -> bool {
+    let payload = format!("beat {n}");
+    if stream
+        .write_all(&frame(1, payload.as_bytes(), Some([9, 8, 7, 6])))
+        .is_err()
+    {
+        return false;
+    }
+    read_frame(stream, buf) == Some((1, payload.into_bytes()))
 }
 
 #[test]
-#[ignore = "needs the L7 proxy (merged by the lead)"]
-fn websocket_stays_open_past_the_idle_timeout_while_heartbeats_flow() {
-    require_root();
-    let topology = LbTopology::new(2);
-    let _servers: Vec<(WebSocketServer, HttpServer)> = topology
-        .targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let name = format!("target{i}");
-            let ip = IpAddr::from(t.link.v4);
-            (
-                WebSocketServer::start(&t.ns, SocketAddr::new(ip, WS_PORT), &name),
-                HttpServer::start(&t.ns, SocketAddr::new(ip, HTTP_PORT), &name),
-            )
-        })
-        .collect();
-    let lb = L7Sluice::start(&topology, &model(&topology), 4);
-    lb.wait_forwarding(&topology, 8080, "target");
-    let vip = SocketAddr::new(VIP.into(), LISTENER_PORT);
+fn websocket_passes_through_and_outlives_the_idle_timeout_with_heartbeats() {
+    let l7 = L7::start();
+    let (mut stream, mut buf, target) = open(&l7);
 
-    let mut beating = WebSocketClient::connect(&topology.client.ns, vip, "/chat")
-        .unwrap_or_else(|e| panic!("WebSocket upgrade through {vip}: {e}"));
-    let target = beating.server_name().unwrap();
-    let mut silent = WebSocketClient::connect(&topology.client.ns, vip, "/chat").unwrap();
-    assert!(silent.server_name().unwrap().starts_with("target"));
+    // Heartbeats every 400 ms for three idle timeouts.
+    let started = Instant::now();
+    let mut beats = 0;
+    while started.elapsed() < Duration::from_secs(3 * IDLE_TIMEOUT_SECS) {
+        let payload = format!("beat {beats}");
+        stream
+            .write_all(&frame(1, payload.as_bytes(), Some([9, 8, 7, 6])))
+            .unwrap();
+        let (op, echoed) = read_frame(&mut stream, &mut buf).expect("an echo");
+        assert_eq!((op, echoed), (1, payload.into_bytes()), "beat {beats}");
+        beats += 1;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert!(beats >= 10, "{beats}");
+    // Silence: closed after the idle timeout.
+    let quiet = Instant::now();
+    let closed = read_frame(&mut stream, &mut buf).is_none();
+    assert!(closed, "still open after silence");
+    let took = quiet.elapsed();
+    assert!(
+        took >= Duration::from_secs(IDLE_TIMEOUT_SECS) - Duration::from_millis(100) && took < SHORT,
+        "{took:?}"
+    );
+    assert!(target.starts_with("target"), "{target}");
+}
 
-    // Twice the idle timeout with a heartbeat every quarter of it: still open, same target.
-    let answered = beating
-        .heartbeat_for(IDLE_TIMEOUT * 2, IDLE_TIMEOUT / 4)
-        .unwrap_or_else(|e| panic!("heartbeats through {vip}: {e}\n{}", lb.sluice.stderr()));
-    assert!(answered >= 8, "{answered} heartbeats");
-    assert_eq!(beating.server_name().unwrap(), target);
-
-    // Meanwhile the silent connection was closed by the idle timeout (not much later).
-    let closed_after = silent
-        .wait_closed(IDLE_TIMEOUT)
-        .expect("the silent WebSocket is closed after the idle timeout");
-    assert!(closed_after < IDLE_TIMEOUT, "{closed_after:?}");
-    lb.check_running();
+#[test]
+fn a_drained_targets_websocket_lasts_its_deregistration_delay_then_closes() {
+    let l7 = L7::start();
+    let (mut stream, mut buf, target) = open(&l7);
+    let index: usize = target.trim_start_matches("target").parse().unwrap();
+    let address = format!("{}:8080", l7.topology.targets[index].link.v4);
+    let out = l7.cli(&["target", "remove", "www", &address]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed = Instant::now();
+    // The group's deregistration_delay is 1 s; drains end on the daemon's 1 s tick.
+    let mut beats = 0;
+    while beat(&mut stream, &mut buf, beats) {
+        beats += 1;
+        assert!(
+            removed.elapsed() < SHORT,
+            "still open {:?} after deregistration",
+            removed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lasted = removed.elapsed();
+    assert!(
+        lasted >= Duration::from_millis(900),
+        "closed after {lasted:?}, before the delay ended"
+    );
+    assert!(
+        l7.sluice
+            .stderr()
+            .contains("closing an upgraded connection"),
+        "{}",
+        l7.sluice.stderr()
+    );
 }

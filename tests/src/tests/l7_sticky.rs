@@ -1,0 +1,112 @@
+//! Cookie stickiness end to end (group `sticky`, lb_cookie): a client with a cookie jar stays
+//! on one target; clients without cookies spread; a tampered cookie gets a valid target and a
+//! new cookie; a cookie naming a drained or unhealthy target is re-pinned.
+
+use super::l7_routing::{L7, SHORT, VIP};
+use crate::netns::wait_until;
+
+const HOST: &str = "sticky.example.com";
+
+/// GET / with `cookie` (a `Cookie:` value, or none): the target's name and the value of the
+/// `SLUICE` cookie set on the response.
+fn get(l7: &L7, cookie: Option<&str>) -> (String, Option<String>) {
+    let mut args = vec!["-i".to_string(), "-H".into(), format!("Host: {HOST}")];
+    if let Some(cookie) = cookie {
+        args.extend(["-H".into(), format!("Cookie: {cookie}")]);
+    }
+    args.push(format!("http://{VIP}/"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = l7.curl(&refs);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let set = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("set-cookie: SLUICE="))
+        .map(|v| v.split(';').next().unwrap().to_string())
+        .next();
+    let body = text.rsplit("\r\n\r\n").next().unwrap().trim().to_string();
+    (body, set)
+}
+
+#[test]
+fn a_cookie_jar_pins_one_target_and_cookieless_requests_spread() {
+    let l7 = L7::start();
+    let jar = std::env::temp_dir().join(format!("{}.jar", l7.topology.lb.name()));
+    let jar_arg = jar.to_str().unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let (status, body) = l7.get(HOST, "/", &["-b", jar_arg, "-c", jar_arg]);
+        assert_eq!(status, 200);
+        seen.insert(body);
+    }
+    let _ = std::fs::remove_file(&jar);
+    assert_eq!(seen.len(), 1, "100 requests with one cookie jar: {seen:?}");
+    let spread: std::collections::BTreeSet<String> = (0..9).map(|_| get(&l7, None).0).collect();
+    assert_eq!(spread.len(), 3, "without cookies: {spread:?}");
+}
+
+#[test]
+fn tampered_cookies_get_a_valid_target_and_a_new_cookie() {
+    let l7 = L7::start();
+    let (target, cookie) = get(&l7, None);
+    let cookie = cookie.expect("the first response sets SLUICE");
+    let (again, refreshed) = get(&l7, Some(&format!("SLUICE={cookie}")));
+    assert_eq!(again, target);
+    assert!(
+        refreshed.is_some(),
+        "the expiry is refreshed on every response"
+    );
+    // Flip a digit of the signed target address: the MAC no longer matches.
+    let mut bytes = cookie.clone().into_bytes();
+    bytes[8] = if bytes[8] == b'0' { b'1' } else { b'0' };
+    let tampered = String::from_utf8(bytes).unwrap();
+    for forged in [tampered.as_str(), "garbage", ""] {
+        let (body, new) = get(&l7, Some(&format!("SLUICE={forged}")));
+        assert!(body.starts_with("target"), "{body}");
+        let new = new.expect("a new cookie");
+        assert_ne!(new, forged);
+        // The new cookie pins where the request went.
+        assert_eq!(get(&l7, Some(&format!("SLUICE={new}"))).0, body);
+    }
+}
+
+#[test]
+fn cookies_naming_drained_or_unhealthy_targets_are_re_pinned() {
+    let l7 = L7::start();
+    // Pin a client to each target.
+    let mut pinned = std::collections::BTreeMap::new();
+    for _ in 0..30 {
+        let (target, cookie) = get(&l7, None);
+        pinned.entry(target).or_insert(cookie.unwrap());
+        if pinned.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(pinned.len(), 3);
+    // target1 fails its health checks (every group checks /health on it).
+    l7.servers[1].0.set_healthy(false);
+    wait_until(SHORT * 2, "target1 unhealthy in 'sticky'", || {
+        l7.sluice.stderr().contains(&format!(
+            "target {}:8080 of 'sticky': healthy -> unhealthy",
+            l7.topology.targets[1].link.v4
+        ))
+    });
+    let (body, new) = get(&l7, Some(&format!("SLUICE={}", pinned["target1"])));
+    assert_ne!(body, "target1", "re-pinned away from the unhealthy target");
+    assert_eq!(get(&l7, Some(&format!("SLUICE={}", new.unwrap()))).0, body);
+    // target2 is deregistered (drained): its cookie is re-pinned at once.
+    let target2 = format!("{}:8080", l7.topology.targets[2].link.v4);
+    let out = l7.cli(&["target", "remove", "sticky", &target2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, _) = get(&l7, Some(&format!("SLUICE={}", pinned["target2"])));
+    assert_eq!(body, "target0", "the only routable target left");
+    // target0's clients are undisturbed.
+    assert_eq!(
+        get(&l7, Some(&format!("SLUICE={}", pinned["target0"]))).0,
+        "target0"
+    );
+}
