@@ -2,7 +2,7 @@
 //! algorithms and stickiness, certificates, and their validation. The proxy compiles these
 //! into its routing snapshot (`proxy::snapshot`).
 
-use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
 
 use serde::{de, Deserialize, Deserializer};
 
@@ -34,13 +34,8 @@ pub const CONTENT_TYPES: [&str; 5] = [
 /// Cookie names the proxy sets itself; an application cookie may not use them.
 pub const RESERVED_COOKIE_PREFIX: &str = "SLUICE";
 
-/// A certificate and its private key (PEM files), for https listeners.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Certificate {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
+/// A certificate and its private key (PEM files), for https listeners: `{ cert, key }`.
+pub type Certificate = crate::proxy::tls::CertificateFiles;
 
 /// `[[listener.rule]]`: every condition present must match (AND); within one condition any
 /// value matches (OR).
@@ -732,7 +727,7 @@ mod tests {
         let model = Model::parse(&with, "t").unwrap();
         assert_eq!(
             model.listeners[0].certificates[0].key,
-            PathBuf::from("/etc/a.key")
+            std::path::PathBuf::from("/etc/a.key")
         );
         let e = invalid(&HTTP.replace(
             "idle_timeout = 30",

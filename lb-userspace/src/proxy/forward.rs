@@ -47,6 +47,8 @@ pub struct ListenerCtx {
     pub port: u16,
     pub counters: Arc<ListenerCounters>,
     pub sink: Sink,
+    /// https listeners: the certificates (by SNI) and ALPN.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// One client connection.
@@ -60,14 +62,19 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
-    pub fn new(listener: Arc<ListenerCtx>, peer: SocketAddr, state: Arc<ConnState>) -> ConnCtx {
+    pub fn new(
+        listener: Arc<ListenerCtx>,
+        peer: SocketAddr,
+        state: Arc<ConnState>,
+        tls: Option<(String, String)>,
+    ) -> ConnCtx {
         listener.counters.new_connections.fetch_add(1, Relaxed);
         listener.counters.active_connections.fetch_add(1, Relaxed);
         ConnCtx {
             listener,
             peer,
             state,
-            tls: None,
+            tls,
         }
     }
 

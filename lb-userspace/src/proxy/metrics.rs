@@ -25,6 +25,9 @@ pub struct ListenerCounters {
     pub active_connections: AtomicI64,
     /// Client connections accepted (NewConnectionCount).
     pub new_connections: AtomicU64,
+    /// https: connections whose TLS handshake failed or timed out
+    /// (ClientTLSNegotiationErrorCount).
+    pub tls_negotiation_errors: AtomicU64,
 }
 
 /// Per target group.
@@ -58,6 +61,7 @@ impl ListenerCounters {
             elb_5xx: self.elb_5xx.load(Relaxed),
             active_connections: self.active_connections.load(Relaxed).max(0) as u64,
             new_connections: self.new_connections.load(Relaxed),
+            tls_negotiation_errors: self.tls_negotiation_errors.load(Relaxed),
         }
     }
 }
@@ -99,6 +103,7 @@ pub struct ListenerNumbers {
     pub elb_5xx: u64,
     pub active_connections: u64,
     pub new_connections: u64,
+    pub tls_negotiation_errors: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

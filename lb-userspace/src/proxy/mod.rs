@@ -54,8 +54,8 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("listener '{name}' (https): TLS termination is not built into this sluice yet; use protocol = \"http\"")]
-    TlsNotBuilt { name: String },
+    #[error("listener '{name}' (https): {source}")]
+    Tls { name: String, source: tls::TlsError },
     #[error("listener '{name}': cannot open access_log {path}: {source}")]
     AccessLog {
         name: String,
@@ -174,14 +174,19 @@ impl Proxy {
                 continue;
             }
             let addr = SocketAddr::new(listener.address, listener.port);
-            if listener.protocol == Protocol::Https {
-                // The single hook for TLS (proxy/tls.rs): build the rustls config from
-                // `listener.certificates` here and hand it to the accept loop.
-                errors.push(ProxyError::TlsNotBuilt {
-                    name: name.to_string(),
-                });
-                continue;
-            }
+            let tls = match listener.protocol {
+                Protocol::Https => match tls::server_config(&listener.certificates) {
+                    Ok(config) => Some(config),
+                    Err(source) => {
+                        errors.push(ProxyError::Tls {
+                            name: name.to_string(),
+                            source,
+                        });
+                        continue;
+                    }
+                },
+                _ => None,
+            };
             let sink = match access_log::Sink::open(listener.access_log.as_deref()) {
                 Ok(sink) => sink,
                 Err(source) => {
@@ -223,6 +228,7 @@ impl Proxy {
                 port: listener.port,
                 counters: Arc::clone(&counters),
                 sink,
+                tls,
             });
             let task = runtime.spawn(server::accept_loop(socket, Arc::clone(&self.shared), ctx));
             log::info!(

@@ -1,17 +1,21 @@
 //! Accepting client connections on a listener and serving them with hyper, under the
 //! listener's limits: the header read timeout (slowloris; answered 408), the maximum header
 //! size (hyper answers 431), malformed requests (hyper answers 400 before any target sees
-//! them), and the idle timeout (the connection is closed).
+//! them), and the idle timeout (the connection is closed). https listeners terminate TLS
+//! here (certificates chosen by SNI, HTTP/2 when the client offers `h2` by ALPN).
 
 use std::{
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
-    sync::Arc,
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::Duration,
 };
 
-use hyper::{server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper::{
+    server::conn::{http1, http2},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
@@ -46,37 +50,112 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, ctx: Ar
     let Some(routes) = shared.snapshot.load().listeners.get(&ctx.name).cloned() else {
         return;
     };
+    let limits = Limits {
+        header_timeout: routes.header_read_timeout,
+        idle_timeout: routes.idle_timeout,
+        max_header_bytes: routes.max_header_bytes,
+    };
+    drop(routes);
     let state = Arc::new(ConnState::new());
-    let conn = Arc::new(ConnCtx::new(Arc::clone(&ctx), peer, Arc::clone(&state)));
-    // Kept to write a 408 on a connection hyper owns: only while no request is in flight,
-    // so hyper is not writing anything then.
+    // Kept to write a 408 on a plain connection hyper owns: only while no request is in
+    // flight, so hyper is not writing anything then.
     let fd: RawFd = stream.as_raw_fd();
-    // TLS hook: an https listener would wrap `stream` here (proxy/tls.rs, negotiating h2 or
-    // http/1.1 by ALPN) and record the cipher and protocol in `conn.tls`. Until then, https
-    // listeners are refused when they are bound (see `Proxy::update`).
     let io = TrackedIo::new(stream, Arc::clone(&state));
-    let service_shared = Arc::clone(&shared);
+    let Some(config) = ctx.tls.clone() else {
+        let conn = Arc::new(ConnCtx::new(Arc::clone(&ctx), peer, state, None));
+        return serve_http(io, false, Some(fd), conn, shared, limits).await;
+    };
+    // The handshake is part of the request head for the header read timeout (a client that
+    // stalls in it is a slowloris too).
+    let accepted = tokio::time::timeout(
+        limits.header_timeout,
+        tokio_rustls::TlsAcceptor::from(config).accept(io),
+    )
+    .await;
+    let tls = match accepted {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            log::debug!("connection from {peer}: TLS handshake failed: {e}");
+            ctx.counters.tls_negotiation_errors.fetch_add(1, Relaxed);
+            return;
+        }
+        Err(_) => {
+            log::debug!(
+                "connection from {peer}: no TLS handshake within {:?}",
+                limits.header_timeout
+            );
+            ctx.counters.tls_negotiation_errors.fetch_add(1, Relaxed);
+            return;
+        }
+    };
+    let session = tls.get_ref().1;
+    let (protocol, cipher) = super::tls::describe(session);
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let conn = Arc::new(ConnCtx::new(
+        Arc::clone(&ctx),
+        peer,
+        state,
+        Some((cipher.to_string(), protocol.to_string())),
+    ));
+    // No raw 408 under TLS: bytes written beside rustls would break the stream.
+    serve_http(tls, h2, None, conn, shared, limits).await;
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    max_header_bytes: usize,
+}
+
+/// Serves HTTP/1.1 (with upgrades) or, when ALPN chose it, HTTP/2 on `io`, under the
+/// listener's limits. `fd`: the plain socket, for a 408 to a slow request head.
+async fn serve_http<I>(
+    io: I,
+    h2: bool,
+    fd: Option<RawFd>,
+    conn: Arc<ConnCtx>,
+    shared: Arc<Shared>,
+    limits: Limits,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service_conn = Arc::clone(&conn);
     let service = service_fn(move |request| {
-        forward::handle(
-            Arc::clone(&service_shared),
-            Arc::clone(&service_conn),
-            request,
-        )
+        forward::handle(Arc::clone(&shared), Arc::clone(&service_conn), request)
     });
-    let mut builder = http1::Builder::new();
-    builder
-        .max_header_size(routes.max_header_bytes)
-        .max_buf_size(routes.max_header_bytes.max(8192) + 8192);
-    let connection = builder
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
+    if h2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        watch(connection, &conn, fd, limits).await;
+    } else {
+        let mut builder = http1::Builder::new();
+        builder
+            .max_header_size(limits.max_header_bytes)
+            .max_buf_size(limits.max_header_bytes.max(8192) + 8192);
+        let connection = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        watch(connection, &conn, fd, limits).await;
+    }
+}
+
+/// Drives `connection` until it ends, a request head takes longer than the header read
+/// timeout (408, or a close under TLS), or nothing moves for the idle timeout.
+async fn watch<C>(connection: C, conn: &ConnCtx, fd: Option<RawFd>, limits: Limits)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>>,
+{
     tokio::pin!(connection);
-    let header_timeout = routes.header_read_timeout;
-    let idle_timeout = routes.idle_timeout;
+    let Limits {
+        header_timeout,
+        idle_timeout,
+        ..
+    } = limits;
+    let peer = conn.peer;
     let check = (header_timeout.min(idle_timeout) / 5)
         .clamp(Duration::from_millis(20), Duration::from_secs(1));
-    drop(routes);
     loop {
         tokio::select! {
             done = &mut connection => {
@@ -85,21 +164,24 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, ctx: Ar
                 }
                 return;
             }
-            _ = tokio::time::sleep(check) => match state.verdict(header_timeout, idle_timeout) {
+            _ = tokio::time::sleep(check) => match conn.state.verdict(header_timeout, idle_timeout) {
                 Verdict::Continue => {}
                 Verdict::HeaderTimeout => {
                     log::debug!("connection from {peer}: no complete request head within {header_timeout:?}: 408");
-                    ctx.counters.elb_response(408);
-                    // SAFETY: `fd` belongs to the stream `connection` owns, which is alive
-                    // until the return below; a non-blocking send of a short response.
-                    unsafe {
-                        libc::send(
-                            fd,
-                            REQUEST_TIMEOUT_RESPONSE.as_ptr().cast(),
-                            REQUEST_TIMEOUT_RESPONSE.len(),
-                            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                        );
-                        libc::shutdown(fd, libc::SHUT_WR);
+                    conn.listener.counters.elb_response(408);
+                    if let Some(fd) = fd {
+                        // SAFETY: `fd` belongs to the stream `connection` owns, which is
+                        // alive until the return below; a non-blocking send of a short
+                        // response.
+                        unsafe {
+                            libc::send(
+                                fd,
+                                REQUEST_TIMEOUT_RESPONSE.as_ptr().cast(),
+                                REQUEST_TIMEOUT_RESPONSE.len(),
+                                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                            );
+                            libc::shutdown(fd, libc::SHUT_WR);
+                        }
                     }
                     return;
                 }

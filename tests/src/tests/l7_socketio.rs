@@ -138,7 +138,6 @@ impl L7Lb {
 }
 
 #[test]
-#[ignore = "needs the L7 proxy (merged by the lead)"]
 fn socketio_end_to_end_with_lb_cookie_stickiness() {
     let (summary, stats) = L7Lb::start(Some("{ type = \"lb_cookie\" }")).run();
     assert!(summary.all_succeeded(), "{summary:#?}\n{stats:#?}");
@@ -161,7 +160,6 @@ fn socketio_end_to_end_with_lb_cookie_stickiness() {
 }
 
 #[test]
-#[ignore = "needs the L7 proxy (merged by the lead)"]
 fn socketio_without_stickiness_sees_session_id_unknown() {
     let (summary, stats) = L7Lb::start(None).run();
     assert!(

@@ -186,7 +186,6 @@ fn curl_sees_the_certificate_chosen_by_sni_and_negotiates_h2() {
 /// An https listener through sluice: two certificates chosen by SNI, HTTP/2 via ALPN
 /// (`curl --http2`) and HTTP/1.1, forwarded to plain HTTP targets.
 #[test]
-#[ignore = "needs the L7 proxy (merged by the lead)"]
 fn https_listener_chooses_certificates_by_sni_and_speaks_http2() {
     use super::{
         l7_support::{all_targets, fast_health_check, L7Sluice, VIP},
