@@ -89,11 +89,26 @@ pub fn load_program(
     sizes: MapSizes,
     program: &str,
 ) -> Result<Ebpf, DatapathError> {
+    load_program_sized(log_level, sizes, &[], program)
+}
+
+/// [`load_program`] that also sizes maps the data plane does not size itself (the benchmark
+/// programs' maps): `(map name, max entries)`.
+pub fn load_program_sized(
+    log_level: log::LevelFilter,
+    sizes: MapSizes,
+    extra_sizes: &[(&str, u32)],
+    program: &str,
+) -> Result<Ebpf, DatapathError> {
     if XDP_OBJECT.is_empty() {
         return Err(DatapathError::NotBuilt);
     }
     let level = log_level as u8;
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    for &(name, entries) in extra_sizes {
+        loader.map_max_entries(name, entries);
+    }
+    let mut ebpf = loader
         .override_global("AYA_LOG_LEVEL", &level, false)
         .map_max_entries("FLOWS", sizes.flows)
         .map_max_entries("NAT_REPLIES", sizes.flows)
