@@ -94,6 +94,7 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
             let sluice = build(true)?;
             demo::demo(&sluice, args)
         }
+        Task::Bench(args) if bench::is_render(&args) => bench::render(&args),
         Task::Bench(args) => {
             setup::debian_packages(setup::BENCH_PACKAGES)?;
             let sluice = build(true)?;

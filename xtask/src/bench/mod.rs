@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// bench/ and docs/.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Measure nothing: re-write BENCHMARKS.md and bench.svg from an existing results.json.
+    #[arg(long)]
+    render: bool,
 }
 
 impl BenchArgs {
@@ -46,6 +49,7 @@ impl BenchArgs {
             runs: None,
             scenario: Vec::new(),
             out: Some(out),
+            render: false,
         }
     }
 }
@@ -133,6 +137,44 @@ impl Progress {
     }
 }
 
+/// Where results.json, BENCHMARKS.md and bench.svg go.
+fn output_paths(args: &BenchArgs) -> (PathBuf, PathBuf, PathBuf) {
+    let root = crate::workspace_root();
+    match &args.out {
+        Some(dir) => (
+            dir.join("results.json"),
+            dir.join("BENCHMARKS.md"),
+            dir.join("bench.svg"),
+        ),
+        None => (
+            root.join("bench/results.json"),
+            root.join("docs/BENCHMARKS.md"),
+            root.join("docs/bench.svg"),
+        ),
+    }
+}
+
+/// `--render`: the summary and chart again from results.json.
+pub fn render(args: &BenchArgs) -> anyhow::Result<()> {
+    let (json_path, md_path, svg_path) = output_paths(args);
+    let results: Value = serde_json::from_str(
+        &std::fs::read_to_string(&json_path)
+            .with_context(|| format!("reading {}", json_path.display()))?,
+    )?;
+    std::fs::write(&md_path, report::markdown(&results))?;
+    std::fs::write(&svg_path, report::svg(&results))?;
+    println!(
+        "bench: wrote {} and {}",
+        md_path.display(),
+        svg_path.display()
+    );
+    Ok(())
+}
+
+pub fn is_render(args: &BenchArgs) -> bool {
+    args.render
+}
+
 pub fn bench(sluice: &Path, args: BenchArgs) -> anyhow::Result<()> {
     sluice_tests::netns::require_root();
     let plan = Plan::new(&args);
@@ -182,19 +224,7 @@ pub fn bench(sluice: &Path, args: BenchArgs) -> anyhow::Result<()> {
         "scenarios": Value::Object(results),
     });
 
-    let root = crate::workspace_root();
-    let (json_path, md_path, svg_path) = match &args.out {
-        Some(dir) => (
-            dir.join("results.json"),
-            dir.join("BENCHMARKS.md"),
-            dir.join("bench.svg"),
-        ),
-        None => (
-            root.join("bench/results.json"),
-            root.join("docs/BENCHMARKS.md"),
-            root.join("docs/bench.svg"),
-        ),
-    };
+    let (json_path, md_path, svg_path) = output_paths(&args);
     for path in [&json_path, &md_path, &svg_path] {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
