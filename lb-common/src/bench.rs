@@ -26,6 +26,20 @@ pub struct GeneratorConfig {
 }
 assert_size!(GeneratorConfig, 16);
 
+/// How many leading bytes of the template `BENCH_TEMPLATE` restores in every frame: Ethernet,
+/// IPv4 and a TCP header (for UDP, the first payload bytes).
+pub const BENCH_HEADER_BYTES: usize = 54;
+
+/// `BENCH_TEMPLATE[0]`: the template frame's first bytes. Live frames come from recycled
+/// pages that keep whatever the receivers wrote into them (a `nat` rewrite, an encapsulation,
+/// the kernel's DNAT), so the generator writes the headers afresh into every frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct FrameHeaders {
+    pub bytes: [u8; 64],
+}
+assert_size!(FrameHeaders, 64);
+
 /// One flow of the generator: the fields that differ from the template frame, with both
 /// checksums already correct for them (computed in userspace, so the program stays trivial
 /// and every frame it sends is valid for a real stack).
@@ -93,5 +107,6 @@ impl_aya_pod!(
     BenchCount,
     SinkConfig,
     WatchedSource,
-    FloorHop
+    FloorHop,
+    FrameHeaders
 );

@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::bench::{
-    BenchCount, FloorHop, FlowPatch, GeneratorConfig, SinkConfig, WatchedSource,
-    BENCH_MAX_FLOOR_HOPS,
+    BenchCount, FloorHop, FlowPatch, FrameHeaders, GeneratorConfig, SinkConfig, WatchedSource,
+    BENCH_HEADER_BYTES, BENCH_MAX_FLOOR_HOPS,
 };
 
 const ETH_P_IPV4: u16 = 0x0800;
@@ -35,10 +35,14 @@ const L4_SPORT: usize = 34;
 const UDP_CHECK: usize = 40;
 const TCP_CHECK: usize = 50;
 /// The generator's shortest template: Ethernet + IPv4 + TCP.
-const TEMPLATE_MIN: usize = 54;
+const TEMPLATE_MIN: usize = BENCH_HEADER_BYTES;
 
 #[map]
 static BENCH_GENERATOR: Array<GeneratorConfig> = Array::with_max_entries(1, 0);
+
+/// The template's headers, written into every frame before its flow is stamped.
+#[map]
+static BENCH_TEMPLATE: Array<FrameHeaders> = Array::with_max_entries(1, 0);
 
 /// The generator's flows, `GeneratorConfig::flows` of them (sized at load time).
 #[map]
@@ -71,6 +75,21 @@ pub fn sluice_bench_generate(ctx: XdpContext) -> u32 {
     let Some(config) = BENCH_GENERATOR.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
+    // Recycled pages keep what receivers wrote into them: restore the headers first.
+    if let Some(template) = BENCH_TEMPLATE.get(0) {
+        let data = ctx.data();
+        if data + BENCH_HEADER_BYTES <= ctx.data_end() {
+            // SAFETY: BENCH_HEADER_BYTES bytes of the frame, checked above; the source is a
+            // map value of 64 bytes.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    template.bytes.as_ptr(),
+                    data as *mut u8,
+                    BENCH_HEADER_BYTES,
+                );
+            }
+        }
+    }
     if config.flows != 0 {
         if let Some(patch) = next(&BENCH_CURSOR, config.flows).and_then(|i| BENCH_FLOWS.get(i)) {
             stamp(&ctx, patch, config.protocol);

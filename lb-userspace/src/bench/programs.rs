@@ -13,8 +13,8 @@ use aya::{
     Ebpf,
 };
 use lb_common::bench::{
-    BenchCount, FloorHop, FlowPatch, GeneratorConfig, SinkConfig, WatchedSource,
-    BENCH_MAX_FLOOR_HOPS, BENCH_MAX_WATCHED_SOURCES,
+    BenchCount, FloorHop, FlowPatch, FrameHeaders, GeneratorConfig, SinkConfig, WatchedSource,
+    BENCH_HEADER_BYTES, BENCH_MAX_FLOOR_HOPS, BENCH_MAX_WATCHED_SOURCES,
 };
 
 use crate::{
@@ -124,6 +124,12 @@ impl Generator {
                 0,
             )
             .map_err(map_err("BENCH_GENERATOR"))?;
+        let mut headers = FrameHeaders { bytes: [0; 64] };
+        headers.bytes[..BENCH_HEADER_BYTES].copy_from_slice(&template.bytes[..BENCH_HEADER_BYTES]);
+        let mut saved: Array<MapData, FrameHeaders> = take(&mut ebpf, "BENCH_TEMPLATE")?;
+        saved
+            .set(0, headers, 0)
+            .map_err(map_err("BENCH_TEMPLATE"))?;
         let mut patches: Array<MapData, FlowPatch> = take(&mut ebpf, "BENCH_FLOWS")?;
         for (i, patch) in flows.iter().enumerate() {
             patches

@@ -220,6 +220,79 @@ fn sluice_spreads_generated_flows_over_its_targets_and_keeps_each_on_one() {
     assert_eq!(seen.len(), 1000, "{report}");
 }
 
+/// Live frames come from recycled pages that keep what receivers wrote into them: after sluice's
+/// `nat` rewrite, a frame sent again from the same page would be addressed to the target, no
+/// longer to the listener. At full speed (pages recycled within one run), every frame must
+/// still reach the listener.
+#[test]
+fn frames_stay_addressed_to_the_listener_when_receivers_rewrite_them() {
+    require_root();
+    let topology = LbTopology::new(1);
+    let config = std::env::temp_dir().join(format!("{}-bench.toml", topology.lb.name()));
+    std::fs::write(
+        &config,
+        format!(
+            "[[listener]]\nname = \"dns\"\naddress = \"{VIP}\"\nport = 53\nprotocol = \"udp\"\nmode = \"nat\"\ndefault_target_group = \"dns\"\nmaglev_table_size = 251\n\n\
+             [[target_group]]\nname = \"dns\"\nport = 53\nhealth_check = {{ port = 9, interval = \"300s\", timeout = \"5s\" }}\ntargets = [{{ address = \"{}\" }}]\n",
+            topology.targets[0].link.v4
+        ),
+    )
+    .unwrap();
+    let _remove = RemoveOnDrop(config.clone());
+    let pin_dir = PinDir::new();
+    let socket = ApiSocket::new();
+    let mut cmd = topology.lb.command(sluice_binary());
+    cmd.args(["run", "--iface", "eth0", "--pin-dir", pin_dir.arg()])
+        .arg("--config")
+        .arg(&config)
+        .args(["--socket", socket.arg(), "--flows", "65536"])
+        .env("RUST_LOG", "info");
+    let sluice = topology.lb.spawn(cmd);
+    wait_until(TIMEOUT, "sluice to apply its configuration", || {
+        if let Some(status) = sluice.try_status() {
+            panic!("sluice exited ({status}): {}", sluice.stderr());
+        }
+        sluice.stderr().contains("listener(s) from")
+    });
+    let target = topology.targets[0].link.v4;
+    wait_until(TIMEOUT, "the target's MAC on lb", || {
+        topology
+            .lb
+            .ip(&["neigh", "show", &target.to_string()])
+            .contains("lladdr")
+    });
+    let sink = format!("{}:eth0", topology.targets[0].ns.name());
+    let mac = format_mac(topology.lb_client_side.mac);
+    let report = bench(
+        &topology.client.ns,
+        &[
+            "--iface",
+            "eth0",
+            "--vip",
+            &VIP.to_string(),
+            "--port",
+            "53",
+            "--dst-mac",
+            &mac,
+            "--count",
+            "20000",
+            "--sink",
+            &sink,
+        ],
+    );
+    assert_eq!(report["sent"], 20000, "{report}");
+    let out = topology
+        .lb
+        .command(sluice_binary())
+        .args(["stats", "--json", "--socket", socket.arg()])
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packets = |name: &str| stats["counters"][name]["packets"].as_u64().unwrap_or(0);
+    assert_eq!(packets("pass_no_listener"), 0, "{stats}");
+    assert!(packets("forward_nat") > 0, "{stats}");
+}
+
 struct RemoveOnDrop(std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
