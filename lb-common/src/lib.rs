@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod bench;
 pub mod config;
 pub mod decap;
 pub mod flow;

@@ -9,6 +9,7 @@
 // 512-byte BPF stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod bench;
 mod classify;
 mod csum;
 mod decap;

@@ -107,7 +107,7 @@ pub fn load_pinned(
     sizes: MapSizes,
     pin_dir: &Path,
 ) -> Result<Ebpf, DatapathError> {
-    load_from(log_level, sizes, PROGRAM_NAME, Some(pin_dir))
+    load_from(log_level, sizes, &[], PROGRAM_NAME, Some(pin_dir))
 }
 
 /// [`load_with`] for the object's XDP program named `program` ([`PROGRAM_NAME`] or
@@ -117,12 +117,24 @@ pub fn load_program(
     sizes: MapSizes,
     program: &str,
 ) -> Result<Ebpf, DatapathError> {
-    load_from(log_level, sizes, program, None)
+    load_from(log_level, sizes, &[], program, None)
+}
+
+/// [`load_program`] that also sizes maps the data plane does not size itself (the benchmark
+/// programs' maps): `(map name, max entries)`.
+pub fn load_program_sized(
+    log_level: log::LevelFilter,
+    sizes: MapSizes,
+    extra_sizes: &[(&str, u32)],
+    program: &str,
+) -> Result<Ebpf, DatapathError> {
+    load_from(log_level, sizes, extra_sizes, program, None)
 }
 
 fn load_from(
     log_level: log::LevelFilter,
     sizes: MapSizes,
+    extra_sizes: &[(&str, u32)],
     program: &str,
     pin_dir: Option<&Path>,
 ) -> Result<Ebpf, DatapathError> {
@@ -135,6 +147,9 @@ fn load_from(
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
+    }
+    for &(name, entries) in extra_sizes {
+        loader.map_max_entries(name, entries);
     }
     let mut ebpf = loader
         .override_global("AYA_LOG_LEVEL", &level, false)

@@ -2,6 +2,7 @@
 //! later stages) the controller, health checker, control API and L7 proxy.
 
 pub mod api;
+pub mod bench;
 pub mod bpffs;
 pub mod controller;
 pub mod datapath;

@@ -1,5 +1,6 @@
 //! `cargo xtask`: set-up, build, run, test and demo for sluice.
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -54,6 +55,9 @@ enum Task {
     },
     /// Run the demo topology in network namespaces: a client, sluice, three backends.
     Demo(demo::DemoArgs),
+    /// Benchmarks in network namespaces: writes bench/results.json, docs/BENCHMARKS.md and
+    /// docs/bench.svg.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +95,12 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
             setup::debian_packages(setup::TEST_PACKAGES)?;
             let sluice = build(true)?;
             demo::demo(&sluice, args)
+        }
+        Task::Bench(args) if bench::is_render(&args) => bench::render(&args),
+        Task::Bench(args) => {
+            setup::debian_packages(setup::BENCH_PACKAGES)?;
+            let sluice = build(true)?;
+            bench::bench(&sluice, args)
         }
     }
 }
@@ -173,6 +183,13 @@ fn test(with_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
         // integration tests, so that the test runner's summary closes the output.)
         let sluice = build(true)?;
         demo::demo(&sluice, demo::DemoArgs::smoke()).context("the demo smoke run failed")?;
+        // ... and so must the benchmark: a quick run into a temporary directory, checked for
+        // scenarios that could not run (never for figures).
+        let out = std::env::temp_dir().join(format!("sluice-bench-smoke-{}", std::process::id()));
+        let smoke = bench::bench(&sluice, bench::BenchArgs::smoke(out.clone()))
+            .and_then(|()| bench::check_smoke(&out));
+        let _ = std::fs::remove_dir_all(&out);
+        smoke.context("the benchmark smoke run (cargo xtask bench --quick) failed")?;
     }
     run(&mut cargo(&integration)).context("integration tests failed")
 }

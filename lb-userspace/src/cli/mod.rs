@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand.
 
+mod bench;
 mod decap;
 mod down;
 mod listener;
@@ -51,6 +52,9 @@ enum Command {
     Reload(reload::ReloadArgs),
     /// On a target of a `tunnel` listener: strip IPIP/IP6IP6 outer headers in XDP until SIGINT/SIGTERM.
     Decap(decap::DecapArgs),
+    /// Generate traffic from inside the kernel and count it at sinks; `cost`, `maglev` and
+    /// `floor` for the other measurements.
+    Bench(bench::BenchArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -63,6 +67,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Listener(args) => listener::listener(args),
         Command::Reload(args) => reload::reload(args),
         Command::Decap(args) => decap::decap(args),
+        Command::Bench(args) => bench::bench(args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area. They need root.
 
 mod balancing;
+mod bench;
 mod cli_control;
 mod decap;
 mod forwarding_dsr;

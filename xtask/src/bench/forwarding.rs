@@ -1,0 +1,191 @@
+//! Scenario 1: L4 forwarding rate. Frames from the generator cross lb and are counted at the
+//! targets' sinks, for the floor program, nftables DNAT and sluice in each mode; every run
+//! measures every variant, so baselines and sluice share the machine's state of the moment.
+
+use std::{net::Ipv4Addr, path::Path};
+
+use serde_json::{json, Value};
+
+use super::{
+    topology::{Daemon, FloorGuard, Nftables, Topology, PORT, VIP},
+    Plan, Progress,
+};
+
+pub const VARIANTS: &[&str] = &["floor", "nftables", "nat", "dsr", "tunnel"];
+const FLOWS: &str = "1000";
+
+/// One measurement: (variant, protocol, targets) and its per-run figures.
+pub fn cell_key(variant: &str, protocol: &str, targets: usize) -> String {
+    format!("{variant}/{protocol}/{targets}")
+}
+
+pub fn run(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result<Value> {
+    let mut cells: std::collections::BTreeMap<String, Vec<Value>> = Default::default();
+    let topologies: Vec<Topology> = plan
+        .forwarding_targets
+        .iter()
+        .map(|&n| {
+            progress.note(&format!(
+                "forwarding: building the topology for {n} targets"
+            ));
+            Topology::new(n)
+        })
+        .collect();
+    for run in 1..=plan.runs {
+        for topology in &topologies {
+            let n = topology.targets.len();
+            for &variant in plan.variants {
+                progress.step(
+                    "forwarding",
+                    run,
+                    plan.runs,
+                    &format!("{variant}, {n} targets"),
+                );
+                let result = with_variant(sluice, topology, variant, || {
+                    let mut out = Vec::new();
+                    for &protocol in plan.protocols {
+                        out.push((protocol, measure(sluice, topology, variant, protocol, plan)));
+                    }
+                    out
+                });
+                match result {
+                    Ok(rows) => {
+                        for (protocol, row) in rows {
+                            let value = match row {
+                                Ok(v) => v,
+                                Err(e) => json!({ "error": format!("{e:#}") }),
+                            };
+                            cells
+                                .entry(cell_key(variant, protocol, n))
+                                .or_default()
+                                .push(value);
+                        }
+                    }
+                    Err(e) => {
+                        for &protocol in plan.protocols {
+                            cells
+                                .entry(cell_key(variant, protocol, n))
+                                .or_default()
+                                .push(json!({ "error": format!("{e:#}") }));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(json!({
+        "flows": 1000,
+        "frame_bytes": 64,
+        "count_per_run": plan.forwarding_count,
+        "cells": cells
+            .into_iter()
+            .map(|(key, runs)| {
+                let mpps: Vec<f64> = runs.iter().filter_map(|r| r["received_mpps"].as_f64()).collect();
+                let loss: Vec<f64> = runs.iter().filter_map(|r| r["loss"].as_f64()).collect();
+                let mut parts = key.split('/');
+                json!({
+                    "variant": parts.next(),
+                    "protocol": parts.next(),
+                    "targets": parts.next().and_then(|t| t.parse::<u64>().ok()),
+                    "median_mpps": super::report::median(&mpps),
+                    "min_mpps": mpps.iter().copied().reduce(f64::min),
+                    "max_mpps": mpps.iter().copied().reduce(f64::max),
+                    "median_loss": super::report::median(&loss),
+                    "runs": runs,
+                })
+            })
+            .collect::<Vec<_>>(),
+    }))
+}
+
+/// Sets lb up for `variant`, runs `f`, and takes it down again.
+fn with_variant<T>(
+    sluice: &Path,
+    topology: &Topology,
+    variant: &str,
+    f: impl FnOnce() -> T,
+) -> anyhow::Result<T> {
+    match variant {
+        "floor" => {
+            let _floor = FloorGuard::start(sluice, topology);
+            Ok(f())
+        }
+        "nftables" => {
+            let _nft = Nftables::install(&topology.lb, &topology.targets)?;
+            Ok(f())
+        }
+        mode => {
+            let _daemon =
+                Daemon::start(sluice, &topology.lb, &config(mode, &topology.targets), &[]);
+            topology.wait_neighbours(&topology.targets);
+            Ok(f())
+        }
+    }
+}
+
+/// TCP and UDP listeners on the VIP over every target. Health checks go to a closed port
+/// every 300 s: the sinks drop them, the targets fail open and stay in the table, and the
+/// checks add a handful of packets at most.
+pub fn config(mode: &str, targets: &[Ipv4Addr]) -> String {
+    let list: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{{ address = \"{t}\" }}"))
+        .collect();
+    let table = if targets.len() > 10 { 65537 } else { 251 };
+    let listener = |protocol: &str| {
+        format!(
+            "[[listener]]\nname = \"{protocol}\"\naddress = \"{VIP}\"\nport = {PORT}\nprotocol = \"{protocol}\"\nmode = \"{mode}\"\ndefault_target_group = \"web\"\nmaglev_table_size = {table}\n\n"
+        )
+    };
+    format!(
+        "{}{}[[target_group]]\nname = \"web\"\nport = {PORT}\nderegistration_delay = 1\nhealth_check = {{ port = 9, interval = \"300s\", timeout = \"5s\" }}\ntargets = [{}]\n",
+        listener("tcp"),
+        listener("udp"),
+        list.join(", ")
+    )
+}
+
+fn measure(
+    sluice: &Path,
+    topology: &Topology,
+    variant: &str,
+    protocol: &str,
+    plan: &Plan,
+) -> anyhow::Result<Value> {
+    let common = |tcp: &str, count: u64| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--iface",
+            "eth0",
+            "--vip",
+            &VIP.to_string(),
+            "--port",
+            &PORT.to_string(),
+            "--protocol",
+            protocol,
+            "--tcp",
+            tcp,
+            "--flows",
+            FLOWS,
+            "--count",
+            &count.to_string(),
+            "--dst-mac",
+            &topology.lb_mac(),
+        ]
+        .map(str::to_string)
+        .to_vec();
+        args.extend(topology.sink_args());
+        args
+    };
+    // Warm-up: flows enter sluice's flow table (a SYN opens a TCP flow; conntrack instead
+    // picks up mid-stream ACKs and would mark a SYN-then-ACK without reply invalid), and
+    // neighbours resolve. Paced, so no frame is lost to a full ring.
+    let warm_tcp = if variant == "nftables" {
+        "established"
+    } else {
+        "syn"
+    };
+    let mut warm = common(warm_tcp, 2000);
+    warm.extend(["--rate".to_string(), "20000".to_string()]);
+    topology.bench(sluice, &warm)?;
+    topology.bench(sluice, &common("established", plan.forwarding_count))
+}
