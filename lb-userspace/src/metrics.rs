@@ -603,10 +603,10 @@ mod tests {
                 assert_eq!(Some(family), current, "{line} outside its family");
             }
         }
-        assert_eq!(families.len(), 20, "{families:?}");
+        assert_eq!(families.len(), 21, "{families:?}");
         // The same shape with nothing to report: every family, no samples but the global one.
         let empty = render(&Scrape::default());
-        assert_eq!(empty.matches("# TYPE ").count(), 20, "{empty}");
+        assert_eq!(empty.matches("# TYPE ").count(), 21, "{empty}");
         assert!(empty.contains("\nsluice_port_allocation_error_count_total 0\n"));
     }
 
