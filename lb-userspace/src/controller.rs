@@ -307,20 +307,23 @@ impl Controller {
         let mut changes = Changes::default();
 
         self.maps.set_config(&plan.config)?;
+        // Not fatal: the data plane hands packets for an unresolved next hop to the kernel
+        // (nat, tunnel) or drops them, counted (dsr).
+        let new_addresses: BTreeSet<IpAddr> = plan
+            .targets
+            .keys()
+            .filter(|key| !self.targets.contains_key(*key))
+            .map(|key| key.addr.ip())
+            .collect();
+        let addresses: Vec<IpAddr> = new_addresses.into_iter().collect();
+        for (address, managed) in neighbors::manage_all(&addresses) {
+            if let Err(e) = managed {
+                log::warn!("target {address}: cannot keep its next hop resolved: {e}");
+            }
+        }
         // 1. Targets that tables will name, active first.
         for (key, target) in &plan.targets {
             let current = self.targets.get(key);
-            if current.is_none() {
-                // Not fatal: the data plane hands packets for an unresolved next hop to the
-                // kernel (nat, tunnel) or drops them, counted (dsr).
-                if let Err(e) = neighbors::manage(key.addr.ip()) {
-                    log::warn!(
-                        "target {} of '{}': cannot keep its next hop resolved: {e}",
-                        key.addr,
-                        key.group
-                    );
-                }
-            }
             let unchanged = current.is_some_and(|c| {
                 c.state == TargetState::Active
                     && c.snat == target.snat
