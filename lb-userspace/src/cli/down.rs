@@ -56,6 +56,13 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Err(ClientError::NotRunning { .. }) => {
+            // Only pins are removed: a directory elsewhere is a mistaken argument.
+            if args.pin_dir.exists() && !bpffs::is_bpffs(&args.pin_dir) {
+                return Err(bpffs::BpffsError::NotBpffs {
+                    path: args.pin_dir.clone(),
+                }
+                .into());
+            }
             let removed = pins::remove_all(&args.pin_dir)?;
             if removed.detached.is_empty() && removed.maps == 0 {
                 println!(

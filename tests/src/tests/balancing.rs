@@ -320,6 +320,27 @@ fn assert_balanced(seen: &BTreeMap<String, usize>, names: &[&str], n: usize) {
 fn balances_and_survives_changes(mode: &'static str) {
     let mut lb = Balanced::start(mode, &[0, 1, 2]);
 
+    // sluice keeps every target's next hop resolved: kernel-managed neighbour entries.
+    let neighbours = lb
+        .topology
+        .lb
+        .command("ip")
+        .args(["-j", "neigh", "show"])
+        .output()
+        .unwrap();
+    let neighbours: serde_json::Value = serde_json::from_slice(&neighbours.stdout).unwrap();
+    for target in &lb.topology.targets[..3] {
+        let address = target.link.v4.to_string();
+        assert!(
+            neighbours
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["dst"] == address.as_str() && n.get("managed").is_some()),
+            "no managed neighbour entry for {address}: {neighbours}"
+        );
+    }
+
     // 300 connections reach all three targets, each with 20-47%.
     let seen = lb.spread(VIP_V4.into(), 300);
     assert_balanced(&seen, &["target0", "target1", "target2"], 300);

@@ -83,6 +83,42 @@ fn stats_without_a_running_sluice_says_so() {
 }
 
 #[test]
+fn down_without_a_daemon_removes_pins_only() {
+    require_root();
+    let socket = ApiSocket::new();
+    // Nothing pinned: nothing to do, and saying so is not an error.
+    let pin_dir = PinDir::new();
+    let output = sluice_output(&["down", "--pin-dir", pin_dir.arg(), "--socket", socket.arg()]);
+    assert!(output.status.success(), "{}", one_line(&output.stderr));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).starts_with("nothing to take down"),
+        "{output:?}"
+    );
+    // A directory that is not on bpffs is a wrong argument: refused, left alone.
+    let plain = std::env::temp_dir().join(format!("sluice-down-{}", std::process::id()));
+    std::fs::create_dir_all(&plain).unwrap();
+    let output = sluice_output(&[
+        "down",
+        "--pin-dir",
+        plain.to_str().unwrap(),
+        "--socket",
+        socket.arg(),
+    ]);
+    let exists = plain.exists();
+    let _ = std::fs::remove_dir(&plain);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        one_line(&output.stderr).starts_with(&format!(
+            "error: {} is not on a BPF filesystem",
+            plain.display()
+        )),
+        "{}",
+        one_line(&output.stderr)
+    );
+    assert!(exists, "the directory was left alone");
+}
+
+#[test]
 fn a_second_daemon_on_the_same_socket_is_refused() {
     require_root();
     let lb = Namespace::new("lb");
