@@ -33,7 +33,8 @@ pub struct Flow {
     /// `nat` mode: the source port allocated on the load balancer's address, network order.
     pub nat_port_be: u16,
     pub _pad: [u8; 6],
-    /// `bpf_ktime_get_ns` when the flow was last seen, refreshed at most once a second.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC at tick precision) when the flow was last
+    /// seen, refreshed at most once a second.
     pub last_seen_ns: u64,
 }
 assert_size!(Flow, 24);

@@ -12,21 +12,33 @@ pub fn forward(
     packet: &Packet,
     selected: &Selected,
 ) -> Result<(Counter, u32), Counter> {
-    send(ctx, &packet.key.src, selected.target, Counter::ForwardDsr)
+    send(
+        ctx,
+        &packet.key.src,
+        selected.target,
+        Some((selected.target_id, selected.now)),
+        Counter::ForwardDsr,
+    )
 }
 
 /// Sends the frame, unchanged but for its MACs, to `target` (also used by `icmp.rs` for
 /// errors about a `dsr` flow); `src` is the packet's source address, for the FIB lookup.
+/// `cached`: the target's id and the packet's time, to use the next-hop cache.
 #[inline(always)]
 pub fn send(
     ctx: &XdpContext,
     src: &[u8; 16],
     target: &Target,
+    cached: Option<(u32, u64)>,
     forwarded: Counter,
 ) -> Result<(Counter, u32), Counter> {
     // The FIB lookup is for the target's address, so the next hop is the target itself when it
     // is on-link (DSR's requirement); the packet keeps the VIP as its destination.
-    match forward::to(ctx, target.family, src, &target.addr, forwarded) {
+    let sent = match cached {
+        Some((target_id, now)) => forward::to_target(ctx, src, target_id, target, now, forwarded),
+        None => forward::to(ctx, target.family, src, &target.addr, forwarded),
+    };
+    match sent {
         // The kernel would route a packet to the VIP, not to the target: handing it over
         // cannot help, so drop it (the client retransmits once the neighbour is resolved).
         Ok((Counter::PassNeighborUnresolved, _)) => Err(Counter::DropNeighborUnresolved),

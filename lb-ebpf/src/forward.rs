@@ -1,13 +1,23 @@
 //! Next hop: the kernel's FIB (`bpf_fib_lookup`) gives the egress interface and both MACs;
 //! the frame leaves with XDP_TX (same interface) or a redirect (another interface).
+//!
+//! The FIB lookup is the most expensive step of forwarding (about as much as everything else
+//! on an established flow's path together), so packets to a target reuse its last successful
+//! result for up to [`NEXT_HOP_TTL_NS`]: each CPU keeps one entry per target id in
+//! `NEXT_HOPS`. A route or neighbour change therefore reaches forwarded traffic within that
+//! time. Only successful lookups are remembered: while a next hop is unresolved, every packet
+//! asks the FIB again (and is passed or dropped as before). Packets to clients (`nat` replies)
+//! and ICMP errors always ask the FIB.
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use lb_common::{addr::FAMILY_V4, stats::Counter};
+use lb_common::{addr::FAMILY_V4, stats::Counter, target::Target};
 use network_types::eth::EthHdr;
+
+use crate::NEXT_HOPS;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -15,6 +25,72 @@ const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_FWD_DISABLED: i64 = 5;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
+
+/// How long a CPU reuses a target's next hop before asking the FIB again.
+pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
+
+/// A target's next hop as the FIB gave it (`NEXT_HOPS`, per CPU, indexed by target id), with
+/// what it was looked up for: an entry counts only for the same destination address, family
+/// and receiving interface (a target id may be reused for another address).
+#[repr(C)]
+pub struct NextHop {
+    dst: [u8; 16],
+    /// `bpf_ktime_get_coarse_ns` of the lookup.
+    checked_ns: u64,
+    ingress_ifindex: u32,
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+    family: u8,
+    _pad: [u8; 3],
+}
+
+/// Sends a frame for `target` (id `target_id`) towards it, through the next-hop cache; `now`
+/// is the packet's `bpf_ktime_get_coarse_ns`. Otherwise as [`to`].
+#[inline(always)]
+pub fn to_target(
+    ctx: &XdpContext,
+    src: &[u8; 16],
+    target_id: u32,
+    target: &Target,
+    now: u64,
+    forwarded: Counter,
+) -> Result<(Counter, u32), Counter> {
+    // SAFETY: `ingress_ifindex` reads the xdp_md context.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some(hop) = NEXT_HOPS.get_ptr_mut(target_id) else {
+        return to(ctx, target.family, src, &target.addr, forwarded);
+    };
+    // SAFETY: this CPU's slot; XDP runs to completion with preemption off, so no other packet
+    // touches it meanwhile.
+    let hop = unsafe { &mut *hop };
+    if now.wrapping_sub(hop.checked_ns) < NEXT_HOP_TTL_NS
+        && hop.ingress_ifindex == ingress
+        && hop.family == target.family
+        && hop.dst == target.addr
+    {
+        return send(ctx, ingress, hop.ifindex, &hop.smac, &hop.dmac, forwarded);
+    }
+    let params = lookup(ctx, target.family, src, &target.addr)?;
+    let Some(params) = params else {
+        return Ok((Counter::PassNeighborUnresolved, xdp_action::XDP_PASS));
+    };
+    hop.dst = target.addr;
+    hop.checked_ns = now;
+    hop.ingress_ifindex = ingress;
+    hop.ifindex = params.ifindex;
+    hop.smac = params.smac;
+    hop.dmac = params.dmac;
+    hop.family = target.family;
+    send(
+        ctx,
+        ingress,
+        params.ifindex,
+        &params.smac,
+        &params.dmac,
+        forwarded,
+    )
+}
 
 /// Sends the (already rewritten) frame towards `dst`: fills in the Ethernet addresses for the
 /// next hop. Returns `forwarded` and the action (XDP_TX or XDP_REDIRECT); a next hop whose MAC
@@ -28,6 +104,30 @@ pub fn to(
     dst: &[u8; 16],
     forwarded: Counter,
 ) -> Result<(Counter, u32), Counter> {
+    let Some(params) = lookup(ctx, family, src, dst)? else {
+        return Ok((Counter::PassNeighborUnresolved, xdp_action::XDP_PASS));
+    };
+    // SAFETY: `ingress_ifindex` reads the xdp_md context.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    send(
+        ctx,
+        ingress,
+        params.ifindex,
+        &params.smac,
+        &params.dmac,
+        forwarded,
+    )
+}
+
+/// Asks the FIB for the next hop from `src` to `dst`: `None` when its MAC is not resolved
+/// yet, `Err` a drop outcome.
+#[inline(always)]
+fn lookup(
+    ctx: &XdpContext,
+    family: u8,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) -> Result<Option<&'static FibParams>, Counter> {
     let params = crate::FIB_SCRATCH
         .get_ptr_mut(0)
         .ok_or(Counter::DropRewriteFailed)?;
@@ -58,28 +158,38 @@ pub fn to(
         )
     };
     match rc {
-        BPF_FIB_LKUP_RET_SUCCESS => {}
-        BPF_FIB_LKUP_RET_NO_NEIGH => {
-            return Ok((Counter::PassNeighborUnresolved, xdp_action::XDP_PASS));
-        }
-        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Counter::DropForwardingDisabled),
-        _ => return Err(Counter::DropNoRoute),
+        BPF_FIB_LKUP_RET_SUCCESS => Ok(Some(params)),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Ok(None),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => Err(Counter::DropForwardingDisabled),
+        _ => Err(Counter::DropNoRoute),
     }
+}
+
+/// Writes the MACs and sends the frame out of `ifindex`: XDP_TX when it is the receiving
+/// interface, a redirect otherwise.
+#[inline(always)]
+fn send(
+    ctx: &XdpContext,
+    ingress: u32,
+    ifindex: u32,
+    smac: &[u8; 6],
+    dmac: &[u8; 6],
+    forwarded: Counter,
+) -> Result<(Counter, u32), Counter> {
     let eth = (ctx.data()) as *mut EthHdr;
     if ctx.data() + EthHdr::LEN > ctx.data_end() {
         return Err(Counter::DropRewriteFailed);
     }
     // SAFETY: bounds checked above.
     unsafe {
-        (*eth).dst_addr = params.dmac;
-        (*eth).src_addr = params.smac;
+        (*eth).dst_addr = *dmac;
+        (*eth).src_addr = *smac;
     }
-    // SAFETY: ingress_ifindex reads the context.
-    if params.ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+    if ifindex == ingress {
         return Ok((forwarded, xdp_action::XDP_TX));
     }
     // SAFETY: plain helper call; its return value is the action.
-    let action = unsafe { bpf_redirect(params.ifindex, 0) } as u32;
+    let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
     Ok((forwarded, action))
 }
 

@@ -266,11 +266,15 @@ fn error(ctx: &XdpContext, packet: &Packet, layout: &Layout) -> (Counter, u32) {
         return PASS;
     }
     let forwarded = match ForwardingMode::from_u8(found.mode) {
-        Some(ForwardingMode::Dsr) => {
-            dsr::send(ctx, &packet.key.src, target, Counter::IcmpErrorForwarded)
-        }
+        Some(ForwardingMode::Dsr) => dsr::send(
+            ctx,
+            &packet.key.src,
+            target,
+            None,
+            Counter::IcmpErrorForwarded,
+        ),
         Some(ForwardingMode::Tunnel) => {
-            tunnel::encapsulate(ctx, packet, flow, target, Counter::IcmpErrorForwarded)
+            tunnel::encapsulate(ctx, packet, flow, target, None, Counter::IcmpErrorForwarded)
         }
         Some(ForwardingMode::Nat) => {
             // Port 0: the target listens on the port the client asked for.

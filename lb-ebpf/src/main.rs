@@ -101,6 +101,11 @@ static ICMP_SCRATCH: PerCpuArray<icmp::Scratch> = PerCpuArray::with_max_entries(
 static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
     PerCpuArray::with_max_entries(1, 0);
 
+/// Per CPU, each target's last next hop from the FIB (`forward.rs`), by target id; sized like
+/// `TARGETS` at load time.
+#[map]
+static NEXT_HOPS: PerCpuArray<forward::NextHop> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
+
 /// Per-CPU new-flow rate window for the flood gate.
 #[map]
 static FLOOD_GATE: PerCpuArray<FloodGate> = PerCpuArray::with_max_entries(1, 0);

@@ -157,11 +157,12 @@ pub fn forward(
         &target.addr,
         target_port_be,
     )?;
-    match forward::to(
+    match forward::to_target(
         ctx,
-        target.family,
         &target.snat_addr,
-        &target.addr,
+        selected.target_id,
+        target,
+        selected.now,
         Counter::ForwardNat,
     ) {
         // Handing the packet to the kernel cannot help: its source is now one of the kernel's

@@ -2,7 +2,7 @@
 //! active or draining; anything else is a new flow (or a re-hashed one) and goes where its
 //! listener's Maglev table says.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     flow::Flow,
     listener::{HashKey, Listener},
@@ -40,6 +40,8 @@ pub struct Selected {
     pub rehashed_from: Option<(u32, u16)>,
     /// Write the flow entry (false for established flows and for gated new flows).
     pub store: bool,
+    /// The packet's time (`bpf_ktime_get_coarse_ns`).
+    pub now: u64,
 }
 
 #[inline(always)]
@@ -48,7 +50,11 @@ pub fn select(
     packet: &Packet,
     listener: &Listener,
 ) -> Result<Selected, Counter> {
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (CLOCK_MONOTONIC_COARSE: the last tick's time, no clock read) is plenty
+    // for a once-a-second refresh, the flood gate's one-second window and the next-hop cache,
+    // and costs a fraction of `bpf_ktime_get_ns`.
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let mut rehashed_from = None;
     // SAFETY: the entry is copied out; a concurrent update replaces it whole.
     if let Some(flow) = unsafe { FLOWS.get(&packet.key) } {
@@ -71,6 +77,7 @@ pub fn select(
                     is_new: false,
                     rehashed_from: None,
                     store,
+                    now,
                 });
             }
         }
@@ -110,6 +117,7 @@ pub fn select(
         is_new: true,
         rehashed_from,
         store,
+        now,
     })
 }
 

@@ -53,6 +53,7 @@ pub fn forward(
         packet,
         &packet.key,
         selected.target,
+        Some((selected.target_id, selected.now)),
         Counter::ForwardTunnel,
     )
 }
@@ -60,12 +61,14 @@ pub fn forward(
 /// Encapsulates the frame's IP packet towards `target` with the outer source of `flow`, the
 /// client's 5-tuple (also used by `icmp.rs`: an ICMP error about a flow travels with the
 /// flow's outer header, so it reaches the same receive queue as the flow's packets).
+/// `cached`: the target's id and the packet's time, to use the next-hop cache.
 #[inline(always)]
 pub fn encapsulate(
     ctx: &XdpContext,
     packet: &Packet,
     flow: &FlowKey,
     target: &Target,
+    cached: Option<(u32, u64)>,
     forwarded: Counter,
 ) -> Result<(Counter, u32), Counter> {
     // main.rs passes VLAN-tagged frames to the kernel before any rewrite, so the IP header
@@ -168,7 +171,12 @@ pub fn encapsulate(
             (*h).dst_addr = target.addr;
         }
     }
-    forward::to(ctx, target.family, &outer_src, &target.addr, forwarded)
+    match cached {
+        Some((target_id, now)) => {
+            forward::to_target(ctx, &outer_src, target_id, target, now, forwarded)
+        }
+        None => forward::to(ctx, target.family, &outer_src, &target.addr, forwarded),
+    }
 }
 
 /// Reads what the outer header needs from the inner IP header (at `l3_offset`, already

@@ -160,6 +160,7 @@ fn load_from(
         .map_max_entries("LISTENER_STATS", sizes.listeners)
         .map_max_entries("TARGETS", sizes.targets)
         .map_max_entries("TARGET_STATS", sizes.targets)
+        .map_max_entries("NEXT_HOPS", sizes.targets)
         .load(XDP_OBJECT)
         .map_err(object_error)?;
     load_verified(program_mut_named(&mut ebpf, program))?;

@@ -138,8 +138,8 @@ pub struct ActiveFlows {
 }
 
 impl ActiveFlows {
-    /// Counts the flows last seen within `window` of `now_ns` (both `bpf_ktime_get_ns`, that
-    /// is CLOCK_MONOTONIC, time).
+    /// Counts the flows last seen within `window` of `now_ns` (both CLOCK_MONOTONIC time; the
+    /// XDP program's `bpf_ktime_get_coarse_ns` lags it by at most a tick).
     pub fn count(
         flows: impl Iterator<Item = lb_common::flow::Flow>,
         now_ns: u64,

@@ -503,7 +503,8 @@ impl Daemon {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds: the XDP program's `bpf_ktime_get_ns` clock.
+/// CLOCK_MONOTONIC in nanoseconds: the XDP program's clock (`bpf_ktime_get_coarse_ns`, the
+/// same clock at tick precision).
 fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
