@@ -1,6 +1,7 @@
 //! L7 end to end: `sluice run` in the lb namespace of an [`LbTopology`] with an http
 //! listener on a VIP the lb holds; three targets each run two [`L7Server`]s (port 8080 for
-//! the `www` and `sticky` groups, 8081 for `api`); the client uses curl and raw sockets.
+//! the `www`, `sticky` (lb_cookie) and `app` (app_cookie) groups, 8081 for `api`); the
+//! client uses curl and raw sockets.
 //! This module holds the fixture and the routing tests (rules, redirect, fixed response,
 //! forwarded headers).
 
@@ -13,7 +14,7 @@ use std::{
 
 use super::namespaces::{ApiSocket, PinDir, TIMEOUT};
 use crate::{
-    http_servers::L7Server,
+    http_servers::{L7Server, APP_COOKIE},
     netns::{require_root, sluice_binary, wait_until, ChildGuard, LbTopology},
 };
 
@@ -22,7 +23,7 @@ pub(super) const IDLE_TIMEOUT_SECS: u64 = 2;
 
 pub(super) struct L7 {
     pub topology: LbTopology,
-    /// Per target: (www/sticky server on 8080, api server on 8081).
+    /// Per target: (www/sticky/app server on 8080, api server on 8081).
     pub servers: Vec<(L7Server, L7Server)>,
     pub sluice: ChildGuard,
     pub socket: ApiSocket,
@@ -84,6 +85,11 @@ priority = 50
 host = ["sticky.example.com"]
 action = {{ type = "forward", target_groups = [{{ name = "sticky" }}] }}
 
+[[listener.rule]]
+priority = 60
+host = ["app.example.com"]
+action = {{ type = "forward", target_groups = [{{ name = "app" }}] }}
+
 [[target_group]]
 name = "www"
 deregistration_delay = 1
@@ -99,6 +105,13 @@ targets = [{api}]
 name = "sticky"
 deregistration_delay = 1
 stickiness = {{ type = "lb_cookie", duration = 3600 }}
+targets = [{www}]
+{check}
+
+[[target_group]]
+name = "app"
+deregistration_delay = 1
+stickiness = {{ type = "app_cookie", cookie_name = "{APP_COOKIE}", duration = 3600 }}
 targets = [{www}]
 {check}
 "#,
@@ -160,8 +173,8 @@ impl L7 {
             config,
             _pin_dir: pin_dir,
         };
-        // 3 groups x 3 targets.
-        l7.wait_healthy(9);
+        // 4 groups x 3 targets.
+        l7.wait_healthy(12);
         l7
     }
 
