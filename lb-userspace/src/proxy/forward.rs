@@ -47,8 +47,8 @@ pub struct ListenerCtx {
     pub port: u16,
     pub counters: Arc<ListenerCounters>,
     pub sink: Sink,
-    /// https listeners: the certificates (by SNI) and ALPN.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// https listeners: the certificates (by SNI) and ALPN; a reload swaps in new ones.
+    pub tls: Option<arc_swap::ArcSwap<rustls::ServerConfig>>,
 }
 
 /// One client connection.

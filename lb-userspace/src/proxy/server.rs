@@ -61,7 +61,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, ctx: Ar
     // flight, so hyper is not writing anything then.
     let fd: RawFd = stream.as_raw_fd();
     let io = TrackedIo::new(stream, Arc::clone(&state));
-    let Some(config) = ctx.tls.clone() else {
+    let Some(config) = ctx.tls.as_ref().map(|slot| slot.load_full()) else {
         let conn = Arc::new(ConnCtx::new(Arc::clone(&ctx), peer, state, None));
         return serve_http(io, false, Some(fd), conn, shared, limits).await;
     };

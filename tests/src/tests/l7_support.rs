@@ -76,6 +76,13 @@ impl L7Sluice {
         lb
     }
 
+    /// Writes `model` over the configuration file and asks the daemon to re-read it
+    /// (SIGHUP); returns at once: wait for the log line that says how it went.
+    pub fn reload(&self, model: &str) {
+        std::fs::write(&self.config, model).unwrap();
+        self.sluice.signal(libc::SIGHUP);
+    }
+
     /// Panics with the daemon's log if it exited.
     pub fn check_running(&self) {
         if let Some(status) = self.sluice.try_status() {
