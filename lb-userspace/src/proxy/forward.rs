@@ -1,7 +1,7 @@
 //! One request: rules, then a fixed response, a redirect, or forwarding to a target chosen
 //! by stickiness and the group's algorithm, with one retry on another target for safe,
 //! bodiless requests whose connection failed before anything was sent. Errors map to ALB's
-//! codes: 400 malformed (hyper answers those before we see them, and a missing Host here),
+//! codes: 400 malformed (hyper answers those before we see them: `server` counts and logs them; a missing Host here),
 //! 502 target refused or broke, 503 no target, 504 target timeout.
 
 use std::{
@@ -78,7 +78,7 @@ impl ConnCtx {
         }
     }
 
-    fn proto(&self) -> &'static str {
+    pub fn proto(&self) -> &'static str {
         match self.listener.protocol {
             Protocol::Https => "https",
             _ => "http",

@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::l7_routing::{vip, L7, SHORT};
+use crate::netns::wait_until;
 
 /// Sends `bytes` on a new connection from the client and reads until the proxy closes.
 fn exchange(l7: &L7, bytes: &[u8]) -> String {
@@ -59,6 +60,35 @@ fn slow_oversized_and_malformed_heads_get_their_documented_answers() {
     let answer = exchange(&l7, b"GET / HTTP/1.1\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 400 "), "no Host: {answer:?}");
     assert_eq!(target_requests(&l7), 0, "none reached a target");
+    // Each has its access log line, those hyper answered itself included.
+    let client = l7.topology.client.link.v4;
+    for (status, reason) in [
+        (408, "RequestHeaderTimeout"),
+        (431, "RequestHeaderTooLarge"),
+        (400, "MalformedRequest"),
+        (400, "MissingHost"),
+    ] {
+        wait_until(
+            SHORT,
+            &format!("the access log line of the {status}"),
+            || {
+                l7.sluice.stderr().lines().any(|line| {
+                    line.contains(&format!(" web {client}:"))
+                        && line.contains(&format!(" {status} - "))
+                        && line.ends_with(&format!("\"{reason}\""))
+                })
+            },
+        );
+    }
+    let log = l7.sluice.stderr();
+    let refused = log
+        .lines()
+        .find(|l| l.ends_with("\"MalformedRequest\""))
+        .unwrap();
+    assert!(
+        refused.contains(" -1 -1 -1 400 - 36 ") && refused.contains(" \"- - -\" \"-\" "),
+        "received the 36 bytes sent, no request line: {refused}"
+    );
 }
 
 #[test]
