@@ -1,8 +1,9 @@
 //! One request: rules, then a fixed response, a redirect, or forwarding to a target chosen
 //! by stickiness and the group's algorithm, with one retry on another target for safe,
 //! bodiless requests whose connection failed before anything was sent. Errors map to ALB's
-//! codes: 400 malformed (hyper answers those before we see them: `server` counts and logs them; a missing Host here),
-//! 502 target refused or broke, 503 no target, 504 target timeout.
+//! codes: 400 malformed (hyper answers those before we see them, and `server` counts and
+//! logs them; a missing Host here), 502 target refused or broke, 503 no target, 504 target
+//! timeout.
 
 use std::{
     convert::Infallible,
