@@ -241,19 +241,8 @@ impl Proxy {
                     continue;
                 }
             };
-            let socket = match listen(addr) {
-                Ok(socket) => socket,
-                Err(source) => {
-                    errors.push(ProxyError::Bind {
-                        name: name.to_string(),
-                        addr,
-                        source,
-                    });
-                    continue;
-                }
-            };
             let _entered = runtime.enter();
-            let socket = match tokio::net::TcpListener::from_std(socket) {
+            let socket = match listen(addr).and_then(tokio::net::TcpListener::from_std) {
                 Ok(socket) => socket,
                 Err(source) => {
                     errors.push(ProxyError::Bind {

@@ -72,7 +72,7 @@ fn slow_oversized_and_malformed_heads_get_their_documented_answers() {
             SHORT,
             &format!("the access log line of the {status}"),
             || {
-                l7.sluice.stderr().lines().any(|line| {
+                l7.lb.sluice.stderr().lines().any(|line| {
                     line.contains(&format!(" web {client}:"))
                         && line.contains(&format!(" {status} - "))
                         && line.ends_with(&format!("\"{reason}\""))
@@ -80,7 +80,7 @@ fn slow_oversized_and_malformed_heads_get_their_documented_answers() {
             },
         );
     }
-    let log = l7.sluice.stderr();
+    let log = l7.lb.sluice.stderr();
     let refused = log
         .lines()
         .find(|l| l.ends_with("\"MalformedRequest\""))

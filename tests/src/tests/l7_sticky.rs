@@ -88,7 +88,7 @@ fn cookies_naming_drained_or_unhealthy_targets_are_re_pinned() {
     // target1 fails its health checks (every group checks /health on it).
     l7.servers[1].0.set_healthy(false);
     wait_until(SHORT * 2, "target1 unhealthy in 'sticky'", || {
-        l7.sluice.stderr().contains(&format!(
+        l7.lb.sluice.stderr().contains(&format!(
             "target {}:8080 of 'sticky': healthy -> unhealthy",
             l7.topology.targets[1].link.v4
         ))
@@ -189,7 +189,7 @@ fn app_cookie_sessions_stick_to_the_target_that_set_the_cookie_and_are_re_pinned
     // though the application sets no new cookie there, and after target1 comes back (ALB).
     l7.servers[1].0.set_healthy(false);
     wait_until(SHORT * 2, "target1 unhealthy in 'app'", || {
-        l7.sluice.stderr().contains(&format!(
+        l7.lb.sluice.stderr().contains(&format!(
             "target {}:8080 of 'app': healthy -> unhealthy",
             l7.topology.targets[1].link.v4
         ))
@@ -207,7 +207,7 @@ fn app_cookie_sessions_stick_to_the_target_that_set_the_cookie_and_are_re_pinned
     }
     l7.servers[1].0.set_healthy(true);
     wait_until(SHORT * 2, "target1 healthy again in 'app'", || {
-        l7.sluice.stderr().contains(&format!(
+        l7.lb.sluice.stderr().contains(&format!(
             "target {}:8080 of 'app': unhealthy -> healthy",
             l7.topology.targets[1].link.v4
         ))
