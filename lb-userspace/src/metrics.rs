@@ -499,6 +499,7 @@ mod tests {
                     failing_open: true,
                 },
             ],
+            http_listeners: Vec::new(),
         };
         Scrape {
             report,

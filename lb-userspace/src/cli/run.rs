@@ -486,6 +486,14 @@ impl Daemon {
             let entries = controller.maps().flows().map(|(_, flow)| flow);
             ActiveFlows::count(entries, monotonic_ns(), ACTIVE_WINDOW).fill(&mut report);
         }
+        let proxy = self
+            .proxy
+            .borrow()
+            .as_ref()
+            .map(Proxy::stats)
+            .unwrap_or_default();
+        report.http_listeners =
+            api::HttpListenerStats::collect(self.controller.borrow().model(), &proxy);
         let checker = self.checker.borrow();
         let rates = self.rates.borrow();
         for listener in &mut report.listeners {
