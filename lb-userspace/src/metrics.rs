@@ -311,7 +311,7 @@ fn render_proxy(proxy: &ProxyStats, out: &mut Exposition) {
     );
     const LISTENER: [ListenerMetric; 6] = [
         ("sluice_request_count_total", "counter", "HTTP requests received by the listener (RequestCount).", |n| n.requests),
-        ("sluice_httpcode_elb_4xx_count_total", "counter", "4XX responses made by sluice itself, e.g. 400 malformed, 408 header timeout, 431 header too large (HTTPCode_ELB_4XX_Count; 400 and 431 answered by the HTTP parser are not counted).", |n| n.elb_4xx),
+        ("sluice_httpcode_elb_4xx_count_total", "counter", "4XX responses made by sluice itself: 400 malformed or without Host, 408 header timeout, 414 URI too long, 431 header too large (HTTPCode_ELB_4XX_Count).", |n| n.elb_4xx),
         ("sluice_httpcode_elb_5xx_count_total", "counter", "5XX responses made by sluice itself: 502 target refused or broke, 503 no target, 504 target timeout (HTTPCode_ELB_5XX_Count).", |n| n.elb_5xx),
         ("sluice_active_connection_count", "gauge", "Client connections open now, upgraded ones included.", |n| n.active_connections),
         ("sluice_new_connection_count_total", "counter", "Client connections accepted (NewConnectionCount).", |n| n.new_connections),
@@ -499,6 +499,7 @@ mod tests {
                     failing_open: true,
                 },
             ],
+            http_listeners: Vec::new(),
         };
         Scrape {
             report,

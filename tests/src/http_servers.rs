@@ -3,6 +3,7 @@
 //! - `/headers`: answers with the request head it received (to check what the proxy sent);
 //! - `/hang`: never answers (until the server stops);
 //! - `/die`: resets the connection mid-request and stops listening, like a crashed process;
+//! - `/login`: sets the application cookie [`APP_COOKIE`] (a session starts), body `<name>\n`;
 //! - `/health`: 200, or 500 after [`L7Server::set_healthy(false)`];
 //! - `/ws` with `Upgrade: websocket`: a WebSocket handshake, then echoes every frame;
 //! - anything else: `200` with the body `<name>\n`.
@@ -25,6 +26,8 @@ use sha1::{Digest, Sha1};
 use crate::netns::Netns;
 
 const POLL: Duration = Duration::from_millis(50);
+/// The session cookie `/login` sets: what app_cookie stickiness follows.
+pub const APP_COOKIE: &str = "SESSIONID";
 const MAX_HEAD: usize = 64 * 1024;
 
 struct State {
@@ -209,6 +212,15 @@ fn serve(mut stream: TcpStream, state: &State) -> io::Result<()> {
                 respond(&mut stream, status, "", &format!("{}\n", state.name))?;
             }
             "/headers" => respond(&mut stream, "200 OK", "", &head)?,
+            "/login" => respond(
+                &mut stream,
+                "200 OK",
+                &format!(
+                    "Set-Cookie: {APP_COOKIE}={}; Path=/; HttpOnly\r\n",
+                    state.name
+                ),
+                &format!("{}\n", state.name),
+            )?,
             "/hang" => {
                 while !stopping(state) {
                     thread::sleep(POLL);

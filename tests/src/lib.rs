@@ -7,7 +7,8 @@
 //! - [`checksum`]: an independent checksum verifier for frames the XDP program rewrites;
 //! - [`socketio`]: real socket.io servers and clients (Node) for the L7 proxy's tests;
 //! - [`tls`]: self-signed certificates and `curl` over TLS for https listeners;
-//! - [`websocket`]: a WebSocket server and a client with heartbeats.
+//! - [`http_servers`]: the L7 proxy's targets (HTTP/1.1 by path, WebSocket echo) and the
+//!   WebSocket frames its tests speak.
 
 pub mod checksum;
 pub mod http_servers;
@@ -16,7 +17,6 @@ pub mod packet;
 pub mod servers;
 pub mod socketio;
 pub mod tls;
-pub mod websocket;
 
 #[cfg(test)]
 mod tests;

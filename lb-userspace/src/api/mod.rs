@@ -37,8 +37,8 @@ mod stats;
 pub use client::ClientError;
 pub use server::{Backend, BindError, ControlError, SocketFile};
 pub use stats::{
-    ActiveFlows, CollectError, CounterStats, ListenerStats, StatsReport, TargetGroupStats,
-    TargetStats, TargetStatus, ACTIVE_WINDOW,
+    ActiveFlows, CollectError, CounterStats, HttpListenerStats, ListenerStats, StatsReport,
+    TargetGroupStats, TargetStats, TargetStatus, ACTIVE_WINDOW,
 };
 
 /// Where `sluice run` listens and `sluice stats` asks unless told otherwise (`--socket`).

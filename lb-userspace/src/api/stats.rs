@@ -38,6 +38,69 @@ pub struct StatsReport {
     /// In the configuration's order.
     #[serde(default)]
     pub target_groups: Vec<TargetGroupStats>,
+    /// http/https listeners, in the configuration's order: served by the L7 proxy, so
+    /// counted in requests and connections rather than packets (absent from `listeners`).
+    #[serde(default)]
+    pub http_listeners: Vec<HttpListenerStats>,
+}
+
+/// An http/https listener's numbers, from the L7 proxy (ALB's names in parentheses). Zero
+/// while the proxy does not serve it (it could not bind its address).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpListenerStats {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The listener's default target group.
+    pub target_group: String,
+    /// Requests received, whatever their outcome (RequestCount).
+    pub requests: u64,
+    /// Client connections open now, upgraded ones included.
+    pub active_connections: u64,
+    /// Client connections accepted (NewConnectionCount).
+    pub new_connections: u64,
+    /// 4XX / 5XX answers the proxy made itself (HTTPCode_ELB_4XX_Count, ..._5XX_Count).
+    pub elb_4xx: u64,
+    pub elb_5xx: u64,
+    /// https: handshakes that failed or timed out (ClientTLSNegotiationErrorCount).
+    #[serde(default)]
+    pub tls_negotiation_errors: u64,
+}
+
+impl HttpListenerStats {
+    /// Every http/https listener of `model`, with the proxy's numbers where it has them.
+    pub fn collect(
+        model: &Model,
+        proxy: &crate::proxy::metrics::ProxyStats,
+    ) -> Vec<HttpListenerStats> {
+        model
+            .listeners
+            .iter()
+            .filter(|l| l.protocol.is_l7())
+            .map(|l| {
+                let n = proxy
+                    .listeners
+                    .iter()
+                    .find(|(name, _)| *name == l.name)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default();
+                HttpListenerStats {
+                    name: l.name.clone(),
+                    address: l.address,
+                    port: l.port,
+                    protocol: l.protocol,
+                    target_group: l.default_target_group.clone(),
+                    requests: n.requests,
+                    active_connections: n.active_connections,
+                    new_connections: n.new_connections,
+                    elb_4xx: n.elb_4xx,
+                    elb_5xx: n.elb_5xx,
+                    tls_negotiation_errors: n.tls_negotiation_errors,
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,6 +305,7 @@ impl StatsReport {
                     failing_open: failing_open.contains(&g.name.as_str()),
                 })
                 .collect(),
+            http_listeners: Vec::new(),
         })
     }
 }
@@ -310,6 +374,19 @@ mod tests {
                 name: "web".into(),
                 failing_open: true,
             }],
+            http_listeners: vec![HttpListenerStats {
+                name: "site".into(),
+                address: "192.0.2.10".parse().unwrap(),
+                port: 443,
+                protocol: Protocol::Https,
+                target_group: "www".into(),
+                requests: 9,
+                active_connections: 1,
+                new_connections: 4,
+                elb_4xx: 2,
+                elb_5xx: 1,
+                tls_negotiation_errors: 3,
+            }],
         };
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(
@@ -326,11 +403,21 @@ mod tests {
                     "state": "draining", "weight": null, "health": "initial", "reason": null, "packets": 3, "bytes": 180, "new_flows": 1,
                     "rate": { "packets_per_second": 0, "bits_per_second": 0 }, "active_flows": null
                 }],
-                "target_groups": [{ "name": "web", "failing_open": true }]
+                "target_groups": [{ "name": "web", "failing_open": true }],
+                "http_listeners": [{
+                    "name": "site", "address": "192.0.2.10", "port": 443, "protocol": "https",
+                    "target_group": "www", "requests": 9, "active_connections": 1,
+                    "new_connections": 4, "elb_4xx": 2, "elb_5xx": 1, "tls_negotiation_errors": 3
+                }]
             })
         );
+        let mut old = json.clone();
         let back: StatsReport = serde_json::from_value(json).unwrap();
         assert_eq!(back, report);
+        // A daemon from before http listeners were reported: none.
+        old.as_object_mut().unwrap().remove("http_listeners");
+        let back: StatsReport = serde_json::from_value(old).unwrap();
+        assert!(back.http_listeners.is_empty());
     }
 }
 

@@ -27,7 +27,7 @@ use sluice::{
     metrics::{self, MetricsAddress, Scrape},
     model::Model,
     pins,
-    proxy::Proxy,
+    proxy::{self, ListenerTls, Proxy},
     rates::Rates,
     saved::{self, SavedState},
     stats::STATS_MAP,
@@ -86,11 +86,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|iface| interface::index(iface))
         .collect::<Result<Vec<u32>, _>>()?;
-    // The model is read before anything is loaded: a broken file changes nothing.
+    // The model and the certificates it names are read before anything is loaded: a broken
+    // file changes nothing.
     let model = match &args.config {
         Some(path) => Model::load(path)?,
         None => Model::default(),
     };
+    let tls = proxy::listener_tls(&model, None)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -220,6 +222,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         going_down: std::cell::Cell::new(false),
         rates: RefCell::new(Rates::new(RATE_WINDOW)),
         proxy: RefCell::new(None),
+        tls: RefCell::new(tls),
     });
     // The L7 proxy, when the model has http/https listeners: a listener that cannot be
     // served stops sluice here, as a broken model would.
@@ -385,6 +388,8 @@ struct Daemon {
     rates: RefCell<Rates<RateKey>>,
     /// Started with the first http/https listener.
     proxy: RefCell<Option<Proxy>>,
+    /// The https listeners' certificates, read before the model naming them was applied.
+    tls: RefCell<ListenerTls>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -417,7 +422,7 @@ impl Daemon {
             proxy.update_routes(model, &views);
             return Ok(());
         }
-        let errors = proxy.update(model, &views);
+        let errors = proxy.update(model, &views, &self.tls.borrow());
         for e in &errors {
             log::error!("{e}");
         }
@@ -481,6 +486,14 @@ impl Daemon {
             let entries = controller.maps().flows().map(|(_, flow)| flow);
             ActiveFlows::count(entries, monotonic_ns(), ACTIVE_WINDOW).fill(&mut report);
         }
+        let proxy = self
+            .proxy
+            .borrow()
+            .as_ref()
+            .map(Proxy::stats)
+            .unwrap_or_default();
+        report.http_listeners =
+            api::HttpListenerStats::collect(self.controller.borrow().model(), &proxy);
         let checker = self.checker.borrow();
         let rates = self.rates.borrow();
         for listener in &mut report.listeners {
@@ -537,8 +550,12 @@ impl Backend for Daemon {
             message
         };
         let model = Model::load(path).map_err(|e| ControlError::invalid(refused(&e)))?;
+        // Every certificate is read again: files renewed in place are taken up.
+        let tls =
+            proxy::listener_tls(&model, None).map_err(|e| ControlError::invalid(refused(&e)))?;
         let applied = self.controller.borrow_mut().apply(&model, Instant::now());
         let changes = applied.map_err(|e| apply_refused(&e, refused(&e)))?;
+        *self.tls.borrow_mut() = tls;
         self.recheck();
         self.save();
         let _ = self.sync_proxy(true);
@@ -554,12 +571,18 @@ impl Backend for Daemon {
     fn change(&self, edit: Edit) -> Result<Changes, ControlError> {
         let model = edit.apply_to(self.controller.borrow().model());
         let model = model.inspect_err(|e| log::info!("control API: {edit} refused: {e}"))?;
+        let tls = proxy::listener_tls(&model, Some(&self.tls.borrow())).map_err(|e| {
+            let message = format!("{edit} refused, running configuration kept: {e}");
+            log::error!("control API: {message}");
+            ControlError::invalid(message)
+        })?;
         let applied = self.controller.borrow_mut().apply(&model, Instant::now());
         let changes = applied.map_err(|e| {
             let message = format!("{edit} refused, running configuration kept: {e}");
             log::error!("control API: {message}");
             apply_refused(&e, message)
         })?;
+        *self.tls.borrow_mut() = tls;
         self.recheck();
         self.save();
         let _ = self.sync_proxy(true);

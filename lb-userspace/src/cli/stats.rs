@@ -65,9 +65,9 @@ fn render(report: &StatsReport) -> String {
     }
 
     out.push('\n');
-    if report.listeners.is_empty() {
+    if report.listeners.is_empty() && report.http_listeners.is_empty() {
         out.push_str("no listeners\n");
-    } else {
+    } else if !report.listeners.is_empty() {
         let addresses: Vec<String> = report
             .listeners
             .iter()
@@ -92,6 +92,12 @@ fn render(report: &StatsReport) -> String {
                 l.new_flows
             );
         }
+    }
+    if !report.http_listeners.is_empty() {
+        if !report.listeners.is_empty() {
+            out.push('\n');
+        }
+        super::status::http_listeners(&mut out, &report.http_listeners);
     }
 
     out.push('\n');
@@ -231,6 +237,7 @@ mod tests {
                 },
             ],
             target_groups: Vec::new(),
+            http_listeners: Vec::new(),
         }
     }
 
@@ -328,5 +335,46 @@ mod tests {
         };
         let text = render(&report);
         assert!(text.ends_with("\nno listeners\n\nno targets\n"), "{text}");
+    }
+
+    #[test]
+    fn http_listeners_follow_the_listeners() {
+        let report = StatsReport {
+            http_listeners: vec![sluice::api::HttpListenerStats {
+                name: "site".into(),
+                address: "192.0.2.10".parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Http,
+                target_group: "www".into(),
+                requests: 7,
+                active_connections: 1,
+                new_connections: 2,
+                elb_4xx: 3,
+                elb_5xx: 0,
+                tls_negotiation_errors: 0,
+            }],
+            ..report()
+        };
+        let text = render(&report);
+        let listeners = text.find("\nlistener ").unwrap();
+        let http = text.find("\n\nhttp listener ").unwrap();
+        let targets = text.find("\ntarget group ").unwrap();
+        assert!(listeners < http && http < targets, "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                    == [
+                        "site",
+                        "192.0.2.10:80/http",
+                        "www",
+                        "1",
+                        "2",
+                        "7",
+                        "3",
+                        "0",
+                        "0"
+                    ]),
+            "{text}"
+        );
     }
 }

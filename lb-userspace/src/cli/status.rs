@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use hyper::Method;
-use sluice::api::{self, StatsReport};
+use sluice::api::{self, HttpListenerStats, StatsReport};
 
 use super::{
     stats::{column_width, listener_address},
@@ -60,11 +60,54 @@ fn table(out: &mut String, header: &[&str], rows: &[Vec<String>], right: &[usize
     }
 }
 
+/// The http/https listeners' table (nothing when there are none), for `status` and `stats`.
+pub(super) fn http_listeners(out: &mut String, listeners: &[HttpListenerStats]) {
+    if listeners.is_empty() {
+        return;
+    }
+    let rows: Vec<Vec<String>> = listeners
+        .iter()
+        .map(|l| {
+            vec![
+                l.name.clone(),
+                format!(
+                    "{}/{}",
+                    listener_address(l.address, l.port),
+                    l.protocol.name()
+                ),
+                l.target_group.clone(),
+                l.active_connections.to_string(),
+                l.new_connections.to_string(),
+                l.requests.to_string(),
+                l.elb_4xx.to_string(),
+                l.elb_5xx.to_string(),
+                l.tls_negotiation_errors.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "http listener",
+            "address",
+            "target group",
+            "active conns",
+            "new conns",
+            "requests",
+            "elb 4xx",
+            "elb 5xx",
+            "tls errors",
+        ],
+        &rows,
+        &[3, 4, 5, 6, 7, 8],
+    );
+}
+
 fn render(report: &StatsReport) -> String {
     let mut out = String::new();
-    if report.listeners.is_empty() {
+    if report.listeners.is_empty() && report.http_listeners.is_empty() {
         out.push_str("no listeners\n");
-    } else {
+    } else if !report.listeners.is_empty() {
         let rows: Vec<Vec<String>> = report
             .listeners
             .iter()
@@ -100,6 +143,12 @@ fn render(report: &StatsReport) -> String {
             &rows,
             &[4, 5, 6, 7],
         );
+    }
+    if !report.http_listeners.is_empty() {
+        if !report.listeners.is_empty() {
+            out.push('\n');
+        }
+        http_listeners(&mut out, &report.http_listeners);
     }
     out.push('\n');
     if report.target_groups.is_empty() {
@@ -179,7 +228,7 @@ fn si(value: u64) -> String {
 #[cfg(test)]
 mod tests {
     use sluice::{
-        api::{ListenerStats, TargetGroupStats, TargetStats, TargetStatus},
+        api::{HttpListenerStats, ListenerStats, TargetGroupStats, TargetStats, TargetStatus},
         model::{Mode, Protocol},
     };
 
@@ -288,6 +337,58 @@ mod tests {
             ]),
             "{text}"
         );
+        let with_http = render(&StatsReport {
+            http_listeners: vec![HttpListenerStats {
+                name: "site".into(),
+                address: "192.0.2.10".parse().unwrap(),
+                port: 443,
+                protocol: Protocol::Https,
+                target_group: "www".into(),
+                requests: 120,
+                active_connections: 3,
+                new_connections: 40,
+                elb_4xx: 2,
+                elb_5xx: 1,
+                tls_negotiation_errors: 5,
+            }],
+            ..report.clone()
+        });
+        let rows: Vec<Vec<&str>> = with_http
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert!(
+            rows.contains(&vec![
+                "site",
+                "192.0.2.10:443/https",
+                "www",
+                "3",
+                "40",
+                "120",
+                "2",
+                "1",
+                "5"
+            ]),
+            "{with_http}"
+        );
+        assert!(with_http.starts_with(&text[..text.find("\n\n").unwrap()]));
+        let only_http = render(&StatsReport {
+            http_listeners: vec![HttpListenerStats {
+                name: "site".into(),
+                address: "192.0.2.10".parse().unwrap(),
+                port: 80,
+                protocol: Protocol::Http,
+                target_group: "www".into(),
+                requests: 0,
+                active_connections: 0,
+                new_connections: 0,
+                elb_4xx: 0,
+                elb_5xx: 0,
+                tls_negotiation_errors: 0,
+            }],
+            ..StatsReport::default()
+        });
+        assert!(only_http.starts_with("http listener "), "{only_http}");
         let empty = render(&StatsReport::default());
         assert_eq!(empty, "no listeners\n\nno target groups\n\nno targets\n");
     }

@@ -1,6 +1,7 @@
 //! Per-connection state the watchdog reads: when data last moved, whether a request head is
-//! being received, how many requests are in flight. [`TrackedIo`] updates it from every read
-//! and write, so idle and header-read timeouts need no cooperation from hyper.
+//! being received, how many requests are in flight, and the bytes of a head that never became
+//! a request. [`TrackedIo`] updates it from every read and write, so idle and header-read
+//! timeouts, and the accounting of heads hyper refuses itself, need no cooperation from hyper.
 
 use std::{
     io,
@@ -23,6 +24,10 @@ pub struct ConnState {
     in_flight: AtomicUsize,
     /// Requests waiting for their target's response head (timed by the 504 timeout instead).
     awaiting_target: AtomicUsize,
+    /// Bytes read and written since the pending request head started (see
+    /// [`ConnState::pending_bytes`]).
+    pending_read: AtomicU64,
+    pending_written: AtomicU64,
 }
 
 /// What the watchdog should do with a connection now.
@@ -43,6 +48,8 @@ impl ConnState {
             head_started: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             awaiting_target: AtomicUsize::new(0),
+            pending_read: AtomicU64::new(0),
+            pending_written: AtomicU64::new(0),
         }
     }
 
@@ -50,16 +57,37 @@ impl ConnState {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn read_some(&self) {
+    fn read_some(&self, n: usize) {
         let now = self.now_ms();
         self.last_activity.store(now, Relaxed);
-        if self.in_flight.load(Relaxed) == 0 && self.head_started.load(Relaxed) == 0 {
-            self.head_started.store(now + 1, Relaxed);
+        if self.in_flight.load(Relaxed) == 0 {
+            if self.head_started.load(Relaxed) == 0 {
+                self.head_started.store(now + 1, Relaxed);
+                self.pending_read.store(0, Relaxed);
+                self.pending_written.store(0, Relaxed);
+            }
+            self.pending_read.fetch_add(n as u64, Relaxed);
         }
     }
 
-    fn wrote_some(&self) {
+    fn wrote_some(&self, n: usize) {
         self.last_activity.store(self.now_ms(), Relaxed);
+        if self.in_flight.load(Relaxed) == 0 && self.head_started.load(Relaxed) != 0 {
+            self.pending_written.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// Bytes read and written since a request head started arriving that has not become a
+    /// request (yet): what a client sent of a head hyper refused, and what hyper answered it
+    /// (nothing written: hyper closed without an answer).
+    pub fn pending_bytes(&self) -> (u64, u64) {
+        if self.head_started.load(Relaxed) == 0 {
+            return (0, 0);
+        }
+        (
+            self.pending_read.load(Relaxed),
+            self.pending_written.load(Relaxed),
+        )
     }
 
     /// A complete request head arrived.
@@ -139,7 +167,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.state.read_some();
+            this.state.read_some(buf.filled().len() - before);
         }
         polled
     }
@@ -153,8 +181,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.wrote_some();
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                this.state.wrote_some(n);
+            }
         }
         polled
     }
@@ -166,8 +196,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            this.state.wrote_some();
+        if let Poll::Ready(Ok(n)) = polled {
+            if n > 0 {
+                this.state.wrote_some(n);
+            }
         }
         polled
     }
@@ -194,16 +226,34 @@ mod tests {
         let state = ConnState::new();
         let (header, idle) = (Duration::ZERO, Duration::from_secs(60));
         assert_eq!(state.verdict(header, idle), Verdict::Continue);
-        state.read_some();
+        state.read_some(10);
         assert_eq!(state.verdict(header, idle), Verdict::HeaderTimeout);
         state.request_started();
         assert_eq!(state.verdict(header, idle), Verdict::Continue);
         // Body bytes while the request is in flight start no head.
-        state.read_some();
+        state.read_some(10);
         assert_eq!(state.verdict(header, idle), Verdict::Continue);
         state.request_finished();
         assert_eq!(state.verdict(header, Duration::ZERO), Verdict::Idle);
         state.awaiting_target(true);
         assert_eq!(state.verdict(header, Duration::ZERO), Verdict::Continue);
+    }
+
+    #[test]
+    fn a_refused_heads_bytes_are_counted_from_its_first_byte() {
+        let state = ConnState::new();
+        state.read_some(100);
+        state.request_started();
+        // The response to it, and its body, are not a pending head's.
+        state.wrote_some(50);
+        state.read_some(7);
+        assert_eq!(state.pending_bytes(), (0, 0));
+        state.request_finished();
+        state.read_some(30);
+        state.read_some(12);
+        state.wrote_some(75);
+        assert_eq!(state.pending_bytes(), (42, 75));
+        state.request_started();
+        assert_eq!(state.pending_bytes(), (0, 0));
     }
 }

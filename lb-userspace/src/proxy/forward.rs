@@ -1,8 +1,9 @@
 //! One request: rules, then a fixed response, a redirect, or forwarding to a target chosen
 //! by stickiness and the group's algorithm, with one retry on another target for safe,
 //! bodiless requests whose connection failed before anything was sent. Errors map to ALB's
-//! codes: 400 malformed (hyper answers those before we see them, and a missing Host here),
-//! 502 target refused or broke, 503 no target, 504 target timeout.
+//! codes: 400 malformed (hyper answers those before we see them, and `server` counts and
+//! logs them; a missing Host here), 502 target refused or broke, 503 no target, 504 target
+//! timeout.
 
 use std::{
     convert::Infallible,
@@ -47,8 +48,8 @@ pub struct ListenerCtx {
     pub port: u16,
     pub counters: Arc<ListenerCounters>,
     pub sink: Sink,
-    /// https listeners: the certificates (by SNI) and ALPN.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// https listeners: the certificates (by SNI) and ALPN; a reload swaps in new ones.
+    pub tls: Option<arc_swap::ArcSwap<rustls::ServerConfig>>,
 }
 
 /// One client connection.
@@ -78,7 +79,7 @@ impl ConnCtx {
         }
     }
 
-    fn proto(&self) -> &'static str {
+    pub fn proto(&self) -> &'static str {
         match self.listener.protocol {
             Protocol::Https => "https",
             _ => "http",
@@ -269,14 +270,13 @@ fn unix_now() -> u64 {
 }
 
 /// The target index a request goes to: its sticky target if the cookie is authentic and
-/// the target still takes requests, else a fresh pick (never `exclude`). Second: whether
-/// stickiness was honoured.
+/// the target still takes requests, else a fresh pick (never `exclude`).
 fn choose_target(
     shared: &Shared,
     group: &GroupRoutes,
     request_headers: &hyper::HeaderMap,
     exclude: Option<usize>,
-) -> Option<(usize, bool)> {
+) -> Option<usize> {
     let cookies = || {
         request_headers
             .get_all(header::COOKIE)
@@ -295,14 +295,14 @@ fn choose_target(
     .and_then(|value| verify(&shared.key, value, &group.name))
     .and_then(|addr| group.by_addr.get(&addr).copied())
     .filter(|i| Some(*i) != exclude);
-    if let Some(i) = pinned {
-        return Some((i, true));
+    if pinned.is_some() {
+        return pinned;
     }
     if group.stickiness.is_some() {
         group.counters.non_sticky_requests.fetch_add(1, Relaxed);
     }
     let allowed = |i: usize| Some(i) != exclude;
-    let fresh = match group.algorithm {
+    match group.algorithm {
         Algorithm::LeastOutstandingRequests => {
             let loads: Vec<usize> = group
                 .targets
@@ -313,8 +313,7 @@ fn choose_target(
             balance::least_outstanding(&loads, start, allowed)
         }
         Algorithm::RoundRobin | Algorithm::Maglev => group.round_robin.pick_where(allowed),
-    };
-    fresh.map(|i| (i, false))
+    }
 }
 
 fn verify(key: &StickyKey, value: &str, group: &str) -> Option<SocketAddr> {
@@ -381,9 +380,8 @@ async fn forward(
 
     let mut exclude = None;
     let mut retried = false;
-    let (response, target, sticky_used, sent_at, outstanding) = loop {
-        let Some((index, sticky_used)) = choose_target(shared, group, &parts.headers, exclude)
-        else {
+    let (response, target, sent_at, outstanding) = loop {
+        let Some(index) = choose_target(shared, group, &parts.headers, exclude) else {
             record.error_reason = Some(if retried {
                 "TargetConnectionError"
             } else {
@@ -433,15 +431,7 @@ async fn forward(
             tokio::time::timeout(routes.idle_timeout, shared.client.request(outgoing)).await;
         conn.state.awaiting_target(false);
         match answered {
-            Ok(Ok(response)) => {
-                break (
-                    response,
-                    target.key.clone(),
-                    sticky_used,
-                    sent_at,
-                    outstanding,
-                )
-            }
+            Ok(Ok(response)) => break (response, target.key.clone(), sent_at, outstanding),
             Ok(Err(e)) if e.is_connect() && retryable && !retried => {
                 log::debug!(
                     "target {} of '{}' refused a connection; retrying on another target: {e:?}",
@@ -504,7 +494,14 @@ async fn forward(
     }
     let (mut head, target_body) = response.into_parts();
     headers::remove_hop_by_hop(&mut head.headers, upgraded);
-    set_sticky_cookies(shared, conn, group, &target, sticky_used, &mut head.headers);
+    set_sticky_cookies(
+        shared,
+        conn,
+        group,
+        &target,
+        &parts.headers,
+        &mut head.headers,
+    );
     let response = Response::from_parts(head, target_body.map_err(Into::into).boxed_unsync());
     record.received_bytes = received.load(Relaxed);
     finish_with(
@@ -518,14 +515,13 @@ async fn forward(
 }
 
 /// Stickiness cookies on a forwarded response: lb_cookie always (its expiry refreshed, and
-/// a fresh pick pinned); app_cookie when the application sets its cookie or the request was
-/// already sticky.
+/// a fresh pick pinned); app_cookie as [`sticky::app_cookie_due`] says.
 fn set_sticky_cookies(
     shared: &Shared,
     conn: &ConnCtx,
     group: &GroupRoutes,
     target: &crate::controller::TargetKey,
-    sticky_used: bool,
+    request_headers: &hyper::HeaderMap,
     headers: &mut hyper::HeaderMap,
 ) {
     let Some(stickiness) = &group.stickiness else {
@@ -570,8 +566,16 @@ fn set_sticky_cookies(
                 ));
             }
         }
-        Stickiness::AppCookie { .. } => {
-            if app_cookie_set || sticky_used {
+        Stickiness::AppCookie { cookie_name, .. } => {
+            let carried = sticky::find_cookie(
+                request_headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+                cookie_name,
+            )
+            .is_some();
+            if sticky::app_cookie_due(app_cookie_set, carried) {
                 let https = conn.listener.protocol == Protocol::Https;
                 add(sticky::set_cookie(
                     sticky::APP_COOKIE,

@@ -76,12 +76,48 @@ pub struct Shared {
     pub rotation: AtomicU64,
 }
 
+/// The TLS configuration of every https listener, by listener name, with the certificate
+/// files it was read from. Built by [`listener_tls`] before a model is applied, so that a
+/// certificate problem refuses the model instead of leaving a listener unserved.
+pub type ListenerTls = BTreeMap<String, (Vec<tls::CertificateFiles>, Arc<rustls::ServerConfig>)>;
+
+/// Reads and checks the certificates of every https listener of `model`. A listener of
+/// `reuse` with the same certificate files keeps its configuration; the others are read
+/// now (pass none to re-read every file, as a reload does: certificates renewed in place
+/// are taken up). The first listener whose certificates fail is the error.
+pub fn listener_tls(model: &Model, reuse: Option<&ListenerTls>) -> Result<ListenerTls, ProxyError> {
+    let mut configs = ListenerTls::new();
+    for listener in model
+        .listeners
+        .iter()
+        .filter(|l| l.protocol == Protocol::Https)
+    {
+        let kept = reuse
+            .and_then(|r| r.get(&listener.name))
+            .filter(|(files, _)| *files == listener.certificates);
+        let config = match kept {
+            Some((_, config)) => Arc::clone(config),
+            None => {
+                tls::server_config(&listener.certificates).map_err(|source| ProxyError::Tls {
+                    name: listener.name.clone(),
+                    source,
+                })?
+            }
+        };
+        configs.insert(
+            listener.name.clone(),
+            (listener.certificates.clone(), config),
+        );
+    }
+    Ok(configs)
+}
+
 /// A bound listener: what it was bound for, and its accept task.
 struct Bound {
     addr: SocketAddr,
     protocol: Protocol,
     access_log: Option<PathBuf>,
-    counters: Arc<metrics::ListenerCounters>,
+    ctx: Arc<forward::ListenerCtx>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -131,18 +167,21 @@ impl Proxy {
     }
 
     /// Swaps in the routes of `model` for targets in `views`, then binds listeners that are
-    /// new or moved and closes those that are gone. Every listener that can be bound is; the
-    /// errors of the others are returned.
+    /// new or moved and closes those that are gone; https listeners serve with their
+    /// configuration in `tls` (from [`listener_tls`]; one already bound takes it for its next
+    /// connections). Every listener that can be bound is; the errors of the others are
+    /// returned.
     pub fn update(
         &mut self,
         model: &Model,
         views: &BTreeMap<TargetKey, TargetView>,
+        tls: &ListenerTls,
     ) -> Vec<ProxyError> {
         let snapshot = Snapshot::build(model, views, &mut self.carried);
         self.shared.snapshot.store(Arc::new(snapshot));
         self.generation += 1;
         self.shared.changed.send_replace(self.generation);
-        self.bind(model)
+        self.bind(model, tls)
     }
 
     /// Only the routes (health changes, drains ending): no listener changes.
@@ -153,7 +192,7 @@ impl Proxy {
         self.shared.changed.send_replace(self.generation);
     }
 
-    fn bind(&mut self, model: &Model) -> Vec<ProxyError> {
+    fn bind(&mut self, model: &Model, tls: &ListenerTls) -> Vec<ProxyError> {
         let mut errors = Vec::new();
         let wanted: BTreeMap<&str, &crate::model::Listener> = model
             .listeners
@@ -170,23 +209,27 @@ impl Proxy {
         });
         let runtime = self.runtime.as_ref().expect("running until dropped");
         for (name, listener) in wanted {
-            if self.bound.contains_key(name) {
-                continue;
-            }
-            let addr = SocketAddr::new(listener.address, listener.port);
-            let tls = match listener.protocol {
-                Protocol::Https => match tls::server_config(&listener.certificates) {
-                    Ok(config) => Some(config),
-                    Err(source) => {
+            let config = match listener.protocol {
+                Protocol::Https => match tls.get(name) {
+                    Some((_, config)) => Some(Arc::clone(config)),
+                    None => {
                         errors.push(ProxyError::Tls {
                             name: name.to_string(),
-                            source,
+                            source: tls::TlsError::NotLoaded,
                         });
                         continue;
                     }
                 },
                 _ => None,
             };
+            if let Some(bound) = self.bound.get(name) {
+                if let (Some(slot), Some(config)) = (&bound.ctx.tls, config) {
+                    slot.store(config);
+                }
+                continue;
+            }
+            let addr = SocketAddr::new(listener.address, listener.port);
+            let tls = config.map(ArcSwap::new);
             let sink = match access_log::Sink::open(listener.access_log.as_deref()) {
                 Ok(sink) => sink,
                 Err(source) => {
@@ -198,19 +241,8 @@ impl Proxy {
                     continue;
                 }
             };
-            let socket = match listen(addr) {
-                Ok(socket) => socket,
-                Err(source) => {
-                    errors.push(ProxyError::Bind {
-                        name: name.to_string(),
-                        addr,
-                        source,
-                    });
-                    continue;
-                }
-            };
             let _entered = runtime.enter();
-            let socket = match tokio::net::TcpListener::from_std(socket) {
+            let socket = match listen(addr).and_then(tokio::net::TcpListener::from_std) {
                 Ok(socket) => socket,
                 Err(source) => {
                     errors.push(ProxyError::Bind {
@@ -221,16 +253,19 @@ impl Proxy {
                     continue;
                 }
             };
-            let counters = Arc::new(metrics::ListenerCounters::default());
             let ctx = Arc::new(forward::ListenerCtx {
                 name: name.to_string(),
                 protocol: listener.protocol,
                 port: listener.port,
-                counters: Arc::clone(&counters),
+                counters: Arc::new(metrics::ListenerCounters::default()),
                 sink,
                 tls,
             });
-            let task = runtime.spawn(server::accept_loop(socket, Arc::clone(&self.shared), ctx));
+            let task = runtime.spawn(server::accept_loop(
+                socket,
+                Arc::clone(&self.shared),
+                Arc::clone(&ctx),
+            ));
             log::info!(
                 "listener '{name}' ({}) serving on {addr}",
                 listener.protocol.name()
@@ -241,7 +276,7 @@ impl Proxy {
                     addr,
                     protocol: listener.protocol,
                     access_log: listener.access_log.clone(),
-                    counters,
+                    ctx,
                     task,
                 },
             );
@@ -255,7 +290,7 @@ impl Proxy {
             listeners: self
                 .bound
                 .iter()
-                .map(|(name, b)| (name.clone(), b.counters.read()))
+                .map(|(name, b)| (name.clone(), b.ctx.counters.read()))
                 .collect(),
             groups: self
                 .carried
@@ -295,4 +330,54 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A model with one https listener `secure` serving `cert` and `key`.
+    fn https_model(cert: &std::path::Path, key: &std::path::Path) -> Model {
+        Model::parse(
+            &format!(
+                "[[listener]]\nname = \"secure\"\naddress = \"192.0.2.10\"\nport = 443\nprotocol = \"https\"\ndefault_target_group = \"web\"\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n\n\
+                 [[target_group]]\nname = \"web\"\nport = 3000\ntargets = [{{ address = \"10.0.1.10\" }}]\n",
+                cert.display(),
+                key.display()
+            ),
+            "test",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn listener_tls_reads_certificates_before_a_model_is_applied() {
+        let dir = std::env::temp_dir().join(format!("sluice-listener-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["a.example.com".to_string()]).unwrap();
+        let (cert_path, key_path) = (dir.join("a.pem"), dir.join("a.key"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+
+        let model = https_model(&cert_path, &key_path);
+        let first = listener_tls(&model, None).unwrap();
+        assert_eq!(first.keys().collect::<Vec<_>>(), ["secure"]);
+        // The same files: kept when reusing, read again otherwise.
+        let kept = listener_tls(&model, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&kept["secure"].1, &first["secure"].1));
+        let reread = listener_tls(&model, None).unwrap();
+        assert!(!Arc::ptr_eq(&reread["secure"].1, &first["secure"].1));
+
+        let missing = dir.join("missing.key");
+        let err = listener_tls(&https_model(&cert_path, &missing), Some(&first)).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("listener 'secure' (https): cannot read the key file ")
+                && text.contains(&missing.display().to_string()),
+            "{text}"
+        );
+        assert!(listener_tls(&Model::default(), None).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

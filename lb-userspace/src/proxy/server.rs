@@ -3,12 +3,16 @@
 //! size (hyper answers 431), malformed requests (hyper answers 400 before any target sees
 //! them), and the idle timeout (the connection is closed). https listeners terminate TLS
 //! here (certificates chosen by SNI, HTTP/2 when the client offers `h2` by ALPN).
+//!
+//! hyper's HTTP/1 parser writes its 400, 414 and 431 itself and then ends the connection with
+//! the parse error; the watchdog recognises that error and, when [`ConnState`] saw hyper write
+//! while the refused head was pending, counts and logs the answer like any other.
 
 use std::{
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
     sync::{atomic::Ordering::Relaxed, Arc},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use hyper::{
@@ -19,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::{
+    access_log::Record,
     conn::{ConnState, TrackedIo, Verdict},
     forward::{self, ConnCtx, ListenerCtx},
     Shared,
@@ -61,7 +66,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, ctx: Ar
     // flight, so hyper is not writing anything then.
     let fd: RawFd = stream.as_raw_fd();
     let io = TrackedIo::new(stream, Arc::clone(&state));
-    let Some(config) = ctx.tls.clone() else {
+    let Some(config) = ctx.tls.as_ref().map(|slot| slot.load_full()) else {
         let conn = Arc::new(ConnCtx::new(Arc::clone(&ctx), peer, state, None));
         return serve_http(io, false, Some(fd), conn, shared, limits).await;
     };
@@ -128,7 +133,7 @@ async fn serve_http<I>(
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
         let connection = builder.serve_connection(TokioIo::new(io), service);
-        watch(connection, &conn, fd, limits).await;
+        watch(connection, &conn, fd, limits, false).await;
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -137,13 +142,14 @@ async fn serve_http<I>(
         let connection = builder
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        watch(connection, &conn, fd, limits).await;
+        watch(connection, &conn, fd, limits, true).await;
     }
 }
 
 /// Drives `connection` until it ends, a request head takes longer than the header read
-/// timeout (408, or a close under TLS), or nothing moves for the idle timeout.
-async fn watch<C>(connection: C, conn: &ConnCtx, fd: Option<RawFd>, limits: Limits)
+/// timeout (408, or a close under TLS), or nothing moves for the idle timeout. `http1`: the
+/// connection is hyper's HTTP/1, whose parser answers refused heads itself.
+async fn watch<C>(connection: C, conn: &ConnCtx, fd: Option<RawFd>, limits: Limits, http1: bool)
 where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
 {
@@ -161,6 +167,13 @@ where
             done = &mut connection => {
                 if let Err(e) = done {
                     log::debug!("connection from {peer}: {e}");
+                    let (received, sent) = conn.state.pending_bytes();
+                    match parser_answer(&e) {
+                        Some((status, reason)) if http1 && sent > 0 => {
+                            refused(conn, status, reason, received, sent);
+                        }
+                        _ => {}
+                    }
                 }
                 return;
             }
@@ -168,7 +181,9 @@ where
                 Verdict::Continue => {}
                 Verdict::HeaderTimeout => {
                     log::debug!("connection from {peer}: no complete request head within {header_timeout:?}: 408");
-                    conn.listener.counters.elb_response(408);
+                    let (received, _) = conn.state.pending_bytes();
+                    let sent = if fd.is_some() { REQUEST_TIMEOUT_RESPONSE.len() as u64 } else { 0 };
+                    refused(conn, 408, "RequestHeaderTimeout", received, sent);
                     if let Some(fd) = fd {
                         // SAFETY: `fd` belongs to the stream `connection` owns, which is
                         // alive until the return below; a non-blocking send of a short
@@ -194,8 +209,87 @@ where
     }
 }
 
+/// The answer hyper's HTTP/1 parser wrote for the error it ended a connection with (see
+/// `Server::on_error` in hyper's `proto::h1::role`), and the access log's error_reason.
+fn parser_answer(e: &hyper::Error) -> Option<(u16, &'static str)> {
+    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
+        return None;
+    }
+    if e.is_parse_too_large() {
+        // TooLarge and UriTooLong share the predicate; only the kind (in Debug) tells.
+        return Some(if format!("{e:?}").contains("UriTooLong") {
+            (414, "RequestUriTooLong")
+        } else {
+            (431, "RequestHeaderTooLarge")
+        });
+    }
+    if format!("{e:?}").contains("Internal") {
+        return None;
+    }
+    Some((400, "MalformedRequest"))
+}
+
+/// Counts and logs a request head that never became a request: hyper's parser refused it, or
+/// it did not arrive within the header read timeout.
+fn refused(conn: &ConnCtx, status: u16, reason: &'static str, received: u64, sent: u64) {
+    conn.listener.counters.elb_response(status);
+    let record = Record {
+        kind: conn.proto(),
+        time: Some(SystemTime::now()),
+        listener: conn.listener.name.clone(),
+        client: Some(conn.peer),
+        elb_status: status,
+        received_bytes: received,
+        sent_bytes: sent,
+        request: "- - -".to_string(),
+        ssl_cipher: conn.tls.as_ref().map(|t| t.0.clone()),
+        ssl_protocol: conn.tls.as_ref().map(|t| t.1.clone()),
+        action: "-",
+        error_reason: Some(reason),
+        ..Record::default()
+    };
+    conn.listener.sink.write(&record.line());
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Serves `bytes` to hyper's HTTP/1 server with the listener's limits for
+    /// `max_header_bytes`: the error it ends the connection with, and what it wrote.
+    async fn refuse(bytes: &[u8], max_header_bytes: usize) -> (hyper::Error, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        let mut builder = http1::Builder::new();
+        builder
+            .max_header_size(max_header_bytes)
+            .max_buf_size(max_header_bytes.max(8192) + 8192);
+        let service = service_fn(|_| async {
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(super::super::body::empty()))
+        });
+        let connection = builder.serve_connection(TokioIo::new(server), service);
+        client.write_all(bytes).await.unwrap();
+        let error = connection.await.unwrap_err();
+        let mut answer = Vec::new();
+        drop(client.shutdown().await);
+        client.read_to_end(&mut answer).await.unwrap();
+        (error, String::from_utf8_lossy(&answer).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_parsers_own_answers_are_recognised() {
+        let (error, answer) = refuse(b"GET /not a request line\r\nHost: x\r\n\r\n", 4096).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+        assert_eq!(parser_answer(&error), Some((400, "MalformedRequest")));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(8000)
+        );
+        let (error, answer) = refuse(big.as_bytes(), 4096).await;
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+        assert_eq!(parser_answer(&error), Some((431, "RequestHeaderTooLarge")));
+    }
+
     #[test]
     fn the_408_response_is_well_formed() {
         let text = std::str::from_utf8(super::REQUEST_TIMEOUT_RESPONSE).unwrap();

@@ -164,6 +164,17 @@ pub fn sets_cookie<'a>(set_cookie_headers: impl IntoIterator<Item = &'a str>, na
     })
 }
 
+/// Whether an app_cookie response carries a (new or refreshed) `SLUICEAPP` cookie naming the
+/// target that served it: when the application set its cookie (a session starts or is renewed
+/// there), and while the request carries the application's cookie. The latter refreshes the
+/// expiry of a sticky session and, after a re-pin (the cookie named a target that no longer
+/// takes requests, or none), makes the session stick to its new target, as ALB does, even if
+/// the application does not set its cookie again and the old target comes back. Without the
+/// application's cookie the session is over: nothing is set.
+pub fn app_cookie_due(application_sets_cookie: bool, request_carries_cookie: bool) -> bool {
+    application_sets_cookie || request_carries_cookie
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +185,16 @@ mod tests {
 
     fn target() -> SocketAddr {
         "10.0.1.10:3000".parse().unwrap()
+    }
+
+    #[test]
+    fn app_cookie_sessions_follow_the_application_cookie() {
+        // The application starts a session: pinned.
+        assert!(app_cookie_due(true, false));
+        // A session goes on (sticky, or re-pinned after its target left): pinned again.
+        assert!(app_cookie_due(false, true));
+        // No application cookie either way: no session, nothing set.
+        assert!(!app_cookie_due(false, false));
     }
 
     #[test]

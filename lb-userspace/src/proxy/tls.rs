@@ -7,9 +7,11 @@
 //! case-insensitive). A client that sends no SNI, or one that no certificate covers, gets the
 //! first certificate, like ALB's default certificate.
 //!
-//! Everything is read and checked when the configuration is built, so a listener with a
-//! missing file, a file without a certificate or key, or a key that does not belong to its
-//! certificate is refused at load or reload time with a message naming the file.
+//! Everything is read and checked when the configuration is built, before the model that
+//! names the files is applied (`proxy::listener_tls`), so a listener with a missing or
+//! unreadable file, a file without a certificate or key, or a key that does not belong to its
+//! certificate makes `sluice run` refuse to start, or a reload be refused, with a message
+//! naming the file.
 
 use std::{
     fmt, fs, io,
@@ -69,6 +71,9 @@ pub enum TlsError {
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("building the TLS configuration: {0}")]
     Config(rustls::Error),
+    /// The daemon asked to serve an https listener whose certificates it did not read first.
+    #[error("its certificates were not read before it was applied; reload the configuration")]
+    NotLoaded,
 }
 
 fn detail(reason: &Option<String>) -> String {

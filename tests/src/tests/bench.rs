@@ -289,8 +289,10 @@ fn frames_stay_addressed_to_the_listener_when_receivers_rewrite_them() {
         .unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let packets = |name: &str| stats["counters"][name]["packets"].as_u64().unwrap_or(0);
-    assert_eq!(packets("pass_no_listener"), 0, "{stats}");
-    assert!(packets("forward_nat") > 0, "{stats}");
+    // Every frame reached the listener. (Not `pass_no_listener == 0`: the kernel's own IPv6
+    // neighbour solicitations and MLD reports on the new links land there whenever they
+    // happen to come during the run, as they do under a loaded full test run.)
+    assert_eq!(packets("forward_nat"), 20000, "{stats}");
 }
 
 struct RemoveOnDrop(std::path::PathBuf);

@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::l7_routing::{vip, L7, SHORT};
+use crate::netns::wait_until;
 
 /// Sends `bytes` on a new connection from the client and reads until the proxy closes.
 fn exchange(l7: &L7, bytes: &[u8]) -> String {
@@ -59,6 +60,91 @@ fn slow_oversized_and_malformed_heads_get_their_documented_answers() {
     let answer = exchange(&l7, b"GET / HTTP/1.1\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 400 "), "no Host: {answer:?}");
     assert_eq!(target_requests(&l7), 0, "none reached a target");
+    // Each has its access log line, those hyper answered itself included.
+    let client = l7.topology.client.link.v4;
+    for (status, reason) in [
+        (408, "RequestHeaderTimeout"),
+        (431, "RequestHeaderTooLarge"),
+        (400, "MalformedRequest"),
+        (400, "MissingHost"),
+    ] {
+        wait_until(
+            SHORT,
+            &format!("the access log line of the {status}"),
+            || {
+                l7.lb.sluice.stderr().lines().any(|line| {
+                    line.contains(&format!(" web {client}:"))
+                        && line.contains(&format!(" {status} - "))
+                        && line.ends_with(&format!("\"{reason}\""))
+                })
+            },
+        );
+    }
+    let log = l7.lb.sluice.stderr();
+    let refused = log
+        .lines()
+        .find(|l| l.ends_with("\"MalformedRequest\""))
+        .unwrap();
+    assert!(
+        refused.contains(" -1 -1 -1 400 - 36 ") && refused.contains(" \"- - -\" \"-\" "),
+        "received the 36 bytes sent, no request line: {refused}"
+    );
+    // sluice stats and status show the listener with the proxy's numbers: four 4XX answers,
+    // one of them to a request (no Host), the others to heads that never became requests.
+    let web = |report: &serde_json::Value| {
+        report["http_listeners"]
+            .as_array()
+            .expect("http_listeners")
+            .iter()
+            .find(|l| l["name"] == "web")
+            .cloned()
+            .expect("the web listener")
+    };
+    wait_until(SHORT, "the closed connections to leave the count", || {
+        let out = l7.cli(&["stats", "--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        web(&report)["active_connections"] == 0
+    });
+    let out = l7.cli(&["stats", "--json"]);
+    let listener = web(&serde_json::from_slice(&out.stdout).unwrap());
+    assert_eq!(
+        (
+            &listener["protocol"],
+            &listener["requests"],
+            &listener["new_connections"],
+            &listener["elb_4xx"],
+            &listener["elb_5xx"]
+        ),
+        (
+            &serde_json::json!("http"),
+            &serde_json::json!(1),
+            &serde_json::json!(4),
+            &serde_json::json!(4),
+            &serde_json::json!(0)
+        ),
+        "{listener}"
+    );
+    let address = format!("{}:80/http", super::l7_routing::VIP);
+    let out = l7.cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(
+        rows.contains(&vec![
+            "web",
+            address.as_str(),
+            "www",
+            "0",
+            "4",
+            "1",
+            "4",
+            "0",
+            "0"
+        ]),
+        "{text}"
+    );
 }
 
 #[test]

@@ -1,39 +1,31 @@
 //! L7 end to end: `sluice run` in the lb namespace of an [`LbTopology`] with an http
 //! listener on a VIP the lb holds; three targets each run two [`L7Server`]s (port 8080 for
-//! the `www` and `sticky` groups, 8081 for `api`); the client uses curl and raw sockets.
+//! the `www`, `sticky` (lb_cookie) and `app` (app_cookie) groups, 8081 for `api`); the
+//! client uses curl and raw sockets.
 //! This module holds the fixture and the routing tests (rules, redirect, fixed response,
 //! forwarded headers).
 
 use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
-    path::PathBuf,
     process::Output,
     time::Duration,
 };
 
-use super::namespaces::{ApiSocket, PinDir, TIMEOUT};
+use super::l7_support::L7Sluice;
 use crate::{
-    http_servers::L7Server,
-    netns::{require_root, sluice_binary, wait_until, ChildGuard, LbTopology},
+    http_servers::{L7Server, APP_COOKIE},
+    netns::{wait_until, LbTopology},
 };
 
-pub(super) const VIP: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
+pub(super) use super::l7_support::VIP;
 pub(super) const IDLE_TIMEOUT_SECS: u64 = 2;
 
+/// The fixture: the topology, the targets' servers and the daemon.
 pub(super) struct L7 {
     pub topology: LbTopology,
-    /// Per target: (www/sticky server on 8080, api server on 8081).
+    /// Per target: (www/sticky/app server on 8080, api server on 8081).
     pub servers: Vec<(L7Server, L7Server)>,
-    pub sluice: ChildGuard,
-    pub socket: ApiSocket,
-    config: PathBuf,
-    _pin_dir: PinDir,
-}
-
-impl Drop for L7 {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.config);
-    }
+    pub lb: L7Sluice,
 }
 
 fn model(topology: &LbTopology) -> String {
@@ -84,6 +76,11 @@ priority = 50
 host = ["sticky.example.com"]
 action = {{ type = "forward", target_groups = [{{ name = "sticky" }}] }}
 
+[[listener.rule]]
+priority = 60
+host = ["app.example.com"]
+action = {{ type = "forward", target_groups = [{{ name = "app" }}] }}
+
 [[target_group]]
 name = "www"
 deregistration_delay = 1
@@ -101,6 +98,13 @@ deregistration_delay = 1
 stickiness = {{ type = "lb_cookie", duration = 3600 }}
 targets = [{www}]
 {check}
+
+[[target_group]]
+name = "app"
+deregistration_delay = 1
+stickiness = {{ type = "app_cookie", cookie_name = "{APP_COOKIE}", duration = 3600 }}
+targets = [{www}]
+{check}
 "#,
         www = targets(8080),
         api = targets(8081),
@@ -109,10 +113,7 @@ targets = [{www}]
 
 impl L7 {
     pub fn start() -> L7 {
-        require_root();
         let topology = LbTopology::new(3);
-        // The proxy serves the VIP from the lb's own stack: the lb holds it.
-        topology.lb.add_addr("lo", &format!("{VIP}/32"));
         let any = IpAddr::from(Ipv4Addr::UNSPECIFIED);
         let servers = topology
             .targets
@@ -125,50 +126,13 @@ impl L7 {
                 )
             })
             .collect();
-        let config = std::env::temp_dir().join(format!("{}.toml", topology.lb.name()));
-        std::fs::write(&config, model(&topology)).unwrap();
-        let pin_dir = PinDir::new();
-        let socket = ApiSocket::new();
-        let mut cmd = topology.lb.command(sluice_binary());
-        cmd.args([
-            "run",
-            "--iface",
-            "eth0",
-            "--iface",
-            "eth1",
-            "--pin-dir",
-            pin_dir.arg(),
-        ])
-        .arg("--config")
-        .arg(&config)
-        .arg("--socket")
-        .arg(&socket.0)
-        .args(["--flows", "65536", "--metrics-address", "off"])
-        .env("RUST_LOG", "info,sluice::access=info");
-        let sluice = topology.lb.spawn(cmd);
-        wait_until(TIMEOUT, "sluice to start its proxy", || {
-            if let Some(status) = sluice.try_status() {
-                panic!("sluice exited ({status}): {}", sluice.stderr());
-            }
-            sluice.stderr().contains("listener 'web' (http) serving on")
-        });
-        let l7 = L7 {
+        // 4 groups x 3 targets.
+        let lb = L7Sluice::start(&topology, &model(&topology), 12);
+        L7 {
             topology,
             servers,
-            sluice,
-            socket,
-            config,
-            _pin_dir: pin_dir,
-        };
-        // 3 groups x 3 targets.
-        l7.wait_healthy(9);
-        l7
-    }
-
-    pub fn wait_healthy(&self, n: usize) {
-        wait_until(TIMEOUT, &format!("{n} healthy targets"), || {
-            self.sluice.stderr().matches("-> healthy").count() >= n
-        });
+            lb,
+        }
     }
 
     /// curl in the client namespace with `args` (a URL among them); 10 s at most.
@@ -206,14 +170,7 @@ impl L7 {
 
     /// A sluice CLI command against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        self.topology
-            .lb
-            .command(sluice_binary())
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket.0)
-            .output()
-            .expect("running sluice")
+        self.lb.cli(args)
     }
 }
 
@@ -287,7 +244,7 @@ fn redirect_and_fixed_response_return_exactly_what_is_configured() {
     assert_eq!(total, 0, "neither reached a target");
     // One access log line per request, with the rule and action.
     wait_until(SHORT, "access log lines", || {
-        let log = l7.sluice.stderr();
+        let log = l7.lb.sluice.stderr();
         log.contains(" 301 - ")
             && log.contains("\"redirect\" \"https://new.example.com/new/old/page?a=1\"")
             && log.contains(" 503 - 0 13 ")

@@ -1,9 +1,11 @@
-//! Cookie stickiness end to end (group `sticky`, lb_cookie): a client with a cookie jar stays
+//! Cookie stickiness end to end. Group `sticky`, lb_cookie: a client with a cookie jar stays
 //! on one target; clients without cookies spread; a tampered cookie gets a valid target and a
-//! new cookie; a cookie naming a drained or unhealthy target is re-pinned.
+//! new cookie; a cookie naming a drained or unhealthy target is re-pinned. Group `app`,
+//! app_cookie (`SESSIONID`, set by the targets' `/login`): the same, following the
+//! application's session.
 
 use super::l7_routing::{L7, SHORT, VIP};
-use crate::netns::wait_until;
+use crate::{http_servers::APP_COOKIE, netns::wait_until};
 
 const HOST: &str = "sticky.example.com";
 
@@ -86,7 +88,7 @@ fn cookies_naming_drained_or_unhealthy_targets_are_re_pinned() {
     // target1 fails its health checks (every group checks /health on it).
     l7.servers[1].0.set_healthy(false);
     wait_until(SHORT * 2, "target1 unhealthy in 'sticky'", || {
-        l7.sluice.stderr().contains(&format!(
+        l7.lb.sluice.stderr().contains(&format!(
             "target {}:8080 of 'sticky': healthy -> unhealthy",
             l7.topology.targets[1].link.v4
         ))
@@ -109,4 +111,124 @@ fn cookies_naming_drained_or_unhealthy_targets_are_re_pinned() {
         get(&l7, Some(&format!("SLUICE={}", pinned["target0"]))).0,
         "target0"
     );
+}
+
+const APP_HOST: &str = "app.example.com";
+
+/// GET `path` on the app_cookie group with `cookie` (a `Cookie:` value, or none): the
+/// target's name, and the values of the `SESSIONID` and `SLUICEAPP` cookies set on the
+/// response.
+fn get_app(l7: &L7, path: &str, cookie: Option<&str>) -> (String, Option<String>, Option<String>) {
+    let mut args = vec!["-i".to_string(), "-H".into(), format!("Host: {APP_HOST}")];
+    if let Some(cookie) = cookie {
+        args.extend(["-H".into(), format!("Cookie: {cookie}")]);
+    }
+    args.push(format!("http://{VIP}{path}"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = l7.curl(&refs);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let set = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&format!("set-cookie: {name}=")))
+            .map(|v| v.split(';').next().unwrap().to_string())
+            .next()
+    };
+    let body = text.rsplit("\r\n\r\n").next().unwrap().trim().to_string();
+    (body, set(APP_COOKIE), set("SLUICEAPP"))
+}
+
+/// A client's session: `SESSIONID` from the application, `SLUICEAPP` from sluice.
+fn session(app: &str, sluice: &str) -> String {
+    format!("{APP_COOKIE}={app}; SLUICEAPP={sluice}")
+}
+
+#[test]
+fn app_cookie_sessions_stick_to_the_target_that_set_the_cookie_and_are_re_pinned() {
+    let l7 = L7::start();
+    // Each target starts a session: the application's cookie, and sluice's beside it.
+    let mut sessions = std::collections::BTreeMap::new();
+    for _ in 0..30 {
+        let (target, app, pin) = get_app(&l7, "/login", None);
+        let app = app.expect("the application sets its cookie on /login");
+        let pin = pin.expect("sluice pins a session the application starts");
+        sessions.entry(target).or_insert(session(&app, &pin));
+        if sessions.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(sessions.len(), 3, "{sessions:?}");
+    // Requests carrying both cookies stay on the session's target.
+    for (target, cookie) in &sessions {
+        for _ in 0..10 {
+            let (body, _, refreshed) = get_app(&l7, "/", Some(cookie));
+            assert_eq!(&body, target, "{cookie}");
+            assert!(
+                refreshed.is_some(),
+                "a sticky session's expiry is refreshed"
+            );
+        }
+    }
+    // Without the application's cookie there is no session: requests spread and no
+    // SLUICEAPP is set, even with a valid one.
+    let pin_only = sessions["target0"].split("; ").nth(1).unwrap().to_string();
+    let spread: std::collections::BTreeSet<String> = (0..9)
+        .map(|_| {
+            let (body, _, set) = get_app(&l7, "/", Some(&pin_only));
+            assert_eq!(set, None, "no session, nothing pinned");
+            body
+        })
+        .collect();
+    assert_eq!(spread.len(), 3, "{spread:?}");
+    // A forged SLUICEAPP with the application's cookie: a fresh pick, pinned there.
+    let (body, _, pin) = get_app(&l7, "/", Some(&session("x", "00ff")));
+    let pin = pin.expect("a re-pinned session gets a new SLUICEAPP");
+    assert_eq!(get_app(&l7, "/", Some(&session("x", &pin))).0, body);
+
+    // target1 fails its health checks: its session moves, and stays where it moved even
+    // though the application sets no new cookie there, and after target1 comes back (ALB).
+    l7.servers[1].0.set_healthy(false);
+    wait_until(SHORT * 2, "target1 unhealthy in 'app'", || {
+        l7.lb.sluice.stderr().contains(&format!(
+            "target {}:8080 of 'app': healthy -> unhealthy",
+            l7.topology.targets[1].link.v4
+        ))
+    });
+    let app1 = sessions["target1"].split("; ").next().unwrap().to_string();
+    let (moved_to, _, pin) = get_app(&l7, "/", Some(&sessions["target1"]));
+    assert_ne!(
+        moved_to, "target1",
+        "re-pinned away from the unhealthy target"
+    );
+    let pin = pin.expect("the re-pinned session gets a new SLUICEAPP");
+    let moved = format!("{app1}; SLUICEAPP={pin}");
+    for _ in 0..5 {
+        assert_eq!(get_app(&l7, "/", Some(&moved)).0, moved_to);
+    }
+    l7.servers[1].0.set_healthy(true);
+    wait_until(SHORT * 2, "target1 healthy again in 'app'", || {
+        l7.lb.sluice.stderr().contains(&format!(
+            "target {}:8080 of 'app': unhealthy -> healthy",
+            l7.topology.targets[1].link.v4
+        ))
+    });
+    assert_eq!(get_app(&l7, "/", Some(&moved)).0, moved_to);
+
+    // target2 is deregistered (drained): its session is re-pinned at once.
+    let target2 = format!("{}:8080", l7.topology.targets[2].link.v4);
+    let out = l7.cli(&["target", "remove", "app", &target2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, _, pin) = get_app(&l7, "/", Some(&sessions["target2"]));
+    assert_ne!(body, "target2", "re-pinned away from the drained target");
+    let app2 = sessions["target2"].split("; ").next().unwrap().to_string();
+    let repinned = format!("{app2}; SLUICEAPP={}", pin.unwrap());
+    for _ in 0..5 {
+        assert_eq!(get_app(&l7, "/", Some(&repinned)).0, body);
+    }
+    // target0's session is undisturbed.
+    assert_eq!(get_app(&l7, "/", Some(&sessions["target0"])).0, "target0");
 }

@@ -6,9 +6,9 @@ use std::{
     path::PathBuf,
 };
 
-use super::namespaces::{PinDir, TIMEOUT};
+use super::namespaces::{ApiSocket, PinDir, TIMEOUT};
 use crate::{
-    netns::{require_root, sluice_binary, unique_socket_path, wait_until, ChildGuard, LbTopology},
+    netns::{require_root, sluice_binary, wait_until, ChildGuard, LbTopology},
     servers::http_get,
 };
 
@@ -18,6 +18,8 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
 /// The daemon; the model file is removed on drop.
 pub struct L7Sluice {
     pub sluice: ChildGuard,
+    /// Its control socket (`sluice stats`, `sluice target ...`).
+    pub socket: ApiSocket,
     config: PathBuf,
     _pin_dir: PinDir,
 }
@@ -55,17 +57,20 @@ impl L7Sluice {
         let config = std::env::temp_dir().join(format!("{}.toml", topology.lb.name()));
         std::fs::write(&config, model).unwrap();
         let pin_dir = PinDir::new();
+        let socket = ApiSocket::new();
         let mut cmd = topology.lb.command(sluice_binary());
         cmd.args(["run", "--iface", "eth0", "--iface", "eth1"])
             .args(["--pin-dir", pin_dir.arg()])
+            .args(["--socket", socket.arg()])
+            .args(["--flows", "65536", "--metrics-address", "off"])
             .arg("--config")
             .arg(&config)
-            .arg("--socket")
-            .arg(unique_socket_path())
+            // The access log (target sluice::access) included.
             .env("RUST_LOG", "info");
         let sluice = topology.lb.spawn(cmd);
         let lb = L7Sluice {
             sluice,
+            socket,
             config,
             _pin_dir: pin_dir,
         };
@@ -74,6 +79,22 @@ impl L7Sluice {
             lb.sluice.stderr().matches("-> healthy").count() >= healthy
         });
         lb
+    }
+
+    /// Writes `model` over the configuration file and asks the daemon to re-read it
+    /// (SIGHUP); returns at once: wait for the log line that says how it went.
+    pub fn reload(&self, model: &str) {
+        std::fs::write(&self.config, model).unwrap();
+        self.sluice.signal(libc::SIGHUP);
+    }
+
+    /// A sluice CLI command against this daemon.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(sluice_binary())
+            .args(args)
+            .args(["--socket", self.socket.arg()])
+            .output()
+            .expect("running sluice")
     }
 
     /// Panics with the daemon's log if it exited.

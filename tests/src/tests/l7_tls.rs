@@ -2,7 +2,8 @@
 //! (`sluice::proxy::tls::server_config`) served by a small blocking rustls server, in a
 //! namespace of its own: curl trusts the self-signed certificates, sees the certificate chosen
 //! by SNI, and `curl --http2` negotiates h2 through ALPN. Then the same through an https
-//! listener of `sluice run` (issue 5's acceptance: two certificates by SNI, HTTP/2 over TLS).
+//! listener of `sluice run` (issue 5's acceptance: two certificates by SNI, HTTP/2 over TLS),
+//! and certificates that cannot be served: refused at start and on reload.
 
 use std::{
     io::{self, Read, Write},
@@ -17,8 +18,13 @@ use std::{
 
 use sluice::proxy::tls::{describe, server_config, CertificateFiles};
 
+use super::{
+    l7_support::{all_targets, fast_health_check, L7Sluice, VIP},
+    namespaces::{one_line, ApiSocket, PinDir, TIMEOUT as START_TIMEOUT},
+};
 use crate::{
-    netns::Namespace,
+    netns::{require_root, sluice_binary, veth, wait_until, LbTopology, Namespace},
+    servers::HttpServer,
     tls::{curl_https, CertDir, CertFiles, HttpVersion},
 };
 
@@ -183,21 +189,9 @@ fn curl_sees_the_certificate_chosen_by_sni_and_negotiates_h2() {
     );
 }
 
-/// An https listener through sluice: two certificates chosen by SNI, HTTP/2 via ALPN
-/// (`curl --http2`) and HTTP/1.1, forwarded to plain HTTP targets.
-#[test]
-fn https_listener_chooses_certificates_by_sni_and_speaks_http2() {
-    use super::{
-        l7_support::{all_targets, fast_health_check, L7Sluice, VIP},
-        namespaces::TIMEOUT as START_TIMEOUT,
-    };
-    use crate::{
-        netns::{wait_until, LbTopology},
-        servers::HttpServer,
-    };
-
-    let topology = LbTopology::new(2);
-    let _servers: Vec<HttpServer> = topology
+/// Two plain HTTP targets (port 3000) answering with their names.
+fn targets(topology: &LbTopology) -> Vec<HttpServer> {
+    topology
         .targets
         .iter()
         .enumerate()
@@ -208,32 +202,52 @@ fn https_listener_chooses_certificates_by_sni_and_speaks_http2() {
                 &format!("target{i}"),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// An https listener `secure` on VIP:443 with `certificates` (the model's inline tables) in
+/// front of every target of `topology`.
+fn https_model(topology: &LbTopology, certificates: &[String]) -> String {
+    format!(
+        "[[listener]]\nname = \"secure\"\naddress = \"{VIP}\"\nport = 443\nprotocol = \"https\"\ndefault_target_group = \"web\"\ncertificates = [{}]\n\n\
+         [[target_group]]\nname = \"web\"\nport = 3000\n{}targets = [{}]\n",
+        certificates.join(", "),
+        fast_health_check(3000),
+        all_targets(topology),
+    )
+}
+
+/// `curl https://HOST/` through the VIP from the client, trusting `trusted`.
+fn curl_vip(
+    topology: &LbTopology,
+    host: &str,
+    trusted: &std::path::Path,
+    version: HttpVersion,
+) -> Result<crate::tls::CurlResponse, String> {
+    let vip = SocketAddr::new(VIP.into(), 443);
+    curl_https(
+        &topology.client.ns,
+        host,
+        vip,
+        "/",
+        trusted,
+        version,
+        TIMEOUT,
+    )
+}
+
+/// An https listener through sluice: two certificates chosen by SNI, HTTP/2 via ALPN
+/// (`curl --http2`) and HTTP/1.1, forwarded to plain HTTP targets.
+#[test]
+fn https_listener_chooses_certificates_by_sni_and_speaks_http2() {
+    let topology = LbTopology::new(2);
+    let _servers = targets(&topology);
     let certs = CertDir::new();
     let a = certs.self_signed("a", &["a.example.com"]);
     let b = certs.self_signed("b", &["*.b.example.com"]);
     let trusted = certs.bundle("ca.pem", &[&a, &b]);
-    let model = format!(
-        "[[listener]]\nname = \"secure\"\naddress = \"{VIP}\"\nport = 443\nprotocol = \"https\"\ndefault_target_group = \"web\"\ncertificates = [{}, {}]\n\n\
-         [[target_group]]\nname = \"web\"\nport = 3000\n{}targets = [{}]\n",
-        a.toml(),
-        b.toml(),
-        fast_health_check(3000),
-        all_targets(&topology),
-    );
-    let lb = L7Sluice::start(&topology, &model, 2);
-    let vip = SocketAddr::new(VIP.into(), 443);
-    let curl = |host: &str, version| {
-        curl_https(
-            &topology.client.ns,
-            host,
-            vip,
-            "/",
-            &trusted,
-            version,
-            TIMEOUT,
-        )
-    };
+    let lb = L7Sluice::start(&topology, &https_model(&topology, &[a.toml(), b.toml()]), 2);
+    let curl = |host: &str, version| curl_vip(&topology, host, &trusted, version);
     wait_until(START_TIMEOUT, "the https listener to answer", || {
         lb.check_running();
         curl("a.example.com", HttpVersion::Http2).is_ok()
@@ -254,4 +268,130 @@ fn https_listener_chooses_certificates_by_sni_and_speaks_http2() {
     }
     // Neither certificate covers this name: the default one is sent, and curl refuses it.
     assert!(curl("www.example.org", HttpVersion::Http2).is_err());
+}
+
+/// A certificate that cannot be served stops `sluice run` before anything changes: one line
+/// naming the file and the fix, exit 1, nothing attached, no pins, no control socket.
+#[test]
+fn an_https_listener_with_a_bad_certificate_is_refused_at_start() {
+    require_root();
+    let lb = Namespace::new("lb");
+    let peer = Namespace::new("peer");
+    veth(&lb, "eth0", &peer, "eth0");
+    let certs = CertDir::new();
+    let a = certs.self_signed("a", &["a.example.com"]);
+    let b = certs.self_signed("b", &["b.example.com"]);
+    let missing = certs.path().join("missing.key");
+    let cases = [
+        (
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                a.cert.display(),
+                missing.display()
+            ),
+            format!(
+                "error: listener 'secure' (https): cannot read the key file {}: No such file or directory (os error 2); check the path and that sluice may read it",
+                missing.display()
+            ),
+        ),
+        (
+            format!(
+                "{{ cert = \"{}\", key = \"{}\" }}",
+                a.cert.display(),
+                b.key.display()
+            ),
+            format!(
+                "error: listener 'secure' (https): the private key in {} does not belong to the certificate in {}; give the key the certificate was issued for",
+                b.key.display(),
+                a.cert.display()
+            ),
+        ),
+    ];
+    for (certificate, expected) in cases {
+        let config = certs.path().join("sluice.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[listener]]\nname = \"secure\"\naddress = \"{VIP}\"\nport = 443\nprotocol = \"https\"\ndefault_target_group = \"web\"\ncertificates = [{certificate}]\n\n\
+                 [[target_group]]\nname = \"web\"\nport = 3000\ntargets = [{{ address = \"10.0.0.2\" }}]\n"
+            ),
+        )
+        .unwrap();
+        let pin_dir = PinDir::new();
+        let socket = ApiSocket::new();
+        let output = lb
+            .command(sluice_binary())
+            .args(["run", "--iface", "eth0", "--pin-dir", pin_dir.arg()])
+            .args(["--socket", socket.arg(), "--metrics-address", "off"])
+            .arg("--config")
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        assert_eq!(one_line(&output.stderr), expected);
+        assert_eq!(lb.xdp_attached("eth0"), None);
+        assert!(!pin_dir.stats_pin().exists());
+        assert!(!socket.0.exists());
+    }
+}
+
+/// A reload naming a certificate that cannot be served is refused whole and the listener
+/// keeps serving; a reload after certificates were renewed in place serves the new ones.
+#[test]
+fn a_reload_with_a_bad_certificate_is_refused_and_renewed_ones_are_taken_up() {
+    let topology = LbTopology::new(2);
+    let _servers = targets(&topology);
+    let certs = CertDir::new();
+    let a = certs.self_signed("a", &["a.example.com"]);
+    let trusted = certs.bundle("ca.pem", &[&a]);
+    let model = https_model(&topology, &[a.toml()]);
+    let lb = L7Sluice::start(&topology, &model, 2);
+    let curl = |trusted: &std::path::Path| {
+        curl_vip(&topology, "a.example.com", trusted, HttpVersion::Http2)
+    };
+    wait_until(START_TIMEOUT, "the https listener to answer", || {
+        lb.check_running();
+        curl(&trusted).is_ok()
+    });
+
+    let missing = certs.path().join("missing.pem");
+    let broken = https_model(
+        &topology,
+        &[format!(
+            "{{ cert = \"{}\", key = \"{}\" }}",
+            missing.display(),
+            a.key.display()
+        )],
+    );
+    lb.reload(&broken);
+    let refused = format!(
+        "running configuration kept: listener 'secure' (https): cannot read the certificate file {}",
+        missing.display()
+    );
+    wait_until(START_TIMEOUT, "the reload to be refused", || {
+        lb.check_running();
+        lb.sluice.stderr().contains(&refused)
+    });
+    let answer = curl(&trusted).unwrap_or_else(|e| panic!("{e}\n{}", lb.sluice.stderr()));
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(!lb.sluice.stderr().contains("listener 'secure' removed"));
+
+    // Renewed in place: same paths, a new certificate and key.
+    let renewed = certs.self_signed("a", &["a.example.com"]);
+    assert_ne!(renewed.der, a.der);
+    let trusted_renewed = certs.bundle("renewed.pem", &[&renewed]);
+    lb.reload(&model);
+    wait_until(
+        START_TIMEOUT,
+        "the renewed certificate to be served",
+        || {
+            lb.check_running();
+            curl(&trusted_renewed).is_ok()
+        },
+    );
+    assert!(
+        curl(&trusted).is_err(),
+        "the old certificate is no longer sent"
+    );
 }

@@ -154,10 +154,11 @@ fn a_drained_targets_websocket_lasts_its_deregistration_delay_then_closes() {
         "closed after {lasted:?}, before the delay ended"
     );
     assert!(
-        l7.sluice
+        l7.lb
+            .sluice
             .stderr()
             .contains("closing an upgraded connection"),
         "{}",
-        l7.sluice.stderr()
+        l7.lb.sluice.stderr()
     );
 }
