@@ -50,9 +50,10 @@ const WEBSOCKET_PORT: u16 = 8080;
 /// Idle and tunnel timeouts of every balancer: far longer than any measurement.
 const IDLE_TIMEOUT_S: u64 = 600;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// File descriptors for the memory scenario: this process holds both ends' client and target
-/// sockets, a balancer two per connection.
-const NOFILE: u64 = 200_000;
+/// File descriptors the bench process and the balancers keep for themselves besides two per
+/// WebSocket connection (this process holds the client's and the target's end of each, a
+/// balancer its two sockets).
+const SPARE_FDS: u64 = 500;
 
 /// (the balancer's CPU, the load generator's and targets' CPU), as `taskset` lists.
 fn cpus() -> (String, String) {
@@ -117,9 +118,10 @@ fn nginx(ns: &Namespace, cpus: &str, name: &str, http: &str) -> anyhow::Result<S
     let d = dir.0.display();
     // master_process off: one process that serves (what a worker does), so its RSS is all of
     // nginx's and a kill on drop leaves no worker behind.
+    let nofile = raise_nofile()?;
     let conf = format!(
-        "daemon off;\nmaster_process off;\nworker_rlimit_nofile {NOFILE};\npid {d}/nginx.pid;\nerror_log stderr error;\n\
-         events {{ worker_connections 65536; }}\n\
+        "daemon off;\nmaster_process off;\nworker_rlimit_nofile {nofile};\npid {d}/nginx.pid;\nerror_log stderr error;\n\
+         events {{ worker_connections {nofile}; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n  \
          keepalive_requests 1000000;\n  keepalive_timeout {IDLE_TIMEOUT_S}s;\n{http}}}\n"
     );
@@ -241,8 +243,11 @@ impl Balancer {
                     .collect();
                 // No `log` line: HAProxy logs nothing. Its thread count follows the CPUs it
                 // is given, as sluice's does.
+                // HAProxy refuses to start if maxconn needs more descriptors than it may open
+                // (two per connection and a few of its own); at maxconn it stops accepting.
+                let maxconn = raise_nofile()?.saturating_sub(100) / 2;
                 let conf = format!(
-                    "global\n    maxconn 100000\n\ndefaults\n    mode http\n    option forwardfor\n    timeout connect 5s\n    \
+                    "global\n    maxconn {maxconn}\n\ndefaults\n    mode http\n    option forwardfor\n    timeout connect 5s\n    \
                      timeout client {IDLE_TIMEOUT_S}s\n    timeout server {IDLE_TIMEOUT_S}s\n    timeout tunnel {IDLE_TIMEOUT_S}s\n    \
                      timeout http-keep-alive {IDLE_TIMEOUT_S}s\n\n\
                      frontend web\n    bind {LISTEN}:{LISTEN_PORT}\n    default_backend targets\n\n\
@@ -277,7 +282,8 @@ fn check_round_robin(client: &Namespace, targets: usize) -> anyhow::Result<()> {
     let vip = SocketAddr::from((LISTEN, LISTEN_PORT));
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..targets * 4 {
-        let body = http_get(client, vip, "/").map_err(|e| anyhow::anyhow!("GET / via {vip}: {e}"))?;
+        let body =
+            http_get(client, vip, "/").map_err(|e| anyhow::anyhow!("GET / via {vip}: {e}"))?;
         seen.insert(body.trim().to_string());
     }
     if seen.len() != targets {
@@ -464,8 +470,10 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
     }))
 }
 
-/// Raises this process's open-file limit (children inherit it) to at least `want`.
-fn raise_nofile(want: u64) -> anyhow::Result<()> {
+/// Raises this process's open-file limit (children inherit it) to its hard limit, and returns
+/// it. Raising the hard limit needs CAP_SYS_RESOURCE, which containers often lack: the memory
+/// scenario fits its connection count to what it gets instead.
+fn raise_nofile() -> anyhow::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -475,17 +483,16 @@ fn raise_nofile(want: u64) -> anyhow::Result<()> {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return Err(io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
         }
-        if limit.rlim_cur >= want {
-            return Ok(());
-        }
-        limit.rlim_cur = want;
-        limit.rlim_max = limit.rlim_max.max(want);
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("raising RLIMIT_NOFILE to {want}"));
+        if limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(io::Error::last_os_error()).with_context(|| {
+                    format!("raising RLIMIT_NOFILE to its hard limit {}", limit.rlim_max)
+                });
+            }
         }
     }
-    Ok(())
+    Ok(limit.rlim_cur)
 }
 
 /// A WebSocket target that answers every handshake and then holds the connection without
@@ -598,11 +605,8 @@ fn open_websocket(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     let mut stream = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT)?;
     stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.write_all(
-        format!(
-            "GET /ws HTTP/1.1\r\nHost: bench.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .as_bytes(),
+        b"GET /ws HTTP/1.1\r\nHost: bench.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
     )?;
     // The target sends nothing after its 101, so the head is all there is to read.
     let head = read_head(&mut stream)?;
@@ -692,7 +696,16 @@ fn websocket_memory(
 /// Scenario 7's proxy part: memory per idle WebSocket connection through each balancer.
 pub fn memory(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result<Value> {
     let (lb_cpu, _) = cpus();
-    raise_nofile(NOFILE)?;
+    let nofile = raise_nofile()?;
+    let connections = plan
+        .websocket_connections
+        .min((nofile.saturating_sub(SPARE_FDS) / 2) as usize);
+    if connections < plan.websocket_connections {
+        progress.note(&format!(
+            "memory: {connections} connections, not {}: the open-file limit is {nofile} (raising it needs CAP_SYS_RESOURCE)",
+            plan.websocket_connections
+        ));
+    }
     progress.note("memory: building the topology (one WebSocket target)");
     let topology = Topology::new(1);
     tune(&topology);
@@ -702,20 +715,19 @@ pub fn memory(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Re
             "memory",
             1,
             1,
-            &format!(
-                "{which}: {} idle WebSocket connections",
-                plan.websocket_connections
-            ),
+            &format!("{which}: {connections} idle WebSocket connections"),
         );
-        let row = websocket_memory(sluice, &topology, which, plan.websocket_connections, &lb_cpu)
-            .unwrap_or_else(|e| {
+        let row =
+            websocket_memory(sluice, &topology, which, connections, &lb_cpu).unwrap_or_else(|e| {
                 eprintln!("bench: memory {which}: {e:#}");
                 json!({ "balancer": which, "error": format!("{e:#}") })
             });
         rows.push(row);
     }
     Ok(json!({
-        "connections": plan.websocket_connections,
+        "connections": connections,
+        "wanted_connections": plan.websocket_connections,
+        "open_file_limit": nofile,
         "idle_timeout_s": IDLE_TIMEOUT_S,
         "balancers": rows,
     }))

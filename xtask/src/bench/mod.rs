@@ -245,9 +245,10 @@ fn merge(previous: Option<Value>, run: Value, partial: bool) -> Value {
         // An earlier note for the same scenarios is now stale.
         Some(notes) => {
             notes.retain(|n| {
-                !n["scenarios"]
-                    .as_array()
-                    .is_some_and(|s| s.iter().all(|s| scenarios.contains_key(s.as_str().unwrap_or(""))))
+                !n["scenarios"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .all(|s| scenarios.contains_key(s.as_str().unwrap_or("")))
+                })
             });
             notes.push(note);
         }
@@ -415,7 +416,11 @@ mod tests {
     #[test]
     fn a_partial_run_replaces_its_scenarios_only() {
         let old = run(json!({ "forwarding": { "a": 1 }, "l7": { "old": true } }));
-        let merged = merge(Some(old.clone()), run(json!({ "l7": { "new": true } })), true);
+        let merged = merge(
+            Some(old.clone()),
+            run(json!({ "l7": { "new": true } })),
+            true,
+        );
         assert_eq!(merged["scenarios"]["forwarding"], json!({ "a": 1 }));
         assert_eq!(merged["scenarios"]["l7"], json!({ "new": true }));
         assert_eq!(merged["later_runs"][0]["scenarios"], json!(["l7"]));

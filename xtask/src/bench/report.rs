@@ -124,7 +124,11 @@ pub fn markdown(results: &Value) -> String {
         md.push_str(&format!(
             "**Measured later and merged** (`--scenario`): {} ({}, {} run(s), {:.0} s), {}.\n\n",
             names.join(", "),
-            if later["quick"].as_bool() == Some(true) { "quick" } else { "full" },
+            if later["quick"].as_bool() == Some(true) {
+                "quick"
+            } else {
+                "full"
+            },
             later["runs"],
             later["elapsed_s"].as_f64().unwrap_or(0.0),
             later["date"].as_str().unwrap_or(""),
@@ -315,7 +319,9 @@ pub fn markdown(results: &Value) -> String {
             mib(&control["all_maps_memlock_bytes"]),
         ));
     } else {
-        md.push_str("Daemon and kernel memory: not run (measured with the control-plane scenario).\n\n");
+        md.push_str(
+            "Daemon and kernel memory: not run (measured with the control-plane scenario).\n\n",
+        );
     }
     md.push_str(&memory_markdown(&s["memory"]));
     md
@@ -342,7 +348,7 @@ fn l7_markdown(l7: &Value) -> String {
         return "Not run.\n\n".to_string();
     }
     let mut md = format!(
-        "Requests per second and latency percentiles from `wrk` (one thread, {} connections, {} s per measurement after {} s of warm-up, median of the runs; min–max in `results.json`), `GET /` of {} targets \
+        "Requests per second and latency percentiles from `wrk` (one thread, {} connections, {} s per measurement after {} s of warm-up, median of the runs; each run in `results.json`), `GET /` of {} targets \
          (nginx answering a 3-byte body). \"Connection per request\" sends `Connection: close`: every request opens a TCP connection to the balancer, while connections to the targets stay alive; \
          wrk's latency starts when the request is written, so it leaves out the client's TCP handshake. \
          Each balancer runs alone on CPU {}, with the same job: round robin, keep-alive to the targets, `X-Forwarded-For`, no logging \
@@ -379,7 +385,9 @@ fn l7_markdown(l7: &Value) -> String {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|r| r["socket_errors"].as_u64().unwrap_or(0) + r["non_2xx"].as_u64().unwrap_or(0))
+                .map(|r| {
+                    r["socket_errors"].as_u64().unwrap_or(0) + r["non_2xx"].as_u64().unwrap_or(0)
+                })
                 .sum();
             let mut name = balancer.to_string();
             if *balancer == "sluice" {
@@ -425,6 +433,20 @@ fn memory_markdown(memory: &Value) -> String {
          | balancer | connections open | RSS before MiB | RSS after MiB | KiB per connection | MiB per 10,000 | ÷ nginx |\n|---|---:|---:|---:|---:|---:|---:|\n",
         memory["connections"], memory["idle_timeout_s"]
     );
+    if let (Some(open), Some(wanted)) = (
+        memory["connections"].as_u64(),
+        memory["wanted_connections"].as_u64(),
+    ) {
+        if open < wanted {
+            md.insert_str(
+                md.find("\n\n").unwrap_or(0),
+                &format!(
+                    " {open} rather than {wanted} connections: this process and each balancer hold two descriptors per connection, and the open-file limit was {} (raising the hard limit needs CAP_SYS_RESOURCE).",
+                    memory["open_file_limit"]
+                ),
+            );
+        }
+    }
     let nginx = rows
         .iter()
         .find(|r| r["balancer"] == "nginx")
