@@ -192,7 +192,7 @@ impl Balancer {
                     "[[listener]]\nname = \"web\"\naddress = \"{LISTEN}\"\nport = {LISTEN_PORT}\nprotocol = \"http\"\n\
                      default_target_group = \"web\"\nidle_timeout = {IDLE_TIMEOUT_S}\n\n\
                      [[target_group]]\nname = \"web\"\nport = {}\nalgorithm = \"round_robin\"\n\
-                     health_check = {{ interval = \"1s\", timeout = \"500ms\", healthy_threshold = 2, unhealthy_threshold = 2 }}\n\
+                     health_check = {{ interval = \"200ms\", timeout = \"150ms\", healthy_threshold = 2, unhealthy_threshold = 2 }}\n\
                      targets = [{}]\n",
                     targets[0].port(),
                     list.join(", ")
@@ -656,6 +656,7 @@ fn websocket_memory(
     which: &str,
     n: usize,
     cpu: &str,
+    settle: Duration,
 ) -> anyhow::Result<Value> {
     let addr = SocketAddr::from((topology.targets[0], WEBSOCKET_PORT));
     let target = WebSocketTarget::start(&topology.sinks[0], addr)?;
@@ -667,13 +668,13 @@ fn websocket_memory(
         bail!("{which}: {error}");
     }
     drop(first);
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(settle / 2);
     let before = rss_kib(balancer.pid())?;
     let start = Instant::now();
     let (open, error) = open_websockets(&topology.generator, n, Duration::from_secs(300));
     let open_s = start.elapsed().as_secs_f64();
     // Let lazily allocated per-connection state settle before reading memory.
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(settle);
     let after = rss_kib(balancer.pid())?;
     let opened = open.len();
     let held = target.held();
@@ -717,8 +718,9 @@ pub fn memory(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Re
             1,
             &format!("{which}: {connections} idle WebSocket connections"),
         );
-        let row =
-            websocket_memory(sluice, &topology, which, connections, &lb_cpu).unwrap_or_else(|e| {
+        let settle = Duration::from_millis(if plan.quick { 200 } else { 1000 });
+        let row = websocket_memory(sluice, &topology, which, connections, &lb_cpu, settle)
+            .unwrap_or_else(|e| {
                 eprintln!("bench: memory {which}: {e:#}");
                 json!({ "balancer": which, "error": format!("{e:#}") })
             });
