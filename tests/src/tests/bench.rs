@@ -289,7 +289,10 @@ fn frames_stay_addressed_to_the_listener_when_receivers_rewrite_them() {
         .unwrap();
     let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let packets = |name: &str| stats["counters"][name]["packets"].as_u64().unwrap_or(0);
-    assert_eq!(packets("pass_no_listener"), 0, "{stats}");
+    // Frames that lost the listener's address would be thousands; the client namespace's
+    // own IPv6 traffic (neighbour discovery, MLD: 86 bytes and the like) also passes as "no
+    // listener", a packet or two now and then.
+    assert!(packets("pass_no_listener") < 10, "{stats}");
     assert!(packets("forward_nat") > 0, "{stats}");
 }
 
