@@ -98,7 +98,7 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
         }
         Task::Bench(args) if bench::is_render(&args) => bench::render(&args),
         Task::Bench(args) => {
-            setup::debian_packages(setup::BENCH_PACKAGES)?;
+            // The bench installs the Debian packages its scenarios need.
             let sluice = build(true)?;
             bench::bench(&sluice, args)
         }

@@ -17,8 +17,12 @@ use crate::cmd::{output, run};
 /// Debian packages the tests and the demo use (besides what a fresh machine has).
 pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl"];
 
-/// What `cargo xtask bench` adds: nftables, the kernel baseline of the forwarding scenario.
-pub const BENCH_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "nftables"];
+/// What every `cargo xtask bench` run uses; the scenarios add theirs (see `bench::Plan`):
+/// nftables, the kernel baseline of the forwarding scenario, and
+pub const BENCH_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl"];
+
+/// ... the L7 scenarios' baselines and load generator.
+pub const L7_BENCH_PACKAGES: &[&str] = &["nginx", "haproxy", "wrk"];
 
 /// bpf-linker version known to build against LLVM 22 (see shared FACTS).
 const BPF_LINKER_VERSION: &str = "0.13.0";

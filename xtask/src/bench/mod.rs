@@ -1,11 +1,12 @@
 //! `cargo xtask bench`: builds its own topology in network namespaces, runs each scenario of
-//! issue 6 (all but the L7 ones) several times with its baselines, and writes
-//! `bench/results.json`, `docs/BENCHMARKS.md` and `docs/bench.svg`.
+//! issue 6 several times with its baselines, and writes `bench/results.json`,
+//! `docs/BENCHMARKS.md`, `docs/bench.svg` and `docs/bench-l7.svg`.
 //!
 //! Benchmarks report, they do not judge: no figure fails the run. A scenario that cannot run
 //! (a missing tool, a set-up failure) is recorded with its error and the others go on.
 
 mod forwarding;
+mod l7;
 mod report;
 mod scenarios;
 mod topology;
@@ -18,25 +19,36 @@ use std::{
 use anyhow::Context;
 use serde_json::{json, Value};
 
-pub const SCENARIOS: &[&str] = &["forwarding", "cost", "storm", "maglev", "control"];
+pub const SCENARIOS: &[&str] = &[
+    "forwarding",
+    "cost",
+    "storm",
+    "maglev",
+    "l7",
+    "control",
+    "memory",
+];
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Seconds, not minutes: tiny counts, one run, the generator, a sink, one forwarding mode
-    /// against the floor, and the per-packet cost path.
+    /// against the floor, the per-packet cost path, a second of wrk per L7 case and 100
+    /// WebSocket connections.
     #[arg(long)]
     quick: bool,
     /// Runs of each repeated scenario (default 3; 1 with --quick).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=50))]
     runs: Option<u64>,
-    /// Only these scenarios (repeatable): forwarding, cost, storm, maglev, control.
+    /// Only these scenarios (repeatable): forwarding, cost, storm, maglev, l7, control, memory.
+    /// Their results replace those of the same scenarios in an existing results.json; the
+    /// others are kept.
     #[arg(long, value_parser = SCENARIOS.to_vec())]
     scenario: Vec<String>,
-    /// Write results.json, BENCHMARKS.md and bench.svg into this directory instead of
+    /// Write results.json, BENCHMARKS.md and the charts into this directory instead of
     /// bench/ and docs/.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
-    /// Measure nothing: re-write BENCHMARKS.md and bench.svg from an existing results.json.
+    /// Measure nothing: re-write BENCHMARKS.md and the charts from an existing results.json.
     #[arg(long)]
     render: bool,
 }
@@ -68,13 +80,18 @@ pub struct Plan {
     pub cost_flows: u32,
     pub cost_mode: Option<&'static str>,
     pub storm_syns: u64,
+    /// wrk: connections, seconds per measurement, seconds of warm-up per balancer start.
+    pub l7_connections: u32,
+    pub l7_seconds: u64,
+    pub l7_warmup_seconds: u64,
+    pub websocket_connections: usize,
 }
 
 impl Plan {
     fn new(args: &BenchArgs) -> Plan {
         let chosen: Vec<&'static str> = if args.scenario.is_empty() {
             if args.quick {
-                vec!["forwarding", "cost", "maglev"]
+                vec!["forwarding", "cost", "maglev", "l7", "memory"]
             } else {
                 SCENARIOS.to_vec()
             }
@@ -99,6 +116,10 @@ impl Plan {
                 cost_flows: 1000,
                 cost_mode: Some("dsr"),
                 storm_syns: 20_000,
+                l7_connections: 8,
+                l7_seconds: 1,
+                l7_warmup_seconds: 0,
+                websocket_connections: 100,
             }
         } else {
             Plan {
@@ -114,8 +135,24 @@ impl Plan {
                 cost_flows: 100_000,
                 cost_mode: None,
                 storm_syns: 1_000_000,
+                l7_connections: 64,
+                l7_seconds: 10,
+                l7_warmup_seconds: 2,
+                websocket_connections: 10_000,
             }
         }
+    }
+
+    /// The Debian packages the chosen scenarios run (the bench's set-up installs them).
+    pub fn packages(&self) -> Vec<&'static str> {
+        let mut packages = crate::setup::BENCH_PACKAGES.to_vec();
+        if self.scenarios.contains(&"forwarding") && self.variants.contains(&"nftables") {
+            packages.push("nftables");
+        }
+        if self.scenarios.iter().any(|s| matches!(*s, "l7" | "memory")) {
+            packages.extend(crate::setup::L7_BENCH_PACKAGES);
+        }
+        packages
     }
 }
 
@@ -137,38 +174,90 @@ impl Progress {
     }
 }
 
-/// Where results.json, BENCHMARKS.md and bench.svg go.
-fn output_paths(args: &BenchArgs) -> (PathBuf, PathBuf, PathBuf) {
+/// Where results.json, BENCHMARKS.md and the charts go.
+struct Outputs {
+    json: PathBuf,
+    markdown: PathBuf,
+    svg: PathBuf,
+    l7_svg: PathBuf,
+}
+
+fn output_paths(args: &BenchArgs) -> Outputs {
     let root = crate::workspace_root();
-    match &args.out {
-        Some(dir) => (
-            dir.join("results.json"),
-            dir.join("BENCHMARKS.md"),
-            dir.join("bench.svg"),
-        ),
-        None => (
-            root.join("bench/results.json"),
-            root.join("docs/BENCHMARKS.md"),
-            root.join("docs/bench.svg"),
-        ),
+    let (json, docs) = match &args.out {
+        Some(dir) => (dir.join("results.json"), dir.clone()),
+        None => (root.join("bench/results.json"), root.join("docs")),
+    };
+    Outputs {
+        json,
+        markdown: docs.join("BENCHMARKS.md"),
+        svg: docs.join("bench.svg"),
+        l7_svg: docs.join("bench-l7.svg"),
     }
 }
 
-/// `--render`: the summary and chart again from results.json.
+/// Writes the summary and the charts from `results`.
+fn write_reports(out: &Outputs, results: &Value) -> anyhow::Result<()> {
+    for (path, text) in [
+        (&out.markdown, report::markdown(results)),
+        (&out.svg, report::svg(results)),
+        (&out.l7_svg, report::l7_svg(results)),
+    ] {
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `--render`: the summary and charts again from results.json.
 pub fn render(args: &BenchArgs) -> anyhow::Result<()> {
-    let (json_path, md_path, svg_path) = output_paths(args);
+    let out = output_paths(args);
     let results: Value = serde_json::from_str(
-        &std::fs::read_to_string(&json_path)
-            .with_context(|| format!("reading {}", json_path.display()))?,
+        &std::fs::read_to_string(&out.json)
+            .with_context(|| format!("reading {}", out.json.display()))?,
     )?;
-    std::fs::write(&md_path, report::markdown(&results))?;
-    std::fs::write(&svg_path, report::svg(&results))?;
+    write_reports(&out, &results)?;
     println!(
-        "bench: wrote {} and {}",
-        md_path.display(),
-        svg_path.display()
+        "bench: wrote {}, {} and {}",
+        out.markdown.display(),
+        out.svg.display(),
+        out.l7_svg.display()
     );
     Ok(())
+}
+
+/// A run of some scenarios only: its results go into the previous results, which keep their
+/// other scenarios and note the partial run in `later_runs`. A run of everything (or without
+/// a readable previous file) starts afresh.
+fn merge(previous: Option<Value>, run: Value, partial: bool) -> Value {
+    let Some(mut merged) = previous.filter(|p| partial && p["scenarios"].is_object()) else {
+        return run;
+    };
+    let scenarios = run["scenarios"].as_object().cloned().unwrap_or_default();
+    let names: Vec<&String> = scenarios.keys().collect();
+    let note = json!({
+        "scenarios": names,
+        "date": run["machine"]["date"],
+        "quick": run["quick"],
+        "runs": run["runs"],
+        "elapsed_s": run["elapsed_s"],
+    });
+    match merged["later_runs"].as_array_mut() {
+        // An earlier note for the same scenarios is now stale.
+        Some(notes) => {
+            notes.retain(|n| {
+                !n["scenarios"].as_array().is_some_and(|s| {
+                    s.iter()
+                        .all(|s| scenarios.contains_key(s.as_str().unwrap_or("")))
+                })
+            });
+            notes.push(note);
+        }
+        None => merged["later_runs"] = json!([note]),
+    }
+    for (name, value) in scenarios {
+        merged["scenarios"][name] = value;
+    }
+    merged
 }
 
 pub fn is_render(args: &BenchArgs) -> bool {
@@ -178,6 +267,7 @@ pub fn is_render(args: &BenchArgs) -> bool {
 pub fn bench(sluice: &Path, args: BenchArgs) -> anyhow::Result<()> {
     sluice_tests::netns::require_root();
     let plan = Plan::new(&args);
+    crate::setup::debian_packages(&plan.packages())?;
     let mut progress = Progress {
         start: Instant::now(),
     };
@@ -195,7 +285,9 @@ pub fn bench(sluice: &Path, args: BenchArgs) -> anyhow::Result<()> {
             "cost" => scenarios::cost(sluice, &plan, &mut progress),
             "storm" => scenarios::storm(sluice, &plan, &mut progress),
             "maglev" => scenarios::maglev(sluice, &mut progress),
+            "l7" => l7::l7(sluice, &plan, &mut progress),
             "control" => scenarios::control(sluice, &mut progress),
+            "memory" => l7::memory(sluice, &plan, &mut progress),
             other => unreachable!("unknown scenario {other}"),
         }));
         let value = match outcome {
@@ -224,23 +316,25 @@ pub fn bench(sluice: &Path, args: BenchArgs) -> anyhow::Result<()> {
         "scenarios": Value::Object(results),
     });
 
-    let (json_path, md_path, svg_path) = output_paths(&args);
-    for path in [&json_path, &md_path, &svg_path] {
+    let out = output_paths(&args);
+    for path in [&out.json, &out.markdown, &out.svg, &out.l7_svg] {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
     }
-    std::fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")
-        .with_context(|| format!("writing {}", json_path.display()))?;
-    std::fs::write(&md_path, report::markdown(&results))
-        .with_context(|| format!("writing {}", md_path.display()))?;
-    std::fs::write(&svg_path, report::svg(&results))
-        .with_context(|| format!("writing {}", svg_path.display()))?;
+    let previous = std::fs::read_to_string(&out.json)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let results = merge(previous, results, !args.scenario.is_empty());
+    std::fs::write(&out.json, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", out.json.display()))?;
+    write_reports(&out, &results)?;
     progress.note(&format!(
-        "bench: wrote {}, {} and {}",
-        json_path.display(),
-        md_path.display(),
-        svg_path.display()
+        "bench: wrote {}, {}, {} and {}",
+        out.json.display(),
+        out.markdown.display(),
+        out.svg.display(),
+        out.l7_svg.display()
     ));
     Ok(())
 }
@@ -282,5 +376,61 @@ pub fn check_smoke(dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    for cell in scenarios
+        .get("l7")
+        .and_then(|l7| l7["cells"].as_array())
+        .into_iter()
+        .flatten()
+    {
+        for run in cell["runs"].as_array().into_iter().flatten() {
+            let what = format!("l7 {} ({})", cell["balancer"], cell["mode"]);
+            if let Some(error) = run["error"].as_str() {
+                anyhow::bail!("{what}: {error}");
+            }
+            if run["requests"].as_u64().unwrap_or(0) == 0 {
+                anyhow::bail!("{what}: no request was answered");
+            }
+        }
+    }
+    for row in scenarios
+        .get("memory")
+        .and_then(|m| m["balancers"].as_array())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(error) = row["error"].as_str() {
+            anyhow::bail!("memory {}: {error}", row["balancer"]);
+        }
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(scenarios: Value) -> Value {
+        json!({ "machine": { "date": "later" }, "quick": false, "runs": 3, "elapsed_s": 60.0, "scenarios": scenarios })
+    }
+
+    #[test]
+    fn a_partial_run_replaces_its_scenarios_only() {
+        let old = run(json!({ "forwarding": { "a": 1 }, "l7": { "old": true } }));
+        let merged = merge(
+            Some(old.clone()),
+            run(json!({ "l7": { "new": true } })),
+            true,
+        );
+        assert_eq!(merged["scenarios"]["forwarding"], json!({ "a": 1 }));
+        assert_eq!(merged["scenarios"]["l7"], json!({ "new": true }));
+        assert_eq!(merged["later_runs"][0]["scenarios"], json!(["l7"]));
+        // Again: the stale note goes, the new one stays.
+        let again = merge(Some(merged), run(json!({ "l7": { "newer": true } })), true);
+        assert_eq!(again["later_runs"].as_array().unwrap().len(), 1);
+        assert_eq!(again["scenarios"]["l7"], json!({ "newer": true }));
+        // A full run starts afresh.
+        let full = merge(Some(old), run(json!({ "l7": {} })), false);
+        assert!(full["scenarios"].get("forwarding").is_none());
+        assert!(full.get("later_runs").is_none());
+    }
 }

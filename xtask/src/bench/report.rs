@@ -1,5 +1,5 @@
 //! The results' human forms: the machine description, `docs/BENCHMARKS.md` and the SVG bar
-//! chart (written by hand, no plotting dependency). Every figure is read from the results
+//! charts (written by hand, no plotting dependency). Every figure is read from the results
 //! JSON, so a scenario that failed or was skipped shows as such instead of breaking the page.
 
 use std::process::Command;
@@ -114,6 +114,26 @@ pub fn markdown(results: &Value) -> String {
         results["elapsed_s"].as_f64().unwrap_or(0.0),
         m["date"].as_str().unwrap_or(""),
     ));
+    for later in results["later_runs"].as_array().into_iter().flatten() {
+        let names: Vec<&str> = later["scenarios"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        md.push_str(&format!(
+            "**Measured later and merged** (`--scenario`): {} ({}, {} run(s), {:.0} s), {}.\n\n",
+            names.join(", "),
+            if later["quick"].as_bool() == Some(true) {
+                "quick"
+            } else {
+                "full"
+            },
+            later["runs"],
+            later["elapsed_s"].as_f64().unwrap_or(0.0),
+            later["date"].as_str().unwrap_or(""),
+        ));
+    }
     md.push_str(HOW_TO);
 
     md.push_str("## 1. L4 forwarding rate\n\n");
@@ -262,7 +282,8 @@ pub fn markdown(results: &Value) -> String {
         md.push_str("Not run.\n\n");
     }
 
-    md.push_str("## 5. L7\n\nNot measured yet: needs the L7 proxy (requests per second and p50/p99 with `wrk`, keep-alive and a connection per request, against nginx and HAProxy).\n\n");
+    md.push_str("## 5. L7\n\n");
+    md.push_str(&l7_markdown(&s["l7"]));
 
     let control = &s["control"];
     md.push_str("## 6. Control plane\n\n");
@@ -291,15 +312,174 @@ pub fn markdown(results: &Value) -> String {
         md.push_str(&format!(
             "- Daemon RSS: **{:.1} MiB** idle (3 targets), **{:.1} MiB** with 1,003 targets.\n\
              - Kernel memory of the flow tables (`FLOWS` and `NAT_REPLIES`, LRU hashes preallocated at `--flows`, from the map fds' `memlock`): **{} MiB per million flows**; all of the daemon's maps: {} MiB.\n\
-             - Proxy memory per 10,000 idle WebSocket connections: not measured yet: needs the L7 proxy.\n\n",
+             \n",
             control["rss_idle_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             control["rss_1000_targets_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             mib(&control["flow_tables_bytes_per_million_flows"]),
             mib(&control["all_maps_memlock_bytes"]),
         ));
     } else {
-        md.push_str("Not run (measured with the control-plane scenario).\n\n");
+        md.push_str(
+            "Daemon and kernel memory: not run (measured with the control-plane scenario).\n\n",
+        );
     }
+    md.push_str(&memory_markdown(&s["memory"]));
+    md
+}
+
+/// A cell of the L7 scenario.
+fn l7_cell<'a>(l7: &'a Value, balancer: &str, mode: &str) -> Option<&'a Value> {
+    l7["cells"]
+        .as_array()?
+        .iter()
+        .find(|c| c["balancer"] == balancer && c["mode"] == mode)
+}
+
+const L7_MODES: &[(&str, &str)] = &[
+    ("keepalive", "keep-alive"),
+    ("close", "connection per request"),
+];
+
+fn l7_markdown(l7: &Value) -> String {
+    if let Some(e) = error_line(l7) {
+        return e;
+    }
+    if !l7.is_object() {
+        return "Not run.\n\n".to_string();
+    }
+    let mut md = format!(
+        "Requests per second and latency percentiles from `wrk` (one thread, {} connections, {} s per measurement after {} s of warm-up, median of the runs; each run in `results.json`), `GET /` of {} targets \
+         (nginx answering a 3-byte body). \"Connection per request\" sends `Connection: close`: every request opens a TCP connection to the balancer, while connections to the targets stay alive; \
+         wrk's latency starts when the request is written, so it leaves out the client's TCP handshake. \
+         Each balancer runs alone on CPU {}, with the same job: round robin, keep-alive to the targets, `X-Forwarded-For`, no logging \
+         (sluice: `RUST_LOG=info,sluice::access=off`; nginx: `access_log off`, one process; HAProxy: no `log`). \
+         wrk and the targets share CPU {}, so on a 2-CPU machine they can be the bottleneck, which narrows the differences. Goal: sluice at least equal to nginx on requests per second (ratio ≥ 1) and p99 (ratio ≤ 1).\n\n\
+         ![L7 requests per second](bench-l7.svg)\n\n\
+         | balancer | connections | req/s | p50 ms | p99 ms | req/s ÷ nginx | p99 ÷ nginx |\n|---|---|---:|---:|---:|---:|---:|\n",
+        l7["connections"],
+        l7["seconds"],
+        l7["warmup_seconds"],
+        l7["targets"],
+        l7["balancer_cpu"].as_str().unwrap_or("?"),
+        l7["client_cpu"].as_str().unwrap_or("?"),
+    );
+    for (mode, label) in L7_MODES {
+        for balancer in super::l7::BALANCERS {
+            let Some(c) = l7_cell(l7, balancer, mode) else {
+                continue;
+            };
+            let ratio = |key: &str| {
+                let base = l7_cell(l7, "nginx", mode).and_then(|n| n[key].as_f64());
+                match (c[key].as_f64(), base) {
+                    (Some(v), Some(b)) if b > 0.0 => format!("{:.2}", v / b),
+                    _ => "–".to_string(),
+                }
+            };
+            let errors: Vec<&str> = c["runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["error"].as_str())
+                .collect();
+            let failed: u64 = c["runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    r["socket_errors"].as_u64().unwrap_or(0) + r["non_2xx"].as_u64().unwrap_or(0)
+                })
+                .sum();
+            let mut name = balancer.to_string();
+            if *balancer == "sluice" {
+                name = "**sluice**".to_string();
+            }
+            md.push_str(&format!(
+                "| {name} | {label} | {} | {} | {} | {} | {} |\n",
+                num(&c["median_rps"], 0),
+                num(&c["median_p50_ms"], 3),
+                num(&c["median_p99_ms"], 3),
+                ratio("median_rps"),
+                ratio("median_p99_ms"),
+            ));
+            if failed > 0 {
+                md.push_str(&format!(
+                    "| | ({failed} socket errors or non-2xx answers over the runs) | | | | | |\n"
+                ));
+            }
+            if let Some(e) = errors.first() {
+                md.push_str(&format!(
+                    "| | ({} run(s) failed: {}) | | | | | |\n",
+                    errors.len(),
+                    e.replace(['\n', '|'], " ")
+                ));
+            }
+        }
+    }
+    md.push('\n');
+    md
+}
+
+fn memory_markdown(memory: &Value) -> String {
+    if let Some(e) = error_line(memory) {
+        return format!("Proxy memory per idle WebSocket connection: {e}");
+    }
+    let Some(rows) = memory["balancers"].as_array() else {
+        return "Proxy memory per idle WebSocket connection: not run (the `memory` scenario).\n\n"
+            .to_string();
+    };
+    let mut md = format!(
+        "Proxy memory per 10,000 idle WebSocket connections: the balancer's RSS before and after {} connections were opened through it (one at a time, `GET /ws` with `Upgrade: websocket` to one target that answers `101` and then holds the connection; nothing is sent afterwards; idle and tunnel timeouts {} s), \
+         scaled to 10,000. The balancer runs on one CPU as in the L7 scenario; nginx is one process (`master_process off`), so its RSS is all of nginx's.\n\n\
+         | balancer | connections open | RSS before MiB | RSS after MiB | KiB per connection | MiB per 10,000 | ÷ nginx |\n|---|---:|---:|---:|---:|---:|---:|\n",
+        memory["connections"], memory["idle_timeout_s"]
+    );
+    if let (Some(open), Some(wanted)) = (
+        memory["connections"].as_u64(),
+        memory["wanted_connections"].as_u64(),
+    ) {
+        if open < wanted {
+            md.insert_str(
+                md.find("\n\n").unwrap_or(0),
+                &format!(
+                    " {open} rather than {wanted} connections: this process and each balancer hold two descriptors per connection, and the open-file limit was {} (raising the hard limit needs CAP_SYS_RESOURCE).",
+                    memory["open_file_limit"]
+                ),
+            );
+        }
+    }
+    let nginx = rows
+        .iter()
+        .find(|r| r["balancer"] == "nginx")
+        .and_then(|r| r["mib_per_10000"].as_f64())
+        .filter(|v| *v > 0.0);
+    for r in rows {
+        let mib = |key: &str| {
+            r[key]
+                .as_f64()
+                .map(|k| format!("{:.1}", k / 1024.0))
+                .unwrap_or_else(|| "–".into())
+        };
+        let ratio = match (r["mib_per_10000"].as_f64(), nginx) {
+            (Some(v), Some(n)) => format!("{:.2}", v / n),
+            _ => "–".into(),
+        };
+        md.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {ratio} |\n",
+            r["balancer"].as_str().unwrap_or("?"),
+            r["opened"].as_u64().map_or("–".into(), |n| n.to_string()),
+            mib("rss_before_kib"),
+            mib("rss_after_kib"),
+            num(&r["kib_per_connection"], 1),
+            num(&r["mib_per_10000"], 1),
+        ));
+        if let Some(e) = r["error"].as_str() {
+            md.push_str(&format!(
+                "| | ({}) | | | | | |\n",
+                e.replace(['\n', '|'], " ")
+            ));
+        }
+    }
+    md.push('\n');
     md
 }
 
@@ -312,9 +492,13 @@ const HOW_TO: &str = "\
     cargo xtask bench                 # everything, 3 runs of each repeated scenario (about 10 minutes)
     cargo xtask bench --quick         # seconds: a smoke run (also part of `cargo xtask test`)
     cargo xtask bench --runs 5 --scenario forwarding --scenario cost
+    cargo xtask bench --scenario l7 --scenario memory   # re-measure these, keep the rest
+    cargo xtask bench --render        # re-write this page and the charts from results.json
 
 It needs root: it builds its topology in network namespaces (a generator, the load balancer,
-targets with counting sinks) and removes it afterwards; nothing reaches the host's network.
+targets with counting sinks or HTTP servers) and removes it afterwards; nothing reaches the
+host's network. It installs what it runs from Debian (nftables; nginx, HAProxy and wrk for the
+L7 scenarios).
 Traffic comes from `sluice bench` (an in-kernel generator: `BPF_PROG_TEST_RUN` with live frames,
 see [OPERATING.md](OPERATING.md#benchmarking-sluice-bench)). Runs interleave sluice with its
 baselines, so each comparison is made under the same conditions; figures are medians over runs and
@@ -415,6 +599,89 @@ pub fn svg(results: &Value) -> String {
     out
 }
 
+/// A bar chart of the L7 scenario's median requests per second: a group per mode, a bar per
+/// balancer.
+pub fn l7_svg(results: &Value) -> String {
+    let l7 = &results["scenarios"]["l7"];
+    let balancers = super::l7::BALANCERS;
+    let (width, height) = (620.0, 300.0);
+    let (left, right, top, bottom) = (70.0, 120.0, 40.0, 50.0);
+    let plot_w = width - left - right;
+    let plot_h = height - top - bottom;
+    let max = l7["cells"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["median_rps"].as_f64())
+        .fold(0.0f64, f64::max);
+    let scale_max = if max > 0.0 { nice_ceiling(max) } else { 1.0 };
+    let colors = ["#2b6cb0", "#2f855a", "#d9822b"];
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"22\" font-size=\"14\" font-weight=\"bold\">L7 proxy, requests per second with wrk (median)</text>\n"
+    );
+    for i in 0..=4 {
+        let v = scale_max * i as f64 / 4.0;
+        let y = top + plot_h - plot_h * i as f64 / 4.0;
+        out.push_str(&format!(
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e2e2e2\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
+            left + plot_w,
+            left - 6.0,
+            y + 4.0
+        ));
+    }
+    if max > 0.0 {
+        let group_w = plot_w / L7_MODES.len() as f64;
+        let bar_w = group_w * 0.8 / balancers.len() as f64;
+        for (g, (mode, label)) in L7_MODES.iter().enumerate() {
+            let x0 = left + g as f64 * group_w + group_w * 0.1;
+            for (i, b) in balancers.iter().enumerate() {
+                let Some(rps) = l7_cell(l7, b, mode).and_then(|c| c["median_rps"].as_f64()) else {
+                    continue;
+                };
+                let h = plot_h * rps / scale_max;
+                out.push_str(&format!(
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"><title>{b}, {label}: {rps:.0} req/s</title></rect>\n",
+                    x0 + i as f64 * bar_w,
+                    top + plot_h - h,
+                    bar_w * 0.9,
+                    colors[i % colors.len()]
+                ));
+            }
+            out.push_str(&format!(
+                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{label}</text>\n",
+                x0 + group_w * 0.4,
+                top + plot_h + 20.0
+            ));
+        }
+    } else {
+        out.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">not measured</text>\n",
+            left + plot_w / 2.0,
+            top + plot_h / 2.0
+        ));
+    }
+    out.push_str(&format!(
+        "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{1:.1}\" y2=\"{0:.1}\" stroke=\"black\"/>\n",
+        top + plot_h,
+        left + plot_w
+    ));
+    for (i, b) in balancers.iter().enumerate() {
+        let y = top + 10.0 + i as f64 * 20.0;
+        out.push_str(&format!(
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{b}</text>\n",
+            left + plot_w + 16.0,
+            y - 10.0,
+            colors[i % colors.len()],
+            left + plot_w + 34.0,
+            y,
+        ));
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
 /// The next of 1, 2, 2.5, 5 times a power of ten at or above `x`.
 fn nice_ceiling(x: f64) -> f64 {
     let power = 10f64.powf(x.log10().floor());
@@ -441,6 +708,21 @@ mod tests {
                     { "variant": "dsr", "protocol": "udp", "targets": 3, "median_mpps": 1.5 },
                 ]},
                 "cost": { "error": "boom" },
+                "l7": { "connections": 8, "seconds": 1, "warmup_seconds": 0, "targets": 3,
+                        "balancer_cpu": "0", "client_cpu": "1", "cells": [
+                    { "balancer": "sluice", "mode": "keepalive", "median_rps": 30000.0, "median_p50_ms": 0.2, "median_p99_ms": 0.9,
+                      "runs": [{ "rps": 30000.0, "requests": 30000, "socket_errors": 0, "non_2xx": 0 }] },
+                    { "balancer": "nginx", "mode": "keepalive", "median_rps": 20000.0, "median_p50_ms": 0.3, "median_p99_ms": 1.2,
+                      "runs": [{ "rps": 20000.0, "requests": 20000, "socket_errors": 4, "non_2xx": 0 }] },
+                    { "balancer": "haproxy", "mode": "close", "runs": [{ "error": "wrk failed" }] },
+                ]},
+                "memory": { "connections": 100, "idle_timeout_s": 600, "balancers": [
+                    { "balancer": "sluice", "opened": 100, "rss_before_kib": 10240, "rss_after_kib": 11264,
+                      "kib_per_connection": 10.24, "mib_per_10000": 100.0 },
+                    { "balancer": "nginx", "opened": 100, "rss_before_kib": 4096, "rss_after_kib": 4608,
+                      "kib_per_connection": 5.12, "mib_per_10000": 50.0 },
+                    { "balancer": "haproxy", "error": "did not listen" },
+                ]},
             }
         })
     }
@@ -453,12 +735,42 @@ mod tests {
     }
 
     #[test]
-    fn markdown_has_ratios_errors_and_the_l7_gap() {
+    fn markdown_has_ratios_and_errors() {
         let md = markdown(&results());
         assert!(md.contains("| udp | 3 | dsr | 0.75 | 6.00 |"), "{md}");
         assert!(md.contains("Not measured in this run: boom"), "{md}");
-        assert!(md.contains("Not measured yet: needs the L7 proxy"), "{md}");
         assert!(md.contains("Test CPU × 2 CPUs"), "{md}");
+        assert!(
+            md.contains("| **sluice** | keep-alive | 30000 | 0.200 | 0.900 | 1.50 | 0.75 |"),
+            "{md}"
+        );
+        assert!(md.contains("(4 socket errors or non-2xx answers"), "{md}");
+        assert!(md.contains("(1 run(s) failed: wrk failed)"), "{md}");
+        assert!(
+            md.contains("| sluice | 100 | 10.0 | 11.0 | 10.2 | 100.0 | 2.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("| | (did not listen) |"), "{md}");
+    }
+
+    #[test]
+    fn later_runs_are_named() {
+        let mut r = results();
+        r["later_runs"] = json!([{ "scenarios": ["l7", "memory"], "date": "tomorrow", "quick": false, "runs": 3, "elapsed_s": 60.0 }]);
+        let md = markdown(&r);
+        assert!(
+            md.contains("**Measured later and merged** (`--scenario`): l7, memory (full, 3 run(s), 60 s), tomorrow."),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_l7_chart_has_a_bar_per_measured_cell() {
+        let svg = l7_svg(&results());
+        assert!(svg.starts_with("<svg"));
+        assert_eq!(svg.matches("<title>").count(), 2);
+        assert!(svg.contains("connection per request"));
+        assert!(l7_svg(&json!({})).contains("not measured"));
     }
 
     #[test]

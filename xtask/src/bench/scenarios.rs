@@ -152,7 +152,7 @@ pub fn storm(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Res
 }
 
 /// A process's resident memory, in KiB.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

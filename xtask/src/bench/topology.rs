@@ -171,11 +171,42 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(sluice: &Path, lb: &Namespace, config: &str, extra: &[&str]) -> Daemon {
+        Daemon::launch(sluice, lb, config, extra, None, "info")
+    }
+
+    /// Like [`start`](Self::start), but on the CPUs `cpus` (a `taskset` list, applied before
+    /// sluice starts, so its runtimes size their thread pools to them) and with `rust_log`.
+    pub fn start_pinned(
+        sluice: &Path,
+        lb: &Namespace,
+        config: &str,
+        cpus: &str,
+        rust_log: &str,
+    ) -> Daemon {
+        Daemon::launch(sluice, lb, config, &[], Some(cpus), rust_log)
+    }
+
+    fn launch(
+        sluice: &Path,
+        lb: &Namespace,
+        config: &str,
+        extra: &[&str],
+        cpus: Option<&str>,
+        rust_log: &str,
+    ) -> Daemon {
         let path = std::env::temp_dir().join(format!("{}-{}.toml", lb.name(), std::process::id()));
         std::fs::write(&path, config).expect("writing the bench's sluice config");
         let pin_dir = unique_pin_dir();
         let socket = unique_socket_path();
-        let mut cmd = lb.command(sluice);
+        // taskset execs sluice: the child's pid is sluice's.
+        let mut cmd = match cpus {
+            Some(cpus) => {
+                let mut cmd = lb.command("taskset");
+                cmd.args(["-c", cpus]).arg(sluice);
+                cmd
+            }
+            None => lb.command(sluice),
+        };
         cmd.args(["run", "--iface", "eth0", "--pin-dir"])
             .arg(&pin_dir)
             .arg("--socket")
@@ -183,7 +214,7 @@ impl Daemon {
             .arg("--config")
             .arg(&path)
             .args(extra)
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", rust_log);
         let child = lb.spawn(cmd);
         wait_until(TIMEOUT, "sluice to apply its configuration", || {
             if let Some(status) = child.try_status() {
