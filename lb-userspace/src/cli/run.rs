@@ -93,6 +93,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         None => Model::default(),
     };
     let tls = proxy::listener_tls(&model, None)?;
+    raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -266,6 +267,29 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     served
+}
+
+/// Raises the soft limit on open files to the hard limit: the L7 proxy holds two descriptors
+/// per proxied connection, and the usual soft limit of 1024 would cap it near 500.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                log::debug!(
+                    "open files limit raised from {before} to {}",
+                    limit.rlim_max
+                );
+            }
+        }
+    }
 }
 
 /// Removes the pins of a start that failed before it attached anything.

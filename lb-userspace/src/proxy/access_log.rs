@@ -42,6 +42,19 @@ impl Sink {
         }
     }
 
+    /// Writes `record`'s line, unless nobody would read it: the line is only built when the
+    /// `sluice::access` log target is enabled (`RUST_LOG=...,sluice::access=off` turns the
+    /// access log off at no cost per request) or a file is configured.
+    pub fn record(&self, record: &Record) {
+        let enabled = match self {
+            Sink::Log => log::log_enabled!(target: "sluice::access", log::Level::Info),
+            Sink::File(_) => true,
+        };
+        if enabled {
+            self.write(&record.line());
+        }
+    }
+
     pub fn write(&self, line: &str) {
         match self {
             Sink::Log => log::info!(target: "sluice::access", "{line}"),

@@ -631,7 +631,7 @@ fn finish_with(
             record.received_bytes = received.load(Relaxed);
         }
         record.response_processing = Some(head_at.elapsed());
-        sink.write(&record.line());
+        sink.record(&record);
         drop(outstanding);
         drop(in_flight);
     });

@@ -248,7 +248,7 @@ fn refused(conn: &ConnCtx, status: u16, reason: &'static str, received: u64, sen
         error_reason: Some(reason),
         ..Record::default()
     };
-    conn.listener.sink.write(&record.line());
+    conn.listener.sink.record(&record);
 }
 
 #[cfg(test)]
