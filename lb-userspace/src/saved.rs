@@ -25,7 +25,7 @@ pub enum SavedError {
     TooBig { len: usize, max: usize },
     #[error("the saved state has format {found}; this sluice reads format {FORMAT}: run `sluice down` (this drops established flows) and start again")]
     Format { found: u32 },
-    #[error("the saved state does not parse: {0}")]
+    #[error("the saved state in the STATE map does not parse ({0}); run `sluice down` (this drops established flows) and start again")]
     Parse(#[from] serde_json::Error),
     #[error("STATE map: {0}")]
     Map(#[from] MapError),
