@@ -511,81 +511,9 @@ Benchmarks never fail on a number.
 /// A grouped bar chart of the forwarding medians.
 pub fn svg(results: &Value) -> String {
     let fwd = &results["scenarios"]["forwarding"];
-    let groups = groups(fwd);
-    let (width, height) = (760.0, 340.0);
-    let (left, right, top, bottom) = (56.0, 150.0, 40.0, 50.0);
-    let plot_w = width - left - right;
-    let plot_h = height - top - bottom;
-    let max = fwd["cells"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["median_mpps"].as_f64())
-        .fold(0.0f64, f64::max);
-    let scale_max = if max > 0.0 { nice_ceiling(max) } else { 1.0 };
-    let colors = ["#8c8c8c", "#d9822b", "#2b6cb0", "#2f855a", "#805ad5"];
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"22\" font-size=\"14\" font-weight=\"bold\">L4 forwarding rate, Mpps received at the targets (median)</text>\n"
-    );
-    for i in 0..=4 {
-        let v = scale_max * i as f64 / 4.0;
-        let y = top + plot_h - plot_h * i as f64 / 4.0;
-        out.push_str(&format!(
-            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e2e2e2\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.2}</text>\n",
-            left + plot_w,
-            left - 6.0,
-            y + 4.0
-        ));
-    }
-    if !groups.is_empty() {
-        let group_w = plot_w / groups.len() as f64;
-        let bar_w = group_w * 0.8 / VARIANTS.len() as f64;
-        for (g, (protocol, targets)) in groups.iter().enumerate() {
-            let x0 = left + g as f64 * group_w + group_w * 0.1;
-            for (i, v) in VARIANTS.iter().enumerate() {
-                let Some(mpps) =
-                    cell(fwd, v, protocol, *targets).and_then(|c| c["median_mpps"].as_f64())
-                else {
-                    continue;
-                };
-                let h = plot_h * mpps / scale_max;
-                out.push_str(&format!(
-                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"><title>{v}: {mpps:.3} Mpps</title></rect>\n",
-                    x0 + i as f64 * bar_w,
-                    top + plot_h - h,
-                    bar_w * 0.9,
-                    colors[i % colors.len()]
-                ));
-            }
-            out.push_str(&format!(
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{protocol}, {targets} targets</text>\n",
-                x0 + group_w * 0.4,
-                top + plot_h + 20.0
-            ));
-        }
-    } else {
-        out.push_str(&format!(
-            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">not measured</text>\n",
-            left + plot_w / 2.0,
-            top + plot_h / 2.0
-        ));
-    }
-    out.push_str(&format!(
-        "<line x1=\"{left}\" y1=\"{0:.1}\" x2=\"{1:.1}\" y2=\"{0:.1}\" stroke=\"black\"/>\n",
-        top + plot_h,
-        left + plot_w
-    ));
-    for (i, v) in VARIANTS.iter().enumerate() {
-        let y = top + 10.0 + i as f64 * 20.0;
-        out.push_str(&format!(
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{}</text>\n",
-            left + plot_w + 16.0,
-            y - 10.0,
-            colors[i % colors.len()],
-            left + plot_w + 34.0,
-            y,
+    let series: Vec<String> = VARIANTS
+        .iter()
+        .map(|v| {
             match *v {
                 "floor" => "floor (MAC swap)",
                 "nftables" => "nftables DNAT",
@@ -593,10 +521,32 @@ pub fn svg(results: &Value) -> String {
                 "dsr" => "sluice dsr",
                 _ => "sluice tunnel",
             }
-        ));
-    }
-    out.push_str("</svg>\n");
-    out
+            .to_string()
+        })
+        .collect();
+    let groups = groups(fwd)
+        .into_iter()
+        .map(|(protocol, targets)| {
+            let bars = VARIANTS
+                .iter()
+                .map(|v| {
+                    let mpps = cell(fwd, v, &protocol, targets)?["median_mpps"].as_f64()?;
+                    Some((mpps, format!("{v}: {mpps:.3} Mpps")))
+                })
+                .collect();
+            (format!("{protocol}, {targets} targets"), bars)
+        })
+        .collect();
+    bar_chart(&BarChart {
+        title: "L4 forwarding rate, Mpps received at the targets (median)",
+        size: (760.0, 340.0),
+        left: 56.0,
+        right: 150.0,
+        axis_digits: 2,
+        colors: &["#8c8c8c", "#d9822b", "#2b6cb0", "#2f855a", "#805ad5"],
+        series,
+        groups,
+    })
 }
 
 /// A bar chart of the L7 scenario's median requests per second: a group per mode, a bar per
@@ -604,49 +554,93 @@ pub fn svg(results: &Value) -> String {
 pub fn l7_svg(results: &Value) -> String {
     let l7 = &results["scenarios"]["l7"];
     let balancers = super::l7::BALANCERS;
-    let (width, height) = (620.0, 300.0);
-    let (left, right, top, bottom) = (70.0, 120.0, 40.0, 50.0);
-    let plot_w = width - left - right;
-    let plot_h = height - top - bottom;
-    let max = l7["cells"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c["median_rps"].as_f64())
+    let groups = L7_MODES
+        .iter()
+        .map(|(mode, label)| {
+            let bars = balancers
+                .iter()
+                .map(|b| {
+                    let rps = l7_cell(l7, b, mode)?["median_rps"].as_f64()?;
+                    Some((rps, format!("{b}, {label}: {rps:.0} req/s")))
+                })
+                .collect();
+            (label.to_string(), bars)
+        })
+        .collect();
+    bar_chart(&BarChart {
+        title: "L7 proxy, requests per second with wrk (median)",
+        size: (620.0, 300.0),
+        left: 70.0,
+        right: 120.0,
+        axis_digits: 0,
+        colors: &["#2b6cb0", "#2f855a", "#d9822b"],
+        series: balancers.iter().map(|b| b.to_string()).collect(),
+        groups,
+    })
+}
+
+/// A grouped bar chart: per group a label and, per series, a value and its tooltip (none
+/// where not measured); a legend names the series.
+struct BarChart<'a> {
+    title: &'a str,
+    size: (f64, f64),
+    left: f64,
+    right: f64,
+    axis_digits: usize,
+    colors: &'a [&'a str],
+    series: Vec<String>,
+    groups: Vec<(String, Vec<Bar>)>,
+}
+
+/// One bar's value and tooltip; `None` where not measured.
+type Bar = Option<(f64, String)>;
+
+fn bar_chart(chart: &BarChart) -> String {
+    let (width, height) = chart.size;
+    let (left, top) = (chart.left, 40.0);
+    let plot_w = width - left - chart.right;
+    let plot_h = height - top - 50.0;
+    let color = |i: usize| chart.colors[i % chart.colors.len()];
+    let max = chart
+        .groups
+        .iter()
+        .flat_map(|(_, bars)| bars.iter().flatten())
+        .map(|(value, _)| *value)
         .fold(0.0f64, f64::max);
     let scale_max = if max > 0.0 { nice_ceiling(max) } else { 1.0 };
-    let colors = ["#2b6cb0", "#2f855a", "#d9822b"];
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"22\" font-size=\"14\" font-weight=\"bold\">L7 proxy, requests per second with wrk (median)</text>\n"
+         <text x=\"{left}\" y=\"22\" font-size=\"14\" font-weight=\"bold\">{}</text>\n",
+        chart.title
     );
     for i in 0..=4 {
         let v = scale_max * i as f64 / 4.0;
         let y = top + plot_h - plot_h * i as f64 / 4.0;
         out.push_str(&format!(
-            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e2e2e2\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#e2e2e2\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{v:.digits$}</text>\n",
             left + plot_w,
             left - 6.0,
-            y + 4.0
+            y + 4.0,
+            digits = chart.axis_digits
         ));
     }
     if max > 0.0 {
-        let group_w = plot_w / L7_MODES.len() as f64;
-        let bar_w = group_w * 0.8 / balancers.len() as f64;
-        for (g, (mode, label)) in L7_MODES.iter().enumerate() {
+        let group_w = plot_w / chart.groups.len() as f64;
+        let bar_w = group_w * 0.8 / chart.series.len() as f64;
+        for (g, (label, bars)) in chart.groups.iter().enumerate() {
             let x0 = left + g as f64 * group_w + group_w * 0.1;
-            for (i, b) in balancers.iter().enumerate() {
-                let Some(rps) = l7_cell(l7, b, mode).and_then(|c| c["median_rps"].as_f64()) else {
+            for (i, bar) in bars.iter().enumerate() {
+                let Some((value, tooltip)) = bar else {
                     continue;
                 };
-                let h = plot_h * rps / scale_max;
+                let h = plot_h * value / scale_max;
                 out.push_str(&format!(
-                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"><title>{b}, {label}: {rps:.0} req/s</title></rect>\n",
+                    "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"><title>{tooltip}</title></rect>\n",
                     x0 + i as f64 * bar_w,
                     top + plot_h - h,
                     bar_w * 0.9,
-                    colors[i % colors.len()]
+                    color(i)
                 ));
             }
             out.push_str(&format!(
@@ -667,13 +661,13 @@ pub fn l7_svg(results: &Value) -> String {
         top + plot_h,
         left + plot_w
     ));
-    for (i, b) in balancers.iter().enumerate() {
+    for (i, name) in chart.series.iter().enumerate() {
         let y = top + 10.0 + i as f64 * 20.0;
         out.push_str(&format!(
-            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{b}</text>\n",
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{:.1}\" y=\"{:.1}\">{name}</text>\n",
             left + plot_w + 16.0,
             y - 10.0,
-            colors[i % colors.len()],
+            color(i),
             left + plot_w + 34.0,
             y,
         ));
