@@ -37,6 +37,7 @@ use crate::{
     maglev::{TableSize, MAX_WEIGHT},
 };
 
+pub mod files;
 mod l7;
 pub use l7::{
     Action, Algorithm, Certificate, Cidr, FixedResponse, Forward, HeaderCondition, QueryCondition,
@@ -302,7 +303,7 @@ impl Model {
     /// Reads and validates a model file.
     pub fn load(path: &Path) -> Result<Model, ModelError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Read {
+        let text = files::read_regular_text(path).map_err(|source| ModelError::Read {
             path: shown.clone(),
             source,
         })?;

@@ -27,7 +27,7 @@ use sluice::{
     metrics::{self, MetricsAddress, Scrape},
     model::Model,
     pins,
-    proxy::{self, ListenerTls, Proxy},
+    proxy::{Proxy, ProxyError, Staged},
     rates::Rates,
     saved::{self, SavedState},
     stats::STATS_MAP,
@@ -86,13 +86,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|iface| interface::index(iface))
         .collect::<Result<Vec<u32>, _>>()?;
-    // The model and the certificates it names are read before anything is loaded: a broken
-    // file changes nothing.
+    // The model is read before anything is loaded: a broken file changes nothing.
     let model = match &args.config {
         Some(path) => Model::load(path)?,
         None => Model::default(),
     };
-    let tls = proxy::listener_tls(&model, None)?;
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -167,6 +165,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Controller::new(maps)
     };
+    // Certificates read, access logs opened and sockets bound before the model is applied:
+    // a listener that cannot be served stops sluice here, as a broken model would (a fresh
+    // start that fails removes its pins: `fresh`).
+    let staged = Proxy::stage(None, &model, true)?;
+    let proxy = if staged.serves() {
+        Some(Proxy::start()?)
+    } else {
+        None
+    };
     let changes = controller.apply(&model, now)?;
     log_changes(&changes);
     // Saved before anything is attached: from the moment the pins forward, a daemon taking
@@ -222,13 +229,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         down: tokio::sync::Notify::new(),
         going_down: std::cell::Cell::new(false),
         rates: RefCell::new(Rates::new(RATE_WINDOW)),
-        proxy: RefCell::new(None),
-        tls: RefCell::new(tls),
+        proxy: RefCell::new(proxy),
     });
-    // The L7 proxy, when the model has http/https listeners: a listener that cannot be
-    // served stops sluice here, as a broken model would.
-    // A fresh start that fails here removes its pins (`fresh`), detaching again.
-    daemon.sync_proxy(true)?;
+    daemon.commit_proxy(staged);
     fresh.armed = false;
     // A LocalSet, so the API's connection tasks can share the controller without locks: each
     // request is answered between two awaits, never in the middle of a reload or a tick.
@@ -366,7 +369,7 @@ async fn serve(
                     Err(e) => log::error!("applying the health of {}: {e}", event.target.addr),
                 }
                 daemon.save();
-                let _ = daemon.sync_proxy(false);
+                daemon.sync_routes();
             }
             _ = tick.tick() => {
                 let expired = controller.borrow_mut().tick(Instant::now());
@@ -376,7 +379,7 @@ async fn serve(
                             log::info!("target {} of '{}': deregistration delay over; its remaining flows move to other targets", key.addr, key.group);
                         }
                         if !expired.is_empty() {
-                            let _ = daemon.sync_proxy(false);
+                            daemon.sync_routes();
                         }
                     }
                     Err(e) => log::error!("ending drains: {e}"),
@@ -412,8 +415,6 @@ struct Daemon {
     rates: RefCell<Rates<RateKey>>,
     /// Started with the first http/https listener.
     proxy: RefCell<Option<Proxy>>,
-    /// The https listeners' certificates, read before the model naming them was applied.
-    tls: RefCell<ListenerTls>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -427,32 +428,31 @@ enum RateKey {
 const RATE_WINDOW: Duration = Duration::from_secs(10);
 
 impl Daemon {
-    /// Gives the L7 proxy the controller's current model and targets; with `listeners`,
-    /// also (re)binds its listeners. Errors are logged and returned (only start-up treats
-    /// them as fatal: after a reload, the other listeners keep serving).
-    fn sync_proxy(&self, listeners: bool) -> anyhow::Result<()> {
-        let controller = self.controller.borrow();
-        let model = controller.model();
+    /// Makes ready what the proxy needs to serve `model` (see [`Proxy::stage`]), starting the
+    /// proxy if `model` is the first with http/https listeners; before `model` is applied, so
+    /// that a listener that cannot be served refuses the whole change.
+    fn stage_proxy(&self, model: &Model, reread: bool) -> Result<Staged, ProxyError> {
         let mut proxy = self.proxy.borrow_mut();
-        if proxy.is_none() {
-            if !model.listeners.iter().any(|l| l.protocol.is_l7()) {
-                return Ok(());
-            }
+        let staged = Proxy::stage(proxy.as_ref(), model, reread)?;
+        if staged.serves() && proxy.is_none() {
             *proxy = Some(Proxy::start()?);
         }
-        let proxy = proxy.as_mut().expect("started above");
-        let views = controller.target_views();
-        if !listeners {
-            proxy.update_routes(model, &views);
-            return Ok(());
+        Ok(staged)
+    }
+
+    /// After the controller applied the model `staged` was made for: the proxy serves it.
+    fn commit_proxy(&self, staged: Staged) {
+        let controller = self.controller.borrow();
+        if let Some(proxy) = self.proxy.borrow_mut().as_mut() {
+            proxy.commit(controller.model(), &controller.target_views(), staged);
         }
-        let errors = proxy.update(model, &views, &self.tls.borrow());
-        for e in &errors {
-            log::error!("{e}");
-        }
-        match errors.into_iter().next() {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
+    }
+
+    /// Gives the L7 proxy the controller's targets after a health change or a drain's end.
+    fn sync_routes(&self) {
+        let controller = self.controller.borrow();
+        if let Some(proxy) = self.proxy.borrow_mut().as_mut() {
+            proxy.update_routes(controller.model(), &controller.target_views());
         }
     }
 
@@ -575,14 +575,14 @@ impl Backend for Daemon {
         };
         let model = Model::load(path).map_err(|e| ControlError::invalid(refused(&e)))?;
         // Every certificate is read again: files renewed in place are taken up.
-        let tls =
-            proxy::listener_tls(&model, None).map_err(|e| ControlError::invalid(refused(&e)))?;
+        let staged = self
+            .stage_proxy(&model, true)
+            .map_err(|e| proxy_refused(&e, refused(&e)))?;
         let applied = self.controller.borrow_mut().apply(&model, Instant::now());
         let changes = applied.map_err(|e| apply_refused(&e, refused(&e)))?;
-        *self.tls.borrow_mut() = tls;
+        self.commit_proxy(staged);
         self.recheck();
         self.save();
-        let _ = self.sync_proxy(true);
         if changes.is_empty() {
             log::info!("reloaded {}: no changes", path.display());
         } else {
@@ -595,21 +595,19 @@ impl Backend for Daemon {
     fn change(&self, edit: Edit) -> Result<Changes, ControlError> {
         let model = edit.apply_to(self.controller.borrow().model());
         let model = model.inspect_err(|e| log::info!("control API: {edit} refused: {e}"))?;
-        let tls = proxy::listener_tls(&model, Some(&self.tls.borrow())).map_err(|e| {
+        let refused = |e: &dyn std::fmt::Display| {
             let message = format!("{edit} refused, running configuration kept: {e}");
             log::error!("control API: {message}");
-            ControlError::invalid(message)
-        })?;
+            message
+        };
+        let staged = self
+            .stage_proxy(&model, false)
+            .map_err(|e| proxy_refused(&e, refused(&e)))?;
         let applied = self.controller.borrow_mut().apply(&model, Instant::now());
-        let changes = applied.map_err(|e| {
-            let message = format!("{edit} refused, running configuration kept: {e}");
-            log::error!("control API: {message}");
-            apply_refused(&e, message)
-        })?;
-        *self.tls.borrow_mut() = tls;
+        let changes = applied.map_err(|e| apply_refused(&e, refused(&e)))?;
+        self.commit_proxy(staged);
         self.recheck();
         self.save();
-        let _ = self.sync_proxy(true);
         log::info!("control API: {edit}, until the next reload");
         log_changes(&changes);
         Ok(changes)
@@ -657,6 +655,16 @@ impl metrics::Source for Daemon {
             latencies,
             proxy,
         })
+    }
+}
+
+/// A listener that cannot be served: its address is taken (a conflict with the world), or a
+/// file it names is wrong (the request's fault), or the proxy cannot start (the daemon's).
+fn proxy_refused(e: &ProxyError, message: String) -> ControlError {
+    match e {
+        ProxyError::Bind { .. } => ControlError::conflict(message),
+        ProxyError::Tls { .. } | ProxyError::AccessLog { .. } => ControlError::invalid(message),
+        ProxyError::Runtime(_) | ProxyError::Key(_) => ControlError::internal(message),
     }
 }
 

@@ -34,10 +34,7 @@ impl Sink {
         match path {
             None => Ok(Sink::Log),
             Some(path) => Ok(Sink::File(Arc::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
+                crate::model::files::open_append_regular(path)?,
             ))),
         }
     }

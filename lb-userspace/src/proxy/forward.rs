@@ -48,14 +48,21 @@ pub struct ListenerCtx {
     pub port: u16,
     pub counters: Arc<ListenerCounters>,
     pub sink: Sink,
-    /// https listeners: the certificates (by SNI) and ALPN; a reload swaps in new ones.
-    pub tls: Option<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    /// https listeners: the certificates (by SNI) and ALPN.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
+
+/// What serves a listening socket now: swapped whole when a change renames the listener or
+/// changes its options, so the socket, and the connections it accepted, carry on.
+pub type ListenerSlot = arc_swap::ArcSwap<ListenerCtx>;
 
 /// One client connection.
 #[derive(Debug)]
 pub struct ConnCtx {
-    pub listener: Arc<ListenerCtx>,
+    /// The listener at accept time: its counters count the connection.
+    opened: Arc<ListenerCtx>,
+    /// The listener now (its name finds the routes; its sink takes the access log lines).
+    slot: Arc<ListenerSlot>,
     pub peer: SocketAddr,
     pub state: Arc<ConnState>,
     /// Negotiated TLS cipher and protocol, for the access log.
@@ -63,24 +70,37 @@ pub struct ConnCtx {
 }
 
 impl ConnCtx {
+    /// `opened`: what `slot` held when the connection was accepted.
     pub fn new(
-        listener: Arc<ListenerCtx>,
+        opened: Arc<ListenerCtx>,
+        slot: Arc<ListenerSlot>,
         peer: SocketAddr,
         state: Arc<ConnState>,
         tls: Option<(String, String)>,
     ) -> ConnCtx {
-        listener.counters.new_connections.fetch_add(1, Relaxed);
-        listener.counters.active_connections.fetch_add(1, Relaxed);
+        opened.counters.new_connections.fetch_add(1, Relaxed);
+        opened.counters.active_connections.fetch_add(1, Relaxed);
         ConnCtx {
-            listener,
+            opened,
+            slot,
             peer,
             state,
             tls,
         }
     }
 
+    /// The listener as it is now, after any change since the connection was accepted.
+    pub fn listener(&self) -> Arc<ListenerCtx> {
+        self.slot.load_full()
+    }
+
+    /// Whether the connection is TLS (the listener's protocol when it was accepted).
+    pub fn https(&self) -> bool {
+        self.opened.protocol == Protocol::Https
+    }
+
     pub fn proto(&self) -> &'static str {
-        match self.listener.protocol {
+        match self.opened.protocol {
             Protocol::Https => "https",
             _ => "http",
         }
@@ -90,7 +110,7 @@ impl ConnCtx {
 impl Drop for ConnCtx {
     // Held by the connection and by an upgraded tunnel: the last one counts it closed.
     fn drop(&mut self) {
-        self.listener
+        self.opened
             .counters
             .active_connections
             .fetch_sub(1, Relaxed);
@@ -123,7 +143,8 @@ pub async fn handle(
     let started = Instant::now();
     conn.state.request_started();
     let in_flight = InFlight(Arc::clone(&conn.state));
-    conn.listener.counters.requests.fetch_add(1, Relaxed);
+    let listener = conn.listener();
+    listener.counters.requests.fetch_add(1, Relaxed);
     let mut record = Record {
         kind: if request.version() == Version::HTTP_2 {
             "h2"
@@ -131,7 +152,7 @@ pub async fn handle(
             conn.proto()
         },
         time: Some(SystemTime::now()),
-        listener: conn.listener.name.clone(),
+        listener: listener.name.clone(),
         client: Some(conn.peer),
         request: format!(
             "{} {}://{}{} {:?}",
@@ -152,7 +173,7 @@ pub async fn handle(
         ..Record::default()
     };
     let snapshot = shared.snapshot.load_full();
-    let Some(routes) = snapshot.listeners.get(&conn.listener.name).cloned() else {
+    let Some(routes) = snapshot.listeners.get(&listener.name).cloned() else {
         record.error_reason = Some("ListenerRemoved");
         return Ok(finish_elb(
             &conn,
@@ -205,7 +226,7 @@ pub async fn handle(
                 &redirect::Original {
                     protocol: conn.proto(),
                     host: &host_text,
-                    port: conn.listener.port,
+                    port: conn.listener().port,
                     path: request.uri().path(),
                     query: request.uri().query().unwrap_or(""),
                 },
@@ -360,7 +381,7 @@ async fn forward(
         &mut headers,
         conn.peer.ip(),
         conn.proto(),
-        conn.listener.port,
+        conn.listener().port,
     );
     if !headers.contains_key(header::HOST) {
         // HTTP/2 carries the host in :authority; HTTP/1.1 targets need Host.
@@ -557,7 +578,7 @@ fn set_sticky_cookies(
                 duration,
                 false,
             ));
-            if conn.listener.protocol == Protocol::Https {
+            if conn.https() {
                 add(sticky::set_cookie(
                     sticky::LB_COOKIE_CORS,
                     &value,
@@ -576,7 +597,7 @@ fn set_sticky_cookies(
             )
             .is_some();
             if sticky::app_cookie_due(app_cookie_set, carried) {
-                let https = conn.listener.protocol == Protocol::Https;
+                let https = conn.https();
                 add(sticky::set_cookie(
                     sticky::APP_COOKIE,
                     &value(),
@@ -618,11 +639,11 @@ fn finish_with(
     let status = response.status().as_u16();
     record.elb_status = status;
     if record.target_status.is_none() {
-        conn.listener.counters.elb_response(status);
+        conn.listener().counters.elb_response(status);
     }
     let sent = Arc::new(AtomicU64::new(0));
     let head_at = Instant::now();
-    let sink = conn.listener.sink.clone();
+    let sink = conn.listener().sink.clone();
     let counted = Arc::clone(&sent);
     let (head, body) = response.into_parts();
     let body = body::Tracked::new(body, sent, move || {

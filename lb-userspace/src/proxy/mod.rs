@@ -112,12 +112,31 @@ pub fn listener_tls(model: &Model, reuse: Option<&ListenerTls>) -> Result<Listen
     Ok(configs)
 }
 
-/// A bound listener: what it was bound for, and its accept task.
+/// What a change of the model needs from the proxy, made ready before the change is applied
+/// (see [`Proxy::stage`]): a listening socket for every address not served yet, every
+/// listener's access log opened, its certificates read. Committing it cannot fail; dropping it
+/// instead undoes it (the new sockets close at once: nothing accepted on them yet).
+pub struct Staged {
+    listeners: BTreeMap<SocketAddr, StagedListener>,
+    tls: ListenerTls,
+}
+
+struct StagedListener {
+    ctx: forward::ListenerCtx,
+    /// None: the address is served already, and its socket is kept.
+    socket: Option<std::net::TcpListener>,
+}
+
+impl Staged {
+    /// Whether the model has http or https listeners (so that the proxy must run).
+    pub fn serves(&self) -> bool {
+        !self.listeners.is_empty()
+    }
+}
+
+/// A listening socket and the task accepting on it.
 struct Bound {
-    addr: SocketAddr,
-    protocol: Protocol,
-    access_log: Option<PathBuf>,
-    ctx: Arc<forward::ListenerCtx>,
+    slot: Arc<forward::ListenerSlot>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -133,7 +152,10 @@ pub struct Proxy {
     runtime: Option<tokio::runtime::Runtime>,
     shared: Arc<Shared>,
     carried: snapshot::Carried,
-    bound: BTreeMap<String, Bound>,
+    /// By address: a listener keeps its socket across renames and option changes.
+    bound: BTreeMap<SocketAddr, Bound>,
+    /// The certificates the https listeners serve, for the next change to reuse.
+    tls: ListenerTls,
     generation: u64,
 }
 
@@ -162,26 +184,137 @@ impl Proxy {
             shared,
             carried: snapshot::Carried::default(),
             bound: BTreeMap::new(),
+            tls: ListenerTls::new(),
             generation: 0,
         })
     }
 
-    /// Swaps in the routes of `model` for targets in `views`, then binds listeners that are
-    /// new or moved and closes those that are gone; https listeners serve with their
-    /// configuration in `tls` (from [`listener_tls`]; one already bound takes it for its next
-    /// connections). Every listener that can be bound is; the errors of the others are
-    /// returned.
-    pub fn update(
+    /// Makes ready what serving `model`'s http and https listeners needs, before the model
+    /// is applied: reads the certificates (all of them again with `reread`, as a reload does,
+    /// so that files renewed in place are taken up; otherwise a listener whose certificate
+    /// files did not change keeps what `current` serves), opens every access log, and binds a
+    /// socket for each address `current` does not listen on yet. The first thing that fails
+    /// is the error, and nothing is left behind.
+    pub fn stage(
+        current: Option<&Proxy>,
+        model: &Model,
+        reread: bool,
+    ) -> Result<Staged, ProxyError> {
+        let reuse = current.filter(|_| !reread).map(|p| &p.tls);
+        let tls = listener_tls(model, reuse)?;
+        let mut listeners = BTreeMap::new();
+        for listener in model.listeners.iter().filter(|l| l.protocol.is_l7()) {
+            let name = &listener.name;
+            let addr = SocketAddr::new(listener.address, listener.port);
+            let config = match listener.protocol {
+                Protocol::Https => Some(Arc::clone(&tls[name].1)),
+                _ => None,
+            };
+            let sink =
+                access_log::Sink::open(listener.access_log.as_deref()).map_err(|source| {
+                    ProxyError::AccessLog {
+                        name: name.clone(),
+                        path: listener.access_log.clone().unwrap_or_default(),
+                        source,
+                    }
+                })?;
+            let kept = current.and_then(|p| p.bound.get(&addr));
+            let socket = match kept {
+                Some(_) => None,
+                None => Some(listen(addr).map_err(|source| ProxyError::Bind {
+                    name: name.clone(),
+                    addr,
+                    source,
+                })?),
+            };
+            // Counters go on while the name does.
+            let counters = kept
+                .map(|b| b.slot.load_full())
+                .filter(|ctx| ctx.name == *name)
+                .map_or_else(Default::default, |ctx| Arc::clone(&ctx.counters));
+            let ctx = forward::ListenerCtx {
+                name: name.clone(),
+                protocol: listener.protocol,
+                port: listener.port,
+                counters,
+                sink,
+                tls: config,
+            };
+            listeners.insert(addr, StagedListener { ctx, socket });
+        }
+        Ok(Staged { listeners, tls })
+    }
+
+    /// Swaps in the routes of `model` for targets in `views` and serves the listeners
+    /// `staged` (from [`Proxy::stage`] with this proxy and the same model) made ready: an
+    /// address served before keeps its socket and its connections and serves the listener
+    /// as it is now; new addresses start accepting; addresses no longer in the model stop
+    /// (their connections carry on).
+    pub fn commit(
         &mut self,
         model: &Model,
         views: &BTreeMap<TargetKey, TargetView>,
-        tls: &ListenerTls,
-    ) -> Vec<ProxyError> {
-        let snapshot = Snapshot::build(model, views, &mut self.carried);
-        self.shared.snapshot.store(Arc::new(snapshot));
-        self.generation += 1;
-        self.shared.changed.send_replace(self.generation);
-        self.bind(model, tls)
+        staged: Staged,
+    ) {
+        // Routes first: a renamed listener's connections find their routes by the new name.
+        self.update_routes(model, views);
+        let runtime = self.runtime.as_ref().expect("running until dropped");
+        let mut old = std::mem::take(&mut self.bound);
+        for (addr, StagedListener { ctx, socket }) in staged.listeners {
+            let ctx = Arc::new(ctx);
+            let bound = match (socket, old.remove(&addr)) {
+                (None, Some(bound)) => {
+                    let before = bound.slot.swap(Arc::clone(&ctx));
+                    if before.name != ctx.name {
+                        log::info!(
+                            "listener '{}' now serves {addr} as '{}', on the same socket",
+                            before.name,
+                            ctx.name
+                        );
+                    }
+                    bound
+                }
+                (Some(socket), _) => {
+                    let _entered = runtime.enter();
+                    let socket = match tokio::net::TcpListener::from_std(socket) {
+                        Ok(socket) => socket,
+                        // Registering a socket with epoll fails only when the kernel is out
+                        // of memory; the listener stays unserved then, and says so.
+                        Err(e) => {
+                            log::error!("listener '{}': serving {addr}: {e}", ctx.name);
+                            continue;
+                        }
+                    };
+                    let slot = Arc::new(ArcSwap::new(Arc::clone(&ctx)));
+                    let task = runtime.spawn(server::accept_loop(
+                        socket,
+                        Arc::clone(&self.shared),
+                        Arc::clone(&slot),
+                    ));
+                    log::info!(
+                        "listener '{}' ({}) serving on {addr}",
+                        ctx.name,
+                        ctx.protocol.name()
+                    );
+                    Bound { slot, task }
+                }
+                (None, None) => {
+                    log::error!(
+                        "listener '{}': {addr} was staged as served already, but is not; reload to bind it",
+                        ctx.name
+                    );
+                    continue;
+                }
+            };
+            self.bound.insert(addr, bound);
+        }
+        for (addr, bound) in old {
+            log::info!(
+                "listener '{}' stopped listening on {addr}",
+                bound.slot.load().name
+            );
+        }
+        self.tls = staged.tls;
     }
 
     /// Only the routes (health changes, drains ending): no listener changes.
@@ -192,105 +325,16 @@ impl Proxy {
         self.shared.changed.send_replace(self.generation);
     }
 
-    fn bind(&mut self, model: &Model, tls: &ListenerTls) -> Vec<ProxyError> {
-        let mut errors = Vec::new();
-        let wanted: BTreeMap<&str, &crate::model::Listener> = model
-            .listeners
-            .iter()
-            .filter(|l| l.protocol.is_l7())
-            .map(|l| (l.name.as_str(), l))
-            .collect();
-        self.bound.retain(|name, bound| {
-            wanted.get(name.as_str()).is_some_and(|l| {
-                bound.addr == SocketAddr::new(l.address, l.port)
-                    && bound.protocol == l.protocol
-                    && bound.access_log == l.access_log
-            })
-        });
-        let runtime = self.runtime.as_ref().expect("running until dropped");
-        for (name, listener) in wanted {
-            let config = match listener.protocol {
-                Protocol::Https => match tls.get(name) {
-                    Some((_, config)) => Some(Arc::clone(config)),
-                    None => {
-                        errors.push(ProxyError::Tls {
-                            name: name.to_string(),
-                            source: tls::TlsError::NotLoaded,
-                        });
-                        continue;
-                    }
-                },
-                _ => None,
-            };
-            if let Some(bound) = self.bound.get(name) {
-                if let (Some(slot), Some(config)) = (&bound.ctx.tls, config) {
-                    slot.store(config);
-                }
-                continue;
-            }
-            let addr = SocketAddr::new(listener.address, listener.port);
-            let tls = config.map(ArcSwap::new);
-            let sink = match access_log::Sink::open(listener.access_log.as_deref()) {
-                Ok(sink) => sink,
-                Err(source) => {
-                    errors.push(ProxyError::AccessLog {
-                        name: name.to_string(),
-                        path: listener.access_log.clone().unwrap_or_default(),
-                        source,
-                    });
-                    continue;
-                }
-            };
-            let _entered = runtime.enter();
-            let socket = match listen(addr).and_then(tokio::net::TcpListener::from_std) {
-                Ok(socket) => socket,
-                Err(source) => {
-                    errors.push(ProxyError::Bind {
-                        name: name.to_string(),
-                        addr,
-                        source,
-                    });
-                    continue;
-                }
-            };
-            let ctx = Arc::new(forward::ListenerCtx {
-                name: name.to_string(),
-                protocol: listener.protocol,
-                port: listener.port,
-                counters: Arc::new(metrics::ListenerCounters::default()),
-                sink,
-                tls,
-            });
-            let task = runtime.spawn(server::accept_loop(
-                socket,
-                Arc::clone(&self.shared),
-                Arc::clone(&ctx),
-            ));
-            log::info!(
-                "listener '{name}' ({}) serving on {addr}",
-                listener.protocol.name()
-            );
-            self.bound.insert(
-                name.to_string(),
-                Bound {
-                    addr,
-                    protocol: listener.protocol,
-                    access_log: listener.access_log.clone(),
-                    ctx,
-                    task,
-                },
-            );
-        }
-        errors
-    }
-
     /// The numbers for a metrics scrape.
     pub fn stats(&self) -> metrics::ProxyStats {
         metrics::ProxyStats {
             listeners: self
                 .bound
-                .iter()
-                .map(|(name, b)| (name.clone(), b.ctx.counters.read()))
+                .values()
+                .map(|b| {
+                    let ctx = b.slot.load();
+                    (ctx.name.clone(), ctx.counters.read())
+                })
                 .collect(),
             groups: self
                 .carried
@@ -348,6 +392,148 @@ mod tests {
             "test",
         )
         .unwrap()
+    }
+
+    /// A model with one http listener `name` on 127.0.0.1:`port` answering every request
+    /// with `body`, its access log in `log` if given.
+    fn http_model(name: &str, port: u16, body: &str, log: Option<&std::path::Path>) -> Model {
+        let log = log.map_or(String::new(), |p| {
+            format!("access_log = \"{}\"\n", p.display())
+        });
+        Model::parse(
+            &format!(
+                "[[listener]]\nname = \"{name}\"\naddress = \"127.0.0.1\"\nport = {port}\nprotocol = \"http\"\ndefault_target_group = \"web\"\n{log}\n\
+                 [[listener.rule]]\npriority = 1\npath = [\"/*\"]\naction = {{ type = \"fixed_response\", status = 200, content_type = \"text/plain\", body = \"{body}\" }}\n\n\
+                 [[target_group]]\nname = \"web\"\nport = 3000\ntargets = [{{ address = \"10.0.1.10\" }}]\n"
+            ),
+            "test",
+        )
+        .unwrap()
+    }
+
+    /// A port on 127.0.0.1 nothing listens on (the kernel's pick, released again).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// Sends one keep-alive GET on `stream`; the response body.
+    fn get(stream: &mut std::net::TcpStream) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        String::from_utf8(body).unwrap()
+    }
+
+    fn serve(proxy: Option<&mut Proxy>, model: &Model) -> Result<(), ProxyError> {
+        let staged = Proxy::stage(proxy.as_deref(), model, false)?;
+        proxy.unwrap().commit(model, &BTreeMap::new(), staged);
+        Ok(())
+    }
+
+    #[test]
+    fn a_listener_keeps_its_socket_and_connections_across_renames_and_option_changes() {
+        let dir = std::env::temp_dir().join(format!("sluice-proxy-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let mut proxy = Proxy::start().unwrap();
+        let first = http_model("web", port, "one", None);
+        let staged = Proxy::stage(None, &first, true).unwrap();
+        assert!(staged.serves());
+        proxy.commit(&first, &BTreeMap::new(), staged);
+        let mut kept = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(get(&mut kept), "one");
+
+        // Renamed, then given an access log: the socket stays, and so does the connection,
+        // which is served as the listener is now.
+        let log = dir.join("access.log");
+        for (i, model) in [
+            http_model("www", port, "two", None),
+            http_model("www", port, "three", Some(&log)),
+            http_model("web", port, "four", None),
+        ]
+        .iter()
+        .enumerate()
+        {
+            serve(Some(&mut proxy), model).unwrap();
+            let body = ["two", "three", "four"][i];
+            assert_eq!(get(&mut kept), body);
+            let mut fresh = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            assert_eq!(get(&mut fresh), body);
+        }
+        let lines = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+        assert!(lines.lines().all(|l| l.contains(" www ")), "{lines}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_listener_that_cannot_be_served_is_refused_before_anything_changes() {
+        let dir = std::env::temp_dir().join(format!("sluice-proxy-refuse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let mut proxy = Proxy::start().unwrap();
+        serve(Some(&mut proxy), &http_model("web", port, "one", None)).unwrap();
+
+        // Another program holds the port a second listener wants.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken_port = taken.local_addr().unwrap().port();
+        let mut two = http_model("web", port, "two", None);
+        let mut other = two.listeners[0].clone();
+        other.name = "other".into();
+        other.port = taken_port;
+        two.listeners.push(other);
+        let err = serve(Some(&mut proxy), &two).unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "listener 'other': cannot listen on 127.0.0.1:{taken_port}: Address already in use"
+            )),
+            "{err}"
+        );
+        // An access log that is a directory.
+        let err = serve(
+            Some(&mut proxy),
+            &http_model("web", port, "two", Some(&dir)),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with(&format!(
+                "listener 'web': cannot open access_log {}: ",
+                dir.display()
+            )),
+            "{err}"
+        );
+        // Nothing changed: the running listener serves as before.
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        assert_eq!(get(&mut stream), "one");
+        // A staged listener that is dropped instead of committed releases its socket at once.
+        let port2 = free_port();
+        let mut moved = http_model("web", port, "one", None);
+        moved.listeners[0].port = port2;
+        drop(Proxy::stage(Some(&proxy), &moved, false).unwrap());
+        drop(std::net::TcpListener::bind(("127.0.0.1", port2)).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{
     access_log::Record,
     conn::{ConnState, TrackedIo, Verdict},
-    forward::{self, ConnCtx, ListenerCtx},
+    forward::{self, ConnCtx, ListenerSlot},
     Shared,
 };
 
@@ -36,22 +36,28 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n";
 
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, ctx: Arc<ListenerCtx>) {
+/// Accepts connections on `listener` for as long as the task runs; each is served by the
+/// listener in `slot` at the time it was accepted.
+pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, slot: Arc<ListenerSlot>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, peer, Arc::clone(&shared), Arc::clone(&ctx)));
+                tokio::spawn(serve(stream, peer, Arc::clone(&shared), Arc::clone(&slot)));
             }
             Err(e) => {
-                log::warn!("listener '{}': accepting a connection: {e}", ctx.name);
+                log::warn!(
+                    "listener '{}': accepting a connection: {e}",
+                    slot.load().name
+                );
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, ctx: Arc<ListenerCtx>) {
+async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: Arc<ListenerSlot>) {
+    let ctx = slot.load_full();
     let Some(routes) = shared.snapshot.load().listeners.get(&ctx.name).cloned() else {
         return;
     };
@@ -66,8 +72,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, ctx: Ar
     // flight, so hyper is not writing anything then.
     let fd: RawFd = stream.as_raw_fd();
     let io = TrackedIo::new(stream, Arc::clone(&state));
-    let Some(config) = ctx.tls.as_ref().map(|slot| slot.load_full()) else {
-        let conn = Arc::new(ConnCtx::new(Arc::clone(&ctx), peer, state, None));
+    let Some(config) = ctx.tls.clone() else {
+        let conn = Arc::new(ConnCtx::new(ctx, slot, peer, state, None));
         return serve_http(io, false, Some(fd), conn, shared, limits).await;
     };
     // The handshake is part of the request head for the header read timeout (a client that
@@ -97,7 +103,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, ctx: Ar
     let (protocol, cipher) = super::tls::describe(session);
     let h2 = session.alpn_protocol() == Some(b"h2");
     let conn = Arc::new(ConnCtx::new(
-        Arc::clone(&ctx),
+        ctx,
+        slot,
         peer,
         state,
         Some((cipher.to_string(), protocol.to_string())),
@@ -232,11 +239,11 @@ fn parser_answer(e: &hyper::Error) -> Option<(u16, &'static str)> {
 /// Counts and logs a request head that never became a request: hyper's parser refused it, or
 /// it did not arrive within the header read timeout.
 fn refused(conn: &ConnCtx, status: u16, reason: &'static str, received: u64, sent: u64) {
-    conn.listener.counters.elb_response(status);
+    conn.listener().counters.elb_response(status);
     let record = Record {
         kind: conn.proto(),
         time: Some(SystemTime::now()),
-        listener: conn.listener.name.clone(),
+        listener: conn.listener().name.clone(),
         client: Some(conn.peer),
         elb_status: status,
         received_bytes: received,
@@ -248,7 +255,7 @@ fn refused(conn: &ConnCtx, status: u16, reason: &'static str, received: u64, sen
         error_reason: Some(reason),
         ..Record::default()
     };
-    conn.listener.sink.record(&record);
+    conn.listener().sink.record(&record);
 }
 
 #[cfg(test)]

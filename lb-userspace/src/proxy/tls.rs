@@ -14,7 +14,7 @@
 //! naming the file.
 
 use std::{
-    fmt, fs, io,
+    fmt, io,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -27,6 +27,8 @@ use rustls::{
     ProtocolVersion, ServerConfig, ServerConnection,
 };
 use serde::{Deserialize, Serialize};
+
+use crate::model::files;
 
 /// ALPN protocols offered, in the server's order of preference.
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -71,9 +73,6 @@ pub enum TlsError {
     KeyMismatch { cert: PathBuf, key: PathBuf },
     #[error("building the TLS configuration: {0}")]
     Config(rustls::Error),
-    /// The daemon asked to serve an https listener whose certificates it did not read first.
-    #[error("its certificates were not read before it was applied; reload the configuration")]
-    NotLoaded,
 }
 
 fn detail(reason: &Option<String>) -> String {
@@ -176,7 +175,7 @@ fn load(files: &CertificateFiles, provider: &CryptoProvider) -> Result<Certified
 }
 
 fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
-    fs::read(path).map_err(|source| TlsError::Unreadable {
+    files::read_regular(path, files::MAX_READ).map_err(|source| TlsError::Unreadable {
         what,
         path: path.to_path_buf(),
         source,
@@ -240,6 +239,7 @@ mod tests {
     use tokio_rustls::{TlsAcceptor, TlsConnector};
 
     use super::*;
+    use std::fs;
 
     /// A directory of PEM files, removed on drop.
     struct Pems {

@@ -1,0 +1,193 @@
+//! Files the model names (the configuration itself, certificates, access logs), opened so that
+//! none of them can stall the daemon's control loop: only regular files are accepted (a FIFO
+//! would block an open or a read until another program writes to it; a device may never end),
+//! every open is non-blocking, and reads are bounded in size. The type is checked on the open
+//! descriptor, so a path swapped for something else between a check and the open cannot slip
+//! through.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read},
+    os::unix::fs::{FileTypeExt, OpenOptionsExt},
+    path::Path,
+};
+
+/// The largest file [`read_regular`] reads: far above any configuration or PEM chain, far
+/// below what would take a noticeable time to read.
+pub const MAX_READ: u64 = 16 << 20;
+
+/// Reads a regular file of at most `max` bytes.
+pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let length = check_regular(&file)?;
+    if length > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{length} bytes, more than the {max} a file named here may have"),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(length as usize);
+    // Bounded even if the file grows while it is read.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("grew past the {max} bytes a file named here may have while it was read"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Reads a regular UTF-8 text file of at most [`MAX_READ`] bytes.
+pub fn read_regular_text(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_regular(path, MAX_READ)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Opens a regular file for appending, creating it (mode 0640) if missing.
+pub fn open_append_regular(path: &Path) -> io::Result<File> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        // A FIFO without a reader then fails with ENXIO instead of blocking.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    check_regular(&file)?;
+    // Appends to a regular file never block; clear the flag anyway so that writes behave
+    // as every other file's.
+    set_blocking(&file)?;
+    Ok(file)
+}
+
+/// The file's length, if it is a regular file.
+fn check_regular(file: &File) -> io::Result<u64> {
+    let metadata = file.metadata()?;
+    let kind = metadata.file_type();
+    if kind.is_file() {
+        return Ok(metadata.len());
+    }
+    let what = if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what}; give a regular file"),
+    ))
+}
+
+fn set_blocking(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `file` owns, reading and writing only its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir =
+                std::env::temp_dir().join(format!("sluice-files-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn mkfifo(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    }
+
+    #[test]
+    fn regular_files_are_read_and_appended_to() {
+        let dir = Dir::new("regular");
+        let path = dir.0.join("a.txt");
+        std::fs::write(&path, "hello").unwrap();
+        assert_eq!(read_regular_text(&path).unwrap(), "hello");
+        assert_eq!(
+            read_regular(&path, 4).unwrap_err().to_string(),
+            "5 bytes, more than the 4 a file named here may have"
+        );
+        let log = dir.0.join("new.log");
+        use std::io::Write;
+        writeln!(open_append_regular(&log).unwrap(), "one").unwrap();
+        writeln!(open_append_regular(&log).unwrap(), "two").unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "one\ntwo\n");
+    }
+
+    #[test]
+    fn fifos_directories_and_devices_are_refused_without_blocking() {
+        let dir = Dir::new("special");
+        let fifo = dir.0.join("fifo");
+        mkfifo(&fifo);
+        // Neither blocks: no other program opens the FIFO.
+        let read = read_regular(&fifo, MAX_READ).unwrap_err();
+        assert_eq!(read.to_string(), "a FIFO; give a regular file");
+        let append = open_append_regular(&fifo).unwrap_err();
+        assert_eq!(append.raw_os_error(), Some(libc::ENXIO), "{append}");
+        assert_eq!(
+            read_regular(&dir.0, MAX_READ).unwrap_err().to_string(),
+            "a directory; give a regular file"
+        );
+        assert!(open_append_regular(&dir.0).is_err());
+        assert_eq!(
+            read_regular(Path::new("/dev/zero"), MAX_READ)
+                .unwrap_err()
+                .to_string(),
+            "a device; give a regular file"
+        );
+        assert_eq!(
+            open_append_regular(Path::new("/dev/null"))
+                .unwrap_err()
+                .to_string(),
+            "a device; give a regular file"
+        );
+    }
+
+    #[test]
+    fn a_fifo_with_a_reader_is_refused_too() {
+        let dir = Dir::new("fifo-reader");
+        let fifo = dir.0.join("fifo");
+        mkfifo(&fifo);
+        // Another party holds the read end, so the open succeeds; the type check refuses it.
+        let _reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .unwrap();
+        assert_eq!(
+            open_append_regular(&fifo).unwrap_err().to_string(),
+            "a FIFO; give a regular file"
+        );
+    }
+}
