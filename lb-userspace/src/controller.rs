@@ -100,6 +100,10 @@ pub struct Changes {
     pub failing_open: Vec<String>,
     /// Target groups that have a healthy target again.
     pub failing_closed: Vec<String>,
+    /// Everything else the model changed: http/https listeners and settings (one sentence
+    /// each, see [`model::diff`]).
+    #[serde(default)]
+    pub settings: Vec<String>,
 }
 
 impl Changes {
@@ -304,7 +308,10 @@ impl Controller {
     /// and may leave a partial update).
     pub fn apply(&mut self, model: &Model, now: Instant) -> Result<Changes, ApplyError> {
         let plan = self.plan(model)?;
-        let mut changes = Changes::default();
+        let mut changes = Changes {
+            settings: model::diff::describe(&self.model, model),
+            ..Changes::default()
+        };
 
         self.maps.set_config(&plan.config)?;
         // Not fatal: the data plane hands packets for an unresolved next hop to the kernel

@@ -37,6 +37,7 @@ use crate::{
     maglev::{TableSize, MAX_WEIGHT},
 };
 
+pub mod diff;
 pub mod files;
 mod l7;
 pub use l7::{

@@ -144,8 +144,9 @@ fn describe(changes: &Changes) -> String {
     for group in &changes.failing_closed {
         lines.push(format!("target group '{group}' no longer failing open"));
     }
+    lines.extend(changes.settings.iter().cloned());
     if lines.is_empty() {
-        lines.push("no change to the data plane".to_string());
+        lines.push("no change".to_string());
     }
     lines.iter().map(|l| format!("  {l}\n")).collect()
 }

@@ -698,4 +698,7 @@ fn log_changes(changes: &Changes) {
     for group in &changes.failing_closed {
         log::info!("target group '{group}' has a healthy target again: no longer failing open");
     }
+    for setting in &changes.settings {
+        log::info!("{setting}");
+    }
 }
