@@ -21,7 +21,9 @@ pub struct ListenerArgs {
 
 #[derive(clap::Subcommand)]
 enum ListenerCommand {
-    /// Add a listener: traffic to ADDRESS:PORT is balanced over the target group's targets.
+    /// Add a listener: traffic to ADDRESS:PORT is balanced over the target group's targets
+    /// (tcp and udp by the XDP program, http by the L7 proxy, which binds ADDRESS:PORT before
+    /// the change is made: a port in use refuses it).
     Add {
         /// A name no other listener has.
         name: String,
@@ -33,8 +35,9 @@ enum ListenerCommand {
         port: u16,
         #[arg(long, value_enum)]
         protocol: ProtocolArg,
-        #[arg(long, value_enum, default_value = "nat")]
-        mode: ModeArg,
+        /// tcp/udp only (default nat).
+        #[arg(long, value_enum)]
+        mode: Option<ModeArg>,
         /// The listener's (default) target group, which must exist.
         #[arg(long, value_name = "NAME")]
         target_group: String,
@@ -50,6 +53,9 @@ enum ListenerCommand {
 enum ProtocolArg {
     Tcp,
     Udp,
+    /// Served by the L7 proxy with the listener's defaults (no rules; https needs
+    /// certificates: add it in the configuration file).
+    Http,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -80,8 +86,9 @@ pub fn listener(args: ListenerArgs) -> anyhow::Result<()> {
                 protocol: match protocol {
                     ProtocolArg::Tcp => Protocol::Tcp,
                     ProtocolArg::Udp => Protocol::Udp,
+                    ProtocolArg::Http => Protocol::Http,
                 },
-                mode: Some(match mode {
+                mode: mode.map(|mode| match mode {
                     ModeArg::Nat => Mode::Nat,
                     ModeArg::Dsr => Mode::Dsr,
                     ModeArg::Tunnel => Mode::Tunnel,

@@ -2,13 +2,18 @@
 //! the L7 proxy's end-to-end tests.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Duration, Instant},
 };
 
 use super::namespaces::{ApiSocket, PinDir, TIMEOUT};
 use crate::{
-    netns::{require_root, sluice_binary, wait_until, ChildGuard, LbTopology},
+    netns::{require_root, sluice_binary, wait_until, ChildGuard, CurrentNetns, LbTopology},
     servers::http_get,
 };
 
@@ -84,8 +89,13 @@ impl L7Sluice {
     /// Writes `model` over the configuration file and asks the daemon to re-read it
     /// (SIGHUP); returns at once: wait for the log line that says how it went.
     pub fn reload(&self, model: &str) {
-        std::fs::write(&self.config, model).unwrap();
+        self.write_config(model);
         self.sluice.signal(libc::SIGHUP);
+    }
+
+    /// Writes `model` over the configuration file (for `sluice reload`).
+    pub fn write_config(&self, model: &str) {
+        std::fs::write(&self.config, model).unwrap();
     }
 
     /// A sluice CLI command against this daemon.
@@ -113,4 +123,150 @@ impl L7Sluice {
             http_get(&topology.client.ns, vip, "/").is_ok_and(|body| body.starts_with(prefix))
         });
     }
+}
+
+/// What a [`RequestLoop`] saw.
+#[derive(Debug)]
+pub struct LoopReport {
+    /// Requests answered 200.
+    pub ok: u64,
+    /// Every other outcome, in order: what was asked and what happened.
+    pub failed: Vec<String>,
+}
+
+/// Two clients in the client namespace that send `GET path` to an address until stopped: one
+/// on a new connection each time (a refused or reset connection counts), one on a single
+/// keep-alive connection (a connection closed under it counts). Bounded: it stops by itself
+/// after [`RequestLoop::LIMIT`].
+pub struct RequestLoop {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl RequestLoop {
+    pub const LIMIT: Duration = Duration::from_secs(180);
+
+    pub fn start(topology: &LbTopology, addr: SocketAddr, path: &'static str) -> RequestLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let (thread_stop, thread_ok) = (Arc::clone(&stop), Arc::clone(&ok));
+        let thread = topology.client.ns.spawn_thread("request loop", move || {
+            let started = Instant::now();
+            let mut failed = Vec::new();
+            let mut kept: Option<TcpStream> = None;
+            while !thread_stop.load(Relaxed) && started.elapsed() < RequestLoop::LIMIT {
+                match http_get(&CurrentNetns, addr, path) {
+                    Ok(_) => {
+                        thread_ok.fetch_add(1, Relaxed);
+                    }
+                    Err(e) => failed.push(format!("new connection: {e}")),
+                }
+                let stream = match kept.take() {
+                    Some(stream) => Ok(stream),
+                    None => TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT),
+                };
+                match stream
+                    .and_then(|mut s| keep_alive_get(&mut s, addr, path).map(|status| (s, status)))
+                {
+                    Ok((stream, 200)) => {
+                        thread_ok.fetch_add(1, Relaxed);
+                        kept = Some(stream);
+                    }
+                    Ok((_, status)) => failed.push(format!("keep-alive: status {status}")),
+                    Err(e) => failed.push(format!("keep-alive: {e}")),
+                }
+            }
+            failed
+        });
+        RequestLoop {
+            stop,
+            ok,
+            thread: Some(thread),
+        }
+    }
+
+    /// Requests answered 200 so far.
+    pub fn ok(&self) -> u64 {
+        self.ok.load(Relaxed)
+    }
+
+    /// Waits until `more` requests more than now were answered (the loop is going).
+    pub fn wait_for(&self, more: u64) {
+        let target = self.ok() + more;
+        wait_until(TIMEOUT, &format!("{more} more answered requests"), || {
+            self.ok() >= target
+        });
+    }
+
+    pub fn stop(mut self) -> LoopReport {
+        self.stop.store(true, Relaxed);
+        let failed = self
+            .thread
+            .take()
+            .expect("joined once")
+            .join()
+            .expect("the request loop panicked");
+        LoopReport {
+            ok: self.ok(),
+            failed,
+        }
+    }
+}
+
+impl Drop for RequestLoop {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One `GET` on a keep-alive connection; the status once the whole body arrived.
+fn keep_alive_get(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: sluice-tests\r\n\r\n"
+    )?;
+    let mut reader = BufReader::new(&mut *stream);
+    let mut status_line = String::new();
+    if reader.read_line(&mut status_line)? == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed before answering",
+        ));
+    }
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut length = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed in the response head",
+            ));
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse::<usize>().ok();
+            }
+        }
+    }
+    let length = length
+        .ok_or_else(|| std::io::Error::other("a keep-alive answer without Content-Length"))?;
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok(status)
 }

@@ -10,6 +10,7 @@ mod forwarding_tunnel;
 mod icmp;
 mod l4_fixture;
 mod l7_limits;
+mod l7_reload;
 mod l7_routing;
 mod l7_socketio;
 mod l7_sticky;
