@@ -25,13 +25,15 @@ use lb_common::{
 };
 
 use crate::{
+    dataplane::{
+        maps::{Maps, MapsError},
+        neighbors,
+        saved::{SavedIds, SavedListener, SavedState, SavedTarget},
+        snat,
+    },
     health::{self, Health, HealthCheck},
     maglev::{self, MaglevTarget, TableSize},
-    maps::{Maps, MapsError},
     model::{self, HashKey, Mode, Model},
-    neighbors,
-    saved::{SavedIds, SavedListener, SavedState, SavedTarget},
-    snat,
 };
 
 #[derive(Debug, thiserror::Error)]

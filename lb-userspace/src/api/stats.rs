@@ -11,10 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     controller::{Controller, TargetKey, TargetState},
-    maps::MapsError,
+    dataplane::{counters as stats, maps::MapsError},
     model::{Mode, Model, Protocol},
     rates::Rate,
-    stats,
 };
 
 #[derive(Debug, thiserror::Error)]

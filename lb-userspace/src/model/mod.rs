@@ -37,7 +37,9 @@ use crate::{
     maglev::{TableSize, MAX_WEIGHT},
 };
 
+pub mod edit;
 mod l7;
+mod lines;
 pub use l7::{
     Action, Algorithm, Certificate, Cidr, FixedResponse, Forward, HeaderCondition, QueryCondition,
     Redirect, Rule, Stickiness, WeightedGroup, CONTENT_TYPES, DEFAULT_HEADER_READ_TIMEOUT,
@@ -316,7 +318,7 @@ impl Model {
             message: one_line(&e.to_string()),
         })?;
         model.validate().map_err(|message| ModelError::Invalid {
-            path: match crate::model_lines::locate(text, &message) {
+            path: match lines::locate(text, &message) {
                 Some(line) => format!("{origin}, line {line}"),
                 None => origin.to_string(),
             },
