@@ -10,9 +10,9 @@ use lb_common::{stats::CounterValue, target::Traffic};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    controller::{Controller, TargetKey, TargetState},
+    controller::{Controller, TargetState},
     dataplane::{counters as stats, maps::MapsError},
-    model::{Mode, Model, Protocol},
+    model::{Mode, Model, Protocol, TargetKey},
     rates::Rate,
 };
 

@@ -19,7 +19,7 @@ use lb_common::stats::CounterValue;
 use sluice::{
     api::metrics::{self, MetricsAddress, Scrape},
     api::{self, ActiveFlows, Backend, CollectError, ControlError, StatsReport, ACTIVE_WINDOW},
-    controller::{ApplyError, Changes, Controller, TargetKey},
+    controller::{ApplyError, Changes, Controller},
     dataplane::{
         bpffs,
         counters::STATS_MAP,
@@ -29,7 +29,7 @@ use sluice::{
         pins,
         saved::{self, SavedState},
     },
-    model::{edit::Edit, Model},
+    model::{edit::Edit, Model, TargetKey},
     proxy::{self, ListenerTls, Proxy},
     rates::Rates,
 };

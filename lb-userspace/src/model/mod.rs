@@ -40,11 +40,13 @@ use crate::{
 pub mod edit;
 mod l7;
 mod lines;
+mod target;
 pub use l7::{
-    Action, Algorithm, Certificate, Cidr, FixedResponse, Forward, HeaderCondition, QueryCondition,
-    Redirect, Rule, Stickiness, WeightedGroup, CONTENT_TYPES, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
+    Action, Algorithm, CertificateFiles, Cidr, FixedResponse, Forward, HeaderCondition,
+    QueryCondition, Redirect, Rule, Stickiness, WeightedGroup, CONTENT_TYPES,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
 };
+pub use target::{TargetKey, TargetView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -152,7 +154,7 @@ pub struct Listener {
     pub max_header_bytes: Option<usize>,
     /// https only: at least one; the first is the default when SNI matches none.
     #[serde(default)]
-    pub certificates: Vec<Certificate>,
+    pub certificates: Vec<CertificateFiles>,
     /// http/https only: append access log lines to this file instead of the log target
     /// `sluice::access`.
     #[serde(default)]
