@@ -25,13 +25,15 @@ use lb_common::{
 };
 
 use crate::{
+    dataplane::{
+        maps::{Maps, MapsError},
+        neighbors,
+        saved::{SavedIds, SavedListener, SavedState, SavedTarget},
+        snat,
+    },
     health::{self, Health, HealthCheck},
     maglev::{self, MaglevTarget, TableSize},
-    maps::{Maps, MapsError},
-    model::{self, HashKey, Mode, Model},
-    neighbors,
-    saved::{SavedIds, SavedListener, SavedState, SavedTarget},
-    snat,
+    model::{self, HashKey, Mode, Model, TargetKey, TargetView},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,15 +52,6 @@ pub enum ApplyError {
     Maglev(#[from] maglev::MaglevError),
     #[error("updating the kernel maps: {0}")]
     Maps(#[from] MapsError),
-}
-
-/// A target as the data plane knows it: in one target group, at one address and port.
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct TargetKey {
-    pub group: String,
-    pub addr: SocketAddr,
 }
 
 /// Where a target stands in the data plane.
@@ -465,11 +458,11 @@ impl Controller {
 
     /// Every registered target's health and whether it is draining, for the L7 proxy's
     /// routing snapshot.
-    pub fn target_views(&self) -> BTreeMap<TargetKey, crate::proxy::TargetView> {
+    pub fn target_views(&self) -> BTreeMap<TargetKey, TargetView> {
         self.targets
             .iter()
             .map(|(key, t)| {
-                let view = crate::proxy::TargetView {
+                let view = TargetView {
                     health: self.health_of(key),
                     draining: t.state != TargetState::Active,
                 };

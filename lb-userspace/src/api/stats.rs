@@ -10,11 +10,10 @@ use lb_common::{stats::CounterValue, target::Traffic};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    controller::{Controller, TargetKey, TargetState},
-    maps::MapsError,
-    model::{Mode, Model, Protocol},
+    controller::{Controller, TargetState},
+    dataplane::{counters as stats, maps::MapsError},
+    model::{Mode, Model, Protocol, TargetKey},
     rates::Rate,
-    stats,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -19,7 +19,8 @@ use sluice::{
         programs::{self, Floor, Generator, Sink, SinkSpec},
         report::{Report, SinkReport},
     },
-    interface, maglev,
+    dataplane::interface,
+    maglev,
 };
 
 use super::signals::Signals;

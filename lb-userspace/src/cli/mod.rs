@@ -9,6 +9,7 @@ mod run;
 mod signals;
 mod stats;
 mod status;
+mod table;
 mod target;
 
 use std::path::{Path, PathBuf};

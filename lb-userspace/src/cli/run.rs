@@ -17,20 +17,21 @@ use aya::maps::{MapData, PerCpuArray};
 use aya_log::EbpfLogger;
 use lb_common::stats::CounterValue;
 use sluice::{
+    api::metrics::{self, MetricsAddress, Scrape},
     api::{self, ActiveFlows, Backend, CollectError, ControlError, StatsReport, ACTIVE_WINDOW},
-    bpffs,
-    controller::{ApplyError, Changes, Controller, TargetKey},
-    datapath::{self, AttachMode, MapSizes},
-    edit::Edit,
-    interface,
-    maps::Maps,
-    metrics::{self, MetricsAddress, Scrape},
-    model::Model,
-    pins,
+    controller::{ApplyError, Changes, Controller},
+    dataplane::{
+        bpffs,
+        counters::STATS_MAP,
+        interface,
+        load::{self as datapath, AttachMode, MapSizes},
+        maps::Maps,
+        pins,
+        saved::{self, SavedState},
+    },
+    model::{edit::Edit, Model, TargetKey},
     proxy::{Proxy, ProxyError, Staged},
     rates::Rates,
-    saved::{self, SavedState},
-    stats::STATS_MAP,
 };
 use tokio::io::unix::AsyncFd;
 

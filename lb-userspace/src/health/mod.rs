@@ -14,11 +14,11 @@ pub mod spec;
 pub mod state;
 
 pub use checker::{HealthChecker, HealthEvent, TargetStatus};
-pub use probe::{probe, Failure, ProbeResult};
+pub use probe::{probe, ProbeResult};
 pub use spec::{
     parse_duration, CheckProtocol, HealthCheck, HealthCheckError, HealthCheckSpec, Matcher,
     MatcherError,
 };
 pub use state::{
-    routable, Health, Outcome, Reason, ReasonCode, Routable, TargetHealth, Transition,
+    routable, Failure, Health, Outcome, Reason, ReasonCode, Routable, TargetHealth, Transition,
 };

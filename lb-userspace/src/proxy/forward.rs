@@ -24,98 +24,20 @@ use hyper::{
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use super::{
-    access_log::{Record, Sink},
+    access_log::Record,
     balance,
     body::{self, ProxyBody},
     conn::ConnState,
-    headers,
-    metrics::ListenerCounters,
-    redirect,
+    context::ConnCtx,
+    headers, redirect,
     rules::{host_without_port, RequestView, RuleAction},
     snapshot::{GroupRoutes, ListenerRoutes},
     sticky::{self, StickyKey},
     upgrade, Shared,
 };
-use crate::model::{Algorithm, Protocol, Stickiness};
+use crate::model::{Algorithm, Stickiness};
 
 pub type TargetClient = Client<HttpConnector, ProxyBody>;
-
-/// The listener a connection came in on.
-#[derive(Debug)]
-pub struct ListenerCtx {
-    pub name: String,
-    pub protocol: Protocol,
-    pub port: u16,
-    pub counters: Arc<ListenerCounters>,
-    pub sink: Sink,
-    /// https listeners: the certificates (by SNI) and ALPN.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-}
-
-/// What serves a listening socket now: swapped whole when a change renames the listener or
-/// changes its options, so the socket, and the connections it accepted, carry on.
-pub type ListenerSlot = arc_swap::ArcSwap<ListenerCtx>;
-
-/// One client connection.
-#[derive(Debug)]
-pub struct ConnCtx {
-    /// The listener at accept time: its counters count the connection.
-    opened: Arc<ListenerCtx>,
-    /// The listener now (its name finds the routes; its sink takes the access log lines).
-    slot: Arc<ListenerSlot>,
-    pub peer: SocketAddr,
-    pub state: Arc<ConnState>,
-    /// Negotiated TLS cipher and protocol, for the access log.
-    pub tls: Option<(String, String)>,
-}
-
-impl ConnCtx {
-    /// `opened`: what `slot` held when the connection was accepted.
-    pub fn new(
-        opened: Arc<ListenerCtx>,
-        slot: Arc<ListenerSlot>,
-        peer: SocketAddr,
-        state: Arc<ConnState>,
-        tls: Option<(String, String)>,
-    ) -> ConnCtx {
-        opened.counters.new_connections.fetch_add(1, Relaxed);
-        opened.counters.active_connections.fetch_add(1, Relaxed);
-        ConnCtx {
-            opened,
-            slot,
-            peer,
-            state,
-            tls,
-        }
-    }
-
-    /// The listener as it is now, after any change since the connection was accepted.
-    pub fn listener(&self) -> Arc<ListenerCtx> {
-        self.slot.load_full()
-    }
-
-    /// Whether the connection is TLS (the listener's protocol when it was accepted).
-    pub fn https(&self) -> bool {
-        self.opened.protocol == Protocol::Https
-    }
-
-    pub fn proto(&self) -> &'static str {
-        match self.opened.protocol {
-            Protocol::Https => "https",
-            _ => "http",
-        }
-    }
-}
-
-impl Drop for ConnCtx {
-    // Held by the connection and by an upgraded tunnel: the last one counts it closed.
-    fn drop(&mut self) {
-        self.opened
-            .counters
-            .active_connections
-            .fetch_sub(1, Relaxed);
-    }
-}
 
 /// Decrements a counter when dropped.
 struct Outstanding(Arc<std::sync::atomic::AtomicUsize>);
@@ -541,7 +463,7 @@ fn set_sticky_cookies(
     shared: &Shared,
     conn: &ConnCtx,
     group: &GroupRoutes,
-    target: &crate::controller::TargetKey,
+    target: &crate::model::TargetKey,
     request_headers: &hyper::HeaderMap,
     headers: &mut hyper::HeaderMap,
 ) {

@@ -25,8 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{
     access_log::Record,
     conn::{ConnState, TrackedIo, Verdict},
-    forward::{self, ConnCtx, ListenerSlot},
-    Shared,
+    context::{ConnCtx, ListenerSlot},
+    forward, Shared,
 };
 
 /// After a failed accept (e.g. out of file descriptors), before the next one.

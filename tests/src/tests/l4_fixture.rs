@@ -24,8 +24,8 @@ use lb_common::{
     target::{Target, TARGET_ACTIVE},
 };
 use sluice::{
+    dataplane::maps::Maps,
     maglev::{self, MaglevTarget, TableSize},
-    maps::Maps,
 };
 
 use super::packet_harness::{RunResult, XdpHarness};
@@ -117,7 +117,7 @@ impl L4Fixture {
             &GATEWAY_V6.to_string(),
         ]);
         let lb0_ifindex: u32 = ns
-            .run_in(|| sluice::interface::index("lb0"))
+            .run_in(|| sluice::dataplane::interface::index("lb0"))
             .expect("lb0 exists");
 
         let mut harness = XdpHarness::new();

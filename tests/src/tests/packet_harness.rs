@@ -16,7 +16,7 @@ use aya::{
     Ebpf,
 };
 use lb_common::stats::{Counter, CounterKind, CounterValue};
-use sluice::stats::Counters;
+use sluice::dataplane::counters::Counters;
 
 /// XDP actions (`enum xdp_action` in the kernel's UAPI), as [`RunResult::action`] holds them.
 pub const XDP_PASS: u32 = 2;
@@ -58,7 +58,7 @@ impl XdpHarness {
     /// Loads sluice's XDP program; panics with the reason if that is impossible (not root,
     /// program not built, rejected by the verifier).
     pub fn new() -> XdpHarness {
-        Self::with_program(sluice::datapath::PROGRAM_NAME)
+        Self::with_program(sluice::dataplane::load::PROGRAM_NAME)
     }
 
     /// Like [`new`](Self::new), for another XDP program of the same object (its maps, `STATS`
@@ -68,14 +68,14 @@ impl XdpHarness {
         if unsafe { libc::geteuid() } != 0 {
             panic!("XdpHarness loads an XDP program and needs root: run the integration tests as root (e.g. `sudo -E cargo test -p sluice-tests`)");
         }
-        let mut ebpf = sluice::datapath::load_program(
+        let mut ebpf = sluice::dataplane::load::load_program(
             log::LevelFilter::Off,
-            sluice::datapath::MapSizes::default(),
+            sluice::dataplane::load::MapSizes::default(),
             program,
         )
         .unwrap_or_else(|e| panic!("cannot load sluice's XDP program {program}: {e}"));
         let map = ebpf
-            .take_map(sluice::stats::STATS_MAP)
+            .take_map(sluice::dataplane::counters::STATS_MAP)
             .expect("the XDP object has a STATS map");
         let stats = PerCpuArray::try_from(map).expect("STATS is a per-CPU array of CounterValue");
         XdpHarness {
@@ -123,7 +123,7 @@ impl XdpHarness {
                     .collect()
             })
             .unwrap_or_default();
-        let program = sluice::datapath::program_mut_named(&mut self.ebpf, self.program);
+        let program = sluice::dataplane::load::program_mut_named(&mut self.ebpf, self.program);
         let result = program.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut output),
@@ -140,7 +140,7 @@ impl XdpHarness {
     }
 
     fn counters(&self) -> Counters {
-        sluice::stats::read(&self.stats).expect("STATS is readable")
+        sluice::dataplane::counters::read(&self.stats).expect("STATS is readable")
     }
 }
 

@@ -38,13 +38,17 @@ use crate::{
 };
 
 pub mod diff;
+pub mod edit;
 pub mod files;
 mod l7;
+mod lines;
+mod target;
 pub use l7::{
-    Action, Algorithm, Certificate, Cidr, FixedResponse, Forward, HeaderCondition, QueryCondition,
-    Redirect, Rule, Stickiness, WeightedGroup, CONTENT_TYPES, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
+    Action, Algorithm, CertificateFiles, Cidr, FixedResponse, Forward, HeaderCondition,
+    QueryCondition, Redirect, Rule, Stickiness, WeightedGroup, CONTENT_TYPES,
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
 };
+pub use target::{TargetKey, TargetView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -152,7 +156,7 @@ pub struct Listener {
     pub max_header_bytes: Option<usize>,
     /// https only: at least one; the first is the default when SNI matches none.
     #[serde(default)]
-    pub certificates: Vec<Certificate>,
+    pub certificates: Vec<CertificateFiles>,
     /// http/https only: append access log lines to this file instead of the log target
     /// `sluice::access`.
     #[serde(default)]
@@ -318,7 +322,7 @@ impl Model {
             message: one_line(&e.to_string()),
         })?;
         model.validate().map_err(|message| ModelError::Invalid {
-            path: match crate::model_lines::locate(text, &message) {
+            path: match lines::locate(text, &message) {
                 Some(line) => format!("{origin}, line {line}"),
                 None => origin.to_string(),
             },

@@ -59,7 +59,7 @@ mod tests {
     /// docs/OPERATING.md documents every counter, so the table cannot fall behind the code.
     #[test]
     fn every_counter_is_documented() {
-        let doc = include_str!("../../docs/OPERATING.md");
+        let doc = include_str!("../../../docs/OPERATING.md");
         for counter in Counter::ALL {
             let row = format!("| `{}` |", counter.name());
             assert!(
