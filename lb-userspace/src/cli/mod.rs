@@ -9,6 +9,7 @@ mod run;
 mod signals;
 mod stats;
 mod status;
+mod stickiness;
 mod table;
 mod target;
 
@@ -51,6 +52,8 @@ enum Command {
     Listener(listener::ListenerArgs),
     /// Re-read the daemon's configuration file (as SIGHUP does), dropping run-time changes.
     Reload(reload::ReloadArgs),
+    /// Rotate the key stickiness cookies are signed with.
+    Stickiness(stickiness::StickinessArgs),
     /// On a target of a `tunnel` listener: strip IPIP/IP6IP6 outer headers in XDP until SIGINT/SIGTERM.
     Decap(decap::DecapArgs),
     /// Generate traffic from inside the kernel and count it at sinks; `cost`, `maglev` and
@@ -67,6 +70,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Target(args) => target::target(args),
         Command::Listener(args) => listener::listener(args),
         Command::Reload(args) => reload::reload(args),
+        Command::Stickiness(args) => stickiness::stickiness(args),
         Command::Decap(args) => decap::decap(args),
         Command::Bench(args) => bench::bench(args),
     }

@@ -30,7 +30,7 @@ use sluice::{
         saved::{self, SavedState},
     },
     model::{edit::Edit, Model, TargetKey},
-    proxy::{Proxy, ProxyError, Staged},
+    proxy::{cookie_keys, Proxy, ProxyError, Staged},
     rates::Rates,
 };
 use tokio::io::unix::AsyncFd;
@@ -72,6 +72,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = lb_common::target::MAX_TARGETS,
           value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
     max_targets: u32,
+    /// The keys stickiness cookies are signed with (root's only, mode 0600; made with a fresh
+    /// key if missing, when a target group first has stickiness). Kept across restarts, so
+    /// clients keep their targets; give several nodes a copy to share stickiness. Read again
+    /// on reload; `sluice stickiness rotate-key` rotates it.
+    #[arg(long, value_name = "FILE", default_value = cookie_keys::DEFAULT_KEY_FILE)]
+    stickiness_keys: PathBuf,
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); `off` for nowhere.
     /// Port 0 picks a free port, logged at start-up.
     #[arg(long, value_name = "ADDR|off", default_value = metrics::DEFAULT_ADDRESS)]
@@ -169,7 +175,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // Certificates read, access logs opened and sockets bound before the model is applied:
     // a listener that cannot be served stops sluice here, as a broken model would (a fresh
     // start that fails removes its pins: `fresh`).
-    let staged = Proxy::stage(None, &model, true)?;
+    let staged = Proxy::stage(None, &model, true, &args.stickiness_keys)?;
     let proxy = if staged.serves() {
         Some(Proxy::start()?)
     } else {
@@ -231,6 +237,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         going_down: std::cell::Cell::new(false),
         rates: RefCell::new(Rates::new(RATE_WINDOW)),
         proxy: RefCell::new(proxy),
+        key_file: args.stickiness_keys.clone(),
     });
     daemon.commit_proxy(staged);
     fresh.armed = false;
@@ -416,6 +423,8 @@ struct Daemon {
     rates: RefCell<Rates<RateKey>>,
     /// Started with the first http/https listener.
     proxy: RefCell<Option<Proxy>>,
+    /// The stickiness keys (`--stickiness-keys`).
+    key_file: PathBuf,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -434,7 +443,7 @@ impl Daemon {
     /// that a listener that cannot be served refuses the whole change.
     fn stage_proxy(&self, model: &Model, reread: bool) -> Result<Staged, ProxyError> {
         let mut proxy = self.proxy.borrow_mut();
-        let staged = Proxy::stage(proxy.as_ref(), model, reread)?;
+        let staged = Proxy::stage(proxy.as_ref(), model, reread, &self.key_file)?;
         if staged.serves() && proxy.is_none() {
             *proxy = Some(Proxy::start()?);
         }
@@ -664,8 +673,10 @@ impl metrics::Source for Daemon {
 fn proxy_refused(e: &ProxyError, message: String) -> ControlError {
     match e {
         ProxyError::Bind { .. } => ControlError::conflict(message),
-        ProxyError::Tls { .. } | ProxyError::AccessLog { .. } => ControlError::invalid(message),
-        ProxyError::Runtime(_) | ProxyError::Key(_) => ControlError::internal(message),
+        ProxyError::Tls { .. } | ProxyError::AccessLog { .. } | ProxyError::Keys(_) => {
+            ControlError::invalid(message)
+        }
+        ProxyError::Runtime(_) => ControlError::internal(message),
     }
 }
 

@@ -18,10 +18,17 @@ pub const MAX_READ: u64 = 16 << 20;
 
 /// Reads a regular file of at most `max` bytes.
 pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    read_regular_with_mode(path, max).map(|(bytes, _)| bytes)
+}
+
+/// [`read_regular`], with the file's mode (permission bits and more) as it was opened.
+pub fn read_regular_with_mode(path: &Path, max: u64) -> io::Result<(Vec<u8>, u32)> {
+    use std::os::unix::fs::PermissionsExt;
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
+    let mode = file.metadata()?.permissions().mode();
     let length = check_regular(&file)?;
     if length > max {
         return Err(io::Error::new(
@@ -38,7 +45,7 @@ pub fn read_regular(path: &Path, max: u64) -> io::Result<Vec<u8>> {
             format!("grew past the {max} bytes a file named here may have while it was read"),
         ));
     }
-    Ok(bytes)
+    Ok((bytes, mode))
 }
 
 /// Reads a regular UTF-8 text file of at most [`MAX_READ`] bytes.

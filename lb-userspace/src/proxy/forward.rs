@@ -29,11 +29,11 @@ use super::{
     body::{self, ProxyBody},
     conn::ConnState,
     context::ConnCtx,
+    cookie_keys::CookieKeys,
     headers, redirect,
     rules::{host_without_port, RequestView, RuleAction},
     snapshot::{GroupRoutes, ListenerRoutes},
-    sticky::{self, StickyKey},
-    upgrade, Shared,
+    sticky, upgrade, Shared,
 };
 use crate::model::{Algorithm, Stickiness};
 
@@ -235,7 +235,7 @@ fn choose_target(
         }
         None => None,
     }
-    .and_then(|value| verify(&shared.key, value, &group.name))
+    .and_then(|value| verify(&shared.keys.load(), value, &group.name))
     .and_then(|addr| group.by_addr.get(&addr).copied())
     .filter(|i| Some(*i) != exclude);
     if pinned.is_some() {
@@ -259,8 +259,8 @@ fn choose_target(
     }
 }
 
-fn verify(key: &StickyKey, value: &str, group: &str) -> Option<SocketAddr> {
-    match key.verify(value, group, unix_now()) {
+fn verify(keys: &CookieKeys, value: &str, group: &str) -> Option<SocketAddr> {
+    match keys.verify(value, group, unix_now()) {
         Ok(addr) => Some(addr),
         Err(e) => {
             log::debug!("stickiness cookie for target group '{group}' refused: {e}");
@@ -473,7 +473,9 @@ fn set_sticky_cookies(
     let duration = stickiness.duration();
     let value = || {
         shared
-            .key
+            .keys
+            .load()
+            .signing()
             .sign(&group.name, target.addr, unix_now() + duration.as_secs())
     };
     let app_cookie_set = match stickiness {

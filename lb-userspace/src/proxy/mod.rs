@@ -15,6 +15,7 @@ pub mod balance;
 pub mod body;
 pub mod conn;
 pub mod context;
+pub mod cookie_keys;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
@@ -44,8 +45,8 @@ use crate::model::{Model, Protocol, TargetKey, TargetView};
 pub enum ProxyError {
     #[error("starting the L7 proxy's runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("drawing the stickiness key: {0}")]
-    Key(std::io::Error),
+    #[error(transparent)]
+    Keys(#[from] cookie_keys::KeyFileError),
     #[error("listener '{name}': cannot listen on {addr}: {source}; is another program using it?")]
     Bind {
         name: String,
@@ -65,8 +66,8 @@ pub enum ProxyError {
 /// What every connection shares.
 pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
-    /// Signs stickiness cookies; drawn at start, never stored.
-    pub key: sticky::StickyKey,
+    /// Sign and verify stickiness cookies; from the key file once a model has stickiness.
+    pub keys: ArcSwap<cookie_keys::CookieKeys>,
     pub client: forward::TargetClient,
     /// Bumped after every swap, so upgraded connections re-check their target.
     pub changed: tokio::sync::watch::Sender<u64>,
@@ -123,6 +124,9 @@ pub fn listener_tls(model: &Model, reuse: Option<&ListenerTls>) -> Result<Listen
 pub struct Staged {
     listeners: BTreeMap<SocketAddr, StagedListener>,
     tls: ListenerTls,
+    /// Read from the key file: the model has stickiness, and the keys were not read yet or
+    /// are read again (reload).
+    keys: Option<cookie_keys::CookieKeys>,
 }
 
 struct StagedListener {
@@ -160,6 +164,8 @@ pub struct Proxy {
     bound: BTreeMap<SocketAddr, Bound>,
     /// The certificates the https listeners serve, for the next change to reuse.
     tls: ListenerTls,
+    /// Whether the stickiness keys came from the key file (else they are ephemeral).
+    keys_read: bool,
     generation: u64,
 }
 
@@ -178,7 +184,7 @@ impl Proxy {
         let (changed, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
-            key: sticky::StickyKey::random().map_err(ProxyError::Key)?,
+            keys: ArcSwap::from_pointee(cookie_keys::CookieKeys::ephemeral()?),
             client,
             changed,
             rotation: AtomicU64::new(0),
@@ -189,6 +195,7 @@ impl Proxy {
             carried: snapshot::Carried::default(),
             bound: BTreeMap::new(),
             tls: ListenerTls::new(),
+            keys_read: false,
             generation: 0,
         })
     }
@@ -196,16 +203,25 @@ impl Proxy {
     /// Makes ready what serving `model`'s http and https listeners needs, before the model
     /// is applied: reads the certificates (all of them again with `reread`, as a reload does,
     /// so that files renewed in place are taken up; otherwise a listener whose certificate
-    /// files did not change keeps what `current` serves), opens every access log, and binds a
-    /// socket for each address `current` does not listen on yet. The first thing that fails
-    /// is the error, and nothing is left behind.
+    /// files did not change keeps what `current` serves), reads the stickiness keys from
+    /// `key_file` when a target group has stickiness (again with `reread`), opens every access
+    /// log, and binds a socket for each address `current` does not listen on yet. The first
+    /// thing that fails is the error, and nothing is left behind.
     pub fn stage(
         current: Option<&Proxy>,
         model: &Model,
         reread: bool,
+        key_file: &std::path::Path,
     ) -> Result<Staged, ProxyError> {
         let reuse = current.filter(|_| !reread).map(|p| &p.tls);
         let tls = listener_tls(model, reuse)?;
+        let sticky = model.listeners.iter().any(|l| l.protocol.is_l7())
+            && model.target_groups.iter().any(|g| g.stickiness.is_some());
+        let keys = match current {
+            Some(proxy) if proxy.keys_read && !reread => None,
+            _ if sticky => Some(cookie_keys::CookieKeys::load_or_create(key_file)?),
+            _ => None,
+        };
         let mut listeners = BTreeMap::new();
         for listener in model.listeners.iter().filter(|l| l.protocol.is_l7()) {
             let name = &listener.name;
@@ -246,7 +262,11 @@ impl Proxy {
             };
             listeners.insert(addr, StagedListener { ctx, socket });
         }
-        Ok(Staged { listeners, tls })
+        Ok(Staged {
+            listeners,
+            tls,
+            keys,
+        })
     }
 
     /// Swaps in the routes of `model` for targets in `views` and serves the listeners
@@ -319,6 +339,10 @@ impl Proxy {
             );
         }
         self.tls = staged.tls;
+        if let Some(keys) = staged.keys {
+            self.shared.keys.store(Arc::new(keys));
+            self.keys_read = true;
+        }
     }
 
     /// Only the routes (health changes, drains ending): no listener changes.
@@ -383,6 +407,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     /// A model with one https listener `secure` serving `cert` and `key`.
     fn https_model(cert: &std::path::Path, key: &std::path::Path) -> Model {
@@ -451,7 +476,7 @@ mod tests {
     }
 
     fn serve(proxy: Option<&mut Proxy>, model: &Model) -> Result<(), ProxyError> {
-        let staged = Proxy::stage(proxy.as_deref(), model, false)?;
+        let staged = Proxy::stage(proxy.as_deref(), model, false, Path::new("/nonexistent"))?;
         proxy.unwrap().commit(model, &BTreeMap::new(), staged);
         Ok(())
     }
@@ -463,7 +488,7 @@ mod tests {
         let port = free_port();
         let mut proxy = Proxy::start().unwrap();
         let first = http_model("web", port, "one", None);
-        let staged = Proxy::stage(None, &first, true).unwrap();
+        let staged = Proxy::stage(None, &first, true, Path::new("/nonexistent")).unwrap();
         assert!(staged.serves());
         proxy.commit(&first, &BTreeMap::new(), staged);
         let mut kept = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -535,7 +560,7 @@ mod tests {
         let port2 = free_port();
         let mut moved = http_model("web", port, "one", None);
         moved.listeners[0].port = port2;
-        drop(Proxy::stage(Some(&proxy), &moved, false).unwrap());
+        drop(Proxy::stage(Some(&proxy), &moved, false, Path::new("/nonexistent")).unwrap());
         drop(std::net::TcpListener::bind(("127.0.0.1", port2)).unwrap());
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1,6 +1,6 @@
 //! Stickiness cookies. A cookie names a target of a target group and an expiry, and is
-//! authenticated with HMAC-SHA256 under a key the daemon draws at start (kept in memory only:
-//! a restart re-pins clients once). So a client cannot forge a cookie that pins it to a
+//! authenticated with HMAC-SHA256 under a key kept in a key file ([`super::cookie_keys`]), so
+//! a restart keeps clients on their targets. So a client cannot forge a cookie that pins it to a
 //! target of its choosing, and a stale one is refused; the caller then picks afresh and sets
 //! a new cookie. A cookie naming a target that is no longer routable is the caller's check.
 
@@ -46,6 +46,11 @@ pub enum StickyError {
 impl StickyKey {
     pub fn from_bytes(bytes: [u8; 32]) -> StickyKey {
         StickyKey(bytes)
+    }
+
+    /// The key itself, for the key file ([`super::cookie_keys`]).
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0
     }
 
     /// A fresh key from the kernel's random source.

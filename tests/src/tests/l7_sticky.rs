@@ -232,3 +232,69 @@ fn app_cookie_sessions_stick_to_the_target_that_set_the_cookie_and_are_re_pinned
     // target0's session is undisturbed.
     assert_eq!(get_app(&l7, "/", Some(&sessions["target0"])).0, "target0");
 }
+
+#[test]
+fn a_cookie_keeps_its_target_across_a_restart_and_one_key_rotation() {
+    let mut l7 = L7::start();
+    // A cookie pinned to each target.
+    let mut pinned = std::collections::BTreeMap::new();
+    for _ in 0..30 {
+        let (target, cookie) = get(&l7, None);
+        pinned
+            .entry(target)
+            .or_insert(cookie.expect("a new client gets a cookie"));
+        if pinned.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(pinned.len(), 3, "{pinned:?}");
+    // The key file is root's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&l7.lb.keys).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+
+    // Restart: the next daemon reads the same key file, so every cookie keeps its target.
+    let status = l7.lb.sluice.stop(libc::SIGTERM, super::namespaces::TIMEOUT);
+    assert!(status.success(), "{}", l7.lb.sluice.stderr());
+    l7.lb.sluice = l7
+        .lb
+        .spawn_next(&l7.topology, &crate::netns::sluice_binary());
+    l7.lb.wait_forwarding(&l7.topology, 80, "target");
+    for (target, cookie) in &pinned {
+        for _ in 0..5 {
+            assert_eq!(&get(&l7, Some(&format!("SLUICE={cookie}"))).0, target);
+        }
+    }
+
+    // A rotation: old cookies still pin (and are re-signed with the new key); after a second
+    // rotation, cookies of the first key are refused (the client is pinned afresh), those of
+    // the second still pin.
+    let rotate = || {
+        let keys = l7.lb.keys.to_str().unwrap().to_string();
+        let out = std::process::Command::new(crate::netns::sluice_binary())
+            .args(["stickiness", "rotate-key", "--key-file", &keys])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let out = l7.lb.cli(&["reload"]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    rotate();
+    let mut resigned = std::collections::BTreeMap::new();
+    for (target, cookie) in &pinned {
+        let (now, new) = get(&l7, Some(&format!("SLUICE={cookie}")));
+        assert_eq!(&now, target);
+        let new = new.expect("refreshed");
+        assert_ne!(&new, cookie, "signed with the new key");
+        resigned.insert(target.clone(), new);
+    }
+    rotate();
+    for (target, cookie) in &resigned {
+        assert_eq!(&get(&l7, Some(&format!("SLUICE={cookie}"))).0, target);
+    }
+    let (_, cookie) = pinned.iter().next().unwrap();
+    let (target, new) = get(&l7, Some(&format!("SLUICE={cookie}")));
+    let new = new.expect("a new cookie");
+    assert_ne!(&new, cookie);
+    assert_eq!(get(&l7, Some(&format!("SLUICE={new}"))).0, target);
+}

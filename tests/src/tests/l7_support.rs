@@ -20,18 +20,21 @@ use crate::{
 /// The address http/https listeners listen on; the lb namespace holds it.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
 
-/// The daemon; the model file is removed on drop.
+/// The daemon; the model file and the stickiness key file are removed on drop.
 pub struct L7Sluice {
     pub sluice: ChildGuard,
     /// Its control socket (`sluice stats`, `sluice target ...`).
     pub socket: ApiSocket,
     config: PathBuf,
-    _pin_dir: PinDir,
+    /// `--stickiness-keys`: the fixture's own, so tests never share keys.
+    pub keys: PathBuf,
+    pin_dir: PinDir,
 }
 
 impl Drop for L7Sluice {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.config);
+        let _ = std::fs::remove_file(&self.keys);
     }
 }
 
@@ -61,29 +64,70 @@ impl L7Sluice {
             .add_addr(&topology.lb_client_side.iface, &format!("{VIP}/32"));
         let config = std::env::temp_dir().join(format!("{}.toml", topology.lb.name()));
         std::fs::write(&config, model).unwrap();
+        let keys = std::env::temp_dir().join(format!("{}.keys", topology.lb.name()));
         let pin_dir = PinDir::new();
         let socket = ApiSocket::new();
-        let mut cmd = topology.lb.command(sluice_binary());
+        let sluice = L7Sluice::spawn(
+            topology,
+            &sluice_binary(),
+            &pin_dir,
+            &socket,
+            &config,
+            &keys,
+        );
+        let lb = L7Sluice {
+            sluice,
+            socket,
+            config,
+            keys,
+            pin_dir,
+        };
+        lb.wait_healthy(healthy);
+        lb
+    }
+
+    fn spawn(
+        topology: &LbTopology,
+        binary: &std::path::Path,
+        pin_dir: &PinDir,
+        socket: &ApiSocket,
+        config: &std::path::Path,
+        keys: &std::path::Path,
+    ) -> ChildGuard {
+        let mut cmd = topology.lb.command(binary);
         cmd.args(["run", "--iface", "eth0", "--iface", "eth1"])
             .args(["--pin-dir", pin_dir.arg()])
             .args(["--socket", socket.arg()])
             .args(["--flows", "65536", "--metrics-address", "off"])
             .arg("--config")
-            .arg(&config)
+            .arg(config)
+            .arg("--stickiness-keys")
+            .arg(keys)
             // The access log (target sluice::access) included.
             .env("RUST_LOG", "info");
-        let sluice = topology.lb.spawn(cmd);
-        let lb = L7Sluice {
-            sluice,
-            socket,
-            config,
-            _pin_dir: pin_dir,
-        };
+        topology.lb.spawn(cmd)
+    }
+
+    /// Waits until the daemon reported `healthy` targets healthy.
+    pub fn wait_healthy(&self, healthy: usize) {
         wait_until(TIMEOUT, &format!("{healthy} healthy targets"), || {
-            lb.check_running();
-            lb.sluice.stderr().matches("-> healthy").count() >= healthy
+            self.check_running();
+            self.sluice.stderr().matches("-> healthy").count() >= healthy
         });
-        lb
+    }
+
+    /// Starts another daemon (`binary`) with the same pin directory, control socket,
+    /// configuration and key file; returns it. The running one is left alone: stop it
+    /// before or after, as the test needs.
+    pub fn spawn_next(&self, topology: &LbTopology, binary: &std::path::Path) -> ChildGuard {
+        L7Sluice::spawn(
+            topology,
+            binary,
+            &self.pin_dir,
+            &self.socket,
+            &self.config,
+            &self.keys,
+        )
     }
 
     /// Writes `model` over the configuration file and asks the daemon to re-read it
