@@ -15,6 +15,7 @@
 pub mod api;
 pub mod bench;
 pub mod controller;
+pub mod daemon;
 pub mod dataplane;
 pub mod health;
 pub mod maglev;

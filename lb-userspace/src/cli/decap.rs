@@ -10,7 +10,7 @@ use sluice::dataplane::{
     load::{self, AttachMode, MapSizes, DECAP_PROGRAM_NAME},
 };
 
-use super::signals::{Request, Signals};
+use sluice::daemon::signals::{Request, Signals};
 
 /// The decap program's counters (`lb_common::decap`).
 const DECAP_STATS_MAP: &str = "DECAP_STATS";
