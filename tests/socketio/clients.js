@@ -8,17 +8,23 @@
 // every later poll and on the WebSocket upgrade. Once upgraded, a client sends one "hello"
 // and waits for its echo. All clients run at once and stay connected until all are done.
 //
+// With --again-file PATH, every client keeps its connection after its echo; once all have
+// echoed, the script prints `{"ready":N}`, and when PATH exists each client sends a second
+// message on the same connection and waits for that echo too (to show that connections
+// opened before something, e.g. a restart of the load balancer, still work after it).
+//
 // Prints one JSON summary line on stdout:
-//   { clients, connected, upgraded, echoed, failed, timed_out, by_server: {name: echoes},
-//     errors: [{ client, stage, message }] }
+//   { clients, connected, upgraded, echoed, echoed_again, failed, timed_out,
+//     by_server: {name: echoes}, errors: [{ client, stage, message }] }
 // Exit status: 0 when every client finished (succeeded or failed), 3 on the overall timeout,
 // 2 on bad arguments.
 "use strict";
 
 const { io } = require("socket.io-client");
+const fs = require("fs");
 
 function parseArgs(argv) {
-  const args = { url: "", clients: 50, "timeout-ms": 20000 };
+  const args = { url: "", clients: 50, "timeout-ms": 20000, "again-file": "" };
   for (let i = 2; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, "");
     const value = argv[i + 1];
@@ -26,7 +32,7 @@ function parseArgs(argv) {
       console.error(`usage: node clients.js --url URL [--clients N] [--timeout-ms MS] (bad: ${argv[i]})`);
       process.exit(2);
     }
-    args[key] = key === "url" ? value : Number(value);
+    args[key] = key === "url" || key === "again-file" ? value : Number(value);
   }
   if (!args.url) {
     console.error("usage: node clients.js --url URL [--clients N] [--timeout-ms MS]");
@@ -42,6 +48,7 @@ const summary = {
   connected: 0,
   upgraded: 0,
   echoed: 0,
+  echoed_again: 0,
   failed: 0,
   timed_out: false,
   by_server: {},
@@ -88,7 +95,8 @@ function runClient(id) {
       report(0);
     }
   };
-  const stage = () => (!connected ? "connect" : !upgraded ? "upgrade" : "echo");
+  let echoedOnce = false;
+  const stage = () => (!connected ? "connect" : !upgraded ? "upgrade" : !echoedOnce ? "echo" : "echo again");
 
   const socket = io(args.url, {
     // One engine.io connection (and one cookie jar) per client, not one shared Manager.
@@ -123,14 +131,39 @@ function runClient(id) {
       sendHello();
     }
   });
+  const again = `${message} again`;
   socket.on("echo", (echo) => {
+    if (echoedOnce && args["again-file"]) {
+      if (echo.message !== again) {
+        finish({ stage: "echo again", message: `wrong echo ${JSON.stringify(echo)}` });
+        return;
+      }
+      summary.echoed_again += 1;
+      finish();
+      return;
+    }
     if (echo.message !== message) {
       finish({ stage: "echo", message: `wrong echo ${JSON.stringify(echo)}` });
       return;
     }
+    echoedOnce = true;
     summary.echoed += 1;
     summary.by_server[echo.from] = (summary.by_server[echo.from] || 0) + 1;
-    finish();
+    if (!args["again-file"]) {
+      finish();
+      return;
+    }
+    if (summary.echoed === args.clients) {
+      process.stdout.write(`${JSON.stringify({ ready: summary.echoed })}\n`);
+    }
+    const wait = setInterval(() => {
+      if (done) {
+        clearInterval(wait);
+      } else if (fs.existsSync(args["again-file"])) {
+        clearInterval(wait);
+        socket.emit("hello", again);
+      }
+    }, 100);
   });
   socket.on("connect_error", (err) => {
     finish({ stage: stage(), message: `connect_error: ${err.message}${err.description ? ` (${err.description.message || err.description})` : ""}` });

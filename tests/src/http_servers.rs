@@ -2,6 +2,8 @@
 //! that keeps connections alive and, by path:
 //! - `/headers`: answers with the request head it received (to check what the proxy sent);
 //! - `/hang`: never answers (until the server stops);
+//! - `/slow`: answers `<name>\n` once [`L7Server::release_slow`] was called (a request kept
+//!   in flight for as long as a test needs);
 //! - `/die`: resets the connection mid-request and stops listening, like a crashed process;
 //! - `/login`: sets the application cookie [`APP_COOKIE`] (a session starts), body `<name>\n`;
 //! - `/health`: 200, or 500 after [`L7Server::set_healthy(false)`];
@@ -37,6 +39,9 @@ struct State {
     healthy: AtomicBool,
     /// Requests other than health checks.
     requests: AtomicU64,
+    /// `/slow` requests waiting for their release.
+    slow_waiting: AtomicU64,
+    released: AtomicBool,
 }
 
 pub struct L7Server {
@@ -53,6 +58,8 @@ impl L7Server {
             dead: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             requests: AtomicU64::new(0),
+            slow_waiting: AtomicU64::new(0),
+            released: AtomicBool::new(false),
         });
         let (bound_tx, bound_rx) = mpsc::channel();
         let thread_state = Arc::clone(&state);
@@ -93,6 +100,16 @@ impl L7Server {
     /// Requests other than `/health` so far.
     pub fn requests(&self) -> u64 {
         self.state.requests.load(Relaxed)
+    }
+
+    /// `/slow` requests waiting to be answered.
+    pub fn slow_waiting(&self) -> u64 {
+        self.state.slow_waiting.load(Relaxed)
+    }
+
+    /// Answers the `/slow` requests, waiting and later ones.
+    pub fn release_slow(&self) {
+        self.state.released.store(true, Relaxed);
     }
 
     /// Whether `/die` killed it.
@@ -221,6 +238,17 @@ fn serve(mut stream: TcpStream, state: &State) -> io::Result<()> {
                 ),
                 &format!("{}\n", state.name),
             )?,
+            "/slow" => {
+                state.slow_waiting.fetch_add(1, Relaxed);
+                while !state.released.load(Relaxed) {
+                    if stopping(state) {
+                        return Ok(());
+                    }
+                    thread::sleep(POLL);
+                }
+                state.slow_waiting.fetch_sub(1, Relaxed);
+                respond(&mut stream, "200 OK", "", &format!("{}\n", state.name))?;
+            }
             "/hang" => {
                 while !stopping(state) {
                     thread::sleep(POLL);

@@ -198,6 +198,9 @@ pub struct ClientsSummary {
     pub upgraded: usize,
     /// Clients whose message came back.
     pub echoed: usize,
+    /// Held clients ([`HeldClients`]) whose second message came back.
+    #[serde(default)]
+    pub echoed_again: usize,
     /// Clients that ended with an error.
     pub failed: usize,
     /// The overall timeout expired before every client finished.
@@ -256,4 +259,68 @@ pub fn run_clients(ns: &Namespace, url: &str, clients: usize, timeout: Duration)
                 child.stderr()
             )
         })
+}
+
+/// socket.io clients that stay connected after their first echo, and send a second message
+/// on the same connection when asked ([`HeldClients::again`]); `clients.js --again-file`.
+pub struct HeldClients {
+    child: crate::netns::ChildGuard,
+    again: std::path::PathBuf,
+    timeout: Duration,
+}
+
+impl HeldClients {
+    /// Starts `clients` clients from `ns` against `url` and waits until each connected,
+    /// upgraded to WebSocket and got its first echo; `timeout` bounds the whole run.
+    pub fn start(ns: &Namespace, url: &str, clients: usize, timeout: Duration) -> HeldClients {
+        let again = std::env::temp_dir().join(format!("{}-socketio-again", ns.name()));
+        let _ = std::fs::remove_file(&again);
+        let mut cmd = node(ns, "clients.js");
+        cmd.args(["--url", url])
+            .args(["--clients", &clients.to_string()])
+            .args(["--timeout-ms", &timeout.as_millis().to_string()])
+            .arg("--again-file")
+            .arg(&again);
+        let held = HeldClients {
+            child: ns.spawn(cmd),
+            again,
+            timeout,
+        };
+        crate::netns::wait_until(timeout, "every socket.io client's first echo", || {
+            if let Some(status) = held.child.try_status() {
+                panic!(
+                    "socket.io clients ended early ({status}): {}\n{}",
+                    held.child.stdout(),
+                    held.child.stderr()
+                );
+            }
+            held.child.stdout().contains("{\"ready\":")
+        });
+        held
+    }
+
+    /// Every client sends its second message; the summary once all are done.
+    pub fn again(mut self) -> ClientsSummary {
+        std::fs::write(&self.again, "").unwrap();
+        let status = self.child.wait_timeout(self.timeout + START_TIMEOUT);
+        let stdout = self.child.stdout();
+        let _ = std::fs::remove_file(&self.again);
+        if !status.success() && status.code() != Some(CLIENTS_TIMED_OUT) {
+            panic!(
+                "socket.io clients failed ({status}): {stdout}\n{}",
+                self.child.stderr()
+            );
+        }
+        stdout
+            .lines()
+            .rev()
+            .find_map(|line| serde_json::from_str(line).ok())
+            .unwrap_or_else(|| panic!("socket.io clients printed no summary: {stdout}"))
+    }
+}
+
+impl Drop for HeldClients {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.again);
+    }
 }

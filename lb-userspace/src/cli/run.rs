@@ -5,7 +5,11 @@
 //! `--pin-dir`: forwarding goes on after the daemon stops, and the next daemon takes it over
 //! (hitless restart). `sluice down` detaches and removes the pins.
 
-use std::{path::PathBuf, rc::Rc, time::Instant};
+use std::{
+    path::PathBuf,
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use aya::maps::PerCpuArray;
@@ -16,7 +20,12 @@ use sluice::{
         metrics::{self, MetricsAddress},
     },
     controller::Controller,
-    daemon::{self, signals::Signals, Daemon, Origin, Parts},
+    daemon::{
+        self,
+        handover::{Drained, Successors},
+        signals::Signals,
+        Daemon, Ending, Origin, Parts,
+    },
     dataplane::{
         bpffs,
         counters::STATS_MAP,
@@ -27,7 +36,7 @@ use sluice::{
     },
     health::HealthChecker,
     model::Model,
-    proxy::cookie_keys,
+    proxy::{cookie_keys, handover},
 };
 
 #[derive(clap::Args)]
@@ -70,11 +79,25 @@ pub struct RunArgs {
     /// on reload; `sluice stickiness rotate-key` rotates it.
     #[arg(long, value_name = "FILE", default_value = cookie_keys::DEFAULT_KEY_FILE)]
     stickiness_keys: PathBuf,
+    /// If a daemon already runs on --socket, take over from it without a gap instead of
+    /// refusing to start: it hands over its http/https listening sockets and its data plane,
+    /// then drains. (A daemon that is stopping, after SIGTERM, hands over without this.)
+    #[arg(long)]
+    take_over: bool,
+    /// How long a stopping daemon keeps serving the connections it has (requests in flight,
+    /// WebSockets and other upgraded connections) before it closes them and exits: ALB's
+    /// default deregistration delay, the time sluice gives a leaving target's connections.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(0..=86400))]
+    drain_timeout: u64,
     /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); `off` for nowhere.
     /// Port 0 picks a free port, logged at start-up.
     #[arg(long, value_name = "ADDR|off", default_value = metrics::DEFAULT_ADDRESS)]
     metrics_address: MetricsAddress,
 }
+
+/// How long a new daemon waits for a running one (told to stop) to begin stopping.
+const RUNNING_PATIENCE: Duration = Duration::from_secs(3);
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let ifindexes = args
@@ -87,6 +110,39 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Model::load(path)?,
         None => Model::default(),
     };
+    // A daemon stopping on the same socket (or running, with --take-over) hands over its
+    // listening sockets first, and stops writing the data plane, which this one then adopts.
+    let handover_path = handover::path_for(&args.socket);
+    let request = if args.take_over {
+        handover::Request::TakeOver
+    } else {
+        handover::Request::IfStopping
+    };
+    // A daemon sent SIGTERM a moment ago may not have begun to stop yet: ask again for a
+    // while before refusing (a `kill; sluice run` script, or `systemctl restart`).
+    let asked = Instant::now();
+    let answer = loop {
+        match handover::take_over(&handover_path, request)? {
+            handover::TakeOver::Running if asked.elapsed() < RUNNING_PATIENCE => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            answer => break answer,
+        }
+    };
+    let inherited = match answer {
+        handover::TakeOver::Nobody => Vec::new(),
+        handover::TakeOver::Running => anyhow::bail!(
+            "a sluice daemon runs on {}: stop it first (SIGTERM; it hands its listeners to the next sluice run), or start this one with --take-over to replace it without a gap",
+            args.socket.display()
+        ),
+        handover::TakeOver::Sockets(sockets) => {
+            log::info!(
+                "took over from the previous daemon: {} listening socket(s)",
+                sockets.len()
+            );
+            sockets
+        }
+    };
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -94,7 +150,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     // Signal handlers, health checks and the proxy's tasks belong to this runtime.
     let _runtime = runtime.enter();
-    let signals = Signals::install()?;
+    let mut signals = Signals::install()?;
 
     let sizes = MapSizes {
         flows: args.flows,
@@ -112,7 +168,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut ebpf = load::load_pinned(log::max_level(), sizes, &args.pin_dir)?;
     // Before anything outside this process changes (neighbour entries, links): a second
     // daemon on the same socket, or the same metrics address, stops here.
-    let (api_listener, _socket_file) = api::server::bind(&args.socket)?;
+    let (api_listener, socket_file) = api::server::bind(&args.socket)?;
+    let (handover_listener, handover_file) = api::server::bind(&handover_path)?;
     let metrics_listener = match args.metrics_address.0 {
         Some(addr) => {
             let listener = metrics::bind(addr)?;
@@ -172,6 +229,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         counters: Box::new(counters),
         state,
         key_file: args.stickiness_keys.clone(),
+        inherited,
     }));
     // Applied and saved before anything is attached: from the moment the pins forward, a
     // daemon taking over finds the state that goes with them. An http/https listener that
@@ -221,26 +279,66 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let served = daemon::serve(&daemon, signals, health_events, logger).await;
+        let mut successors = Successors::listen(&handover_path, handover_listener, handover_file)
+            .context("listening for a successor on the hand-over socket")?;
+        let served = daemon::serve(
+            &daemon,
+            &mut signals,
+            health_events,
+            logger,
+            Some(&mut successors),
+        )
+        .await;
         api.abort();
         if let Some(metrics) = metrics {
             metrics.abort();
         }
-        served.map_err(anyhow::Error::from)
+        let successor = match served? {
+            Ending::Down => return Ok(None),
+            Ending::Stop => None,
+            Ending::TakenOver(stream) => Some(stream),
+        };
+        // The successor adopts the data plane from the saved state and binds the control
+        // socket: both are released before it may go on.
+        daemon.save();
+        drop(socket_file);
+        let drain = Duration::from_secs(args.drain_timeout);
+        let mut proxy = daemon.take_proxy();
+        let drained = daemon::handover::drain(
+            proxy.as_mut(),
+            &mut successors,
+            successor,
+            &mut signals,
+            drain,
+        )
+        .await;
+        Ok::<_, anyhow::Error>(Some(drained))
     });
-    daemon.save();
+    // Saved for the last time before the drain: from then on the state is the successor's.
+    let drained = served?;
     if daemon.going_down() {
         // The program holds no link of its own (pins do), but drop it before the pins go.
         drop(ebpf);
         let removed = pins::remove_all(&args.pin_dir)?;
         log::info!("down: {}", removed.describe(&args.pin_dir));
     } else {
+        let l7 = match drained {
+            Some(Drained::HandedOver) => "; the http/https listeners went to the next daemon",
+            Some(Drained::Closed) => {
+                "; the http/https listeners are closed (nobody took them over)"
+            }
+            Some(Drained::CutShort { open }) => {
+                log::warn!("{open} connection(s) were still open at the end of the drain");
+                "; the http/https listeners are closed"
+            }
+            _ => "",
+        };
         log::info!(
-            "stopped; the XDP program stays attached and forwards with the last state; the next `sluice run --pin-dir {}` takes over, `sluice down` removes it",
+            "stopped; the XDP program stays attached and forwards with the last state{l7}; the next `sluice run --pin-dir {}` takes over, `sluice down` removes it",
             args.pin_dir.display()
         );
     }
-    served
+    Ok(())
 }
 
 /// Raises the soft limit on open files to the hard limit: the L7 proxy holds two descriptors

@@ -10,6 +10,7 @@
 //! The daemon is generic over the data plane ([`Dataplane`]) and the saved state's store
 //! ([`Store`]), so its logic is unit-tested without root (`tests.rs`).
 
+pub mod handover;
 mod report;
 mod serve;
 pub mod signals;
@@ -24,7 +25,7 @@ use std::{
 };
 
 pub use report::{http_listeners, stats_report, ActiveFlows, ACTIVE_WINDOW};
-pub use serve::serve;
+pub use serve::{serve, Ending};
 
 use crate::{
     api::{
@@ -60,6 +61,8 @@ pub struct Parts<D: Dataplane, S: Store> {
     pub state: S,
     /// The stickiness key file (`sluice run --stickiness-keys`).
     pub key_file: PathBuf,
+    /// Listening sockets a predecessor handed over, for the first model's listeners.
+    pub inherited: Vec<std::net::TcpListener>,
 }
 
 pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
@@ -79,6 +82,8 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     proxy: RefCell<Option<Proxy>>,
     /// The stickiness key file.
     key_file: PathBuf,
+    /// Handed over by a predecessor; taken by the first model's listeners.
+    inherited: RefCell<Vec<std::net::TcpListener>>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -132,6 +137,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             counters,
             state,
             key_file,
+            inherited,
         } = parts;
         checker.adopt(
             controller
@@ -150,6 +156,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             rates: RefCell::new(Rates::new(RATE_WINDOW)),
             proxy: RefCell::new(None),
             key_file,
+            inherited: RefCell::new(inherited),
         }
     }
 
@@ -233,6 +240,11 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         self.down.notified().await
     }
 
+    /// The L7 proxy, if it runs, for a stopping daemon's drain (after the control loop).
+    pub fn take_proxy(&self) -> Option<Proxy> {
+        self.proxy.borrow_mut().take()
+    }
+
     pub fn controller(&self) -> std::cell::Ref<'_, Controller<D>> {
         self.controller.borrow()
     }
@@ -241,7 +253,9 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     /// proxy if `model` is the first with http/https listeners.
     fn stage_proxy(&self, model: &Model, reread: bool) -> Result<Staged, ProxyError> {
         let mut proxy = self.proxy.borrow_mut();
-        let staged = Proxy::stage(proxy.as_ref(), model, reread, &self.key_file)?;
+        let inherited = self.inherited.take();
+        let staged =
+            Proxy::stage_inheriting(proxy.as_ref(), model, reread, &self.key_file, inherited)?;
         if staged.serves() && proxy.is_none() {
             *proxy = Some(Proxy::start()?);
         }

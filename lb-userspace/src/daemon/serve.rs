@@ -7,6 +7,7 @@ use aya_log::EbpfLogger;
 use tokio::{io::unix::AsyncFd, sync::mpsc::UnboundedReceiver};
 
 use super::{
+    handover::{self, Successors},
     signals::{Request, Signals},
     Daemon, TICK,
 };
@@ -26,14 +27,27 @@ pub enum ServeError {
     Logs(std::io::Error),
 }
 
-/// Runs until SIGINT/SIGTERM or `sluice down`: forwards the program's log records, reloads
-/// the model on SIGHUP, applies health events, and ticks (drains, saving, rates).
+/// Why the control loop ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// SIGINT or SIGTERM.
+    Stop,
+    /// `sluice down`.
+    Down,
+    /// A successor asked to take over (`sluice run --take-over`); it waits on this stream.
+    TakenOver(std::os::unix::net::UnixStream),
+}
+
+/// Runs until SIGINT/SIGTERM, `sluice down` or a successor taking over: forwards the
+/// program's log records, reloads the model on SIGHUP, applies health events, ticks (drains,
+/// saving, rates), and refuses successors that only take over from a stopping daemon.
 pub async fn serve<D: Dataplane, S: Store>(
     daemon: &Daemon<D, S>,
-    mut signals: Signals,
+    signals: &mut Signals,
     mut health_events: UnboundedReceiver<HealthEvent<TargetKey>>,
     logger: Option<ProgramLog>,
-) -> Result<(), ServeError> {
+    mut successors: Option<&mut Successors>,
+) -> Result<Ending, ServeError> {
     let mut logs = match logger {
         // SAFETY: the AsyncFd owns the logger and with it the ring buffer's fd, so the fd stays
         // open for as long as it is registered.
@@ -44,11 +58,17 @@ pub async fn serve<D: Dataplane, S: Store>(
         None => None,
     };
     let mut tick = tokio::time::interval(TICK);
-    loop {
+    let ending = loop {
         tokio::select! {
-            () = daemon.down_requested() => break,
+            () = daemon.down_requested() => break Ending::Down,
+            (request, stream) = async { successors.as_mut().expect("guarded").next().await }, if successors.is_some() => {
+                match request {
+                    crate::proxy::handover::Request::TakeOver => break Ending::TakenOver(stream),
+                    crate::proxy::handover::Request::IfStopping => handover::refuse(stream),
+                }
+            }
             request = signals.next() => match request {
-                Request::Stop => break,
+                Request::Stop => break Ending::Stop,
                 // Logged either way; the control API's `POST /v1/reload` takes the same path.
                 Request::Reload => {
                     let _ = daemon.reload();
@@ -62,7 +82,7 @@ pub async fn serve<D: Dataplane, S: Store>(
                 guard.clear_ready();
             }
         }
-    }
+    };
     log::info!("stopping");
-    Ok(())
+    Ok(ending)
 }

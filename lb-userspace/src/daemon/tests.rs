@@ -83,6 +83,7 @@ fn started(config: &ConfigFile) -> Daemon<MemoryDataplane, MemoryStore> {
         counters: Box::new(counters),
         state: MemoryStore::new(),
         key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
+        inherited: Vec::new(),
     });
     let model = Model::load(&config.0).unwrap();
     daemon.apply_model(&model, &Origin::Start).unwrap();
@@ -182,6 +183,7 @@ async fn a_reload_without_a_file_is_refused() {
         counters: Box::new(Counters(Vec::new())),
         state: MemoryStore::new(),
         key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
+        inherited: Vec::new(),
     });
     let refused = daemon.reload().unwrap_err();
     assert_eq!(refused.status, StatusCode::CONFLICT);

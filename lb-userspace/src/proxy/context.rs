@@ -3,7 +3,10 @@
 
 use std::{
     net::SocketAddr,
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
 };
 
 use super::{access_log::Sink, conn::ConnState, metrics::ListenerCounters};
@@ -36,25 +39,31 @@ pub struct ConnCtx {
     pub state: Arc<ConnState>,
     /// Negotiated TLS cipher and protocol, for the access log.
     pub tls: Option<(String, String)>,
+    /// Every connection of the proxy (`Shared::connections`), for a stopping daemon's drain.
+    census: Arc<AtomicUsize>,
 }
 
 impl ConnCtx {
-    /// `opened`: what `slot` held when the connection was accepted.
+    /// `opened`: what `slot` held when the connection was accepted; `census` counts the
+    /// proxy's open connections.
     pub fn new(
         opened: Arc<ListenerCtx>,
         slot: Arc<ListenerSlot>,
         peer: SocketAddr,
         state: Arc<ConnState>,
         tls: Option<(String, String)>,
+        census: Arc<AtomicUsize>,
     ) -> ConnCtx {
         opened.counters.new_connections.fetch_add(1, Relaxed);
         opened.counters.active_connections.fetch_add(1, Relaxed);
+        census.fetch_add(1, Relaxed);
         ConnCtx {
             opened,
             slot,
             peer,
             state,
             tls,
+            census,
         }
     }
 
@@ -83,5 +92,6 @@ impl Drop for ConnCtx {
             .counters
             .active_connections
             .fetch_sub(1, Relaxed);
+        self.census.fetch_sub(1, Relaxed);
     }
 }

@@ -17,6 +17,7 @@ pub mod conn;
 pub mod context;
 pub mod cookie_keys;
 pub mod forward;
+pub mod handover;
 pub mod headers;
 pub mod metrics;
 pub mod redirect;
@@ -32,8 +33,13 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
-    sync::{atomic::AtomicU64, Arc},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc,
+    },
 };
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use arc_swap::ArcSwap;
 
@@ -73,6 +79,14 @@ pub struct Shared {
     pub changed: tokio::sync::watch::Sender<u64>,
     /// Rotates where least-outstanding ties start.
     pub rotation: AtomicU64,
+    /// Client connections open, upgraded ones included (see [`context::ConnCtx`]).
+    pub connections: Arc<AtomicUsize>,
+    /// Set when the daemon stops: connections finish their request in flight and close
+    /// (HTTP/2 with GOAWAY); upgraded connections go on.
+    pub draining: tokio::sync::watch::Sender<bool>,
+    /// Set at the end of a stopping daemon's drain: upgraded connections close too (after a
+    /// bump of `changed`).
+    pub closing: AtomicBool,
 }
 
 /// The TLS configuration of every https listener, by listener name, with the certificate
@@ -146,6 +160,9 @@ impl Staged {
 struct Bound {
     slot: Arc<context::ListenerSlot>,
     task: tokio::task::JoinHandle<()>,
+    /// The listening socket itself (a duplicate of the task's): it stays open when the task
+    /// stops accepting, for a successor to take over.
+    socket: OwnedFd,
 }
 
 impl Drop for Bound {
@@ -182,12 +199,16 @@ impl Proxy {
             forward::target_client()
         };
         let (changed, _) = tokio::sync::watch::channel(0);
+        let (draining, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             keys: ArcSwap::from_pointee(cookie_keys::CookieKeys::ephemeral()?),
             client,
             changed,
             rotation: AtomicU64::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
+            draining,
+            closing: AtomicBool::new(false),
         });
         Ok(Proxy {
             runtime: Some(runtime),
@@ -213,6 +234,23 @@ impl Proxy {
         reread: bool,
         key_file: &std::path::Path,
     ) -> Result<Staged, ProxyError> {
+        Proxy::stage_inheriting(current, model, reread, key_file, Vec::new())
+    }
+
+    /// [`Proxy::stage`], taking the listening sockets a predecessor handed over
+    /// ([`handover`]) for the addresses they listen on, instead of binding new ones (so a
+    /// connection waiting in their accept queues is served). Those no listener wants close.
+    pub fn stage_inheriting(
+        current: Option<&Proxy>,
+        model: &Model,
+        reread: bool,
+        key_file: &std::path::Path,
+        inherited: Vec<std::net::TcpListener>,
+    ) -> Result<Staged, ProxyError> {
+        let mut inherited: BTreeMap<SocketAddr, std::net::TcpListener> = inherited
+            .into_iter()
+            .filter_map(|socket| Some((socket.local_addr().ok()?, socket)))
+            .collect();
         let reuse = current.filter(|_| !reread).map(|p| &p.tls);
         let tls = listener_tls(model, reuse)?;
         let sticky = model.listeners.iter().any(|l| l.protocol.is_l7())
@@ -239,9 +277,20 @@ impl Proxy {
                     }
                 })?;
             let kept = current.and_then(|p| p.bound.get(&addr));
-            let socket = match kept {
-                Some(_) => None,
-                None => Some(listen(addr).map_err(|source| ProxyError::Bind {
+            let socket = match (kept, inherited.remove(&addr)) {
+                (Some(_), _) => None,
+                (None, Some(socket)) => {
+                    socket
+                        .set_nonblocking(true)
+                        .map_err(|source| ProxyError::Bind {
+                            name: name.clone(),
+                            addr,
+                            source,
+                        })?;
+                    log::info!("listener '{name}': took over the listening socket on {addr}");
+                    Some(socket)
+                }
+                (None, None) => Some(listen(addr).map_err(|source| ProxyError::Bind {
                     name: name.clone(),
                     addr,
                     source,
@@ -300,10 +349,14 @@ impl Proxy {
                 }
                 (Some(socket), _) => {
                     let _entered = runtime.enter();
-                    let socket = match tokio::net::TcpListener::from_std(socket) {
-                        Ok(socket) => socket,
-                        // Registering a socket with epoll fails only when the kernel is out
-                        // of memory; the listener stays unserved then, and says so.
+                    let kept = socket.as_fd().try_clone_to_owned();
+                    let registered = kept
+                        .and_then(|kept| Ok((kept, tokio::net::TcpListener::from_std(socket)?)));
+                    let (kept, socket) = match registered {
+                        Ok(both) => both,
+                        // Duplicating a descriptor or registering a socket with epoll fails
+                        // only without memory or descriptors; the listener stays unserved
+                        // then, and says so.
                         Err(e) => {
                             log::error!("listener '{}': serving {addr}: {e}", ctx.name);
                             continue;
@@ -320,7 +373,11 @@ impl Proxy {
                         ctx.name,
                         ctx.protocol.name()
                     );
-                    Bound { slot, task }
+                    Bound {
+                        slot,
+                        task,
+                        socket: kept,
+                    }
                 }
                 (None, None) => {
                     log::error!(
@@ -343,6 +400,38 @@ impl Proxy {
             self.shared.keys.store(Arc::new(keys));
             self.keys_read = true;
         }
+    }
+
+    /// The listening sockets, for a successor ([`handover`]).
+    pub fn listening(&self) -> Vec<BorrowedFd<'_>> {
+        self.bound.values().map(|b| b.socket.as_fd()).collect()
+    }
+
+    /// The daemon stops: no more accepting (the listening sockets stay open, so connection
+    /// attempts wait in their accept queues for a successor), and every connection finishes
+    /// the request in flight and closes; upgraded connections go on.
+    pub fn drain(&mut self) {
+        for bound in self.bound.values() {
+            bound.task.abort();
+        }
+        self.shared.draining.send_replace(true);
+    }
+
+    /// Closes the listening sockets (after a hand-over, or when the daemon exits).
+    pub fn close_listening(&mut self) {
+        self.bound.clear();
+    }
+
+    /// Client connections still open, upgraded ones included.
+    pub fn open_connections(&self) -> usize {
+        self.shared.connections.load(Relaxed)
+    }
+
+    /// The end of a drain: upgraded connections close too, with a FIN to both sides.
+    pub fn close_tunnels(&mut self) {
+        self.shared.closing.store(true, Relaxed);
+        self.generation += 1;
+        self.shared.changed.send_replace(self.generation);
     }
 
     /// Only the routes (health changes, drains ending): no listener changes.

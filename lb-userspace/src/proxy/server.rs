@@ -73,7 +73,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: A
     let fd: RawFd = stream.as_raw_fd();
     let io = TrackedIo::new(stream, Arc::clone(&state));
     let Some(config) = ctx.tls.clone() else {
-        let conn = Arc::new(ConnCtx::new(ctx, slot, peer, state, None));
+        let census = Arc::clone(&shared.connections);
+        let conn = Arc::new(ConnCtx::new(ctx, slot, peer, state, None, census));
         return serve_http(io, false, Some(fd), conn, shared, limits).await;
     };
     // The handshake is part of the request head for the header read timeout (a client that
@@ -108,6 +109,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: A
         peer,
         state,
         Some((cipher.to_string(), protocol.to_string())),
+        Arc::clone(&shared.connections),
     ));
     // No raw 408 under TLS: bytes written beside rustls would break the stream.
     serve_http(tls, h2, None, conn, shared, limits).await;
@@ -132,6 +134,7 @@ async fn serve_http<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let draining = shared.draining.subscribe();
     let service_conn = Arc::clone(&conn);
     let service = service_fn(move |request| {
         forward::handle(Arc::clone(&shared), Arc::clone(&service_conn), request)
@@ -140,7 +143,8 @@ async fn serve_http<I>(
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
         let connection = builder.serve_connection(TokioIo::new(io), service);
-        watch(connection, &conn, fd, limits, false).await;
+        let stop = |c: std::pin::Pin<&mut _>| http2::Connection::graceful_shutdown(c);
+        watch(connection, stop, draining, &conn, fd, limits, false).await;
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -149,18 +153,29 @@ async fn serve_http<I>(
         let connection = builder
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        watch(connection, &conn, fd, limits, true).await;
+        let stop = |c: std::pin::Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+        watch(connection, stop, draining, &conn, fd, limits, true).await;
     }
 }
 
 /// Drives `connection` until it ends, a request head takes longer than the header read
 /// timeout (408, or a close under TLS), or nothing moves for the idle timeout. `http1`: the
-/// connection is hyper's HTTP/1, whose parser answers refused heads itself.
-async fn watch<C>(connection: C, conn: &ConnCtx, fd: Option<RawFd>, limits: Limits, http1: bool)
-where
+/// connection is hyper's HTTP/1, whose parser answers refused heads itself. When `draining`
+/// turns true, `stop` asks hyper to finish the request in flight and close.
+async fn watch<C, F>(
+    connection: C,
+    stop: F,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+    conn: &ConnCtx,
+    fd: Option<RawFd>,
+    limits: Limits,
+    http1: bool,
+) where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
+    F: FnOnce(std::pin::Pin<&mut C>),
 {
     tokio::pin!(connection);
+    let mut stop = Some(stop);
     let Limits {
         header_timeout,
         idle_timeout,
@@ -183,6 +198,11 @@ where
                     }
                 }
                 return;
+            }
+            Ok(_) = draining.wait_for(|d| *d), if stop.is_some() => {
+                if let Some(stop) = stop.take() {
+                    stop(connection.as_mut());
+                }
             }
             _ = tokio::time::sleep(check) => match conn.state.verdict(header_timeout, idle_timeout) {
                 Verdict::Continue => {}

@@ -4,10 +4,14 @@
 //! keep it open), or when its target is no longer registered: a deregistered target keeps
 //! its tunnels through its deregistration delay, then they are closed.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{atomic::Ordering::Relaxed, Arc},
+    time::Duration,
+};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 
 use super::{context::ConnCtx, Shared};
 use crate::model::TargetKey;
@@ -37,31 +41,51 @@ pub async fn tunnel(
     let mut upstream = TokioIo::new(upstream);
     let mut changed = shared.changed.subscribe();
     let check = (idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
-    tokio::pin!(copy);
-    loop {
-        tokio::select! {
-            done = &mut copy => {
-                if let Err(e) = done {
-                    log::debug!("upgraded connection to {} ended: {e}", target.addr);
+    let closing = {
+        let copy = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        tokio::pin!(copy);
+        loop {
+            tokio::select! {
+                done = &mut copy => {
+                    if let Err(e) = done {
+                        log::debug!("upgraded connection to {} ended: {e}", target.addr);
+                    }
+                    break false;
                 }
-                break;
-            }
-            _ = changed.changed() => {
-                if !shared.snapshot.load().reachable.contains(&target) {
-                    log::info!(
-                        "closing an upgraded connection from {} to target {} of '{}': the target is deregistered and its deregistration delay is over",
-                        conn.peer, target.addr, target.group
-                    );
-                    break;
+                _ = changed.changed() => {
+                    if shared.closing.load(Relaxed) {
+                        log::info!(
+                            "closing an upgraded connection from {} to target {} of '{}': the daemon's drain is over",
+                            conn.peer, target.addr, target.group
+                        );
+                        break true;
+                    }
+                    if !shared.snapshot.load().reachable.contains(&target) {
+                        log::info!(
+                            "closing an upgraded connection from {} to target {} of '{}': the target is deregistered and its deregistration delay is over",
+                            conn.peer, target.addr, target.group
+                        );
+                        break false;
+                    }
                 }
-            }
-            _ = tokio::time::sleep(check) => {
-                if conn.state.idle_for() >= idle_timeout {
-                    log::debug!("closing an idle upgraded connection from {} to {}", conn.peer, target.addr);
-                    break;
+                _ = tokio::time::sleep(check) => {
+                    if conn.state.idle_for() >= idle_timeout {
+                        log::debug!("closing an idle upgraded connection from {} to {}", conn.peer, target.addr);
+                        break false;
+                    }
                 }
             }
         }
+    };
+    if closing {
+        // A FIN to both sides (not a reset): each sees the stream end cleanly.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            let _ = client.shutdown().await;
+            let _ = upstream.shutdown().await;
+        })
+        .await;
     }
 }
+
+/// How long a clean close of both sides of a tunnel may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);

@@ -258,7 +258,7 @@ fn a_cookie_keeps_its_target_across_a_restart_and_one_key_rotation() {
     assert!(status.success(), "{}", l7.lb.sluice.stderr());
     l7.lb.sluice = l7
         .lb
-        .spawn_next(&l7.topology, &crate::netns::sluice_binary());
+        .spawn_next(&l7.topology, &crate::netns::sluice_binary(), &[]);
     l7.lb.wait_forwarding(&l7.topology, 80, "target");
     for (target, cookie) in &pinned {
         for _ in 0..5 {

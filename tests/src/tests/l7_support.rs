@@ -58,6 +58,16 @@ impl L7Sluice {
     /// own stack must accept them), runs `sluice run` with `model`, and waits until `healthy`
     /// targets are reported healthy.
     pub fn start(topology: &LbTopology, model: &str, healthy: usize) -> L7Sluice {
+        L7Sluice::start_with(topology, model, healthy, &[])
+    }
+
+    /// [`L7Sluice::start`] with more arguments for `sluice run`.
+    pub fn start_with(
+        topology: &LbTopology,
+        model: &str,
+        healthy: usize,
+        extra: &[&str],
+    ) -> L7Sluice {
         require_root();
         topology
             .lb
@@ -74,6 +84,7 @@ impl L7Sluice {
             &socket,
             &config,
             &keys,
+            extra,
         );
         let lb = L7Sluice {
             sluice,
@@ -93,6 +104,7 @@ impl L7Sluice {
         socket: &ApiSocket,
         config: &std::path::Path,
         keys: &std::path::Path,
+        extra: &[&str],
     ) -> ChildGuard {
         let mut cmd = topology.lb.command(binary);
         cmd.args(["run", "--iface", "eth0", "--iface", "eth1"])
@@ -103,6 +115,7 @@ impl L7Sluice {
             .arg(config)
             .arg("--stickiness-keys")
             .arg(keys)
+            .args(extra)
             // The access log (target sluice::access) included.
             .env("RUST_LOG", "info");
         topology.lb.spawn(cmd)
@@ -116,10 +129,15 @@ impl L7Sluice {
         });
     }
 
-    /// Starts another daemon (`binary`) with the same pin directory, control socket,
-    /// configuration and key file; returns it. The running one is left alone: stop it
-    /// before or after, as the test needs.
-    pub fn spawn_next(&self, topology: &LbTopology, binary: &std::path::Path) -> ChildGuard {
+    /// Starts another daemon (`binary`, with `extra` arguments) with the same pin directory,
+    /// control socket, configuration and key file; returns it. The running one is left
+    /// alone: stop it before or after, as the test needs.
+    pub fn spawn_next(
+        &self,
+        topology: &LbTopology,
+        binary: &std::path::Path,
+        extra: &[&str],
+    ) -> ChildGuard {
         L7Sluice::spawn(
             topology,
             binary,
@@ -127,6 +145,7 @@ impl L7Sluice {
             &self.socket,
             &self.config,
             &self.keys,
+            extra,
         )
     }
 
@@ -176,16 +195,21 @@ pub struct LoopReport {
     pub ok: u64,
     /// Every other outcome, in order: what was asked and what happened.
     pub failed: Vec<String>,
+    /// Requests on a reused keep-alive connection that the server had closed before any
+    /// answer, sent again on a new connection (as HTTP clients do for idempotent requests).
+    pub retried: u64,
 }
 
 /// Two clients in the client namespace that send `GET path` to an address until stopped: one
-/// on a new connection each time (a refused or reset connection counts), one on a single
-/// keep-alive connection (a connection closed under it counts). Bounded: it stops by itself
-/// after [`RequestLoop::LIMIT`].
+/// on a new connection each time (a refused or reset connection counts), one on a keep-alive
+/// connection, reused until the server says `Connection: close` (a connection the server
+/// closed before answering a request sent on it is retried once on a new one, as clients
+/// do, and counted in [`LoopReport::retried`]; any other failure counts). Bounded: it stops
+/// by itself after [`RequestLoop::LIMIT`].
 pub struct RequestLoop {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<(Vec<String>, u64)>>,
 }
 
 impl RequestLoop {
@@ -198,6 +222,7 @@ impl RequestLoop {
         let thread = topology.client.ns.spawn_thread("request loop", move || {
             let started = Instant::now();
             let mut failed = Vec::new();
+            let mut retried = 0;
             let mut kept: Option<TcpStream> = None;
             while !thread_stop.load(Relaxed) && started.elapsed() < RequestLoop::LIMIT {
                 match http_get(&CurrentNetns, addr, path) {
@@ -206,22 +231,34 @@ impl RequestLoop {
                     }
                     Err(e) => failed.push(format!("new connection: {e}")),
                 }
-                let stream = match kept.take() {
-                    Some(stream) => Ok(stream),
-                    None => TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT),
+                let attempt = |stream: Option<TcpStream>| {
+                    let mut stream = match stream {
+                        Some(stream) => stream,
+                        None => TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT)?,
+                    };
+                    let (status, close) = keep_alive_get(&mut stream, addr, path)?;
+                    Ok::<_, std::io::Error>((stream, status, close))
                 };
-                match stream
-                    .and_then(|mut s| keep_alive_get(&mut s, addr, path).map(|status| (s, status)))
-                {
-                    Ok((stream, 200)) => {
-                        thread_ok.fetch_add(1, Relaxed);
-                        kept = Some(stream);
+                let reused = kept.is_some();
+                let answered = match attempt(kept.take()) {
+                    Err(e) if reused && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        retried += 1;
+                        attempt(None)
                     }
-                    Ok((_, status)) => failed.push(format!("keep-alive: status {status}")),
+                    other => other,
+                };
+                match answered {
+                    Ok((stream, 200, close)) => {
+                        thread_ok.fetch_add(1, Relaxed);
+                        if !close {
+                            kept = Some(stream);
+                        }
+                    }
+                    Ok((_, status, _)) => failed.push(format!("keep-alive: status {status}")),
                     Err(e) => failed.push(format!("keep-alive: {e}")),
                 }
             }
-            failed
+            (failed, retried)
         });
         RequestLoop {
             stop,
@@ -245,7 +282,7 @@ impl RequestLoop {
 
     pub fn stop(mut self) -> LoopReport {
         self.stop.store(true, Relaxed);
-        let failed = self
+        let (failed, retried) = self
             .thread
             .take()
             .expect("joined once")
@@ -254,6 +291,7 @@ impl RequestLoop {
         LoopReport {
             ok: self.ok(),
             failed,
+            retried,
         }
     }
 }
@@ -269,8 +307,14 @@ impl Drop for RequestLoop {
 
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One `GET` on a keep-alive connection; the status once the whole body arrived.
-fn keep_alive_get(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+/// One `GET` on a keep-alive connection: the status once the whole body arrived, and whether
+/// the server closes the connection after it (`Connection: close`). A connection closed (or
+/// reset) before any answer is `UnexpectedEof`.
+fn keep_alive_get(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    path: &str,
+) -> std::io::Result<(u16, bool)> {
     use std::io::{BufRead, BufReader, Read, Write};
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     write!(
@@ -279,7 +323,14 @@ fn keep_alive_get(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> std::
     )?;
     let mut reader = BufReader::new(&mut *stream);
     let mut status_line = String::new();
-    if reader.read_line(&mut status_line)? == 0 {
+    let first = reader.read_line(&mut status_line);
+    if matches!(&first, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "reset before answering",
+        ));
+    }
+    if first? == 0 {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "closed before answering",
@@ -291,6 +342,7 @@ fn keep_alive_get(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> std::
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
     let mut length = None;
+    let mut close = false;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
@@ -306,11 +358,15 @@ fn keep_alive_get(stream: &mut TcpStream, addr: SocketAddr, path: &str) -> std::
             if name.eq_ignore_ascii_case("content-length") {
                 length = value.trim().parse::<usize>().ok();
             }
+            if name.eq_ignore_ascii_case("connection") && value.trim().eq_ignore_ascii_case("close")
+            {
+                close = true;
+            }
         }
     }
     let length = length
         .ok_or_else(|| std::io::Error::other("a keep-alive answer without Content-Length"))?;
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
-    Ok(status)
+    Ok((status, close))
 }

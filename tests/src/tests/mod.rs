@@ -11,6 +11,7 @@ mod icmp;
 mod l4_fixture;
 mod l7_limits;
 mod l7_reload;
+mod l7_restart;
 mod l7_routing;
 mod l7_socketio;
 mod l7_sticky;
