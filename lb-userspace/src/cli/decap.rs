@@ -59,8 +59,8 @@ pub fn decap(args: DecapArgs) -> anyhow::Result<()> {
     );
 
     runtime.block_on(async {
-        while signals.next().await == Request::Reload {
-            log::info!("sluice decap has no configuration to reload");
+        while signals.next().await != Request::Stop {
+            log::info!("sluice decap has no configuration to reload and does not restart");
         }
     });
     log::info!("stopping");

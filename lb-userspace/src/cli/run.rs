@@ -105,6 +105,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .iter()
         .map(|iface| interface::index(iface))
         .collect::<Result<Vec<u32>, _>>()?;
+    // Read now, before an upgrade may replace the binary at this path (SIGUSR2 then starts
+    // the new one).
+    let restart = daemon::restart::Successor::of_this_process()
+        .inspect_err(|e| log::warn!("SIGUSR2 cannot restart this daemon: {e}"))
+        .ok();
     // The model is read before anything is loaded: a broken file changes nothing.
     let model = match &args.config {
         Some(path) => Model::load(path)?,
@@ -137,8 +142,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         ),
         handover::TakeOver::Sockets(sockets) => {
             log::info!(
-                "took over from the previous daemon: {} listening socket(s)",
-                sockets.len()
+                "took over from the previous daemon: {} listening socket(s) (this daemon is pid {})",
+                sockets.len(),
+                std::process::id()
             );
             sockets
         }
@@ -263,6 +269,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         socket = args.socket.display()
     );
     fresh.armed = false;
+    // Under systemd (Type=notify): ready, and the service's main process (a successor started
+    // by SIGUSR2 takes that role from its predecessor).
+    daemon::restart::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     // A LocalSet, so the API's connection tasks can share the daemon without locks.
     let served = tokio::task::LocalSet::new().block_on(&runtime, async {
         let api_listener = tokio::net::UnixListener::from_std(api_listener)
@@ -287,6 +296,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             health_events,
             logger,
             Some(&mut successors),
+            restart,
         )
         .await;
         api.abort();

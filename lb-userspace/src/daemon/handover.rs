@@ -223,7 +223,9 @@ pub async fn drain(
                     log::info!("stopping now, as asked again");
                     break;
                 }
-                Signal::Reload => log::info!("stopping: the reload is not done"),
+                Signal::Reload | Signal::Restart => {
+                    log::info!("stopping: neither a reload nor a restart is done now");
+                }
             },
             _ = check.tick() => {
                 let open = proxy.open_connections();

@@ -12,6 +12,7 @@
 
 pub mod handover;
 mod report;
+pub mod restart;
 mod serve;
 pub mod signals;
 #[cfg(test)]

@@ -8,6 +8,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc::UnboundedReceiver};
 
 use super::{
     handover::{self, Successors},
+    restart::Successor,
     signals::{Request, Signals},
     Daemon, TICK,
 };
@@ -47,6 +48,7 @@ pub async fn serve<D: Dataplane, S: Store>(
     mut health_events: UnboundedReceiver<HealthEvent<TargetKey>>,
     logger: Option<ProgramLog>,
     mut successors: Option<&mut Successors>,
+    restart: Option<Successor>,
 ) -> Result<Ending, ServeError> {
     let mut logs = match logger {
         // SAFETY: the AsyncFd owns the logger and with it the ring buffer's fd, so the fd stays
@@ -73,6 +75,11 @@ pub async fn serve<D: Dataplane, S: Store>(
                 Request::Reload => {
                     let _ = daemon.reload();
                 }
+                Request::Restart => match restart.as_ref().map(Successor::spawn) {
+                    Some(Ok(pid)) => log::info!("SIGUSR2: started the next daemon (pid {pid}); it takes over when it is ready"),
+                    Some(Err(e)) => log::error!("SIGUSR2: cannot start the next daemon: {e}; this one runs on"),
+                    None => log::error!("SIGUSR2: this daemon does not know its own binary; it runs on"),
+                },
             },
             Some(event) = health_events.recv() => daemon.health_changed(&event),
             _ = tick.tick() => daemon.tick(Instant::now()),

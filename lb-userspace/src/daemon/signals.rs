@@ -9,12 +9,14 @@ pub struct SignalError {
     source: std::io::Error,
 }
 
-/// SIGINT, SIGTERM and SIGHUP, caught from the moment they are installed: a daemon installs
-/// them before attaching anything, so a signal during start-up still leads to a clean stop.
+/// SIGINT, SIGTERM, SIGHUP and SIGUSR2, caught from the moment they are installed: a daemon
+/// installs them before attaching anything, so a signal during start-up still leads to a
+/// clean stop.
 pub struct Signals {
     interrupt: Signal,
     terminate: Signal,
     hangup: Signal,
+    user2: Signal,
 }
 
 /// What a signal asks for.
@@ -22,6 +24,9 @@ pub struct Signals {
 pub enum Request {
     Stop,
     Reload,
+    /// SIGUSR2: start the next daemon (the binary at this one's path, its arguments), which
+    /// takes over without a gap (`sluice run`'s restart in place).
+    Restart,
 }
 
 impl Signals {
@@ -37,15 +42,17 @@ impl Signals {
             interrupt: install(SignalKind::interrupt(), "SIGINT")?,
             terminate: install(SignalKind::terminate(), "SIGTERM")?,
             hangup: install(SignalKind::hangup(), "SIGHUP")?,
+            user2: install(SignalKind::user_defined2(), "SIGUSR2")?,
         })
     }
 
-    /// The next request (SIGINT/SIGTERM: stop; SIGHUP: reload).
+    /// The next request (SIGINT/SIGTERM: stop; SIGHUP: reload; SIGUSR2: restart).
     pub async fn next(&mut self) -> Request {
         tokio::select! {
             _ = self.interrupt.recv() => Request::Stop,
             _ = self.terminate.recv() => Request::Stop,
             _ = self.hangup.recv() => Request::Reload,
+            _ = self.user2.recv() => Request::Restart,
         }
     }
 }

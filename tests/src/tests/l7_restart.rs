@@ -371,3 +371,96 @@ fn a_second_daemon_without_take_over_is_refused_while_one_runs() {
     requests.wait_for(10);
     assert!(requests.stop().failed.is_empty());
 }
+
+/// Kills a process this test did not spawn itself (a daemon's successor) when dropped.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: a signal to a pid read from the daemon's own log.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+#[test]
+fn sigusr2_restarts_in_place_with_the_binary_now_at_the_daemons_path() {
+    let topology = LbTopology::new(3);
+    let any = SocketAddr::new(IpAddr::from(Ipv4Addr::UNSPECIFIED), WEB_TARGET);
+    let web: Vec<L7Server> = topology
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| L7Server::start(&t.ns, any, &format!("target{i}")))
+        .collect();
+    let model = format!(
+        "[[listener]]\nname = \"web\"\naddress = \"{VIP}\"\nport = {WEB}\nprotocol = \"http\"\ndefault_target_group = \"www\"\nidle_timeout = 60\n\n\
+         [[target_group]]\nname = \"www\"\nport = {WEB_TARGET}\nstickiness = {{ type = \"lb_cookie\" }}\n{}targets = [{}]\n",
+        fast_health_check(WEB_TARGET),
+        super::l7_support::all_targets(&topology),
+    );
+    let installed = BinaryCopy::new(&topology);
+    let lb = L7Sluice::start_from(
+        &topology,
+        &model,
+        3,
+        &installed.0,
+        &["--drain-timeout", "5"],
+    );
+    lb.wait_forwarding(&topology, WEB, "target");
+    let fixture = Fixture {
+        topology,
+        web,
+        _socketio: Vec::new(),
+        lb,
+    };
+    let f = &fixture;
+    let mut socket = WebSocket::open(f);
+    assert!(socket.echoes("before"));
+    let (pinned, cookie) = f.sticky_get(None);
+    let cookie = cookie.unwrap();
+    let requests = RequestLoop::start(&f.topology, Fixture::vip(WEB), "/");
+    requests.wait_for(20);
+    // An upgrade: a new binary replaces the file at the daemon's path (renamed over it, as
+    // package managers do), then SIGUSR2.
+    let staged = installed.0.with_extension("new");
+    std::fs::copy(sluice_binary(), &staged).unwrap();
+    std::fs::rename(&staged, &installed.0).unwrap();
+    f.lb.sluice.signal(libc::SIGUSR2);
+    let mut next = None;
+    wait_until(TIMEOUT, "the successor to take over", || {
+        let log = f.lb.sluice.stderr();
+        next = log
+            .lines()
+            .find_map(|l| l.split("took over from the previous daemon: 1 listening socket(s) (this daemon is pid ").nth(1))
+            .and_then(|rest| rest.trim_end_matches(')').parse::<i32>().ok());
+        next.is_some()
+    });
+    let pid = next.unwrap();
+    let _next = KillOnDrop(pid);
+    // The successor runs the new binary, not the one the old daemon was started from.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, installed.0);
+    requests.wait_for(40);
+    assert!(socket.echoes("after"), "the WebSocket outlives the restart");
+    assert_eq!(f.sticky_get(Some(&cookie)).0, pinned);
+    let report = requests.stop();
+    assert!(report.failed.is_empty(), "{report:?}");
+    // The old daemon drains, closes the WebSocket at its deadline and exits; the successor
+    // serves on, and `sluice status` answers from it.
+    wait_until(
+        Duration::from_secs(5) + TIMEOUT,
+        "the old daemon to exit",
+        || f.lb.sluice.try_status().is_some(),
+    );
+    assert!(
+        f.lb.sluice.try_status().unwrap().success(),
+        "{}",
+        f.lb.sluice.stderr()
+    );
+    assert!(socket.closes_cleanly());
+    let out = f.lb.cli(&["status", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let body = http_get(&f.topology.client.ns, Fixture::vip(WEB), "/").unwrap();
+    assert!(body.starts_with("target"), "{body}");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+}

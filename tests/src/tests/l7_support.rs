@@ -68,6 +68,17 @@ impl L7Sluice {
         healthy: usize,
         extra: &[&str],
     ) -> L7Sluice {
+        L7Sluice::start_from(topology, model, healthy, &sluice_binary(), extra)
+    }
+
+    /// [`L7Sluice::start_with`] with the sluice binary at `binary`.
+    pub fn start_from(
+        topology: &LbTopology,
+        model: &str,
+        healthy: usize,
+        binary: &std::path::Path,
+        extra: &[&str],
+    ) -> L7Sluice {
         require_root();
         topology
             .lb
@@ -77,15 +88,7 @@ impl L7Sluice {
         let keys = std::env::temp_dir().join(format!("{}.keys", topology.lb.name()));
         let pin_dir = PinDir::new();
         let socket = ApiSocket::new();
-        let sluice = L7Sluice::spawn(
-            topology,
-            &sluice_binary(),
-            &pin_dir,
-            &socket,
-            &config,
-            &keys,
-            extra,
-        );
+        let sluice = L7Sluice::spawn(topology, binary, &pin_dir, &socket, &config, &keys, extra);
         let lb = L7Sluice {
             sluice,
             socket,
