@@ -93,6 +93,9 @@ struct AppliedListener {
 pub struct Controller<D: Dataplane = Maps> {
     dataplane: D,
     model: Model,
+    /// The model's settings as changes describe them; adopted from the previous daemon's
+    /// saved state, so a takeover describes what its first model changes.
+    summary: model::diff::Summary,
     listeners: BTreeMap<String, AppliedListener>,
     targets: BTreeMap<TargetKey, AppliedTarget>,
     ids: IdPool,
@@ -112,6 +115,7 @@ impl<D: Dataplane> Controller<D> {
         Controller {
             dataplane,
             model: Model::default(),
+            summary: model::diff::Summary::default(),
             listeners: BTreeMap::new(),
             targets: BTreeMap::new(),
             ids,
@@ -131,6 +135,7 @@ impl<D: Dataplane> Controller<D> {
         now: Instant,
     ) -> Result<Controller<D>, ApplyError> {
         let mut controller = Controller::new(dataplane);
+        controller.summary = saved.summary.clone();
         let mut keys = BTreeMap::new();
         for (key, value) in controller.dataplane.listeners()? {
             // ICMP entries (port 0, ICMP or ICMPv6) share their address's listener id.
@@ -222,6 +227,7 @@ impl<D: Dataplane> Controller<D> {
                 })
                 .collect(),
             ids: self.ids.saved(),
+            summary: self.summary.clone(),
         }
     }
 
@@ -312,7 +318,7 @@ impl<D: Dataplane> Controller<D> {
             PlanError::NeedsFlowScan => unreachable!("planned with the flow table's ids"),
         })?;
         let mut changes = Changes {
-            settings: model::diff::describe(&self.model, model),
+            settings: self.summary.changes_to(&model::diff::Summary::of(model)),
             ..Changes::default()
         };
 
@@ -438,6 +444,7 @@ impl<D: Dataplane> Controller<D> {
         self.listeners = plan.listeners;
         self.ids = plan.ids;
         self.model = model.clone();
+        self.summary = model::diff::Summary::of(model);
         self.tick(now)?;
         Ok(changes)
     }

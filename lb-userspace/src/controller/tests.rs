@@ -367,6 +367,7 @@ fn an_adopting_controller_keeps_ids_drains_and_health() {
     assert!(changes.listeners_added.is_empty(), "{changes:?}");
     assert!(changes.targets_added.is_empty(), "{changes:?}");
     assert!(changes.targets_draining.is_empty(), "{changes:?}");
+    assert!(changes.settings.is_empty(), "{changes:?}");
     for (addr, id) in &ids {
         assert_eq!(id_of(&second, addr), *id, "{addr} keeps its id");
     }
@@ -392,4 +393,61 @@ fn an_adopting_controller_keeps_ids_drains_and_health() {
         .apply(&model(&["10.0.1.1", "10.0.1.2", "10.0.1.4"], 60), later)
         .unwrap();
     assert!(!ids.values().any(|&id| id == id_of(&second, "10.0.1.4")));
+}
+
+#[test]
+fn a_takeover_describes_l7_changes_against_the_previous_daemons_model() {
+    let http = |name: &str, stickiness: &str| {
+        Model::parse(
+            &format!(
+                "[[listener]]\nname = \"{name}\"\naddress = \"192.0.2.10\"\nport = 80\nprotocol = \"http\"\ndefault_target_group = \"web\"\n\n\
+                 [[target_group]]\nname = \"web\"\nport = 8080\n{stickiness}targets = [ {{ address = \"10.0.1.1\" }} ]\n"
+            ),
+            "test.toml",
+        )
+        .unwrap()
+    };
+    let start = Instant::now();
+    let mut first = controller(16);
+    let changes = first.apply(&http("web", ""), start).unwrap();
+    assert_eq!(
+        changes.settings,
+        [
+            "listener 'web' (http) added on 192.0.2.10:80",
+            "target group 'web' added"
+        ]
+    );
+    let saved = first.saved(start);
+    let pinned = MemoryDataplane {
+        targets: first.dataplane().targets.clone(),
+        ..MemoryDataplane::new(8, 16)
+    };
+    let mut second = Controller::adopt(pinned, &saved, start).unwrap();
+    let changes = second
+        .apply(
+            &http(
+                "www",
+                "stickiness = { type = \"lb_cookie\", duration = 60 }\n",
+            ),
+            start,
+        )
+        .unwrap();
+    assert_eq!(
+        changes.settings,
+        [
+            "listener 'web' renamed to 'www' on 192.0.2.10:80 (its socket and connections kept)",
+            "target group 'web': stickiness off -> lb_cookie for 60s"
+        ]
+    );
+    // A state saved by a daemon that kept no summary: everything is new to the next one.
+    let older = crate::dataplane::saved::SavedState {
+        summary: Default::default(),
+        ..second.saved(start)
+    };
+    let mut third = Controller::adopt(MemoryDataplane::new(8, 16), &older, start).unwrap();
+    let changes = third.apply(&http("www", ""), start).unwrap();
+    assert!(
+        changes.settings[0].starts_with("listener 'www' (http) added"),
+        "{changes:?}"
+    );
 }

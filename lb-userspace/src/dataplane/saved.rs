@@ -37,6 +37,10 @@ pub struct SavedState {
     pub listeners: Vec<SavedListener>,
     pub targets: Vec<SavedTarget>,
     pub ids: SavedIds,
+    /// The running model's settings, so that the next daemon describes what its first model
+    /// changes (absent from an older daemon's state: everything is described as new).
+    #[serde(default)]
+    pub summary: crate::model::diff::Summary,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -175,6 +179,7 @@ mod tests {
                 quarantined: vec![7],
                 free: vec![],
             },
+            summary: Default::default(),
         }
     }
 

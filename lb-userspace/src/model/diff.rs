@@ -4,55 +4,202 @@
 //! report; this covers the rest: http/https listeners and every setting a change can touch
 //! without moving a target (health checks, stickiness, algorithm, weights, timeouts, access
 //! logs, rules, certificates).
+//!
+//! Models are compared through their [`Summary`]: each listener's and target group's settings
+//! as the sentences show them (rules and certificates by digest). A summary is small and
+//! serializable, so the controller saves the running model's with its state, and a daemon
+//! that takes over describes its first model against its predecessor's, not against nothing.
 
-use std::{
-    collections::BTreeMap,
-    net::{IpAddr, SocketAddr},
-};
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::{HashKey, Listener, Model, Stickiness, TargetGroup};
 use crate::health::{spec::ShowDuration, HealthCheckSpec};
 
-/// The sentences, listeners first, then target groups, each in name order.
+/// The sentences, listeners first, then target groups, each in the new model's order.
 pub fn describe(old: &Model, new: &Model) -> Vec<String> {
-    let mut lines = listeners(old, new);
-    lines.extend(target_groups(old, new));
-    lines
+    Summary::of(old).changes_to(&Summary::of(new))
 }
 
-fn listeners(old: &Model, new: &Model) -> Vec<String> {
-    let before: BTreeMap<&str, &Listener> =
-        old.listeners.iter().map(|l| (l.name.as_str(), l)).collect();
-    let after: BTreeMap<&str, &Listener> =
-        new.listeners.iter().map(|l| (l.name.as_str(), l)).collect();
-    let mut lines = Vec::new();
-    let mut gone: Vec<&Listener> = before
+/// A model's settings, as [`describe`] compares them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub listeners: Vec<Item>,
+    pub target_groups: Vec<Item>,
+}
+
+/// One listener or target group: its settings in the order sentences name them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Item {
+    pub name: String,
+    /// An http/https listener (or a group; unused there).
+    #[serde(default)]
+    pub l7: bool,
+    pub settings: Vec<(String, String)>,
+    /// Groups: each target's weight, by target.
+    #[serde(default)]
+    pub weights: Vec<(String, u32)>,
+}
+
+impl Item {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.settings
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+const ADDRESS: &str = "address";
+const PROTOCOL: &str = "protocol";
+const RULES: &str = "rules";
+const CERTIFICATES: &str = "certificates";
+const NO_ACCESS_LOG: &str = "off (log target sluice::access)";
+
+impl Summary {
+    pub fn of(model: &Model) -> Summary {
+        Summary {
+            listeners: model.listeners.iter().map(listener).collect(),
+            target_groups: model.target_groups.iter().map(group).collect(),
+        }
+    }
+
+    /// The sentences that describe going from `self` to `new`.
+    pub fn changes_to(&self, new: &Summary) -> Vec<String> {
+        let mut lines = listener_changes(&self.listeners, &new.listeners);
+        lines.extend(group_changes(&self.target_groups, &new.target_groups));
+        lines
+    }
+}
+
+fn listener(l: &Listener) -> Item {
+    let mut settings = vec![
+        (
+            ADDRESS.into(),
+            SocketAddr::new(l.address, l.port).to_string(),
+        ),
+        (PROTOCOL.into(), l.protocol.name().into()),
+    ];
+    if !l.protocol.is_l7() {
+        settings.push(("mode".into(), l.mode().name().into()));
+        settings.push((
+            "maglev_table_size".into(),
+            l.maglev_table_size().to_string(),
+        ));
+    }
+    settings.push((
+        "default target group".into(),
+        format!("'{}'", l.default_target_group),
+    ));
+    if l.protocol.is_l7() {
+        settings.push((
+            "idle_timeout".into(),
+            ShowDuration(l.idle_timeout()).to_string(),
+        ));
+        settings.push((
+            "header_read_timeout".into(),
+            ShowDuration(l.header_read_timeout()).to_string(),
+        ));
+        settings.push(("max_header_bytes".into(), l.max_header_bytes().to_string()));
+        settings.push((
+            "access_log".into(),
+            l.access_log
+                .as_ref()
+                .map_or(NO_ACCESS_LOG.into(), |p| p.display().to_string()),
+        ));
+        settings.push((
+            CERTIFICATES.into(),
+            format!("{} {}", l.certificates.len(), digest(&l.certificates)),
+        ));
+        let priorities: Vec<String> = l.rules.iter().map(|r| r.priority.to_string()).collect();
+        settings.push((
+            RULES.into(),
+            format!("[{}] {}", priorities.join(","), digest(&l.rules)),
+        ));
+    }
+    Item {
+        name: l.name.clone(),
+        l7: l.protocol.is_l7(),
+        settings,
+        weights: Vec::new(),
+    }
+}
+
+fn group(g: &TargetGroup) -> Item {
+    let settings = vec![
+        (
+            "port".into(),
+            g.port.map_or("none".into(), |p| p.to_string()),
+        ),
+        ("hash_key".into(), hash_key(g.hash_key)),
+        (
+            "deregistration_delay".into(),
+            format!("{}s", g.deregistration_delay),
+        ),
+        ("health check".into(), health_check(&g.health_check)),
+        (
+            "algorithm".into(),
+            g.algorithm.unwrap_or_default().name().into(),
+        ),
+        ("stickiness".into(), stickiness(g.stickiness.as_ref())),
+    ];
+    let weights = g
+        .targets
         .iter()
-        .filter(|(name, _)| !after.contains_key(*name))
-        .map(|(_, l)| *l)
+        .map(|t| {
+            let target = match t.port.or(g.port) {
+                Some(port) => SocketAddr::new(t.address, port).to_string(),
+                None => t.address.to_string(),
+            };
+            (target, t.weight)
+        })
         .collect();
-    for (name, listener) in &after {
-        match before.get(name) {
-            Some(previous) => lines.extend(changed(previous, listener)),
-            None if listener.protocol.is_l7() => {
+    Item {
+        name: g.name.clone(),
+        l7: false,
+        settings,
+        weights,
+    }
+}
+
+/// A short digest of what `value` holds (its debug form), to tell changes apart in a summary
+/// without keeping everything.
+fn digest(value: &impl std::fmt::Debug) -> String {
+    let hash = Sha256::digest(format!("{value:?}").as_bytes());
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn listener_changes(before: &[Item], after: &[Item]) -> Vec<String> {
+    let find = |items: &'_ [Item], name: &str| items.iter().position(|i| i.name == name);
+    let mut lines = Vec::new();
+    let mut gone: Vec<&Item> = before
+        .iter()
+        .filter(|i| find(after, &i.name).is_none())
+        .collect();
+    for listener in after {
+        let address = listener.get(ADDRESS).unwrap_or_default();
+        match find(before, &listener.name) {
+            Some(at) => lines.extend(changed("listener", &before[at], listener)),
+            None if listener.l7 => {
                 // A listener whose name is new on an address an old one served is that one
                 // renamed: the proxy serves it on the same socket.
                 let renamed = gone
                     .iter()
-                    .position(|g| g.protocol.is_l7() && address(g) == address(listener));
+                    .position(|g| g.l7 && g.get(ADDRESS) == Some(address));
                 match renamed.map(|at| gone.remove(at)) {
                     Some(previous) => {
                         lines.push(format!(
-                            "listener '{}' renamed to '{name}' on {} (its socket and connections kept)",
-                            previous.name,
-                            address(listener)
+                            "listener '{}' renamed to '{}' on {address} (its socket and connections kept)",
+                            previous.name, listener.name
                         ));
-                        lines.extend(changed(previous, listener));
+                        lines.extend(changed("listener", previous, listener));
                     }
                     None => lines.push(format!(
-                        "listener '{name}' ({}) added on {}",
-                        listener.protocol.name(),
-                        address(listener)
+                        "listener '{}' ({}) added on {address}",
+                        listener.name,
+                        listener.get(PROTOCOL).unwrap_or_default()
                     )),
                 }
             }
@@ -60,181 +207,64 @@ fn listeners(old: &Model, new: &Model) -> Vec<String> {
             None => {}
         }
     }
-    for listener in gone.iter().filter(|l| l.protocol.is_l7()) {
+    for listener in gone.iter().filter(|l| l.l7) {
         lines.push(format!(
             "listener '{}' ({}) removed from {}",
             listener.name,
-            listener.protocol.name(),
-            address(listener)
+            listener.get(PROTOCOL).unwrap_or_default(),
+            listener.get(ADDRESS).unwrap_or_default()
         ));
     }
     lines
 }
 
-fn address(listener: &Listener) -> SocketAddr {
-    SocketAddr::new(listener.address, listener.port)
-}
-
-/// One line naming every setting of a listener that changed, if any did.
-fn changed(old: &Listener, new: &Listener) -> Option<String> {
+/// One line naming every setting of `kind` `new` that differs from `old`, if any does.
+fn changed(kind: &str, old: &Item, new: &Item) -> Option<String> {
     let mut parts = Vec::new();
-    let mut compare = |what: &str, a: String, b: String| {
-        if a != b {
-            parts.push(format!("{what} {a} -> {b}"));
-        }
-    };
-    compare(
-        "address",
-        address(old).to_string(),
-        address(new).to_string(),
-    );
-    compare(
-        "protocol",
-        old.protocol.name().into(),
-        new.protocol.name().into(),
-    );
-    if !new.protocol.is_l7() {
-        compare("mode", old.mode().name().into(), new.mode().name().into());
-        compare(
-            "maglev_table_size",
-            old.maglev_table_size().to_string(),
-            new.maglev_table_size().to_string(),
-        );
+    for (key, value) in &new.settings {
+        let Some(was) = old.get(key).filter(|was| *was != value) else {
+            continue;
+        };
+        let part = match key.as_str() {
+            RULES => {
+                let priorities = |v: &str| v.split(' ').next().unwrap_or_default().to_string();
+                format!(
+                    "rules changed (priorities {} -> {})",
+                    priorities(was),
+                    priorities(value)
+                )
+            }
+            CERTIFICATES => {
+                let count = |v: &str| v.split(' ').next().unwrap_or_default().to_string();
+                format!("certificates changed ({} -> {})", count(was), count(value))
+            }
+            _ => format!("{key} {was} -> {value}"),
+        };
+        parts.push(part);
     }
-    compare(
-        "default target group",
-        quoted(&old.default_target_group),
-        quoted(&new.default_target_group),
-    );
-    if new.protocol.is_l7() {
-        compare(
-            "idle_timeout",
-            ShowDuration(old.idle_timeout()).to_string(),
-            ShowDuration(new.idle_timeout()).to_string(),
-        );
-        compare(
-            "header_read_timeout",
-            ShowDuration(old.header_read_timeout()).to_string(),
-            ShowDuration(new.header_read_timeout()).to_string(),
-        );
-        compare(
-            "max_header_bytes",
-            old.max_header_bytes().to_string(),
-            new.max_header_bytes().to_string(),
-        );
-        compare(
-            "access_log",
-            old.access_log
-                .as_ref()
-                .map_or("off (log target sluice::access)".into(), |p| {
-                    p.display().to_string()
-                }),
-            new.access_log
-                .as_ref()
-                .map_or("off (log target sluice::access)".into(), |p| {
-                    p.display().to_string()
-                }),
-        );
-        if old.certificates != new.certificates {
-            parts.push(format!(
-                "certificates changed ({} -> {})",
-                old.certificates.len(),
-                new.certificates.len()
-            ));
-        }
-        if old.rules != new.rules {
-            let priorities = |l: &Listener| {
-                l.rules
-                    .iter()
-                    .map(|r| r.priority.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            };
-            parts.push(format!(
-                "rules changed (priorities [{}] -> [{}])",
-                priorities(old),
-                priorities(new)
-            ));
+    for (target, weight) in &new.weights {
+        let before = old.weights.iter().find(|(t, _)| t == target);
+        if let Some((_, was)) = before.filter(|(_, w)| w != weight) {
+            parts.push(format!("target {target} weight {was} -> {weight}"));
         }
     }
-    (!parts.is_empty()).then(|| format!("listener '{}': {}", new.name, parts.join("; ")))
+    (!parts.is_empty()).then(|| format!("{kind} '{}': {}", new.name, parts.join("; ")))
 }
 
-fn quoted(text: &str) -> String {
-    format!("'{text}'")
-}
-
-fn target_groups(old: &Model, new: &Model) -> Vec<String> {
-    let before: BTreeMap<&str, &TargetGroup> = old
-        .target_groups
-        .iter()
-        .map(|g| (g.name.as_str(), g))
-        .collect();
+fn group_changes(before: &[Item], after: &[Item]) -> Vec<String> {
     let mut lines = Vec::new();
-    for group in &new.target_groups {
-        match before.get(group.name.as_str()) {
+    for group in after {
+        match before.iter().find(|g| g.name == group.name) {
             None => lines.push(format!("target group '{}' added", group.name)),
-            Some(previous) => lines.extend(group_changed(previous, group)),
+            Some(previous) => lines.extend(changed("target group", previous, group)),
         }
     }
-    for name in before.keys() {
-        if new.target_group(name).is_none() {
-            lines.push(format!("target group '{name}' removed"));
+    for group in before {
+        if !after.iter().any(|g| g.name == group.name) {
+            lines.push(format!("target group '{}' removed", group.name));
         }
     }
     lines
-}
-
-fn group_changed(old: &TargetGroup, new: &TargetGroup) -> Option<String> {
-    let mut parts = Vec::new();
-    let mut compare = |what: &str, a: String, b: String| {
-        if a != b {
-            parts.push(format!("{what} {a} -> {b}"));
-        }
-    };
-    compare(
-        "port",
-        old.port.map_or("none".into(), |p| p.to_string()),
-        new.port.map_or("none".into(), |p| p.to_string()),
-    );
-    compare("hash_key", hash_key(old.hash_key), hash_key(new.hash_key));
-    compare(
-        "deregistration_delay",
-        format!("{}s", old.deregistration_delay),
-        format!("{}s", new.deregistration_delay),
-    );
-    compare(
-        "health check",
-        health_check(&old.health_check),
-        health_check(&new.health_check),
-    );
-    compare(
-        "algorithm",
-        old.algorithm.unwrap_or_default().name().into(),
-        new.algorithm.unwrap_or_default().name().into(),
-    );
-    compare(
-        "stickiness",
-        stickiness(old.stickiness.as_ref()),
-        stickiness(new.stickiness.as_ref()),
-    );
-    let weights = |g: &TargetGroup| -> BTreeMap<(IpAddr, Option<u16>), u32> {
-        g.targets
-            .iter()
-            .map(|t| ((t.address, t.port.or(g.port)), t.weight))
-            .collect()
-    };
-    let after = weights(new);
-    for ((address, port), weight) in weights(old) {
-        if let Some(&now) = after.get(&(address, port)).filter(|&&w| w != weight) {
-            let target = match port {
-                Some(port) => SocketAddr::new(address, port).to_string(),
-                None => address.to_string(),
-            };
-            parts.push(format!("target {target} weight {weight} -> {now}"));
-        }
-    }
-    (!parts.is_empty()).then(|| format!("target group '{}': {}", new.name, parts.join("; ")))
 }
 
 fn hash_key(key: HashKey) -> String {
@@ -318,8 +348,8 @@ mod tests {
             describe(&a, &empty),
             [
                 "listener 'web' (http) removed from 192.0.2.10:80",
-                "target group 'l4' removed",
-                "target group 'web' removed"
+                "target group 'web' removed",
+                "target group 'l4' removed"
             ]
         );
         let mut renamed = a.clone();
@@ -361,6 +391,39 @@ mod tests {
                 "listener 'tcp': mode nat -> dsr",
                 "target group 'web': target 10.0.1.11:3000 weight 2 -> 5"
             ]
+        );
+    }
+
+    #[test]
+    fn a_saved_summary_describes_as_the_model_it_was_made_of() {
+        let a = model("", "");
+        let mut b = model(
+            "idle_timeout = 30\n",
+            "stickiness = { type = \"lb_cookie\" }\n",
+        );
+        b.listeners[0].name = "www".into();
+        let saved: Summary =
+            serde_json::from_str(&serde_json::to_string(&Summary::of(&a)).unwrap()).unwrap();
+        assert_eq!(saved, Summary::of(&a));
+        assert_eq!(saved.changes_to(&Summary::of(&b)), describe(&a, &b));
+        assert_eq!(
+            describe(&a, &b),
+            [
+                "listener 'web' renamed to 'www' on 192.0.2.10:80 (its socket and connections kept)",
+                "listener 'www': idle_timeout 60s -> 30s",
+                "target group 'web': stickiness off -> lb_cookie for 86400s",
+            ]
+        );
+        // Rules are told apart by content, not only by priority.
+        let mut c = model(
+            "[[listener.rule]]\npriority = 5\npath = [\"/a\"]\naction = { type = \"fixed_response\", status = 200 }\n",
+            "",
+        );
+        let d = c.clone();
+        c.listeners[0].rules[0].path = vec!["/b".into()];
+        assert_eq!(
+            describe(&d, &c),
+            ["listener 'web': rules changed (priorities [5] -> [5])"]
         );
     }
 }
