@@ -23,7 +23,7 @@ use sluice::{
     maglev,
 };
 
-use sluice::daemon::signals::{Request, Signals};
+use sluice::daemon::signals::Signals;
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -383,7 +383,7 @@ fn floor(args: FloorArgs) -> anyhow::Result<()> {
         args.iface,
         hops.len()
     );
-    runtime.block_on(async { while signals.next().await != Request::Stop {} });
+    runtime.block_on(async { while !signals.next().await.stops() {} });
     drop(floor);
     log::info!("floor forwarder detached from {}", args.iface);
     Ok(())

@@ -10,7 +10,7 @@ use sluice::dataplane::{
     load::{self, AttachMode, MapSizes, DECAP_PROGRAM_NAME},
 };
 
-use sluice::daemon::signals::{Request, Signals};
+use sluice::daemon::signals::Signals;
 
 /// The decap program's counters (`lb_common::decap`).
 const DECAP_STATS_MAP: &str = "DECAP_STATS";
@@ -59,7 +59,7 @@ pub fn decap(args: DecapArgs) -> anyhow::Result<()> {
     );
 
     runtime.block_on(async {
-        while signals.next().await != Request::Stop {
+        while !signals.next().await.stops() {
             log::info!("sluice decap has no configuration to reload and does not restart");
         }
     });

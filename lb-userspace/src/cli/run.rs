@@ -305,6 +305,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let successor = match served? {
             Ending::Down => return Ok(None),
+            Ending::Interrupt => {
+                let proxy = daemon.take_proxy();
+                let served = proxy.is_some_and(|p| !p.listening().is_empty());
+                return Ok(served.then_some(Drained::Closed));
+            }
             Ending::Stop => None,
             Ending::TakenOver(stream) => Some(stream),
         };
@@ -335,7 +340,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         let l7 = match drained {
             Some(Drained::HandedOver) => "; the http/https listeners went to the next daemon",
             Some(Drained::Closed) => {
-                "; the http/https listeners are closed (nobody took them over)"
+                "; the http/https listeners are closed (no daemon took them over)"
             }
             Some(Drained::CutShort { open }) => {
                 log::warn!("{open} connection(s) were still open at the end of the drain");

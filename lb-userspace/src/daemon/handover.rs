@@ -2,8 +2,8 @@
 //!
 //! A running daemon listens for successors on its hand-over socket ([`Successors`]). A
 //! successor that asks to take over (`sluice run --take-over`) makes it step down; one that
-//! only asks a stopping daemon is refused while it runs. A daemon that stops (SIGTERM,
-//! SIGINT, or a successor taking over) then [`drain`]s:
+//! only asks a stopping daemon is refused while it runs. A daemon that stops (SIGTERM, or a
+//! successor taking over; SIGINT stops at once) then [`drain`]s:
 //!
 //! 1. its control loop is over (the caller saved the state and released the control socket,
 //!    so the successor can adopt the data plane and bind the socket);
@@ -219,7 +219,7 @@ pub async fn drain(
                 }
             }
             signal = signals.next() => match signal {
-                Signal::Stop => {
+                Signal::Stop | Signal::Interrupt => {
                     log::info!("stopping now, as asked again");
                     break;
                 }

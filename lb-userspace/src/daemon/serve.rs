@@ -31,8 +31,10 @@ pub enum ServeError {
 /// Why the control loop ended.
 #[derive(Debug)]
 pub enum Ending {
-    /// SIGINT or SIGTERM.
+    /// SIGTERM: drain, and hand the listeners to the next daemon.
     Stop,
+    /// SIGINT: stop now.
+    Interrupt,
     /// `sluice down`.
     Down,
     /// A successor asked to take over (`sluice run --take-over`); it waits on this stream.
@@ -71,6 +73,7 @@ pub async fn serve<D: Dataplane, S: Store>(
             }
             request = signals.next() => match request {
                 Request::Stop => break Ending::Stop,
+                Request::Interrupt => break Ending::Interrupt,
                 // Logged either way; the control API's `POST /v1/reload` takes the same path.
                 Request::Reload => {
                     let _ = daemon.reload();

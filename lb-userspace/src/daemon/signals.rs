@@ -22,11 +22,21 @@ pub struct Signals {
 /// What a signal asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
+    /// SIGTERM: stop; a daemon with http/https listeners drains and hands them over.
     Stop,
+    /// SIGINT (Ctrl-C): stop now.
+    Interrupt,
     Reload,
     /// SIGUSR2: start the next daemon (the binary at this one's path, its arguments), which
     /// takes over without a gap (`sluice run`'s restart in place).
     Restart,
+}
+
+impl Request {
+    /// SIGTERM or SIGINT.
+    pub fn stops(self) -> bool {
+        matches!(self, Request::Stop | Request::Interrupt)
+    }
 }
 
 impl Signals {
@@ -46,10 +56,10 @@ impl Signals {
         })
     }
 
-    /// The next request (SIGINT/SIGTERM: stop; SIGHUP: reload; SIGUSR2: restart).
+    /// The next request (SIGTERM: stop; SIGINT: stop now; SIGHUP: reload; SIGUSR2: restart).
     pub async fn next(&mut self) -> Request {
         tokio::select! {
-            _ = self.interrupt.recv() => Request::Stop,
+            _ = self.interrupt.recv() => Request::Interrupt,
             _ = self.terminate.recv() => Request::Stop,
             _ = self.hangup.recv() => Request::Reload,
             _ = self.user2.recv() => Request::Restart,
