@@ -29,6 +29,7 @@ use std::{
     time::Duration,
 };
 
+use lb_common::proto::{IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -89,8 +90,8 @@ impl Protocol {
     /// The IP protocol number of the transport (HTTP and HTTPS run over TCP).
     pub const fn number(self) -> u8 {
         match self {
-            Protocol::Tcp | Protocol::Http | Protocol::Https => 6,
-            Protocol::Udp => 17,
+            Protocol::Tcp | Protocol::Http | Protocol::Https => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
         }
     }
 
