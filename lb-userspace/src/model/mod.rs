@@ -265,10 +265,36 @@ pub struct TargetGroup {
     /// http/https listeners only.
     #[serde(default)]
     pub stickiness: Option<Stickiness>,
+    /// http/https listeners only: targets ejected after consecutive failures of the proxy's
+    /// own requests (see `proxy::outlier`).
+    #[serde(default)]
+    pub outlier_detection: OutlierDetection,
 }
 
 fn default_deregistration_delay() -> u64 {
     300
+}
+
+/// `outlier_detection = { consecutive_errors = 5 }` (0 turns it off). Ejections last one
+/// health check interval, doubling while a target keeps failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default = "default_consecutive_errors")]
+    pub consecutive_errors: u32,
+}
+
+/// Envoy's default for consecutive 5XX.
+fn default_consecutive_errors() -> u32 {
+    5
+}
+
+impl Default for OutlierDetection {
+    fn default() -> OutlierDetection {
+        OutlierDetection {
+            consecutive_errors: default_consecutive_errors(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -449,6 +475,81 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn a_target_that_is_its_own_http_listener_is_refused() {
+        let text = r#"
+            [[listener]]
+            name = "web"
+            address = "192.0.2.10"
+            port = 80
+            protocol = "http"
+            default_target_group = "web"
+
+            [[target_group]]
+            name = "web"
+            targets = [ { address = "10.0.1.10", port = 8080 }, { address = "192.0.2.10" } ]
+        "#;
+        let e = invalid(text);
+        assert!(
+            e.contains(
+                "line 11: target group 'web': target 192.0.2.10:80 is listener 'web' itself"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn redirect_hosts_cannot_carry_what_breaks_a_location() {
+        for (host, c) in [
+            ("evil.example\\r\\nX-Injected: 1", "'\\r'"),
+            ("a b", "' '"),
+            ("a/b", "'/'"),
+        ] {
+            let text = format!(
+                r#"
+                [[listener]]
+                name = "web"
+                address = "192.0.2.10"
+                port = 80
+                protocol = "http"
+                default_target_group = "web"
+
+                [[listener.rule]]
+                priority = 1
+                path = ["/old"]
+                action = {{ type = "redirect", status = 301, host = "{host}" }}
+
+                [[target_group]]
+                name = "web"
+                targets = [ {{ address = "10.0.1.10", port = 8080 }} ]
+                "#
+            );
+            let e = invalid(&text);
+            assert!(e.contains(&format!("contains {c}")), "{host}: {e}");
+        }
+        // Variables and plain names are fine.
+        let ok = GOOD_HTTP_REDIRECT.replace("HOST", "#{host}.example.com");
+        Model::parse(&ok, "sluice.toml").unwrap();
+    }
+
+    const GOOD_HTTP_REDIRECT: &str = r#"
+        [[listener]]
+        name = "web"
+        address = "192.0.2.10"
+        port = 80
+        protocol = "http"
+        default_target_group = "web"
+
+        [[listener.rule]]
+        priority = 1
+        path = ["/old"]
+        action = { type = "redirect", status = 301, host = "HOST" }
+
+        [[target_group]]
+        name = "web"
+        targets = [ { address = "10.0.1.10", port = 8080 } ]
+    "#;
 
     #[test]
     fn a_rule_error_points_at_that_rule_and_carries_its_subject() {

@@ -308,6 +308,18 @@ impl Model {
                     "target group '{name}' has algorithm maglev, which {protocol} listener '{l}' does not use; choose round_robin or least_outstanding_requests"
                 )));
             }
+            // The proxy would connect to itself, again and again, until descriptors run out.
+            let own = SocketAddr::new(listener.address, listener.port);
+            for (ti, target) in group.targets.iter().enumerate() {
+                if SocketAddr::new(target.address, target.port_for(group, listener)) == own {
+                    return Err(Subject::Target { group: gi, index: ti }.invalid(
+                        Some("address"),
+                        format!(
+                            "target group '{name}': target {own} is listener '{l}' itself, so requests would loop through the proxy; name the application's own address and port"
+                        ),
+                    ));
+                }
+            }
         }
         Ok(())
     }
