@@ -305,6 +305,19 @@ fn connect_options_star_http10_and_broken_bodies_get_answers_of_their_own() {
             .contains(&format!("\r\nhost: {VIP}:80\r\n")),
         "{answer}"
     );
+    // A request line longer than the head limit (16 KiB by default): 414, not 431.
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nHost: public.example.com\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answer = h.exchange(long.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 414 "), "{answer:?}");
+    let big_header = format!(
+        "GET / HTTP/1.1\r\nHost: public.example.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let answer = h.exchange(big_header.as_bytes());
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
     // A malformed chunked body is the client's error: 400, counted as an ELB 4XX.
     let answer = h.exchange(
         b"POST /hang HTTP/1.1\r\nHost: public.example.com\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nbroken\r\n",
