@@ -265,3 +265,60 @@ async fn down_stops_the_event_loop_and_says_to_remove_the_pins() {
         .await
         .expect("down wakes the event loop");
 }
+
+/// `text(targets, 0)` plus an http listener on 127.0.0.1:`port` with `extra` settings, over a
+/// group of its own.
+fn with_http(targets: &[&str], port: u16, extra: &str) -> String {
+    format!(
+        "{}\n[[listener]]\nname = \"site\"\naddress = \"127.0.0.1\"\nport = {port}\nprotocol = \"http\"\ndefault_target_group = \"www\"\n{extra}\n[[target_group]]\nname = \"www\"\nport = 1\ntargets = [ {{ address = \"127.0.0.1\" }} ]\n",
+        text(targets, 0)
+    )
+}
+
+#[tokio::test]
+async fn a_reload_whose_http_listener_cannot_be_served_writes_nothing_to_the_data_plane() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    let config = ConfigFile::new("unservable");
+    config.write(&with_http(&["127.0.0.1"], port, ""));
+    let daemon = started(&config);
+    let before = daemon.controller().model().clone();
+    let writes = daemon.controller().dataplane().ops.len();
+    let dir = std::env::temp_dir();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let refusals = [
+        (
+            // A new target, and an access log that is a directory.
+            with_http(
+                &["127.0.0.1", "127.0.0.2"],
+                port,
+                &format!("access_log = \"{}\"\n", dir.display()),
+            ),
+            StatusCode::BAD_REQUEST,
+            format!(
+                "listener 'site': cannot open access_log {}: ",
+                dir.display()
+            ),
+        ),
+        (
+            // A new target, and the http listener moved to a port another program holds.
+            with_http(&["127.0.0.1", "127.0.0.2"], taken_port, ""),
+            StatusCode::CONFLICT,
+            format!("listener 'site': cannot listen on 127.0.0.1:{taken_port}: "),
+        ),
+    ];
+    for (text, status, reason) in refusals {
+        config.write(&text);
+        let refused = daemon.reload().unwrap_err();
+        assert_eq!(refused.status, status, "{}", refused.message);
+        assert!(refused.message.contains(&reason), "{}", refused.message);
+        // Not the model, not one write to the data plane: the new target is not registered.
+        assert_eq!(daemon.controller().model(), &before);
+        assert_eq!(daemon.controller().dataplane().ops.len(), writes);
+    }
+    // The listener still serves on its socket.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    drop(taken);
+}
