@@ -8,7 +8,7 @@
 //!
 //! I/O: [`server`] (accept, hyper, limits), [`forward`] (one request to its target),
 //! [`upgrade`] (WebSocket tunnels), all on the proxy's own multi-thread runtime, reading the
-//! snapshot the daemon swaps in after every change ([`Proxy::update`]).
+//! snapshot the daemon swaps in after every change ([`Proxy::commit`], [`Proxy::update_routes`]).
 
 pub mod access_log;
 mod authority;
