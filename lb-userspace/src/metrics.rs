@@ -283,6 +283,22 @@ pub fn render(scrape: &Scrape) -> String {
         .get("drop_nat_ports_exhausted")
         .map_or(0, |c| c.packets);
     out.sample(name, &[], exhausted);
+    let name = "sluice_target_port_allocation_error_count_total";
+    out.family(
+        name,
+        "counter",
+        "New nat flows to the target dropped because no source port was free on it.",
+    );
+    for t in &report.targets {
+        out.sample(
+            name,
+            &[
+                ("target_group", &t.group),
+                ("target", &t.address.to_string()),
+            ],
+            t.port_allocation_errors,
+        );
+    }
 
     let name = "sluice_health_check_latency_seconds";
     out.family(
@@ -436,6 +452,7 @@ mod tests {
             bytes: 400,
             reason: None,
             new_flows: 2,
+            port_allocation_errors: 0,
             rate: Default::default(),
             active_flows: None,
         }
@@ -604,10 +621,10 @@ mod tests {
                 assert_eq!(Some(family), current, "{line} outside its family");
             }
         }
-        assert_eq!(families.len(), 21, "{families:?}");
+        assert_eq!(families.len(), 22, "{families:?}");
         // The same shape with nothing to report: every family, no samples but the global one.
         let empty = render(&Scrape::default());
-        assert_eq!(empty.matches("# TYPE ").count(), 21, "{empty}");
+        assert_eq!(empty.matches("# TYPE ").count(), 22, "{empty}");
         assert!(empty.contains("\nsluice_port_allocation_error_count_total 0\n"));
     }
 

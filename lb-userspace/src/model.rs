@@ -136,8 +136,10 @@ pub struct Listener {
     /// tcp/udp only: Maglev table size (a prime); default 65537.
     #[serde(default)]
     pub maglev_table_size: Option<u32>,
-    /// http/https only: a client connection with no data either way for this long is
-    /// closed; also how long a target may take to answer (then 504). Default 60 s.
+    /// http/https: a client connection with no data either way for this long is closed; also
+    /// how long a target may take to answer (then 504). Default 60 s.
+    /// tcp/udp: a flow with no packet either way for this long expires (its flow entry and
+    /// `nat` port are freed). Default NLB's: 350 s for tcp, 120 s for udp.
     #[serde(default, deserialize_with = "crate::health::spec::optional_duration")]
     pub idle_timeout: Option<Duration>,
     /// http/https only: a request head must arrive within this (slowloris); else 408.
@@ -197,6 +199,16 @@ impl Listener {
 
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout.unwrap_or(l7::DEFAULT_IDLE_TIMEOUT)
+    }
+
+    /// tcp/udp listeners: how long a flow may be idle before its entries expire, in seconds
+    /// (validated to fit the data plane's 16 bits).
+    pub fn l4_idle_timeout_s(&self) -> u16 {
+        match self.idle_timeout {
+            Some(idle) => u16::try_from(idle.as_secs()).unwrap_or(u16::MAX),
+            None if self.protocol == Protocol::Udp => lb_common::flow::DEFAULT_UDP_IDLE_TIMEOUT_S,
+            None => lb_common::flow::DEFAULT_TCP_IDLE_TIMEOUT_S,
+        }
     }
 
     pub fn header_read_timeout(&self) -> Duration {
@@ -546,13 +558,15 @@ impl Model {
     }
 }
 
+/// tcp/udp idle timeouts, seconds (NLB allows 60 to 6000 for tcp; shorter ones serve tests).
+const L4_IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=6000;
+
 fn validate_l4_listener(listener: &Listener, group: &TargetGroup) -> Result<(), String> {
     let l = &listener.name;
     let protocol = listener.protocol.name();
     let l7_only = [
         ("rule", !listener.rules.is_empty()),
         ("certificates", !listener.certificates.is_empty()),
-        ("idle_timeout", listener.idle_timeout.is_some()),
         (
             "header_read_timeout",
             listener.header_read_timeout.is_some(),
@@ -564,6 +578,14 @@ fn validate_l4_listener(listener: &Listener, group: &TargetGroup) -> Result<(), 
         return Err(format!(
             "listener '{l}' ({protocol}) has {field}, which only http and https listeners take; use protocol = \"http\" or \"https\", or remove it"
         ));
+    }
+    if let Some(idle) = listener.idle_timeout {
+        let secs = idle.as_secs();
+        if !L4_IDLE_TIMEOUT_RANGE.contains(&secs) || idle.subsec_nanos() != 0 {
+            return Err(format!(
+                "listener '{l}' ({protocol}): idle_timeout {idle:?} must be whole seconds from 1 to 6000"
+            ));
+        }
     }
     if let Some(algorithm) = group.algorithm.filter(|a| *a != Algorithm::Maglev) {
         return Err(format!(

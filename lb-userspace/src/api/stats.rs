@@ -156,6 +156,10 @@ pub struct TargetStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// `nat` new connections refused for want of a free source port on this target (ELB's
+    /// PortAllocationErrorCount).
+    #[serde(default)]
+    pub port_allocation_errors: u64,
     #[serde(default)]
     pub rate: Rate,
     #[serde(default)]
@@ -248,6 +252,7 @@ impl StatsReport {
                 packets,
                 bytes,
                 new_flows,
+                port_allocation_errors: _,
             } = maps.listener_traffic(id)?;
             listeners.push(ListenerStats {
                 name: listener.name.clone(),
@@ -270,6 +275,7 @@ impl StatsReport {
                 packets,
                 bytes,
                 new_flows,
+                port_allocation_errors,
             } = maps.target_traffic(id)?;
             targets.push(TargetStats {
                 group: key.group.clone(),
@@ -285,6 +291,7 @@ impl StatsReport {
                 packets,
                 bytes,
                 new_flows,
+                port_allocation_errors,
                 rate: Rate::default(),
                 active_flows: None,
             });
@@ -367,6 +374,7 @@ mod tests {
                 bytes: 180,
                 reason: None,
                 new_flows: 1,
+                port_allocation_errors: 0,
                 rate: Default::default(),
                 active_flows: None,
             }],
@@ -400,7 +408,7 @@ mod tests {
                 }],
                 "targets": [{
                     "group": "web", "address": "[2001:db8::5]:3000", "id": 7,
-                    "state": "draining", "weight": null, "health": "initial", "reason": null, "packets": 3, "bytes": 180, "new_flows": 1,
+                    "state": "draining", "weight": null, "health": "initial", "reason": null, "packets": 3, "bytes": 180, "new_flows": 1, "port_allocation_errors": 0,
                     "rate": { "packets_per_second": 0, "bits_per_second": 0 }, "active_flows": null
                 }],
                 "target_groups": [{ "name": "web", "failing_open": true }],

@@ -293,7 +293,7 @@ impl Bench {
                 id: 0,
                 mode: mode as u8,
                 hash_key: HashKey::FiveTuple as u8,
-                _pad: [0; 2],
+                idle_timeout_s: 0,
             },
         )
         .map_err(maps_error)?;

@@ -247,6 +247,7 @@ mod tests {
             bytes: 4000,
             reason: None,
             new_flows: 4,
+            port_allocation_errors: 0,
             rate: Default::default(),
             active_flows: Some(2),
         };

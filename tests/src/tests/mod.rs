@@ -18,6 +18,7 @@ mod l7_tls;
 mod l7_websocket;
 mod metrics;
 mod namespaces;
+mod nat_lifecycle;
 mod packet_harness;
 mod packets;
 mod run_cli;
