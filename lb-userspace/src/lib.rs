@@ -1,23 +1,24 @@
-//! sluice's userspace: loading and attaching the XDP program, reading its counters, and (in
-//! later stages) the controller, health checker, control API and L7 proxy.
+//! sluice's library: everything `sluice` does, grouped by role. The binary (`main.rs`,
+//! `cli/`) only parses arguments and calls in here.
+//!
+//! - `model`: the declarative model (listeners, rules, target groups, targets), its
+//!   validation and the run-time edits made to it;
+//! - `controller`: keeps the data plane in step with the model and the targets' health,
+//!   through the `dataplane::Dataplane` seam;
+//! - `dataplane`: the kernel side: loading and attaching the XDP program, its maps, pins and
+//!   saved state, counters, next hops;
+//! - `daemon`: `sluice run`'s event loop, reloads, changes and health events;
+//! - `api`: the control API on a Unix socket and the Prometheus endpoint;
+//! - `proxy`: the L7 proxy; `health`: health checks; `bench`: `sluice bench`;
+//! - `maglev` (table building) and `rates` (traffic rates) are pure helpers.
 
 pub mod api;
 pub mod bench;
-pub mod bpffs;
 pub mod controller;
-pub mod datapath;
-pub mod edit;
+pub mod daemon;
+pub mod dataplane;
 pub mod health;
-pub mod interface;
 pub mod maglev;
-pub mod maps;
-pub mod metrics;
 pub mod model;
-pub mod model_lines;
-pub mod neighbors;
-pub mod pins;
 pub mod proxy;
 pub mod rates;
-pub mod saved;
-pub mod snat;
-pub mod stats;

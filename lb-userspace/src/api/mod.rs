@@ -22,23 +22,24 @@
 //! daemon cannot read or write its maps.
 //!
 //! [`Changes`]: crate::controller::Changes
-//! [`TargetSpec`]: crate::edit::TargetSpec
-//! [`TargetRef`]: crate::edit::TargetRef
-//! [`ListenerSpec`]: crate::edit::ListenerSpec
+//! [`TargetSpec`]: crate::model::edit::TargetSpec
+//! [`TargetRef`]: crate::model::edit::TargetRef
+//! [`ListenerSpec`]: crate::model::edit::ListenerSpec
 //!
 //! The server runs on the daemon's single-threaded runtime and asks a [`Backend`] (the daemon's
 //! controller) for answers, so a request never races a reload: each handler runs to completion
 //! between two awaits.
 
 pub mod client;
+pub mod metrics;
 pub mod server;
 mod stats;
 
 pub use client::ClientError;
 pub use server::{Backend, BindError, ControlError, SocketFile};
 pub use stats::{
-    ActiveFlows, CollectError, CounterStats, HttpListenerStats, ListenerStats, StatsReport,
-    TargetGroupStats, TargetStats, TargetStatus, ACTIVE_WINDOW,
+    CollectError, CounterStats, HttpListenerStats, ListenerStats, StatsReport, TargetGroupStats,
+    TargetStats, TargetStatus,
 };
 
 /// Where `sluice run` listens and `sluice stats` asks unless told otherwise (`--socket`).

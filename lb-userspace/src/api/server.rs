@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     controller::Changes,
-    edit::{Edit, EditError, ListenerSpec, TargetRef},
+    model::edit::{Edit, EditError, ListenerSpec, TargetRef},
 };
 
 /// What the API asks of the daemon.
@@ -379,7 +379,7 @@ mod tests {
     use super::*;
     use crate::{
         api::{client::Client, ClientError, CounterStats},
-        maps::MapsError,
+        dataplane::maps::MapsError,
     };
 
     /// A directory of its own under the temporary directory, removed on drop.

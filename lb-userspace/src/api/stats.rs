@@ -5,16 +5,14 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use aya::maps::{MapData, MapError, PerCpuArray};
-use lb_common::{stats::CounterValue, target::Traffic};
+use aya::maps::MapError;
+use lb_common::stats::CounterValue;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    controller::{Controller, TargetKey, TargetState},
-    maps::MapsError,
-    model::{Mode, Model, Protocol},
+    dataplane::MapsError,
+    model::{Mode, Protocol},
     rates::Rate,
-    stats,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -66,41 +64,6 @@ pub struct HttpListenerStats {
     /// https: handshakes that failed or timed out (ClientTLSNegotiationErrorCount).
     #[serde(default)]
     pub tls_negotiation_errors: u64,
-}
-
-impl HttpListenerStats {
-    /// Every http/https listener of `model`, with the proxy's numbers where it has them.
-    pub fn collect(
-        model: &Model,
-        proxy: &crate::proxy::metrics::ProxyStats,
-    ) -> Vec<HttpListenerStats> {
-        model
-            .listeners
-            .iter()
-            .filter(|l| l.protocol.is_l7())
-            .map(|l| {
-                let n = proxy
-                    .listeners
-                    .iter()
-                    .find(|(name, _)| *name == l.name)
-                    .map(|(_, n)| n.clone())
-                    .unwrap_or_default();
-                HttpListenerStats {
-                    name: l.name.clone(),
-                    address: l.address,
-                    port: l.port,
-                    protocol: l.protocol,
-                    target_group: l.default_target_group.clone(),
-                    requests: n.requests,
-                    active_connections: n.active_connections,
-                    new_connections: n.new_connections,
-                    elb_4xx: n.elb_4xx,
-                    elb_5xx: n.elb_5xx,
-                    tls_negotiation_errors: n.tls_negotiation_errors,
-                }
-            })
-            .collect()
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,146 +154,6 @@ impl From<CounterValue> for CounterStats {
             bytes: v.bytes,
         }
     }
-}
-
-/// A flow is active when a packet of it was seen this recently (ELB's ActiveFlowCount counts
-/// flows active during the period; the flow table keeps idle entries until evicted).
-pub const ACTIVE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Active flows per listener id and per target id.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct ActiveFlows {
-    pub listeners: BTreeMap<u32, u64>,
-    pub targets: BTreeMap<u32, u64>,
-}
-
-impl ActiveFlows {
-    /// Counts the flows last seen within `window` of `now_ns` (both CLOCK_MONOTONIC time; the
-    /// XDP program's `bpf_ktime_get_coarse_ns` lags it by at most a tick).
-    pub fn count(
-        flows: impl Iterator<Item = lb_common::flow::Flow>,
-        now_ns: u64,
-        window: std::time::Duration,
-    ) -> ActiveFlows {
-        let mut active = ActiveFlows::default();
-        let since = now_ns.saturating_sub(window.as_nanos() as u64);
-        for flow in flows.filter(|f| f.last_seen_ns >= since) {
-            *active.listeners.entry(flow.listener_id).or_default() += 1;
-            *active.targets.entry(flow.target_id).or_default() += 1;
-        }
-        active
-    }
-
-    /// Writes the counts into `report` (zero for whoever has none).
-    pub fn fill(&self, report: &mut StatsReport) {
-        for l in &mut report.listeners {
-            l.active_flows = Some(self.listeners.get(&l.id).copied().unwrap_or(0));
-        }
-        for t in &mut report.targets {
-            t.active_flows = Some(self.targets.get(&t.id).copied().unwrap_or(0));
-        }
-    }
-}
-
-impl StatsReport {
-    /// Reads the counters and the controller's listeners and targets.
-    pub fn collect(
-        controller: &Controller,
-        counters: &PerCpuArray<MapData, CounterValue>,
-    ) -> Result<StatsReport, CollectError> {
-        let counters = stats::read(counters).map_err(CollectError::Counters)?;
-        let ids: BTreeMap<&str, u32> = controller.listener_ids().collect();
-        let maps = controller.maps();
-        let model = controller.model();
-        let failing_open: Vec<&str> = controller.failing_open().collect();
-        let mut listeners = Vec::new();
-        for listener in &controller.model().listeners {
-            let Some(&id) = ids.get(listener.name.as_str()) else {
-                continue;
-            };
-            let Traffic {
-                packets,
-                bytes,
-                new_flows,
-                port_allocation_errors: _,
-            } = maps.listener_traffic(id)?;
-            listeners.push(ListenerStats {
-                name: listener.name.clone(),
-                address: listener.address,
-                port: listener.port,
-                protocol: listener.protocol,
-                mode: listener.mode(),
-                target_group: listener.default_target_group.clone(),
-                id,
-                packets,
-                bytes,
-                new_flows,
-                rate: Rate::default(),
-                active_flows: None,
-            });
-        }
-        let mut targets = Vec::new();
-        for (key, id, state) in controller.targets() {
-            let Traffic {
-                packets,
-                bytes,
-                new_flows,
-                port_allocation_errors,
-            } = maps.target_traffic(id)?;
-            targets.push(TargetStats {
-                group: key.group.clone(),
-                address: key.addr,
-                id,
-                state: match state {
-                    TargetState::Active => TargetStatus::Active,
-                    TargetState::Draining { .. } => TargetStatus::Draining,
-                },
-                weight: weight(model, key, state),
-                health: controller.health(key).name().to_string(),
-                reason: None,
-                packets,
-                bytes,
-                new_flows,
-                port_allocation_errors,
-                rate: Rate::default(),
-                active_flows: None,
-            });
-        }
-        Ok(StatsReport {
-            counters: counters
-                .0
-                .iter()
-                .map(|(c, v)| (c.name().to_string(), (*v).into()))
-                .collect(),
-            listeners,
-            targets,
-            target_groups: model
-                .target_groups
-                .iter()
-                .map(|g| TargetGroupStats {
-                    name: g.name.clone(),
-                    failing_open: failing_open.contains(&g.name.as_str()),
-                })
-                .collect(),
-            http_listeners: Vec::new(),
-        })
-    }
-}
-
-/// A registered target's weight in the model. A target without a port of its own or its
-/// group's takes each listener's port, so any port matches it.
-fn weight(model: &Model, key: &TargetKey, state: TargetState) -> Option<u32> {
-    if state != TargetState::Active {
-        return None;
-    }
-    let group = model.target_group(&key.group)?;
-    group
-        .targets
-        .iter()
-        .find(|t| {
-            t.address == key.addr.ip() && t.port.or(group.port).is_none_or(|p| p == key.addr.port())
-        })
-        .map(|t| t.weight)
 }
 
 #[cfg(test)]
@@ -426,27 +249,5 @@ mod tests {
         old.as_object_mut().unwrap().remove("http_listeners");
         let back: StatsReport = serde_json::from_value(old).unwrap();
         assert!(back.http_listeners.is_empty());
-    }
-}
-
-#[cfg(test)]
-mod active_tests {
-    use lb_common::flow::Flow;
-
-    use super::*;
-
-    #[test]
-    fn only_recently_seen_flows_are_active() {
-        const S: u64 = 1_000_000_000;
-        let flow = |listener_id, target_id, last_seen_ns| Flow {
-            listener_id,
-            target_id,
-            last_seen_ns,
-            ..Flow::default()
-        };
-        let flows = [flow(0, 3, 100 * S), flow(0, 4, 41 * S), flow(1, 3, 39 * S)];
-        let active = ActiveFlows::count(flows.into_iter(), 100 * S, ACTIVE_WINDOW);
-        assert_eq!(active.listeners, BTreeMap::from([(0, 2)]));
-        assert_eq!(active.targets, BTreeMap::from([(3, 1), (4, 1)]));
     }
 }

@@ -33,9 +33,11 @@ use lb_common::{
 use serde::Serialize;
 
 use crate::{
-    datapath::{self, MapSizes, PROGRAM_NAME},
+    dataplane::{
+        load::{self, MapSizes, PROGRAM_NAME},
+        maps::Maps,
+    },
     maglev::{self, MaglevTarget, TableSize},
-    maps::Maps,
 };
 
 use super::{
@@ -249,7 +251,7 @@ fn setup_namespace() -> Result<u32, BenchError> {
         "via",
         &GATEWAY_V4.to_string(),
     ])?;
-    Ok(crate::interface::index("lb0")?)
+    Ok(crate::dataplane::interface::index("lb0")?)
 }
 
 /// sluice's program with its maps programmed for one mode.
@@ -272,8 +274,7 @@ impl Bench {
             listeners: 4,
             targets: 16,
         };
-        let mut ebpf =
-            datapath::load_program_sized(log::LevelFilter::Off, sizes, &[], PROGRAM_NAME)?;
+        let mut ebpf = load::load_program_sized(log::LevelFilter::Off, sizes, &[], PROGRAM_NAME)?;
         let mut maps = Maps::take(&mut ebpf).map_err(maps_error)?;
         // No flood gate: new flows must be inserted however fast they come.
         maps.set_config(&Config {
@@ -286,7 +287,7 @@ impl Bench {
             &ListenerKey {
                 addr,
                 port_be: PORT.to_be(),
-                protocol: 6,
+                protocol: lb_common::proto::IPPROTO_TCP,
                 family,
             },
             &Listener {
@@ -362,7 +363,7 @@ impl Bench {
     }
 
     fn program(&mut self) -> &mut Xdp {
-        datapath::program_mut_named(&mut self.ebpf, PROGRAM_NAME)
+        load::program_mut_named(&mut self.ebpf, PROGRAM_NAME)
     }
 
     /// One run of sluice's program on `frame`: (action, nanoseconds).
@@ -395,7 +396,7 @@ impl Bench {
         let known_ack = self.established.frame(src, port);
         let known_syn = self.syn.frame(src, port);
         for _ in 0..options.runs {
-            let pass_prog = datapath::program_mut_named(pass, PASS_PROGRAM);
+            let pass_prog = load::program_mut_named(pass, PASS_PROGRAM);
             empty.push(mean_ns(options.iterations, |_| {
                 time(pass_prog, &known_ack, &self.ctx).map(|(_, ns)| ns)
             })?);
@@ -486,13 +487,13 @@ fn flow_key(src: Ipv4Addr, port: u16) -> FlowKey {
         dst: ip_to_bytes(VIP.into()).0,
         src_port_be: port.to_be(),
         dst_port_be: PORT.to_be(),
-        protocol: 6,
+        protocol: lb_common::proto::IPPROTO_TCP,
         family: FAMILY_V4,
         _pad: [0; 2],
     }
 }
 
-fn maps_error(e: crate::maps::MapsError) -> BenchError {
+fn maps_error(e: crate::dataplane::maps::MapsError) -> BenchError {
     BenchError::Netns {
         name: "(private)".into(),
         source: std::io::Error::other(e.to_string()),

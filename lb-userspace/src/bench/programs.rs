@@ -17,9 +17,9 @@ use lb_common::bench::{
     BENCH_HEADER_BYTES, BENCH_MAX_FLOOR_HOPS, BENCH_MAX_WATCHED_SOURCES,
 };
 
-use crate::{
-    datapath::{self, AttachMode, DatapathError, MapSizes},
+use crate::dataplane::{
     interface::{self, InterfaceError},
+    load::{self, AttachMode, DatapathError, MapSizes},
 };
 
 use super::frame::{Protocol, Template};
@@ -66,7 +66,7 @@ const TINY: MapSizes = MapSizes {
 };
 
 fn load(program: &'static str, extra: &[(&str, u32)]) -> Result<Ebpf, BenchError> {
-    Ok(datapath::load_program_sized(
+    Ok(load::load_program_sized(
         log::LevelFilter::Off,
         TINY,
         extra,
@@ -116,8 +116,8 @@ impl Generator {
                     ifindex,
                     flows: n,
                     protocol: match template.protocol {
-                        Protocol::Tcp => 6,
-                        Protocol::Udp => 17,
+                        Protocol::Tcp => lb_common::proto::IPPROTO_TCP,
+                        Protocol::Udp => lb_common::proto::IPPROTO_UDP,
                     },
                     _pad: [0; 7],
                 },
@@ -144,7 +144,7 @@ impl Generator {
 
     /// Sends `count` frames (at most `u32::MAX`) and returns when the kernel has sent them.
     pub fn send(&mut self, count: u32) -> Result<(), BenchError> {
-        let program = datapath::program_mut_named(&mut self.ebpf, GENERATOR_PROGRAM);
+        let program = load::program_mut_named(&mut self.ebpf, GENERATOR_PROGRAM);
         program
             .test_run(TestRunOptions {
                 data_in: Some(&self.frame),
@@ -278,7 +278,7 @@ impl Sink {
         let (ebpf, link) = in_netns(spec.netns.as_deref(), move || {
             let ifindex = interface::index(&iface)?;
             let (link, _) =
-                datapath::attach_named(&mut ebpf, SINK_PROGRAM, &iface, ifindex, AttachMode::Auto)?;
+                load::attach_named(&mut ebpf, SINK_PROGRAM, &iface, ifindex, AttachMode::Auto)?;
             Ok((ebpf, link))
         })?;
         Ok(Sink {
@@ -325,7 +325,7 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         if let Some(link) = self.link.take() {
-            let _ = datapath::program_mut_named(&mut self.ebpf, SINK_PROGRAM).detach(link);
+            let _ = load::program_mut_named(&mut self.ebpf, SINK_PROGRAM).detach(link);
         }
     }
 }
@@ -379,7 +379,7 @@ impl Floor {
                 .map_err(map_err("BENCH_FLOOR_HOPS"))?;
         }
         let (link, _) =
-            datapath::attach_named(&mut ebpf, FLOOR_PROGRAM, iface, ifindex, AttachMode::Auto)?;
+            load::attach_named(&mut ebpf, FLOOR_PROGRAM, iface, ifindex, AttachMode::Auto)?;
         Ok(Floor {
             ebpf,
             link: Some(link),
@@ -390,7 +390,7 @@ impl Floor {
 impl Drop for Floor {
     fn drop(&mut self) {
         if let Some(link) = self.link.take() {
-            let _ = datapath::program_mut_named(&mut self.ebpf, FLOOR_PROGRAM).detach(link);
+            let _ = load::program_mut_named(&mut self.ebpf, FLOOR_PROGRAM).detach(link);
         }
     }
 }

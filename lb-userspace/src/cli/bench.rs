@@ -19,10 +19,11 @@ use sluice::{
         programs::{self, Floor, Generator, Sink, SinkSpec},
         report::{Report, SinkReport},
     },
-    interface, maglev,
+    dataplane::interface,
+    maglev,
 };
 
-use super::signals::Signals;
+use sluice::daemon::signals::{Request, Signals};
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -382,7 +383,7 @@ fn floor(args: FloorArgs) -> anyhow::Result<()> {
         args.iface,
         hops.len()
     );
-    runtime.block_on(async { while signals.next().await != super::signals::Request::Stop {} });
+    runtime.block_on(async { while signals.next().await != Request::Stop {} });
     drop(floor);
     log::info!("floor forwarder detached from {}", args.iface);
     Ok(())

@@ -5,12 +5,12 @@
 use anyhow::Context;
 use aya::maps::PerCpuArray;
 use lb_common::{decap::DecapCounter, stats::CounterValue};
-use sluice::{
-    datapath::{self, AttachMode, MapSizes, DECAP_PROGRAM_NAME},
+use sluice::dataplane::{
     interface,
+    load::{self, AttachMode, MapSizes, DECAP_PROGRAM_NAME},
 };
 
-use super::signals::{Request, Signals};
+use sluice::daemon::signals::{Request, Signals};
 
 /// The decap program's counters (`lb_common::decap`).
 const DECAP_STATS_MAP: &str = "DECAP_STATS";
@@ -44,8 +44,8 @@ pub fn decap(args: DecapArgs) -> anyhow::Result<()> {
         listeners: 1,
         targets: 1,
     };
-    let mut ebpf = datapath::load_program(log::max_level(), sizes, DECAP_PROGRAM_NAME)?;
-    let (link, mode) = datapath::attach_named(
+    let mut ebpf = load::load_program(log::max_level(), sizes, DECAP_PROGRAM_NAME)?;
+    let (link, mode) = load::attach_named(
         &mut ebpf,
         DECAP_PROGRAM_NAME,
         &args.iface,
@@ -55,7 +55,7 @@ pub fn decap(args: DecapArgs) -> anyhow::Result<()> {
     log::info!(
         "sluice decap attached to {} (ifindex {ifindex}) in {} mode: IPIP, IP6IP6, 4in6 and 6in4 packets go to the local stack without their outer header",
         args.iface,
-        datapath::mode_name(mode)
+        load::mode_name(mode)
     );
 
     runtime.block_on(async {
@@ -65,7 +65,7 @@ pub fn decap(args: DecapArgs) -> anyhow::Result<()> {
     });
     log::info!("stopping");
 
-    datapath::program_mut_named(&mut ebpf, DECAP_PROGRAM_NAME)
+    load::program_mut_named(&mut ebpf, DECAP_PROGRAM_NAME)
         .detach(link)
         .with_context(|| format!("detaching from {}", args.iface))?;
     match summary(&ebpf) {

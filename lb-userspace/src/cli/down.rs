@@ -12,7 +12,7 @@ use anyhow::Context;
 use hyper::Method;
 use sluice::{
     api::{self, client::Client, ClientError},
-    bpffs, pins,
+    dataplane::{bpffs, pins},
 };
 
 #[derive(clap::Args)]

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use hyper::Method;
 use sluice::{
     api::{self, ListenerRef},
-    edit::ListenerSpec,
+    model::edit::ListenerSpec,
     model::{Mode, Protocol},
 };
 

@@ -6,9 +6,9 @@ mod down;
 mod listener;
 mod reload;
 mod run;
-mod signals;
 mod stats;
 mod status;
+mod table;
 mod target;
 
 use std::path::{Path, PathBuf};
@@ -115,37 +115,11 @@ fn change(
     Ok(())
 }
 
-/// One line per change, indented.
+/// One line per change, indented (the same sentences the daemon logs).
 fn describe(changes: &Changes) -> String {
-    let mut lines = Vec::new();
-    for name in &changes.listeners_added {
-        lines.push(format!("listener '{name}' added"));
-    }
-    for name in &changes.listeners_removed {
-        lines.push(format!("listener '{name}' removed"));
-    }
-    for name in &changes.tables_rebuilt {
-        lines.push(format!("listener '{name}': Maglev table rebuilt"));
-    }
-    for key in &changes.targets_added {
-        lines.push(format!("target {} of '{}' registered", key.addr, key.group));
-    }
-    for key in &changes.targets_draining {
-        lines.push(format!(
-            "target {} of '{}' draining: no new flows; its flows stay for the deregistration delay",
-            key.addr, key.group
-        ));
-    }
-    for group in &changes.failing_open {
-        lines.push(format!(
-            "target group '{group}' has no healthy target: failing open"
-        ));
-    }
-    for group in &changes.failing_closed {
-        lines.push(format!("target group '{group}' no longer failing open"));
-    }
+    let lines: Vec<String> = changes.lines().into_iter().map(|l| l.text).collect();
     if lines.is_empty() {
-        lines.push("no change to the data plane".to_string());
+        return "  no change to the data plane\n".to_string();
     }
     lines.iter().map(|l| format!("  {l}\n")).collect()
 }

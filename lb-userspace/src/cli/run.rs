@@ -5,37 +5,30 @@
 //! `--pin-dir`: forwarding goes on after the daemon stops, and the next daemon takes it over
 //! (hitless restart). `sluice down` detaches and removes the pins.
 
-use std::{
-    cell::RefCell,
-    path::PathBuf,
-    rc::Rc,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, rc::Rc, time::Instant};
 
 use anyhow::Context;
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::PerCpuArray;
 use aya_log::EbpfLogger;
-use lb_common::stats::CounterValue;
 use sluice::{
-    api::{self, ActiveFlows, Backend, CollectError, ControlError, StatsReport, ACTIVE_WINDOW},
-    bpffs,
-    controller::{ApplyError, Changes, Controller, TargetKey},
-    datapath::{self, AttachMode, MapSizes},
-    edit::Edit,
-    interface,
-    maps::Maps,
-    metrics::{self, MetricsAddress, Scrape},
+    api::{
+        self,
+        metrics::{self, MetricsAddress},
+    },
+    controller::Controller,
+    daemon::{self, signals::Signals, Daemon, Origin, Parts},
+    dataplane::{
+        bpffs,
+        counters::STATS_MAP,
+        interface,
+        load::{self, AttachMode, MapSizes},
+        maps::Maps,
+        pins, saved,
+    },
+    health::HealthChecker,
     model::Model,
-    pins,
-    proxy::{self, ListenerTls, Proxy},
-    rates::Rates,
-    saved::{self, SavedState},
-    stats::STATS_MAP,
+    proxy,
 };
-use tokio::io::unix::AsyncFd;
-
-use super::signals::{Request, Signals};
-use sluice::health::{HealthChecker, HealthEvent};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
@@ -77,9 +70,6 @@ pub struct RunArgs {
     metrics_address: MetricsAddress,
 }
 
-/// How often drains are checked for their deregistration delay.
-const TICK: Duration = Duration::from_secs(1);
-
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let ifindexes = args
         .ifaces
@@ -98,10 +88,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let signals = {
-        let _runtime = runtime.enter();
-        Signals::install()?
-    };
+    // Signal handlers, health checks and the proxy's tasks belong to this runtime.
+    let _runtime = runtime.enter();
+    let signals = Signals::install()?;
 
     let sizes = MapSizes {
         flows: args.flows,
@@ -116,7 +105,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         dir: args.pin_dir.clone(),
         armed: !adopting,
     };
-    let mut ebpf = datapath::load_pinned(log::max_level(), sizes, &args.pin_dir)?;
+    let mut ebpf = load::load_pinned(log::max_level(), sizes, &args.pin_dir)?;
     // Before anything outside this process changes (neighbour entries, links): a second
     // daemon on the same socket, or the same metrics address, stops here.
     let (api_listener, _socket_file) = api::server::bind(&args.socket)?;
@@ -144,8 +133,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("the XDP object has no STATE map")?
         .try_into()
         .map_err(|e| incompatible(e, adopting, &args.pin_dir))?;
-    let now = Instant::now();
-    let mut controller = if adopting {
+    let controller = if adopting {
         match saved::load(&state)? {
             Some(saved) => {
                 log::info!(
@@ -154,7 +142,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
                     saved.listeners.len(),
                     saved.targets.len()
                 );
-                Controller::adopt(maps, &saved, now)?
+                Controller::adopt(maps, &saved, Instant::now())?
             }
             None => {
                 log::warn!(
@@ -167,18 +155,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     } else {
         Controller::new(maps)
     };
-    let changes = controller.apply(&model, now)?;
-    log_changes(&changes);
-    // Saved before anything is attached: from the moment the pins forward, a daemon taking
-    // over finds the state that goes with them.
-    let mut state = state;
-    let first_state = controller.saved(now);
-    saved::save(&mut state, &first_state).context("saving the state for the next daemon")?;
     let counters = PerCpuArray::try_from(
         ebpf.take_map(STATS_MAP)
             .context("the XDP object has no STATS map")?,
     )
     .context("reading the STATS map")?;
+    let (checker, health_events) = HealthChecker::new();
+    let daemon = Rc::new(Daemon::new(Parts {
+        controller,
+        checker,
+        config: args.config.clone(),
+        counters: Box::new(counters),
+        state,
+    }));
+    // Applied and saved before anything is attached: from the moment the pins forward, a
+    // daemon taking over finds the state that goes with them. An http/https listener that
+    // cannot be served stops sluice here, as a broken model would (a fresh start then removes
+    // its pins again: `fresh`).
+    daemon.apply_model(&model, &Origin::Start(tls))?;
 
     for (iface, &ifindex) in args.ifaces.iter().zip(&ifindexes) {
         match pins::attach(&mut ebpf, &args.pin_dir, iface, ifindex, args.xdp_mode)? {
@@ -187,7 +181,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             ),
             pins::Attached::New(mode) => log::info!(
                 "sluice attached to {iface} (ifindex {ifindex}) in {} mode",
-                datapath::mode_name(mode)
+                load::mode_name(mode)
             ),
         }
     }
@@ -199,39 +193,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     log::info!(
         "{} listener(s) from {}; control API on {socket} (sluice stats --socket {socket})",
-        controller.model().listeners.len(),
+        daemon.controller().model().listeners.len(),
         args.config
             .as_ref()
             .map_or("no configuration".into(), |p| p.display().to_string()),
         socket = args.socket.display()
     );
-
-    let (mut checker, health_events) = HealthChecker::new();
-    checker.adopt(
-        controller
-            .known_health()
-            .map(|(key, health)| (key.clone(), health)),
-    );
-    let daemon = Rc::new(Daemon {
-        controller: RefCell::new(controller),
-        checker: RefCell::new(checker),
-        config: args.config.clone(),
-        counters,
-        state: RefCell::new(state),
-        saved: RefCell::new(Some(first_state)),
-        down: tokio::sync::Notify::new(),
-        going_down: std::cell::Cell::new(false),
-        rates: RefCell::new(Rates::new(RATE_WINDOW)),
-        proxy: RefCell::new(None),
-        tls: RefCell::new(tls),
-    });
-    // The L7 proxy, when the model has http/https listeners: a listener that cannot be
-    // served stops sluice here, as a broken model would.
-    // A fresh start that fails here removes its pins (`fresh`), detaching again.
-    daemon.sync_proxy(true)?;
     fresh.armed = false;
-    // A LocalSet, so the API's connection tasks can share the controller without locks: each
-    // request is answered between two awaits, never in the middle of a reload or a tick.
+    // A LocalSet, so the API's connection tasks can share the daemon without locks.
     let served = tokio::task::LocalSet::new().block_on(&runtime, async {
         let api_listener = tokio::net::UnixListener::from_std(api_listener)
             .context("registering the control socket with the runtime")?;
@@ -247,15 +216,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
-        let served = serve(logger, signals, &daemon, health_events).await;
+        let served = daemon::serve(&daemon, signals, health_events, logger).await;
         api.abort();
         if let Some(metrics) = metrics {
             metrics.abort();
         }
-        served
+        served.map_err(anyhow::Error::from)
     });
     daemon.save();
-    if daemon.going_down.get() {
+    if daemon.going_down() {
         // The program holds no link of its own (pins do), but drop it before the pins go.
         drop(ebpf);
         let removed = pins::remove_all(&args.pin_dir)?;
@@ -322,372 +291,5 @@ fn incompatible(
         )
     } else {
         anyhow::anyhow!("{e}")
-    }
-}
-
-/// Runs until SIGINT/SIGTERM: forwards the program's log records, reloads the model on SIGHUP,
-/// and ends drains whose deregistration delay is over.
-async fn serve(
-    logger: Option<EbpfLogger<&'static dyn log::Log>>,
-    mut signals: Signals,
-    daemon: &Daemon,
-    mut health_events: tokio::sync::mpsc::UnboundedReceiver<HealthEvent<TargetKey>>,
-) -> anyhow::Result<()> {
-    let controller = &daemon.controller;
-    let mut logs = match logger {
-        // SAFETY: the AsyncFd owns the logger and with it the ring buffer's fd, so the fd stays
-        // open for as long as it is registered.
-        Some(logger) => Some(
-            unsafe { AsyncFd::register(logger) }
-                .map_err(|e| anyhow::anyhow!("polling the XDP program's log ring buffer: {e}"))?,
-        ),
-        None => None,
-    };
-    let mut tick = tokio::time::interval(TICK);
-    daemon.recheck();
-    loop {
-        tokio::select! {
-            _ = daemon.down.notified() => break,
-            request = signals.next() => match request {
-                Request::Stop => break,
-                // Logged either way; the control API's `POST /v1/reload` takes the same path.
-                Request::Reload => {
-                    let _ = daemon.reload();
-                }
-            },
-            Some(event) = health_events.recv() => {
-                log::info!(
-                    "target {} of '{}': {} -> {}: {}",
-                    event.target.addr, event.target.group, event.from.name(), event.to.name(), event.reason
-                );
-                let applied = controller.borrow_mut().set_health(&event.target, event.to, Instant::now());
-                match applied {
-                    Ok(changes) => log_changes(&changes),
-                    Err(e) => log::error!("applying the health of {}: {e}", event.target.addr),
-                }
-                daemon.save();
-                let _ = daemon.sync_proxy(false);
-            }
-            _ = tick.tick() => {
-                let expired = controller.borrow_mut().tick(Instant::now());
-                match expired {
-                    Ok(expired) => {
-                        for key in &expired {
-                            log::info!("target {} of '{}': deregistration delay over; its remaining flows move to other targets", key.addr, key.group);
-                        }
-                        if !expired.is_empty() {
-                            let _ = daemon.sync_proxy(false);
-                        }
-                    }
-                    Err(e) => log::error!("ending drains: {e}"),
-                }
-                daemon.save();
-                daemon.sample_rates();
-            }
-            ready = async { logs.as_mut().unwrap().readable_mut().await }, if logs.is_some() => {
-                let mut guard = ready.context("waiting for XDP log records")?;
-                guard.get_inner_mut().flush();
-                guard.clear_ready();
-            }
-        }
-    }
-    log::info!("stopping");
-    Ok(())
-}
-
-/// What the control API asks: the controller, its health checker, the configuration file and
-/// the global counters.
-struct Daemon {
-    controller: RefCell<Controller>,
-    checker: RefCell<HealthChecker<TargetKey>>,
-    config: Option<PathBuf>,
-    counters: PerCpuArray<MapData, CounterValue>,
-    /// The pinned `STATE` map, and what was last saved in it.
-    state: RefCell<saved::StateMap>,
-    saved: RefCell<Option<SavedState>>,
-    /// `sluice down` asked: stop, then detach and remove the pins.
-    down: tokio::sync::Notify,
-    going_down: std::cell::Cell<bool>,
-    /// Traffic samples for the rates in status.
-    rates: RefCell<Rates<RateKey>>,
-    /// Started with the first http/https listener.
-    proxy: RefCell<Option<Proxy>>,
-    /// The https listeners' certificates, read before the model naming them was applied.
-    tls: RefCell<ListenerTls>,
-}
-
-/// Whose traffic a rate is: ids included, so an id given to something new starts over.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum RateKey {
-    Listener(String, u32),
-    Target(TargetKey, u32),
-}
-
-/// The window traffic rates are averaged over.
-const RATE_WINDOW: Duration = Duration::from_secs(10);
-
-impl Daemon {
-    /// Gives the L7 proxy the controller's current model and targets; with `listeners`,
-    /// also (re)binds its listeners. Errors are logged and returned (only start-up treats
-    /// them as fatal: after a reload, the other listeners keep serving).
-    fn sync_proxy(&self, listeners: bool) -> anyhow::Result<()> {
-        let controller = self.controller.borrow();
-        let model = controller.model();
-        let mut proxy = self.proxy.borrow_mut();
-        if proxy.is_none() {
-            if !model.listeners.iter().any(|l| l.protocol.is_l7()) {
-                return Ok(());
-            }
-            *proxy = Some(Proxy::start()?);
-        }
-        let proxy = proxy.as_mut().expect("started above");
-        let views = controller.target_views();
-        if !listeners {
-            proxy.update_routes(model, &views);
-            return Ok(());
-        }
-        let errors = proxy.update(model, &views, &self.tls.borrow());
-        for e in &errors {
-            log::error!("{e}");
-        }
-        match errors.into_iter().next() {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
-    }
-
-    /// After every change of the model: the checker checks exactly the registered targets.
-    fn recheck(&self) {
-        let checks = self.controller.borrow().health_checks();
-        self.checker.borrow_mut().set_targets(checks);
-    }
-
-    /// Saves the controller's state for a daemon that takes over later, when it changed.
-    fn save(&self) {
-        let state = self.controller.borrow().saved(Instant::now());
-        if self.saved.borrow().as_ref() == Some(&state) {
-            return;
-        }
-        match saved::save(&mut *self.state.borrow_mut(), &state) {
-            Ok(()) => *self.saved.borrow_mut() = Some(state),
-            Err(e) => log::error!("saving the state for the next daemon: {e}"),
-        }
-    }
-}
-
-impl Daemon {
-    /// One sample of every listener's and target's traffic, for the rates.
-    fn sample_rates(&self) {
-        match StatsReport::collect(&self.controller.borrow(), &self.counters) {
-            Ok(report) => {
-                let listeners = report
-                    .listeners
-                    .iter()
-                    .map(|l| (RateKey::Listener(l.name.clone(), l.id), l.packets, l.bytes));
-                let targets = report.targets.iter().map(|t| {
-                    let key = TargetKey {
-                        group: t.group.clone(),
-                        addr: t.address,
-                    };
-                    (RateKey::Target(key, t.id), t.packets, t.bytes)
-                });
-                self.rates
-                    .borrow_mut()
-                    .record(Instant::now(), listeners.chain(targets));
-            }
-            Err(e) => log::warn!("sampling traffic for rates: {e}"),
-        }
-    }
-}
-
-impl Daemon {
-    /// The counters, with health reasons from the checker, rates from the samples and, when
-    /// `flows`, the active flows (a walk of the flow table).
-    fn report(&self, flows: bool) -> Result<StatsReport, CollectError> {
-        let mut report = StatsReport::collect(&self.controller.borrow(), &self.counters)?;
-        if flows {
-            let controller = self.controller.borrow();
-            let entries = controller.maps().flows().map(|(_, flow)| flow);
-            ActiveFlows::count(entries, monotonic_ns(), ACTIVE_WINDOW).fill(&mut report);
-        }
-        let proxy = self
-            .proxy
-            .borrow()
-            .as_ref()
-            .map(Proxy::stats)
-            .unwrap_or_default();
-        report.http_listeners =
-            api::HttpListenerStats::collect(self.controller.borrow().model(), &proxy);
-        let checker = self.checker.borrow();
-        let rates = self.rates.borrow();
-        for listener in &mut report.listeners {
-            let key = RateKey::Listener(listener.name.clone(), listener.id);
-            listener.rate = rates.rate(&key).unwrap_or_default();
-        }
-        for target in &mut report.targets {
-            let key = TargetKey {
-                group: target.group.clone(),
-                addr: target.address,
-            };
-            target.reason = checker
-                .status(&key)
-                .and_then(|s| s.health.reason().map(ToString::to_string));
-            target.rate = rates
-                .rate(&RateKey::Target(key, target.id))
-                .unwrap_or_default();
-        }
-        Ok(report)
-    }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the XDP program's clock (`bpf_ktime_get_coarse_ns`, the
-/// same clock at tick precision).
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes into `now`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-impl Backend for Daemon {
-    fn stats(&self) -> Result<StatsReport, CollectError> {
-        self.report(true)
-    }
-
-    /// Re-reads the model, dropping changes made through the API; a file that does not
-    /// validate changes nothing.
-    fn reload(&self) -> Result<Changes, ControlError> {
-        let Some(path) = &self.config else {
-            let message = "sluice run was started without --config: there is no file to reload";
-            log::warn!("{message}");
-            return Err(ControlError::conflict(message));
-        };
-        let refused = |e: &dyn std::fmt::Display| {
-            let message = format!(
-                "reload of {} refused, running configuration kept: {e}",
-                path.display()
-            );
-            log::error!("{message}");
-            message
-        };
-        let model = Model::load(path).map_err(|e| ControlError::invalid(refused(&e)))?;
-        // Every certificate is read again: files renewed in place are taken up.
-        let tls =
-            proxy::listener_tls(&model, None).map_err(|e| ControlError::invalid(refused(&e)))?;
-        let applied = self.controller.borrow_mut().apply(&model, Instant::now());
-        let changes = applied.map_err(|e| apply_refused(&e, refused(&e)))?;
-        *self.tls.borrow_mut() = tls;
-        self.recheck();
-        self.save();
-        let _ = self.sync_proxy(true);
-        if changes.is_empty() {
-            log::info!("reloaded {}: no changes", path.display());
-        } else {
-            log::info!("reloaded {}", path.display());
-            log_changes(&changes);
-        }
-        Ok(changes)
-    }
-
-    fn change(&self, edit: Edit) -> Result<Changes, ControlError> {
-        let model = edit.apply_to(self.controller.borrow().model());
-        let model = model.inspect_err(|e| log::info!("control API: {edit} refused: {e}"))?;
-        let tls = proxy::listener_tls(&model, Some(&self.tls.borrow())).map_err(|e| {
-            let message = format!("{edit} refused, running configuration kept: {e}");
-            log::error!("control API: {message}");
-            ControlError::invalid(message)
-        })?;
-        let applied = self.controller.borrow_mut().apply(&model, Instant::now());
-        let changes = applied.map_err(|e| {
-            let message = format!("{edit} refused, running configuration kept: {e}");
-            log::error!("control API: {message}");
-            apply_refused(&e, message)
-        })?;
-        *self.tls.borrow_mut() = tls;
-        self.recheck();
-        self.save();
-        let _ = self.sync_proxy(true);
-        log::info!("control API: {edit}, until the next reload");
-        log_changes(&changes);
-        Ok(changes)
-    }
-
-    fn down(&self) -> Result<(), ControlError> {
-        self.take_down();
-        Ok(())
-    }
-}
-
-impl Daemon {
-    fn take_down(&self) {
-        log::info!("control API: down: stopping, detaching and removing the pins");
-        self.going_down.set(true);
-        self.down.notify_one();
-    }
-}
-
-impl metrics::Source for Daemon {
-    fn scrape(&self) -> Result<Scrape, CollectError> {
-        // Without active flows: a scrape must stay cheap whatever the flow table holds.
-        let report = self.report(false)?;
-        let checker = self.checker.borrow();
-        let latencies = report
-            .targets
-            .iter()
-            .filter_map(|t| {
-                let key = TargetKey {
-                    group: t.group.clone(),
-                    addr: t.address,
-                };
-                let latency = checker.status(&key)?.last?.latency;
-                Some(((key.group, key.addr), latency))
-            })
-            .collect();
-        let proxy = self
-            .proxy
-            .borrow()
-            .as_ref()
-            .map(Proxy::stats)
-            .unwrap_or_default();
-        Ok(Scrape {
-            report,
-            latencies,
-            proxy,
-        })
-    }
-}
-
-/// Failing to write the maps is the daemon's fault; everything else is the request's.
-fn apply_refused(e: &ApplyError, message: String) -> ControlError {
-    match e {
-        ApplyError::Maps(_) => ControlError::internal(message),
-        _ => ControlError::conflict(message),
-    }
-}
-
-fn log_changes(changes: &Changes) {
-    for name in &changes.listeners_added {
-        log::info!("listener '{name}' added");
-    }
-    for name in &changes.listeners_removed {
-        log::info!("listener '{name}' removed");
-    }
-    for name in &changes.tables_rebuilt {
-        log::info!("listener '{name}': Maglev table rebuilt");
-    }
-    for key in &changes.targets_added {
-        log::info!("target {} of '{}' registered", key.addr, key.group);
-    }
-    for key in &changes.targets_draining {
-        log::info!("target {} of '{}' draining", key.addr, key.group);
-    }
-    for group in &changes.failing_open {
-        log::warn!("target group '{group}' has no healthy target: failing open, traffic goes to all its targets");
-    }
-    for group in &changes.failing_closed {
-        log::info!("target group '{group}' has a healthy target again: no longer failing open");
     }
 }

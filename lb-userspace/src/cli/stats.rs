@@ -7,6 +7,8 @@ use anyhow::Context;
 use lb_common::stats::{Counter, CounterKind};
 use sluice::api::{self, client::Client, StatsReport};
 
+use super::table::{column_width, listener_address};
+
 #[derive(clap::Args)]
 pub struct StatsArgs {
     /// The daemon's control socket (`sluice run --socket`).
@@ -97,7 +99,7 @@ fn render(report: &StatsReport) -> String {
         if !report.listeners.is_empty() {
             out.push('\n');
         }
-        super::status::http_listeners(&mut out, &report.http_listeners);
+        super::table::http_listeners(&mut out, &report.http_listeners);
     }
 
     out.push('\n');
@@ -133,23 +135,6 @@ fn render(report: &StatsReport) -> String {
         }
     }
     out
-}
-
-pub(super) fn column_width<'a>(header: &str, cells: impl Iterator<Item = &'a str>) -> usize {
-    cells.map(str::len).max().unwrap_or(0).max(header.len())
-}
-
-/// `192.0.2.10:80`, `[2001:db8::1]:53`; port 0 (every port) as `*`.
-pub(super) fn listener_address(address: std::net::IpAddr, port: u16) -> String {
-    let port = if port == 0 {
-        "*".to_string()
-    } else {
-        port.to_string()
-    };
-    match address {
-        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
 }
 
 #[cfg(test)]

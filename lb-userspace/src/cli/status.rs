@@ -2,13 +2,11 @@
 //! or not) and targets (weight, state, health, traffic). The same report as `sluice stats`
 //! (`GET /v1/stats`), arranged for reading the configuration rather than the counters.
 
-use std::fmt::Write as _;
-
 use hyper::Method;
-use sluice::api::{self, HttpListenerStats, StatsReport};
+use sluice::api::{self, StatsReport};
 
 use super::{
-    stats::{column_width, listener_address},
+    table::{http_listeners, listener_address, table},
     SocketArg,
 };
 
@@ -35,72 +33,6 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
         print!("{}", render(&report));
     }
     Ok(())
-}
-
-/// Rows of cells under a header, each column as wide as its widest cell; numbers (columns in
-/// `right`) aligned right.
-fn table(out: &mut String, header: &[&str], rows: &[Vec<String>], right: &[usize]) {
-    let widths: Vec<usize> = (0..header.len())
-        .map(|i| column_width(header[i], rows.iter().map(|r| r[i].as_str())))
-        .collect();
-    let line = |cells: Vec<&str>| {
-        let cells: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| match right.contains(&i) {
-                true => format!("{c:>w$}", w = widths[i]),
-                false => format!("{c:<w$}", w = widths[i]),
-            })
-            .collect();
-        cells.join("  ").trim_end().to_string()
-    };
-    let _ = writeln!(out, "{}", line(header.to_vec()));
-    for row in rows {
-        let _ = writeln!(out, "{}", line(row.iter().map(String::as_str).collect()));
-    }
-}
-
-/// The http/https listeners' table (nothing when there are none), for `status` and `stats`.
-pub(super) fn http_listeners(out: &mut String, listeners: &[HttpListenerStats]) {
-    if listeners.is_empty() {
-        return;
-    }
-    let rows: Vec<Vec<String>> = listeners
-        .iter()
-        .map(|l| {
-            vec![
-                l.name.clone(),
-                format!(
-                    "{}/{}",
-                    listener_address(l.address, l.port),
-                    l.protocol.name()
-                ),
-                l.target_group.clone(),
-                l.active_connections.to_string(),
-                l.new_connections.to_string(),
-                l.requests.to_string(),
-                l.elb_4xx.to_string(),
-                l.elb_5xx.to_string(),
-                l.tls_negotiation_errors.to_string(),
-            ]
-        })
-        .collect();
-    table(
-        out,
-        &[
-            "http listener",
-            "address",
-            "target group",
-            "active conns",
-            "new conns",
-            "requests",
-            "elb 4xx",
-            "elb 5xx",
-            "tls errors",
-        ],
-        &rows,
-        &[3, 4, 5, 6, 7, 8],
-    );
 }
 
 fn render(report: &StatsReport) -> String {

@@ -3,8 +3,8 @@
 use hyper::Method;
 use sluice::{
     api::{self, TargetWeight},
-    edit::{self, TargetRef, TargetSpec},
     maglev::MAX_WEIGHT,
+    model::edit::{self, TargetRef, TargetSpec},
 };
 
 use super::SocketArg;

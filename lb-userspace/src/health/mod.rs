@@ -8,17 +8,17 @@
 //! - [`probe`]: one check against one target;
 //! - [`checker`]: the tasks that check a changing set of targets and report state changes.
 
-pub mod checker;
-pub mod probe;
-pub mod spec;
-pub mod state;
+pub(crate) mod checker;
+pub(crate) mod probe;
+pub(crate) mod spec;
+pub(crate) mod state;
 
 pub use checker::{HealthChecker, HealthEvent, TargetStatus};
-pub use probe::{probe, Failure, ProbeResult};
+pub use probe::{probe, ProbeResult};
 pub use spec::{
     parse_duration, CheckProtocol, HealthCheck, HealthCheckError, HealthCheckSpec, Matcher,
     MatcherError,
 };
 pub use state::{
-    routable, Health, Outcome, Reason, ReasonCode, Routable, TargetHealth, Transition,
+    routable, Failure, Health, Outcome, Reason, ReasonCode, Routable, TargetHealth, Transition,
 };

@@ -9,42 +9,13 @@ use hyper_util::rt::TokioIo;
 use tokio::{net::TcpStream, time::Instant};
 
 use super::{
-    state::{Outcome, ReasonCode},
+    state::{Failure, Outcome},
     CheckProtocol, HealthCheck,
 };
 
 /// Sent so that a target's access log can tell health checks from users (ELB sends
 /// `ELB-HealthChecker/2.0`).
 pub const USER_AGENT: &str = "sluice-health-checker/1";
-
-/// Why a check failed, in ELB's words.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum Failure {
-    #[error("Request timed out")]
-    Timeout,
-    #[error("Connection refused")]
-    Refused,
-    #[error("Health checks failed with these codes: [{0}]")]
-    CodeMismatch(u16),
-    /// Any other failure to connect (unreachable, reset).
-    #[error("Connection failed: {0}")]
-    Connection(String),
-    /// The target connected but did not send a readable HTTP response.
-    #[error("Bad response: {0}")]
-    Response(String),
-}
-
-impl Failure {
-    pub fn reason_code(&self) -> ReasonCode {
-        match self {
-            Failure::Timeout => ReasonCode::Timeout,
-            Failure::CodeMismatch(_) => ReasonCode::ResponseCodeMismatch,
-            Failure::Refused | Failure::Connection(_) | Failure::Response(_) => {
-                ReasonCode::FailedHealthChecks
-            }
-        }
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProbeResult {
@@ -124,6 +95,7 @@ async fn http_status(stream: TcpStream, addr: SocketAddr, path: &str) -> Result<
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::super::state::ReasonCode;
     use std::sync::{
         atomic::{AtomicU16, Ordering},
         Arc,

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use super::{probe::Failure, HealthCheck};
+use super::HealthCheck;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Health {
@@ -87,6 +87,35 @@ pub struct Transition {
     pub from: Health,
     pub to: Health,
     pub reason: Reason,
+}
+
+/// Why a check failed, in ELB's words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    #[error("Request timed out")]
+    Timeout,
+    #[error("Connection refused")]
+    Refused,
+    #[error("Health checks failed with these codes: [{0}]")]
+    CodeMismatch(u16),
+    /// Any other failure to connect (unreachable, reset).
+    #[error("Connection failed: {0}")]
+    Connection(String),
+    /// The target connected but did not send a readable HTTP response.
+    #[error("Bad response: {0}")]
+    Response(String),
+}
+
+impl Failure {
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            Failure::Timeout => ReasonCode::Timeout,
+            Failure::CodeMismatch(_) => ReasonCode::ResponseCodeMismatch,
+            Failure::Refused | Failure::Connection(_) | Failure::Response(_) => {
+                ReasonCode::FailedHealthChecks
+            }
+        }
+    }
 }
 
 /// One check's result as the state machine sees it.

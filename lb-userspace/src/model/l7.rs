@@ -2,9 +2,9 @@
 //! algorithms and stickiness, certificates, and their validation. The proxy compiles these
 //! into its routing snapshot (`proxy::snapshot`).
 
-use std::{fmt, net::IpAddr, str::FromStr, time::Duration};
+use std::{fmt, net::IpAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserialize, Deserializer, Serialize};
 
 /// Rule priorities, as in ALB.
 pub const PRIORITIES: std::ops::RangeInclusive<u32> = 1..=50_000;
@@ -34,8 +34,17 @@ pub const CONTENT_TYPES: [&str; 5] = [
 /// Cookie names the proxy sets itself; an application cookie may not use them.
 pub const RESERVED_COOKIE_PREFIX: &str = "SLUICE";
 
-/// A certificate and its private key (PEM files), for https listeners: `{ cert, key }`.
-pub type Certificate = crate::proxy::tls::CertificateFiles;
+/// One certificate of an https listener: PEM files, as in the model's
+/// `certificates = [{ cert = "...", key = "..." }]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateFiles {
+    /// The certificate chain, the server's own certificate first, then intermediates.
+    pub cert: PathBuf,
+    /// The private key: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`) or SEC1
+    /// (`EC PRIVATE KEY`).
+    pub key: PathBuf,
+}
 
 /// `[[listener.rule]]`: every condition present must match (AND); within one condition any
 /// value matches (OR).

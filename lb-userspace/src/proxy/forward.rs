@@ -24,13 +24,12 @@ use hyper::{
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use super::{
-    access_log::{Record, Sink},
+    access_log::Record,
     balance,
     body::{self, ProxyBody},
     conn::ConnState,
-    headers,
-    metrics::ListenerCounters,
-    redirect,
+    context::ConnCtx,
+    headers, redirect,
     rules::{host_without_port, RequestView, RuleAction},
     snapshot::{GroupRoutes, ListenerRoutes},
     sticky::{self, StickyKey},
@@ -39,63 +38,6 @@ use super::{
 use crate::model::{Algorithm, Protocol, Stickiness};
 
 pub type TargetClient = Client<HttpConnector, ProxyBody>;
-
-/// The listener a connection came in on.
-#[derive(Debug)]
-pub struct ListenerCtx {
-    pub name: String,
-    pub protocol: Protocol,
-    pub port: u16,
-    pub counters: Arc<ListenerCounters>,
-    pub sink: Sink,
-    /// https listeners: the certificates (by SNI) and ALPN; a reload swaps in new ones.
-    pub tls: Option<arc_swap::ArcSwap<rustls::ServerConfig>>,
-}
-
-/// One client connection.
-#[derive(Debug)]
-pub struct ConnCtx {
-    pub listener: Arc<ListenerCtx>,
-    pub peer: SocketAddr,
-    pub state: Arc<ConnState>,
-    /// Negotiated TLS cipher and protocol, for the access log.
-    pub tls: Option<(String, String)>,
-}
-
-impl ConnCtx {
-    pub fn new(
-        listener: Arc<ListenerCtx>,
-        peer: SocketAddr,
-        state: Arc<ConnState>,
-        tls: Option<(String, String)>,
-    ) -> ConnCtx {
-        listener.counters.new_connections.fetch_add(1, Relaxed);
-        listener.counters.active_connections.fetch_add(1, Relaxed);
-        ConnCtx {
-            listener,
-            peer,
-            state,
-            tls,
-        }
-    }
-
-    pub fn proto(&self) -> &'static str {
-        match self.listener.protocol {
-            Protocol::Https => "https",
-            _ => "http",
-        }
-    }
-}
-
-impl Drop for ConnCtx {
-    // Held by the connection and by an upgraded tunnel: the last one counts it closed.
-    fn drop(&mut self) {
-        self.listener
-            .counters
-            .active_connections
-            .fetch_sub(1, Relaxed);
-    }
-}
 
 /// Decrements a counter when dropped.
 struct Outstanding(Arc<std::sync::atomic::AtomicUsize>);
@@ -520,7 +462,7 @@ fn set_sticky_cookies(
     shared: &Shared,
     conn: &ConnCtx,
     group: &GroupRoutes,
-    target: &crate::controller::TargetKey,
+    target: &crate::model::TargetKey,
     request_headers: &hyper::HeaderMap,
     headers: &mut hyper::HeaderMap,
 ) {

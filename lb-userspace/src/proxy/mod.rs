@@ -14,6 +14,7 @@ pub mod access_log;
 pub mod balance;
 pub mod body;
 pub mod conn;
+pub mod context;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
@@ -35,12 +36,9 @@ use std::{
 
 use arc_swap::ArcSwap;
 
-pub use snapshot::{Snapshot, TargetView};
+pub use snapshot::Snapshot;
 
-use crate::{
-    controller::TargetKey,
-    model::{Model, Protocol},
-};
+use crate::model::{Model, Protocol, TargetKey, TargetView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -79,7 +77,13 @@ pub struct Shared {
 /// The TLS configuration of every https listener, by listener name, with the certificate
 /// files it was read from. Built by [`listener_tls`] before a model is applied, so that a
 /// certificate problem refuses the model instead of leaving a listener unserved.
-pub type ListenerTls = BTreeMap<String, (Vec<tls::CertificateFiles>, Arc<rustls::ServerConfig>)>;
+pub type ListenerTls = BTreeMap<
+    String,
+    (
+        Vec<crate::model::CertificateFiles>,
+        Arc<rustls::ServerConfig>,
+    ),
+>;
 
 /// Reads and checks the certificates of every https listener of `model`. A listener of
 /// `reuse` with the same certificate files keeps its configuration; the others are read
@@ -117,7 +121,7 @@ struct Bound {
     addr: SocketAddr,
     protocol: Protocol,
     access_log: Option<PathBuf>,
-    ctx: Arc<forward::ListenerCtx>,
+    ctx: Arc<context::ListenerCtx>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -253,7 +257,7 @@ impl Proxy {
                     continue;
                 }
             };
-            let ctx = Arc::new(forward::ListenerCtx {
+            let ctx = Arc::new(context::ListenerCtx {
                 name: name.to_string(),
                 protocol: listener.protocol,
                 port: listener.port,

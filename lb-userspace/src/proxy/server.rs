@@ -25,8 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{
     access_log::Record,
     conn::{ConnState, TrackedIo, Verdict},
-    forward::{self, ConnCtx, ListenerCtx},
-    Shared,
+    context::{ConnCtx, ListenerCtx},
+    forward, Shared,
 };
 
 /// After a failed accept (e.g. out of file descriptors), before the next one.

@@ -12,18 +12,9 @@ use std::{
 
 use super::{balance::RoundRobin, metrics::GroupCounters, rules::RuleSet};
 use crate::{
-    controller::TargetKey,
     health::{self, Health},
-    model::{Algorithm, Model, Protocol, Stickiness},
+    model::{Algorithm, Model, Protocol, Stickiness, TargetKey, TargetView},
 };
-
-/// What the controller knows of a registered target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct TargetView {
-    pub health: Health,
-    /// Deregistered: no new requests; upgraded connections stay until the delay ends.
-    pub draining: bool,
-}
 
 /// State that outlives snapshots: per-target outstanding requests and per-group counters.
 #[derive(Debug, Default)]

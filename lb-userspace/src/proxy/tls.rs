@@ -19,6 +19,7 @@ use std::{
     sync::Arc,
 };
 
+use crate::model::CertificateFiles;
 use rustls::{
     crypto::CryptoProvider,
     pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName},
@@ -26,22 +27,9 @@ use rustls::{
     sign::CertifiedKey,
     ProtocolVersion, ServerConfig, ServerConnection,
 };
-use serde::{Deserialize, Serialize};
 
 /// ALPN protocols offered, in the server's order of preference.
 pub const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];
-
-/// One certificate of an https listener: PEM files, as in the model's
-/// `certificates = [{ cert = "...", key = "..." }]`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CertificateFiles {
-    /// The certificate chain, the server's own certificate first, then intermediates.
-    pub cert: PathBuf,
-    /// The private key: PKCS#8 (`PRIVATE KEY`), PKCS#1 (`RSA PRIVATE KEY`) or SEC1
-    /// (`EC PRIVATE KEY`).
-    pub key: PathBuf,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -9,8 +9,8 @@ use std::{sync::Arc, time::Duration};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::{forward::ConnCtx, Shared};
-use crate::controller::TargetKey;
+use super::{context::ConnCtx, Shared};
+use crate::model::TargetKey;
 
 pub async fn tunnel(
     shared: Arc<Shared>,

@@ -29,7 +29,7 @@ pub struct DecapRun {
 
 impl DecapHarness {
     pub fn new() -> DecapHarness {
-        let mut harness = XdpHarness::with_program(sluice::datapath::DECAP_PROGRAM_NAME);
+        let mut harness = XdpHarness::with_program(sluice::dataplane::load::DECAP_PROGRAM_NAME);
         let map = harness
             .ebpf_mut()
             .take_map("DECAP_STATS")

@@ -24,8 +24,8 @@ use lb_common::{
     target::{Target, TARGET_ACTIVE},
 };
 use sluice::{
+    dataplane::maps::Maps,
     maglev::{self, MaglevTarget, TableSize},
-    maps::Maps,
 };
 
 use super::packet_harness::{RunResult, XdpHarness};
@@ -68,11 +68,11 @@ pub struct L4Fixture {
 
 impl L4Fixture {
     pub fn new() -> L4Fixture {
-        Self::with_sizes(sluice::datapath::MapSizes::default())
+        Self::with_sizes(sluice::dataplane::load::MapSizes::default())
     }
 
     /// A fixture whose maps have `sizes` (a small flow table, for instance).
-    pub fn with_sizes(sizes: sluice::datapath::MapSizes) -> L4Fixture {
+    pub fn with_sizes(sizes: sluice::dataplane::load::MapSizes) -> L4Fixture {
         let ns = Namespace::new("l4");
         ns.ip(&[
             "link", "add", "name", "lb0", "type", "veth", "peer", "name", "peer0",
@@ -122,10 +122,10 @@ impl L4Fixture {
             &GATEWAY_V6.to_string(),
         ]);
         let lb0_ifindex: u32 = ns
-            .run_in(|| sluice::interface::index("lb0"))
+            .run_in(|| sluice::dataplane::interface::index("lb0"))
             .expect("lb0 exists");
 
-        let mut harness = XdpHarness::with_sizes(sluice::datapath::PROGRAM_NAME, sizes);
+        let mut harness = XdpHarness::with_sizes(sluice::dataplane::load::PROGRAM_NAME, sizes);
         harness.set_ingress(lb0_ifindex);
         let mut maps = Maps::take(harness.ebpf_mut()).expect("the object has the data-plane maps");
         maps.set_config(&Config::default()).unwrap();

@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sluice::proxy::tls::{describe, server_config, CertificateFiles};
+use sluice::{
+    model::CertificateFiles,
+    proxy::tls::{describe, server_config},
+};
 
 use super::{
     l7_support::{all_targets, fast_health_check, L7Sluice, VIP},

@@ -14,7 +14,7 @@ use lb_common::{
     listener::{ForwardingMode, HashKey},
     stats::Counter,
 };
-use sluice::datapath::MapSizes;
+use sluice::dataplane::load::MapSizes;
 
 use super::{
     forwarding_nat::{

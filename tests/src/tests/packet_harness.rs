@@ -16,18 +16,12 @@ use aya::{
     Ebpf,
 };
 use lb_common::stats::{Counter, CounterKind, CounterValue};
-use sluice::stats::Counters;
+use sluice::dataplane::counters::Counters;
 
 /// XDP actions (`enum xdp_action` in the kernel's UAPI), as [`RunResult::action`] holds them.
 pub const XDP_PASS: u32 = 2;
-#[allow(dead_code, reason = "for the rewrite stages' tests")]
-pub const XDP_ABORTED: u32 = 0;
-#[allow(dead_code, reason = "for the rewrite stages' tests")]
 pub const XDP_DROP: u32 = 1;
-#[allow(dead_code, reason = "for the rewrite stages' tests")]
 pub const XDP_TX: u32 = 3;
-#[allow(dead_code, reason = "for the rewrite stages' tests")]
-pub const XDP_REDIRECT: u32 = 4;
 
 /// Room for a program to grow the frame (`bpf_xdp_adjust_head`/`_tail`, encapsulation);
 /// a smaller output buffer makes the test run fail with `ENOSPC`.
@@ -58,25 +52,28 @@ impl XdpHarness {
     /// Loads sluice's XDP program; panics with the reason if that is impossible (not root,
     /// program not built, rejected by the verifier).
     pub fn new() -> XdpHarness {
-        Self::with_program(sluice::datapath::PROGRAM_NAME)
+        Self::with_program(sluice::dataplane::load::PROGRAM_NAME)
     }
 
     /// Like [`new`](Self::new), for another XDP program of the same object (its maps, `STATS`
     /// among them, are the object's; the program may count elsewhere).
     pub fn with_program(program: &'static str) -> XdpHarness {
-        Self::with_sizes(program, sluice::datapath::MapSizes::default())
+        Self::with_sizes(program, sluice::dataplane::load::MapSizes::default())
     }
 
     /// Like [`with_program`](Self::with_program), with maps of other sizes.
-    pub fn with_sizes(program: &'static str, sizes: sluice::datapath::MapSizes) -> XdpHarness {
+    pub fn with_sizes(
+        program: &'static str,
+        sizes: sluice::dataplane::load::MapSizes,
+    ) -> XdpHarness {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             panic!("XdpHarness loads an XDP program and needs root: run the integration tests as root (e.g. `sudo -E cargo test -p sluice-tests`)");
         }
-        let mut ebpf = sluice::datapath::load_program(log::LevelFilter::Off, sizes, program)
+        let mut ebpf = sluice::dataplane::load::load_program(log::LevelFilter::Off, sizes, program)
             .unwrap_or_else(|e| panic!("cannot load sluice's XDP program {program}: {e}"));
         let map = ebpf
-            .take_map(sluice::stats::STATS_MAP)
+            .take_map(sluice::dataplane::counters::STATS_MAP)
             .expect("the XDP object has a STATS map");
         let stats = PerCpuArray::try_from(map).expect("STATS is a per-CPU array of CounterValue");
         XdpHarness {
@@ -124,7 +121,7 @@ impl XdpHarness {
                     .collect()
             })
             .unwrap_or_default();
-        let program = sluice::datapath::program_mut_named(&mut self.ebpf, self.program);
+        let program = sluice::dataplane::load::program_mut_named(&mut self.ebpf, self.program);
         let result = program.test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut output),
@@ -141,7 +138,7 @@ impl XdpHarness {
     }
 
     fn counters(&self) -> Counters {
-        sluice::stats::read(&self.stats).expect("STATS is readable")
+        sluice::dataplane::counters::read(&self.stats).expect("STATS is readable")
     }
 }
 

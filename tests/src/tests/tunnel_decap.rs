@@ -111,7 +111,7 @@ impl Setup {
 }
 
 fn send_raw(iface: &str, frame: &[u8]) {
-    let ifindex = sluice::interface::index(iface).unwrap();
+    let ifindex = sluice::dataplane::interface::index(iface).unwrap();
     // SAFETY: plain socket call; the fd is owned right away.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
     assert!(

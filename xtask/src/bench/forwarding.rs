@@ -11,7 +11,6 @@ use super::{
     Plan, Progress,
 };
 
-pub const VARIANTS: &[&str] = &["floor", "nftables", "nat", "dsr", "tunnel"];
 const FLOWS: &str = "1000";
 
 /// One measurement: (variant, protocol, targets) and its per-run figures.
@@ -87,10 +86,10 @@ pub fn run(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Resul
                     "variant": parts.next(),
                     "protocol": parts.next(),
                     "targets": parts.next().and_then(|t| t.parse::<u64>().ok()),
-                    "median_mpps": super::report::median(&mpps),
+                    "median_mpps": super::figures::median(&mpps),
                     "min_mpps": mpps.iter().copied().reduce(f64::min),
                     "max_mpps": mpps.iter().copied().reduce(f64::max),
-                    "median_loss": super::report::median(&loss),
+                    "median_loss": super::figures::median(&loss),
                     "runs": runs,
                 })
             })

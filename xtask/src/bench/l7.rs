@@ -35,13 +35,13 @@ use sluice_tests::{
 };
 
 use super::{
-    report::median,
+    figures::median,
+    lineup::BALANCERS,
     scenarios::rss_kib,
     topology::{Daemon, Topology, TIMEOUT},
     Plan, Progress,
 };
 
-pub const BALANCERS: &[&str] = &["sluice", "nginx", "haproxy"];
 /// lb's own address on the client side: every balancer listens on it.
 const LISTEN: Ipv4Addr = Ipv4Addr::new(10, 120, 0, 1);
 const LISTEN_PORT: u16 = 80;

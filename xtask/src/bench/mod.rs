@@ -5,8 +5,10 @@
 //! Benchmarks report, they do not judge: no figure fails the run. A scenario that cannot run
 //! (a missing tool, a set-up failure) is recorded with its error and the others go on.
 
+mod figures;
 mod forwarding;
 mod l7;
+mod lineup;
 mod report;
 mod scenarios;
 mod topology;
@@ -126,7 +128,7 @@ impl Plan {
                 quick: false,
                 runs: args.runs.unwrap_or(3) as usize,
                 scenarios: chosen,
-                variants: forwarding::VARIANTS,
+                variants: lineup::VARIANTS,
                 protocols: &["udp", "tcp"],
                 forwarding_targets: vec![3, 100],
                 forwarding_count: 1_000_000,

@@ -6,22 +6,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use super::forwarding::VARIANTS;
-
-/// The median of `values`, `None` if empty.
-pub fn median(values: &[f64]) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    Some(if v.len() % 2 == 1 {
-        v[mid]
-    } else {
-        (v[mid - 1] + v[mid]) / 2.0
-    })
-}
+use super::lineup::{BALANCERS, VARIANTS};
 
 fn first_line(command: &str, args: &[&str]) -> String {
     Command::new(command)
@@ -364,7 +349,7 @@ fn l7_markdown(l7: &Value) -> String {
         l7["client_cpu"].as_str().unwrap_or("?"),
     );
     for (mode, label) in L7_MODES {
-        for balancer in super::l7::BALANCERS {
+        for balancer in BALANCERS {
             let Some(c) = l7_cell(l7, balancer, mode) else {
                 continue;
             };
@@ -553,7 +538,7 @@ pub fn svg(results: &Value) -> String {
 /// balancer.
 pub fn l7_svg(results: &Value) -> String {
     let l7 = &results["scenarios"]["l7"];
-    let balancers = super::l7::BALANCERS;
+    let balancers = BALANCERS;
     let groups = L7_MODES
         .iter()
         .map(|(mode, label)| {
@@ -719,13 +704,6 @@ mod tests {
                 ]},
             }
         })
-    }
-
-    #[test]
-    fn medians() {
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
-        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
     }
 
     #[test]

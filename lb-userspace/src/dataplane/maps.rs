@@ -6,12 +6,16 @@ use aya::{
     maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     Ebpf,
 };
+use std::net::IpAddr;
+
 use lb_common::{
     config::Config,
     flow::{Flow, FlowKey, NatOrigin},
     listener::{Listener, ListenerKey},
     target::{Target, Traffic},
 };
+
+use super::neighbors::{NeighborError, NextHop};
 
 /// `BPF_F_INNER_MAP`: lets inner arrays differ in size from the template in the object.
 const BPF_F_INNER_MAP: u32 = 1 << 12;
@@ -133,6 +137,79 @@ impl Maps {
     /// Zeroes the traffic of target `id`, for a target given an id another one had.
     pub fn reset_target_traffic(&mut self, id: u32) -> Result<(), MapsError> {
         zero(&mut self.target_stats, id).map_err(err("TARGET_STATS"))
+    }
+}
+
+/// The kernel's data plane: writes go to the maps, next hops to the neighbour table.
+impl super::Dataplane for Maps {
+    fn listener_capacity(&self) -> u32 {
+        self.maglev.len()
+    }
+
+    fn target_capacity(&self) -> u32 {
+        self.targets.len()
+    }
+
+    fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
+        Maps::set_config(self, config)
+    }
+
+    fn listeners(&self) -> Result<Vec<(ListenerKey, Listener)>, MapsError> {
+        self.listeners
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(err("LISTENERS"))
+    }
+
+    fn set_listener(&mut self, key: &ListenerKey, listener: &Listener) -> Result<(), MapsError> {
+        Maps::set_listener(self, key, listener)
+    }
+
+    fn remove_listener(&mut self, key: &ListenerKey) -> Result<(), MapsError> {
+        Maps::remove_listener(self, key)
+    }
+
+    fn set_maglev_table(&mut self, listener_id: u32, slots: &[u32]) -> Result<(), MapsError> {
+        Maps::set_maglev_table(self, listener_id, slots)
+    }
+
+    fn target(&self, id: u32) -> Result<Target, MapsError> {
+        self.targets.get(&id, 0).map_err(err("TARGETS"))
+    }
+
+    fn set_target(&mut self, id: u32, target: &Target) -> Result<(), MapsError> {
+        Maps::set_target(self, id, target)
+    }
+
+    fn listener_traffic(&self, id: u32) -> Result<Traffic, MapsError> {
+        Maps::listener_traffic(self, id)
+    }
+
+    fn target_traffic(&self, id: u32) -> Result<Traffic, MapsError> {
+        Maps::target_traffic(self, id)
+    }
+
+    fn reset_listener_traffic(&mut self, id: u32) -> Result<(), MapsError> {
+        Maps::reset_listener_traffic(self, id)
+    }
+
+    fn reset_target_traffic(&mut self, id: u32) -> Result<(), MapsError> {
+        Maps::reset_target_traffic(self, id)
+    }
+
+    fn flows(&self) -> Vec<(FlowKey, Flow)> {
+        Maps::flows(self).collect()
+    }
+
+    fn source_for(&self, target: IpAddr) -> std::io::Result<IpAddr> {
+        super::snat::source_for(target)
+    }
+
+    fn manage_next_hops(
+        &mut self,
+        targets: &[IpAddr],
+    ) -> Vec<(IpAddr, Result<NextHop, NeighborError>)> {
+        super::neighbors::manage_all(targets)
     }
 }
 

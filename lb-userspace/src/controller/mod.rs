@@ -10,6 +10,15 @@
 //!    deregistration delay ends (`tick`), then they are gone and their flows re-hashed.
 //!
 //! Target ids are not reused while flow entries may still name them (see [`IdPool`]).
+//!
+//! The controller writes through the [`Dataplane`] trait: the kernel's maps in `sluice run`,
+//! an in-memory recording in the unit tests (`tests.rs`), which check each rule above.
+
+mod changes;
+mod ids;
+mod plan;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -18,20 +27,23 @@ use std::{
 };
 
 use lb_common::{
-    addr::ip_to_bytes,
-    config::Config,
-    listener::{self as abi, ForwardingMode, ListenerKey},
-    target::{Target, TARGET_ACTIVE, TARGET_DRAINING, TARGET_GONE},
+    listener::{self as abi, ListenerKey},
+    proto::{IPPROTO_ICMP, IPPROTO_ICMPV6},
+    target::{TARGET_ACTIVE, TARGET_DRAINING, TARGET_GONE},
 };
 
+pub use changes::Changes;
+pub use ids::IdPool;
+use plan::{PlanError, PlanInputs};
+
 use crate::{
-    health::{self, Health, HealthCheck},
-    maglev::{self, MaglevTarget, TableSize},
-    maps::{Maps, MapsError},
-    model::{self, HashKey, Mode, Model},
-    neighbors,
-    saved::{SavedIds, SavedListener, SavedState, SavedTarget},
-    snat,
+    dataplane::{
+        saved::{SavedListener, SavedState, SavedTarget},
+        Dataplane, Maps, MapsError,
+    },
+    health::{Health, HealthCheck},
+    maglev,
+    model::{self, Model, TargetKey, TargetView},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -50,15 +62,6 @@ pub enum ApplyError {
     Maglev(#[from] maglev::MaglevError),
     #[error("updating the kernel maps: {0}")]
     Maps(#[from] MapsError),
-}
-
-/// A target as the data plane knows it: in one target group, at one address and port.
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
-)]
-pub struct TargetKey {
-    pub group: String,
-    pub addr: SocketAddr,
 }
 
 /// Where a target stands in the data plane.
@@ -88,28 +91,8 @@ struct AppliedListener {
     table: Vec<u32>,
 }
 
-/// What an `apply` changed, for the log and the control API's answers.
-#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Changes {
-    pub listeners_added: Vec<String>,
-    pub listeners_removed: Vec<String>,
-    pub tables_rebuilt: Vec<String>,
-    pub targets_added: Vec<TargetKey>,
-    pub targets_draining: Vec<TargetKey>,
-    /// Target groups that now have no healthy target and send traffic to all (fail open).
-    pub failing_open: Vec<String>,
-    /// Target groups that have a healthy target again.
-    pub failing_closed: Vec<String>,
-}
-
-impl Changes {
-    pub fn is_empty(&self) -> bool {
-        *self == Changes::default()
-    }
-}
-
-pub struct Controller {
-    maps: Maps,
+pub struct Controller<D: Dataplane = Maps> {
+    dataplane: D,
     model: Model,
     listeners: BTreeMap<String, AppliedListener>,
     targets: BTreeMap<TargetKey, AppliedTarget>,
@@ -123,12 +106,12 @@ pub struct Controller {
     adopted_delays: BTreeMap<String, Duration>,
 }
 
-impl Controller {
-    /// Takes over freshly loaded maps (no listeners, no targets).
-    pub fn new(maps: Maps) -> Controller {
-        let ids = IdPool::new(maps.targets.len());
+impl<D: Dataplane> Controller<D> {
+    /// Takes over a freshly loaded data plane (no listeners, no targets).
+    pub fn new(dataplane: D) -> Controller<D> {
+        let ids = IdPool::new(dataplane.target_capacity());
         Controller {
-            maps,
+            dataplane,
             model: Model::default(),
             listeners: BTreeMap::new(),
             targets: BTreeMap::new(),
@@ -143,16 +126,16 @@ impl Controller {
     /// for the same listeners and targets, the same drains (their remaining time), the same
     /// health. The next [`Controller::apply`] then changes only what the new model changes;
     /// it rewrites each listener's Maglev table once (with the same content, in one swap).
-    pub fn adopt(maps: Maps, saved: &SavedState, now: Instant) -> Result<Controller, ApplyError> {
-        let mut controller = Controller::new(maps);
+    pub fn adopt(
+        dataplane: D,
+        saved: &SavedState,
+        now: Instant,
+    ) -> Result<Controller<D>, ApplyError> {
+        let mut controller = Controller::new(dataplane);
         let mut keys = BTreeMap::new();
-        for entry in controller.maps.listeners.iter() {
-            let (key, value) = entry.map_err(|source| MapsError::Map {
-                name: "LISTENERS",
-                source,
-            })?;
+        for (key, value) in controller.dataplane.listeners()? {
             // ICMP entries (port 0, ICMP or ICMPv6) share their address's listener id.
-            let icmp = key.port_be == 0 && (key.protocol == 1 || key.protocol == 58);
+            let icmp = key.port_be == 0 && matches!(key.protocol, IPPROTO_ICMP | IPPROTO_ICMPV6);
             if !icmp {
                 keys.insert(value.id, (key, value));
             }
@@ -205,7 +188,7 @@ impl Controller {
                 }
             }
         }
-        controller.ids = IdPool::from_saved(&saved.ids, controller.maps.targets.len());
+        controller.ids = IdPool::from_saved(&saved.ids, controller.dataplane.target_capacity());
         Ok(controller)
     }
 
@@ -295,18 +278,43 @@ impl Controller {
         &self.model
     }
 
-    pub fn maps(&self) -> &Maps {
-        &self.maps
+    pub fn dataplane(&self) -> &D {
+        &self.dataplane
+    }
+
+    #[cfg(test)]
+    fn dataplane_mut(&mut self) -> &mut D {
+        &mut self.dataplane
     }
 
     /// Makes the data plane match `model`. On error nothing was changed (a failure while
     /// writing the maps themselves, which the kernel does not do for valid input, is reported
     /// and may leave a partial update).
     pub fn apply(&mut self, model: &Model, now: Instant) -> Result<Changes, ApplyError> {
-        let plan = self.plan(model)?;
+        let mut inputs = PlanInputs {
+            sources: self.sources(model),
+            flow_target_ids: None,
+        };
+        let plan = match self.plan(model, &inputs) {
+            Err(PlanError::NeedsFlowScan) => {
+                let named = self
+                    .dataplane
+                    .flows()
+                    .iter()
+                    .map(|(_, f)| f.target_id)
+                    .collect();
+                inputs.flow_target_ids = Some(named);
+                self.plan(model, &inputs)
+            }
+            planned => planned,
+        }
+        .map_err(|e| match e {
+            PlanError::Apply(e) => e,
+            PlanError::NeedsFlowScan => unreachable!("planned with the flow table's ids"),
+        })?;
         let mut changes = Changes::default();
 
-        self.maps.set_config(&plan.config)?;
+        self.dataplane.set_config(&plan.config)?;
         // Not fatal: the data plane hands packets for an unresolved next hop to the kernel
         // (nat, tunnel) or drops them, counted (dsr).
         let new_addresses: BTreeSet<IpAddr> = plan
@@ -316,7 +324,7 @@ impl Controller {
             .map(|key| key.addr.ip())
             .collect();
         let addresses: Vec<IpAddr> = new_addresses.into_iter().collect();
-        for (address, managed) in neighbors::manage_all(&addresses) {
+        for (address, managed) in self.dataplane.manage_next_hops(&addresses) {
             if let Err(e) = managed {
                 log::warn!("target {address}: cannot keep its next hop resolved: {e}");
             }
@@ -333,9 +341,9 @@ impl Controller {
             if !unchanged && target.kernel_state == TARGET_ACTIVE {
                 if current.is_none() {
                     // The id may have served a target that is gone: count from zero.
-                    self.maps.reset_target_traffic(target.id)?;
+                    self.dataplane.reset_target_traffic(target.id)?;
                 }
-                self.maps
+                self.dataplane
                     .set_target(target.id, &plan.target_entry(key, target, TARGET_ACTIVE))?;
                 if current.is_none() {
                     changes.targets_added.push(key.clone());
@@ -345,8 +353,8 @@ impl Controller {
         // 3 (removals first): traffic for removed listeners goes back to the kernel.
         for (name, applied) in &self.listeners {
             if !plan.listeners.contains_key(name) {
-                self.maps.remove_listener(&applied.key)?;
-                self.maps.set_maglev_table(applied.id, &[])?;
+                self.dataplane.remove_listener(&applied.key)?;
+                self.dataplane.set_maglev_table(applied.id, &[])?;
                 changes.listeners_removed.push(name.clone());
             }
         }
@@ -354,19 +362,21 @@ impl Controller {
         for (name, listener) in &plan.listeners {
             let current = self.listeners.get(name);
             if current.map(|c| &c.table) != Some(&listener.table) {
-                self.maps.set_maglev_table(listener.id, &listener.table)?;
+                self.dataplane
+                    .set_maglev_table(listener.id, &listener.table)?;
                 changes.tables_rebuilt.push(name.clone());
             }
             if current.map(|c| (&c.key, &c.value)) != Some((&listener.key, &listener.value)) {
                 if let Some(current) = current.filter(|c| c.key != listener.key) {
-                    self.maps.remove_listener(&current.key)?;
+                    self.dataplane.remove_listener(&current.key)?;
                 }
                 if current.is_none() {
                     // The id may have served a removed listener (whose last packets, still
                     // in flight on other CPUs, may yet add a few).
-                    self.maps.reset_listener_traffic(listener.id)?;
+                    self.dataplane.reset_listener_traffic(listener.id)?;
                 }
-                self.maps.set_listener(&listener.key, &listener.value)?;
+                self.dataplane
+                    .set_listener(&listener.key, &listener.value)?;
                 if current.is_none() {
                     changes.listeners_added.push(name.clone());
                 }
@@ -377,7 +387,7 @@ impl Controller {
         for (key, target) in &plan.targets {
             let was = self.targets.get(key).map(|c| c.kernel_state);
             if target.kernel_state == TARGET_GONE && was != Some(TARGET_GONE) {
-                self.maps
+                self.dataplane
                     .set_target(target.id, &plan.target_entry(key, target, TARGET_GONE))?;
                 if was.is_none() {
                     changes.targets_added.push(key.clone());
@@ -402,7 +412,7 @@ impl Controller {
                     let delay = self.drain_delay(model, &key);
                     // An unhealthy target stays gone: its flows must not stick to it.
                     if old.kernel_state != TARGET_GONE {
-                        self.maps
+                        self.dataplane
                             .set_target(old.id, &plan.target_entry(&key, &old, TARGET_DRAINING))?;
                     }
                     changes.targets_draining.push(key.clone());
@@ -441,16 +451,9 @@ impl Controller {
             .collect();
         for key in &expired {
             let target = self.targets.remove(key).expect("listed above");
-            let mut entry =
-                self.maps
-                    .targets
-                    .get(&target.id, 0)
-                    .map_err(|source| MapsError::Map {
-                        name: "TARGETS",
-                        source,
-                    })?;
+            let mut entry = self.dataplane.target(target.id)?;
             entry.state = TARGET_GONE;
-            self.maps.set_target(target.id, &entry)?;
+            self.dataplane.set_target(target.id, &entry)?;
             self.ids.quarantine(target.id);
         }
         Ok(expired)
@@ -458,11 +461,11 @@ impl Controller {
 
     /// Every registered target's health and whether it is draining, for the L7 proxy's
     /// routing snapshot.
-    pub fn target_views(&self) -> BTreeMap<TargetKey, crate::proxy::TargetView> {
+    pub fn target_views(&self) -> BTreeMap<TargetKey, TargetView> {
         self.targets
             .iter()
             .map(|(key, t)| {
-                let view = crate::proxy::TargetView {
+                let view = TargetView {
                     health: self.health_of(key),
                     draining: t.state != TargetState::Active,
                 };
@@ -479,6 +482,31 @@ impl Controller {
     /// Listener ids by name.
     pub fn listener_ids(&self) -> impl Iterator<Item = (&str, u32)> {
         self.listeners.iter().map(|(n, l)| (n.as_str(), l.id))
+    }
+
+    /// The source address towards every target of a group a listener uses (the data plane
+    /// asks the routing table: `nat` mode's source address, and whether the target is
+    /// reachable at all).
+    fn sources(
+        &self,
+        model: &Model,
+    ) -> BTreeMap<IpAddr, Result<IpAddr, (std::io::ErrorKind, String)>> {
+        let mut sources = BTreeMap::new();
+        for listener in &model.listeners {
+            for name in listener.target_groups() {
+                let Some(group) = model.target_group(name) else {
+                    continue;
+                };
+                for target in &group.targets {
+                    sources.entry(target.address).or_insert_with(|| {
+                        self.dataplane
+                            .source_for(target.address)
+                            .map_err(|e| (e.kind(), e.to_string()))
+                    });
+                }
+            }
+        }
+        sources
     }
 
     fn drain_delay(&self, model: &Model, key: &TargetKey) -> Duration {
@@ -507,212 +535,13 @@ impl Controller {
             .map(|l| (l.key.addr, l.key.family))
             .collect();
         for (addr, family) in existing.difference(&wanted.keys().copied().collect()) {
-            self.maps.remove_listener(&icmp_key(*addr, *family))?;
+            self.dataplane.remove_listener(&icmp_key(*addr, *family))?;
         }
         for ((addr, family), value) in &wanted {
-            self.maps.set_listener(&icmp_key(*addr, *family), value)?;
+            self.dataplane
+                .set_listener(&icmp_key(*addr, *family), value)?;
         }
         Ok(())
-    }
-
-    fn plan(&self, model: &Model) -> Result<Plan, ApplyError> {
-        let mut ids = self.ids.clone();
-        let mut targets: BTreeMap<TargetKey, AppliedTarget> = BTreeMap::new();
-        let mut listeners = BTreeMap::new();
-        let mut listener_ids: BTreeSet<u32> = BTreeSet::new();
-        let mut failing_open = BTreeSet::new();
-        let mut serving: BTreeSet<TargetKey> = BTreeSet::new();
-        let max_listeners = self.maps.maglev.len();
-
-        // Listener ids stay with their names; new listeners take the lowest free id.
-        for listener in &model.listeners {
-            if let Some(current) = self.listeners.get(&listener.name) {
-                listener_ids.insert(current.id);
-            }
-        }
-        // HTTP/HTTPS listeners are served by the proxy, not XDP: they get no kernel listener
-        // or table, but the targets of every group they may send to are registered like any
-        // other (ids, health checks, draining).
-        for listener in model.listeners.iter().filter(|l| l.protocol.is_l7()) {
-            let mut seen = BTreeSet::new();
-            for name in listener.target_groups().filter(|g| seen.insert(*g)) {
-                let group = model
-                    .target_group(name)
-                    .expect("validated: rules name existing target groups");
-                let (_, member_keys) = self.register(group, listener, &mut targets, &mut ids)?;
-                self.route(&member_keys, group, &mut failing_open, &mut serving);
-            }
-        }
-        for listener in model.listeners.iter().filter(|l| !l.protocol.is_l7()) {
-            let group = model
-                .target_group(&listener.default_target_group)
-                .expect("validated: the default target group exists");
-            let id = match self.listeners.get(&listener.name) {
-                Some(current) => current.id,
-                None => {
-                    let id = (0..max_listeners)
-                        .find(|id| !listener_ids.contains(id))
-                        .ok_or(ApplyError::TooManyListeners { max: max_listeners })?;
-                    listener_ids.insert(id);
-                    id
-                }
-            };
-            let (members, member_keys) = self.register(group, listener, &mut targets, &mut ids)?;
-            let routable = self.route(&member_keys, group, &mut failing_open, &mut serving);
-            let members: Vec<MaglevTarget> = routable.iter().map(|&i| members[i]).collect();
-            let table = if members.is_empty() {
-                Vec::new()
-            } else {
-                maglev::build(&members, TableSize::new(listener.maglev_table_size())?)?
-            };
-            let (addr, family) = ip_to_bytes(listener.address);
-            listeners.insert(
-                listener.name.clone(),
-                AppliedListener {
-                    id,
-                    key: ListenerKey {
-                        addr,
-                        port_be: listener.port.to_be(),
-                        protocol: listener.protocol.number(),
-                        family,
-                    },
-                    value: abi::Listener {
-                        id,
-                        mode: forwarding_mode(listener.mode()) as u8,
-                        hash_key: match group.hash_key {
-                            HashKey::FiveTuple => abi::HashKey::FiveTuple,
-                            HashKey::SourceIp => abi::HashKey::SourceIp,
-                        } as u8,
-                        idle_timeout_s: listener.l4_idle_timeout_s(),
-                    },
-                    table,
-                },
-            );
-        }
-        let config = Config {
-            nat_port_min: model.data_plane.nat_port_range[0],
-            nat_port_max: model.data_plane.nat_port_range[1],
-            max_new_flows_per_cpu: model.data_plane.max_new_flows_per_cpu,
-            ..Config::default()
-        };
-        for (key, target) in targets.iter_mut() {
-            target.kernel_state =
-                if self.health_of(key) == Health::Unhealthy && !serving.contains(key) {
-                    TARGET_GONE
-                } else {
-                    TARGET_ACTIVE
-                };
-        }
-        Ok(Plan {
-            listeners,
-            targets,
-            ids,
-            config,
-            failing_open,
-        })
-    }
-
-    /// Registers `group`'s targets as `listener` reaches them (ids and source addresses of
-    /// new ones): the Maglev members and their keys, in the group's order.
-    fn register(
-        &self,
-        group: &model::TargetGroup,
-        listener: &model::Listener,
-        targets: &mut BTreeMap<TargetKey, AppliedTarget>,
-        ids: &mut IdPool,
-    ) -> Result<(Vec<MaglevTarget>, Vec<TargetKey>), ApplyError> {
-        let mut members = Vec::new();
-        let mut member_keys = Vec::new();
-        for target in &group.targets {
-            let key = TargetKey {
-                group: group.name.clone(),
-                addr: SocketAddr::new(target.address, target.port_for(group, listener)),
-            };
-            let applied = match targets.get(&key) {
-                Some(t) => t.clone(),
-                None => {
-                    let snat =
-                        snat::source_for(target.address).map_err(|source| ApplyError::NoRoute {
-                            group: group.name.clone(),
-                            target: key.addr,
-                            source,
-                        })?;
-                    let id = match self.targets.get(&key) {
-                        Some(current) => current.id,
-                        None => ids
-                            .allocate(|| self.maps.flows().map(|(_, flow)| flow.target_id))
-                            .ok_or(ApplyError::TooManyTargets {
-                                max: self.maps.targets.len(),
-                            })?,
-                    };
-                    AppliedTarget {
-                        id,
-                        state: TargetState::Active,
-                        snat,
-                        kernel_state: TARGET_ACTIVE,
-                    }
-                }
-            };
-            members.push(MaglevTarget {
-                key: maglev::target_key(key.addr),
-                id: applied.id,
-                weight: target.weight,
-            });
-            member_keys.push(key.clone());
-            targets.insert(key, applied);
-        }
-        Ok((members, member_keys))
-    }
-
-    /// Which of `member_keys` get new traffic (indexes): the healthy ones, or all when none
-    /// is (fail open, recorded in `failing_open` when some are unhealthy).
-    fn route(
-        &self,
-        member_keys: &[TargetKey],
-        group: &model::TargetGroup,
-        failing_open: &mut BTreeSet<String>,
-        serving: &mut BTreeSet<TargetKey>,
-    ) -> Vec<usize> {
-        let routable = health::routable(
-            member_keys
-                .iter()
-                .enumerate()
-                .map(|(i, key)| (i, self.health_of(key))),
-        );
-        // Targets still in their initial checks get traffic too until one passes, but
-        // that is a start, not a failure: only a group with unhealthy targets and no
-        // healthy one is reported as failing open.
-        let any_unhealthy = member_keys
-            .iter()
-            .any(|key| self.health_of(key) == Health::Unhealthy);
-        if routable.failing_open && any_unhealthy {
-            failing_open.insert(group.name.clone());
-        }
-        serving.extend(routable.targets.iter().map(|&i| member_keys[i].clone()));
-        routable.targets
-    }
-}
-
-struct Plan {
-    listeners: BTreeMap<String, AppliedListener>,
-    targets: BTreeMap<TargetKey, AppliedTarget>,
-    ids: IdPool,
-    config: Config,
-    /// Target groups with no healthy target, sending traffic to all of them.
-    failing_open: BTreeSet<String>,
-}
-
-impl Plan {
-    fn target_entry(&self, key: &TargetKey, target: &AppliedTarget, state: u8) -> Target {
-        let (addr, family) = ip_to_bytes(key.addr.ip());
-        Target {
-            addr,
-            snat_addr: ip_to_bytes(target.snat).0,
-            port_be: key.addr.port().to_be(),
-            family,
-            state,
-            _pad: [0; 4],
-        }
     }
 }
 
@@ -721,105 +550,10 @@ fn icmp_key(addr: [u8; 16], family: u8) -> ListenerKey {
         addr,
         port_be: 0,
         protocol: if family == lb_common::addr::FAMILY_V4 {
-            1
+            IPPROTO_ICMP
         } else {
-            58
+            IPPROTO_ICMPV6
         },
         family,
-    }
-}
-
-fn forwarding_mode(mode: Mode) -> ForwardingMode {
-    match mode {
-        Mode::Nat => ForwardingMode::Nat,
-        Mode::Dsr => ForwardingMode::Dsr,
-        Mode::Tunnel => ForwardingMode::Tunnel,
-    }
-}
-
-/// Target ids. Fresh ids are handed out first; an id whose target is gone is quarantined and
-/// only reused once no flow entry names it any more (checked by scanning the flow table when
-/// fresh ids run out), so a stale flow can never be sent to an unrelated new target.
-#[derive(Clone, Debug)]
-pub struct IdPool {
-    next_fresh: u32,
-    max: u32,
-    quarantined: BTreeSet<u32>,
-    free: BTreeSet<u32>,
-}
-
-impl IdPool {
-    pub fn new(max: u32) -> IdPool {
-        IdPool {
-            next_fresh: 0,
-            max,
-            quarantined: BTreeSet::new(),
-            free: BTreeSet::new(),
-        }
-    }
-
-    /// A free id; `named` lists the ids flow entries name (called only when fresh ids run
-    /// out, since it scans the flow table).
-    fn allocate<I: Iterator<Item = u32>>(&mut self, named: impl FnOnce() -> I) -> Option<u32> {
-        if let Some(id) = self.free.pop_first() {
-            return Some(id);
-        }
-        if self.next_fresh < self.max {
-            self.next_fresh += 1;
-            return Some(self.next_fresh - 1);
-        }
-        self.reclaim(named());
-        self.free.pop_first()
-    }
-
-    fn from_saved(saved: &SavedIds, max: u32) -> IdPool {
-        IdPool {
-            next_fresh: saved.next_fresh.min(max),
-            max,
-            quarantined: saved.quarantined.iter().copied().collect(),
-            free: saved.free.iter().copied().filter(|&id| id < max).collect(),
-        }
-    }
-
-    fn saved(&self) -> SavedIds {
-        SavedIds {
-            next_fresh: self.next_fresh,
-            quarantined: self.quarantined.iter().copied().collect(),
-            free: self.free.iter().copied().collect(),
-        }
-    }
-
-    fn quarantine(&mut self, id: u32) {
-        self.quarantined.insert(id);
-    }
-
-    /// Frees quarantined ids that no flow names.
-    fn reclaim(&mut self, named: impl Iterator<Item = u32>) {
-        let named: BTreeSet<u32> = named.collect();
-        let reusable: Vec<u32> = self.quarantined.difference(&named).copied().collect();
-        for id in reusable {
-            self.quarantined.remove(&id);
-            self.free.insert(id);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ids_are_fresh_until_exhausted_then_reclaimed_only_when_unreferenced() {
-        let mut pool = IdPool::new(3);
-        let no_flows = || std::iter::empty();
-        let taken: Vec<_> = (0..3).map(|_| pool.allocate(no_flows).unwrap()).collect();
-        assert_eq!(taken, [0, 1, 2]);
-        assert_eq!(pool.allocate(no_flows), None);
-        pool.quarantine(1);
-        pool.quarantine(2);
-        // A flow still names 2: only 1 may be reused.
-        assert_eq!(pool.allocate(|| [2].into_iter()), Some(1));
-        assert_eq!(pool.allocate(|| [2].into_iter()), None);
-        assert_eq!(pool.allocate(no_flows), Some(2));
     }
 }

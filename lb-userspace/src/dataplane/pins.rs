@@ -1,6 +1,6 @@
 //! What outlives the daemon in its pin directory, so that forwarding goes on while no daemon
 //! runs (a restart, an upgrade) and a new daemon takes it over: the data plane's maps
-//! (`datapath::PINNED_MAPS`, including the controller's saved state) and one XDP link per
+//! (`load::PINNED_MAPS`, including the controller's saved state) and one XDP link per
 //! interface (`link_<iface>`). Removing a link's pin detaches the program once no process
 //! holds the link; `sluice down` removes everything.
 
@@ -17,7 +17,7 @@ use aya::{
     Ebpf,
 };
 
-use crate::datapath::{self, AttachMode, DatapathError};
+use super::load::{self, AttachMode, DatapathError};
 
 const LINK_PREFIX: &str = "link_";
 
@@ -102,7 +102,7 @@ pub fn attach(
             }
         }
     }
-    let (id, mode) = datapath::attach(ebpf, iface, ifindex, mode)?;
+    let (id, mode) = load::attach(ebpf, iface, ifindex, mode)?;
     pin_new_link(ebpf, id, iface, &path)?;
     Ok(Attached::New(mode))
 }
@@ -110,7 +110,7 @@ pub fn attach(
 fn replace(ebpf: &mut Ebpf, path: &Path) -> Result<(), String> {
     let pinned = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
     let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| e.to_string())?;
-    let program = datapath::program_mut(ebpf);
+    let program = load::program_mut(ebpf);
     let id = program.attach_to_link(link).map_err(|e| e.to_string())?;
     // The pin holds the link; the program must not (its drop would close our fd only, but
     // `sluice down` expects no process to keep the link alive).
@@ -124,7 +124,7 @@ fn pin_new_link(ebpf: &mut Ebpf, id: XdpLinkId, iface: &str, path: &Path) -> Res
         path: path.to_path_buf(),
         reason,
     };
-    let program = datapath::program_mut(ebpf);
+    let program = load::program_mut(ebpf);
     let link = program.take_link(id).map_err(|e| failed(e.to_string()))?;
     // A netlink attachment (kernels before 5.9) cannot be pinned.
     let fd_link = FdLink::try_from(link).map_err(|e| failed(e.to_string()))?;
@@ -179,7 +179,7 @@ pub fn remove_all(pin_dir: &Path) -> Result<Removed, PinsError> {
         fs::remove_file(&path).map_err(|source| PinsError::Remove { path, source })?;
         removed.detached.push(iface);
     }
-    for name in datapath::PINNED_MAPS {
+    for name in load::PINNED_MAPS {
         let path = pin_dir.join(name);
         match fs::remove_file(&path) {
             Ok(()) => removed.maps += 1,

@@ -52,6 +52,24 @@ pub fn read<T: Borrow<MapData>>(map: &PerCpuArray<T, CounterValue>) -> Result<Co
         .map(Counters)
 }
 
+/// Where the daemon reads the global counters from: the `STATS` map, or fixed values in
+/// unit tests.
+pub trait ReadCounters {
+    fn read_counters(&self) -> Result<Counters, MapError>;
+}
+
+impl<T: Borrow<MapData>> ReadCounters for PerCpuArray<T, CounterValue> {
+    fn read_counters(&self) -> Result<Counters, MapError> {
+        read(self)
+    }
+}
+
+impl ReadCounters for Counters {
+    fn read_counters(&self) -> Result<Counters, MapError> {
+        Ok(self.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use lb_common::stats::Counter;
@@ -59,7 +77,7 @@ mod tests {
     /// docs/OPERATING.md documents every counter, so the table cannot fall behind the code.
     #[test]
     fn every_counter_is_documented() {
-        let doc = include_str!("../../docs/OPERATING.md");
+        let doc = include_str!("../../../docs/OPERATING.md");
         for counter in Counter::ALL {
             let row = format!("| `{}` |", counter.name());
             assert!(

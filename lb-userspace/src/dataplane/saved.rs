@@ -150,37 +150,7 @@ fn first_entry(half: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::state::STATE_ENTRIES;
-
-    struct Memory(Vec<[u8; STATE_CHUNK]>);
-
-    impl Memory {
-        fn new() -> Memory {
-            Memory(vec![[0; STATE_CHUNK]; STATE_ENTRIES as usize])
-        }
-    }
-
-    impl Store for Memory {
-        fn read(&self, index: u32) -> Result<[u8; STATE_CHUNK], MapError> {
-            self.0
-                .get(index as usize)
-                .copied()
-                .ok_or(MapError::OutOfBounds {
-                    index,
-                    max_entries: STATE_ENTRIES,
-                })
-        }
-
-        fn write(&mut self, index: u32, chunk: &[u8; STATE_CHUNK]) -> Result<(), MapError> {
-            let max_entries = STATE_ENTRIES;
-            let slot = self
-                .0
-                .get_mut(index as usize)
-                .ok_or(MapError::OutOfBounds { index, max_entries })?;
-            *slot = *chunk;
-            Ok(())
-        }
-    }
+    use crate::dataplane::memory::MemoryStore as Memory;
 
     fn state(targets: usize) -> SavedState {
         SavedState {

@@ -1,7 +1,13 @@
-//! Signal handling shared by the long-running subcommands.
+//! Signal handling shared by the daemon and the other long-running subcommands.
 
-use anyhow::Context;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+
+#[derive(Debug, thiserror::Error)]
+#[error("installing the {signal} handler: {source}")]
+pub struct SignalError {
+    signal: &'static str,
+    source: std::io::Error,
+}
 
 /// SIGINT, SIGTERM and SIGHUP, caught from the moment they are installed: a daemon installs
 /// them before attaching anything, so a signal during start-up still leads to a clean stop.
@@ -20,11 +26,17 @@ pub enum Request {
 
 impl Signals {
     /// Must be called inside a tokio runtime's context.
-    pub fn install() -> anyhow::Result<Signals> {
+    pub fn install() -> Result<Signals, SignalError> {
+        let install = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| SignalError {
+                signal: name,
+                source,
+            })
+        };
         Ok(Signals {
-            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
-            hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            interrupt: install(SignalKind::interrupt(), "SIGINT")?,
+            terminate: install(SignalKind::terminate(), "SIGTERM")?,
+            hangup: install(SignalKind::hangup(), "SIGHUP")?,
         })
     }
 

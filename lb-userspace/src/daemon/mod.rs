@@ -1,0 +1,462 @@
+//! `sluice run`'s daemon, once started: the controller, its health checker, the L7 proxy and
+//! the saved state, and the one path by which a model takes effect ([`Daemon::apply_model`]:
+//! start-up and takeover, SIGHUP, `sluice reload`, CLI edits). It answers the control API
+//! ([`Backend`]) and Prometheus scrapes ([`metrics::Source`]); [`serve`] is its event loop.
+//!
+//! Everything here runs on one thread (a tokio `LocalSet`), so the API's requests, health
+//! events and ticks share the controller without locks: each is handled between two awaits,
+//! never in the middle of another.
+//!
+//! The daemon is generic over the data plane ([`Dataplane`]) and the saved state's store
+//! ([`Store`]), so its logic is unit-tested without root (`tests.rs`).
+
+mod report;
+mod serve;
+pub mod signals;
+#[cfg(test)]
+mod tests;
+
+use std::{
+    cell::{Cell, RefCell},
+    fmt,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+pub use report::{http_listeners, stats_report, ActiveFlows, ACTIVE_WINDOW};
+pub use serve::serve;
+
+use crate::{
+    api::{
+        metrics::{self, Scrape},
+        Backend, CollectError, ControlError, StatsReport,
+    },
+    controller::{ApplyError, Changes, Controller},
+    dataplane::{
+        counters::ReadCounters,
+        saved::{self, SavedState, StateMap, Store},
+        Dataplane, Maps,
+    },
+    health::{HealthChecker, HealthEvent},
+    model::{edit::Edit, Model, TargetKey},
+    proxy::{self, ListenerTls, Proxy, ProxyError},
+    rates::Rates,
+};
+
+/// How often drains are checked for their deregistration delay.
+pub const TICK: Duration = Duration::from_secs(1);
+
+/// The window traffic rates are averaged over.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the daemon is made of; see [`Daemon::new`].
+pub struct Parts<D: Dataplane, S: Store> {
+    pub controller: Controller<D>,
+    pub checker: HealthChecker<TargetKey>,
+    /// The configuration file that `sluice reload` and SIGHUP re-read.
+    pub config: Option<PathBuf>,
+    pub counters: Box<dyn ReadCounters>,
+    /// Where the controller's state is saved for the next daemon (the pinned `STATE` map).
+    pub state: S,
+}
+
+pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
+    controller: RefCell<Controller<D>>,
+    checker: RefCell<HealthChecker<TargetKey>>,
+    config: Option<PathBuf>,
+    counters: Box<dyn ReadCounters>,
+    state: RefCell<S>,
+    /// What was last saved in `state`.
+    saved: RefCell<Option<SavedState>>,
+    /// `sluice down` asked: stop, then detach and remove the pins.
+    down: tokio::sync::Notify,
+    going_down: Cell<bool>,
+    /// Traffic samples for the rates in status.
+    rates: RefCell<Rates<RateKey>>,
+    /// Started with the first http/https listener.
+    proxy: RefCell<Option<Proxy>>,
+    /// The https listeners' certificates, read before the model naming them was applied.
+    tls: RefCell<ListenerTls>,
+}
+
+/// Whose traffic a rate is: ids included, so an id given to something new starts over.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum RateKey {
+    Listener(String, u32),
+    Target(TargetKey, u32),
+}
+
+/// Where a new model comes from, for the log and for what a refusal says.
+#[derive(Clone, Debug)]
+pub enum Origin {
+    /// `sluice run`'s `--config` (or none), on a fresh or adopted data plane, with the
+    /// certificates it names (read before anything was loaded, so that a broken file changes
+    /// nothing).
+    Start(ListenerTls),
+    /// The configuration file again: SIGHUP or `sluice reload`.
+    Reload(PathBuf),
+    /// A change through the control API (`sluice target|listener ...`).
+    Edit(Edit),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Start(_) => write!(f, "the configuration"),
+            Origin::Reload(path) => write!(f, "reload of {}", path.display()),
+            Origin::Edit(edit) => write!(f, "{edit}"),
+        }
+    }
+}
+
+/// Why a model did not take effect; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyModelError {
+    /// A certificate that cannot be used, or (at start-up) a listener that cannot be served.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+}
+
+impl<D: Dataplane, S: Store> Daemon<D, S> {
+    /// The daemon, with `controller` as it stands (fresh, or adopted from a previous daemon);
+    /// a model takes effect with [`Daemon::apply_model`]. The checker starts from the
+    /// controller's known health.
+    pub fn new(parts: Parts<D, S>) -> Daemon<D, S> {
+        let Parts {
+            controller,
+            mut checker,
+            config,
+            counters,
+            state,
+        } = parts;
+        checker.adopt(
+            controller
+                .known_health()
+                .map(|(key, health)| (key.clone(), health)),
+        );
+        Daemon {
+            controller: RefCell::new(controller),
+            checker: RefCell::new(checker),
+            config,
+            counters,
+            state: RefCell::new(state),
+            saved: RefCell::new(None),
+            down: tokio::sync::Notify::new(),
+            going_down: Cell::new(false),
+            rates: RefCell::new(Rates::new(RATE_WINDOW)),
+            proxy: RefCell::new(None),
+            tls: RefCell::new(ListenerTls::new()),
+        }
+    }
+
+    /// Makes `model` the running one: the certificates it names are read (all again, or only
+    /// new ones for an edit), the data plane applied, the health checker told which targets
+    /// to check, the state saved, and the L7 proxy updated. Refused as a whole, with nothing
+    /// changed, when a certificate cannot be used or the data plane cannot take the model.
+    /// The L7 proxy's listeners are bound last: a listener that cannot be served is returned
+    /// as an error at start-up, and logged on later changes (the other listeners serve on).
+    pub fn apply_model(&self, model: &Model, origin: &Origin) -> Result<Changes, ApplyModelError> {
+        let tls = match origin {
+            Origin::Start(tls) => tls.clone(),
+            // Every certificate is read again on reload: files renewed in place are taken up.
+            Origin::Reload(_) => proxy::listener_tls(model, None)?,
+            Origin::Edit(_) => proxy::listener_tls(model, Some(&self.tls.borrow()))?,
+        };
+        let changes = self.controller.borrow_mut().apply(model, Instant::now())?;
+        *self.tls.borrow_mut() = tls;
+        self.recheck();
+        self.save();
+        let proxied = self.sync_proxy(true);
+        match origin {
+            Origin::Start(_) => proxied?,
+            Origin::Reload(path) if changes.is_empty() => {
+                log::info!("reloaded {}: no changes", path.display());
+            }
+            Origin::Reload(path) => log::info!("reloaded {}", path.display()),
+            Origin::Edit(edit) => log::info!("control API: {edit}, until the next reload"),
+        }
+        log_changes(&changes);
+        Ok(changes)
+    }
+
+    /// A target's health changed: tables and target states follow.
+    pub fn health_changed(&self, event: &HealthEvent<TargetKey>) {
+        log::info!(
+            "target {} of '{}': {} -> {}: {}",
+            event.target.addr,
+            event.target.group,
+            event.from.name(),
+            event.to.name(),
+            event.reason
+        );
+        let applied =
+            self.controller
+                .borrow_mut()
+                .set_health(&event.target, event.to, Instant::now());
+        match applied {
+            Ok(changes) => log_changes(&changes),
+            Err(e) => log::error!("applying the health of {}: {e}", event.target.addr),
+        }
+        self.save();
+        let _ = self.sync_proxy(false);
+    }
+
+    /// Once a [`TICK`]: ends drains whose deregistration delay is over, saves, samples rates.
+    pub fn tick(&self, now: Instant) {
+        let expired = self.controller.borrow_mut().tick(now);
+        match expired {
+            Ok(expired) => {
+                for key in &expired {
+                    log::info!(
+                        "target {} of '{}': deregistration delay over; its remaining flows move to other targets",
+                        key.addr,
+                        key.group
+                    );
+                }
+                if !expired.is_empty() {
+                    let _ = self.sync_proxy(false);
+                }
+            }
+            Err(e) => log::error!("ending drains: {e}"),
+        }
+        self.save();
+        self.sample_rates(now);
+    }
+
+    /// `sluice down` asked for this daemon to stop, detach and remove its pins.
+    pub fn going_down(&self) -> bool {
+        self.going_down.get()
+    }
+
+    /// Resolves when `sluice down` asks the daemon to stop.
+    pub async fn down_requested(&self) {
+        self.down.notified().await
+    }
+
+    pub fn controller(&self) -> std::cell::Ref<'_, Controller<D>> {
+        self.controller.borrow()
+    }
+
+    /// Gives the L7 proxy the controller's current model and targets; with `listeners`,
+    /// also (re)binds its listeners. Errors are logged and returned.
+    fn sync_proxy(&self, listeners: bool) -> Result<(), ProxyError> {
+        let controller = self.controller.borrow();
+        let model = controller.model();
+        let mut proxy = self.proxy.borrow_mut();
+        if proxy.is_none() {
+            if !model.listeners.iter().any(|l| l.protocol.is_l7()) {
+                return Ok(());
+            }
+            *proxy = Some(Proxy::start()?);
+        }
+        let proxy = proxy.as_mut().expect("started above");
+        let views = controller.target_views();
+        if !listeners {
+            proxy.update_routes(model, &views);
+            return Ok(());
+        }
+        let errors = proxy.update(model, &views, &self.tls.borrow());
+        for e in &errors {
+            log::error!("{e}");
+        }
+        match errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// After every change of the model: the checker checks exactly the registered targets.
+    fn recheck(&self) {
+        let checks = self.controller.borrow().health_checks();
+        self.checker.borrow_mut().set_targets(checks);
+    }
+
+    /// Saves the controller's state for a daemon that takes over later, when it changed.
+    pub fn save(&self) {
+        let state = self.controller.borrow().saved(Instant::now());
+        if self.saved.borrow().as_ref() == Some(&state) {
+            return;
+        }
+        match saved::save(&mut *self.state.borrow_mut(), &state) {
+            Ok(()) => *self.saved.borrow_mut() = Some(state),
+            Err(e) => log::error!("saving the state for the next daemon: {e}"),
+        }
+    }
+
+    /// One sample of every listener's and target's traffic, for the rates.
+    fn sample_rates(&self, now: Instant) {
+        match stats_report(&self.controller.borrow(), &*self.counters) {
+            Ok(report) => {
+                let listeners = report
+                    .listeners
+                    .iter()
+                    .map(|l| (RateKey::Listener(l.name.clone(), l.id), l.packets, l.bytes));
+                let targets = report.targets.iter().map(|t| {
+                    let key = TargetKey {
+                        group: t.group.clone(),
+                        addr: t.address,
+                    };
+                    (RateKey::Target(key, t.id), t.packets, t.bytes)
+                });
+                self.rates
+                    .borrow_mut()
+                    .record(now, listeners.chain(targets));
+            }
+            Err(e) => log::warn!("sampling traffic for rates: {e}"),
+        }
+    }
+
+    /// The counters, with health reasons from the checker, rates from the samples and, when
+    /// `flows`, the active flows (a walk of the flow table).
+    fn report(&self, flows: bool) -> Result<StatsReport, CollectError> {
+        let controller = self.controller.borrow();
+        let mut report = stats_report(&controller, &*self.counters)?;
+        if flows {
+            let entries = controller.dataplane().flows().into_iter().map(|(_, f)| f);
+            ActiveFlows::count(entries, monotonic_ns(), ACTIVE_WINDOW).fill(&mut report);
+        }
+        let proxy = self
+            .proxy
+            .borrow()
+            .as_ref()
+            .map(Proxy::stats)
+            .unwrap_or_default();
+        report.http_listeners = http_listeners(controller.model(), &proxy);
+        let checker = self.checker.borrow();
+        let rates = self.rates.borrow();
+        for listener in &mut report.listeners {
+            let key = RateKey::Listener(listener.name.clone(), listener.id);
+            listener.rate = rates.rate(&key).unwrap_or_default();
+        }
+        for target in &mut report.targets {
+            let key = TargetKey {
+                group: target.group.clone(),
+                addr: target.address,
+            };
+            target.reason = checker
+                .status(&key)
+                .and_then(|s| s.health.reason().map(ToString::to_string));
+            target.rate = rates
+                .rate(&RateKey::Target(key, target.id))
+                .unwrap_or_default();
+        }
+        Ok(report)
+    }
+}
+
+/// A refused reload or change, answered with `message`.
+fn refused(e: &ApplyModelError, message: String) -> ControlError {
+    match e {
+        // Failing to write the maps is the daemon's fault; everything else the request's.
+        ApplyModelError::Apply(ApplyError::Maps(_)) => ControlError::internal(message),
+        ApplyModelError::Apply(_) => ControlError::conflict(message),
+        ApplyModelError::Proxy(_) => ControlError::invalid(message),
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the XDP program's clock (`bpf_ktime_get_coarse_ns`, the
+/// same clock at tick precision).
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes into `now`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
+    fn stats(&self) -> Result<StatsReport, CollectError> {
+        self.report(true)
+    }
+
+    /// Re-reads the model, dropping changes made through the API; a file that does not
+    /// validate changes nothing.
+    fn reload(&self) -> Result<Changes, ControlError> {
+        let Some(path) = &self.config else {
+            let message = "sluice run was started without --config: there is no file to reload";
+            log::warn!("{message}");
+            return Err(ControlError::conflict(message));
+        };
+        let refused = |e: &dyn fmt::Display| {
+            format!(
+                "reload of {} refused, running configuration kept: {e}",
+                path.display()
+            )
+        };
+        let model = Model::load(path).map_err(|e| {
+            let message = refused(&e);
+            log::error!("{message}");
+            ControlError::invalid(message)
+        })?;
+        self.apply_model(&model, &Origin::Reload(path.clone()))
+            .map_err(|e| {
+                let message = refused(&e);
+                log::error!("{message}");
+                self::refused(&e, message)
+            })
+    }
+
+    fn change(&self, edit: Edit) -> Result<Changes, ControlError> {
+        let model = edit.apply_to(self.controller.borrow().model());
+        let model = model.inspect_err(|e| log::info!("control API: {edit} refused: {e}"))?;
+        let origin = Origin::Edit(edit);
+        self.apply_model(&model, &origin).map_err(|e| {
+            let message = format!("{origin} refused, running configuration kept: {e}");
+            log::error!("control API: {message}");
+            refused(&e, message)
+        })
+    }
+
+    fn down(&self) -> Result<(), ControlError> {
+        log::info!("control API: down: stopping, detaching and removing the pins");
+        self.going_down.set(true);
+        self.down.notify_one();
+        Ok(())
+    }
+}
+
+impl<D: Dataplane, S: Store> metrics::Source for Daemon<D, S> {
+    fn scrape(&self) -> Result<Scrape, CollectError> {
+        // Without active flows: a scrape must stay cheap whatever the flow table holds.
+        let report = self.report(false)?;
+        let checker = self.checker.borrow();
+        let latencies = report
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let key = TargetKey {
+                    group: t.group.clone(),
+                    addr: t.address,
+                };
+                let latency = checker.status(&key)?.last?.latency;
+                Some(((key.group, key.addr), latency))
+            })
+            .collect();
+        let proxy = self
+            .proxy
+            .borrow()
+            .as_ref()
+            .map(Proxy::stats)
+            .unwrap_or_default();
+        Ok(Scrape {
+            report,
+            latencies,
+            proxy,
+        })
+    }
+}
+
+/// Logs what a change did, one line each (warnings for groups failing open).
+pub fn log_changes(changes: &Changes) {
+    for line in changes.lines() {
+        if line.warning {
+            log::warn!("{}", line.text);
+        } else {
+            log::info!("{}", line.text);
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! The daemon's logic without root: reloads, edits, health events, ticks and `sluice down`,
+//! against the in-memory data plane and state store. Targets are on loopback ports where
+//! nothing listens, so the health checker's probes (refused at once) stay on this host.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use hyper::StatusCode;
+use lb_common::stats::{Counter, CounterValue};
+
+use super::{Daemon, Origin, Parts};
+use crate::{
+    api::Backend,
+    controller::Controller,
+    dataplane::{
+        counters::Counters,
+        memory::{MemoryDataplane, MemoryStore},
+        saved,
+    },
+    health::{Health, HealthChecker, HealthEvent, Reason},
+    model::{
+        edit::{Edit, TargetSpec},
+        Model, TargetKey,
+    },
+    proxy::ListenerTls,
+};
+
+/// A configuration file that is removed on drop.
+struct ConfigFile(PathBuf);
+
+impl ConfigFile {
+    fn new(name: &str) -> ConfigFile {
+        let path = std::env::temp_dir().join(format!(
+            "sluice-daemon-test-{}-{name}.toml",
+            std::process::id()
+        ));
+        ConfigFile(path)
+    }
+
+    fn write(&self, text: &str) {
+        std::fs::write(&self.0, text).unwrap();
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn text(targets: &[&str], delay: u64) -> String {
+    let targets: Vec<String> = targets
+        .iter()
+        .map(|t| format!("{{ address = \"{t}\" }}"))
+        .collect();
+    format!(
+        "[[listener]]\nname = \"web\"\naddress = \"192.0.2.10\"\nport = 80\nprotocol = \"tcp\"\ndefault_target_group = \"web\"\n\n[[target_group]]\nname = \"web\"\nport = 1\nderegistration_delay = {delay}\ntargets = [ {} ]\n",
+        targets.join(", ")
+    )
+}
+
+fn key(addr: &str) -> TargetKey {
+    TargetKey {
+        group: "web".into(),
+        addr: format!("{addr}:1").parse().unwrap(),
+    }
+}
+
+/// A daemon started on `config`'s current text.
+fn started(config: &ConfigFile) -> Daemon<MemoryDataplane, MemoryStore> {
+    let counters = Counters(
+        Counter::ALL
+            .iter()
+            .map(|&c| (c, CounterValue::default()))
+            .collect(),
+    );
+    let (checker, _events) = HealthChecker::new();
+    let daemon = Daemon::new(Parts {
+        controller: Controller::new(MemoryDataplane::new(8, 64)),
+        checker,
+        config: Some(config.0.clone()),
+        counters: Box::new(counters),
+        state: MemoryStore::new(),
+    });
+    let model = Model::load(&config.0).unwrap();
+    daemon
+        .apply_model(&model, &Origin::Start(ListenerTls::new()))
+        .unwrap();
+    daemon
+}
+
+fn saved_targets(daemon: &Daemon<MemoryDataplane, MemoryStore>) -> Vec<(String, String)> {
+    let state = saved::load(&*daemon.state.borrow()).unwrap().unwrap();
+    state
+        .targets
+        .iter()
+        .map(|t| (t.addr.to_string(), t.health.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_reload_that_does_not_validate_changes_nothing() {
+    let config = ConfigFile::new("invalid");
+    config.write(&text(&["127.0.0.1"], 0));
+    let daemon = started(&config);
+    let before = daemon.controller().model().clone();
+    let saved_before = saved_targets(&daemon);
+    config.write(&format!(
+        "{}\n[[listener]]\nname = \"web\"\n",
+        text(&["127.0.0.2"], 0)
+    ));
+    let refused = daemon.reload().unwrap_err();
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    let expected = format!(
+        "reload of {} refused, running configuration kept: ",
+        config.0.display()
+    );
+    assert!(
+        refused.message.starts_with(&expected),
+        "{}",
+        refused.message
+    );
+    assert_eq!(daemon.controller().model(), &before);
+    assert_eq!(saved_targets(&daemon), saved_before);
+}
+
+#[tokio::test]
+async fn a_reload_applies_the_file_saves_the_state_and_rechecks() {
+    let config = ConfigFile::new("reload");
+    config.write(&text(&["127.0.0.1"], 0));
+    let daemon = started(&config);
+    assert_eq!(daemon.checker.borrow().len(), 1);
+    config.write(&text(&["127.0.0.1", "127.0.0.2"], 0));
+    let changes = daemon.reload().unwrap();
+    assert_eq!(changes.targets_added, [key("127.0.0.2")]);
+    assert_eq!(
+        saved_targets(&daemon),
+        [
+            ("127.0.0.1:1".to_string(), "initial".to_string()),
+            ("127.0.0.2:1".to_string(), "initial".to_string())
+        ]
+    );
+    assert_eq!(
+        daemon.checker.borrow().len(),
+        2,
+        "the new target is checked"
+    );
+}
+
+#[tokio::test]
+async fn an_edit_lasts_until_the_next_reload() {
+    let config = ConfigFile::new("edit");
+    config.write(&text(&["127.0.0.1"], 0));
+    let daemon = started(&config);
+    let edit = Edit::AddTarget(TargetSpec {
+        group: "web".into(),
+        address: "127.0.0.3".parse().unwrap(),
+        port: None,
+        weight: None,
+    });
+    let changes = daemon.change(edit.clone()).unwrap();
+    assert_eq!(changes.targets_added, [key("127.0.0.3")]);
+    // The same edit again is refused by the model, with nothing changed.
+    let refused = daemon.change(edit).unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.message);
+    assert_eq!(
+        daemon.controller().model().target_groups[0].targets.len(),
+        2
+    );
+    // A reload drops it: the target drains.
+    let changes = daemon.reload().unwrap();
+    assert_eq!(changes.targets_draining, [key("127.0.0.3")]);
+}
+
+#[tokio::test]
+async fn a_reload_without_a_file_is_refused() {
+    let (checker, _events) = HealthChecker::new();
+    let daemon = Daemon::new(Parts {
+        controller: Controller::new(MemoryDataplane::new(8, 8)),
+        checker,
+        config: None,
+        counters: Box::new(Counters(Vec::new())),
+        state: MemoryStore::new(),
+    });
+    let refused = daemon.reload().unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert!(
+        refused.message.contains("without --config"),
+        "{}",
+        refused.message
+    );
+}
+
+#[tokio::test]
+async fn health_events_reach_the_tables_and_the_saved_state() {
+    let config = ConfigFile::new("health");
+    config.write(&text(&["127.0.0.1", "127.0.0.2"], 0));
+    let daemon = started(&config);
+    let event = |addr: &str, to| HealthEvent {
+        target: key(addr),
+        addr: key(addr).addr,
+        from: Health::Initial,
+        to,
+        reason: Reason {
+            code: None,
+            description: "test".into(),
+        },
+    };
+    daemon.health_changed(&event("127.0.0.1", Health::Healthy));
+    daemon.health_changed(&event("127.0.0.2", Health::Unhealthy));
+    assert_eq!(
+        daemon.controller().health(&key("127.0.0.2")),
+        Health::Unhealthy
+    );
+    let table = daemon.controller().dataplane().tables[&0].clone();
+    let healthy = daemon
+        .controller()
+        .targets()
+        .find(|(k, _, _)| **k == key("127.0.0.1"))
+        .map(|(_, id, _)| id)
+        .unwrap();
+    assert!(
+        table.iter().all(|&id| id == healthy),
+        "only the healthy target"
+    );
+    assert_eq!(
+        saved_targets(&daemon),
+        [
+            ("127.0.0.1:1".to_string(), "healthy".to_string()),
+            ("127.0.0.2:1".to_string(), "unhealthy".to_string())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn ticks_end_drains_and_save_it() {
+    let config = ConfigFile::new("tick");
+    config.write(&text(&["127.0.0.1", "127.0.0.2"], 5));
+    let daemon = started(&config);
+    config.write(&text(&["127.0.0.1"], 5));
+    let start = Instant::now();
+    daemon.reload().unwrap();
+    daemon.tick(start);
+    assert_eq!(saved_targets(&daemon).len(), 2, "still draining");
+    daemon.tick(start + Duration::from_secs(6));
+    assert_eq!(
+        saved_targets(&daemon),
+        [("127.0.0.1:1".to_string(), "initial".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn down_stops_the_event_loop_and_says_to_remove_the_pins() {
+    let config = ConfigFile::new("down");
+    config.write(&text(&["127.0.0.1"], 0));
+    let daemon = started(&config);
+    assert!(!daemon.going_down());
+    daemon.down().unwrap();
+    assert!(daemon.going_down());
+    // The event loop's wait returns at once: the request was not lost.
+    tokio::time::timeout(Duration::from_secs(5), daemon.down_requested())
+        .await
+        .expect("down wakes the event loop");
+}
