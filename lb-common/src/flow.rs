@@ -167,6 +167,25 @@ pub const fn expired(
     idle >= timeout
 }
 
+/// [`expired`] for a table under pressure (nearly full): connections that are not
+/// established and in use (half-open, closing, closed) go after one second of silence, so
+/// that pressure evicts them before any live entry (Linux conntrack's early drop).
+#[inline(always)]
+pub const fn expired_under_pressure(
+    state: u8,
+    protocol: u8,
+    last_seen_ns: u64,
+    idle_timeout_s: u16,
+    now_ns: u64,
+) -> bool {
+    let not_established = state & (STATE_CLOSED | STATE_FIN_CLIENT | STATE_FIN_TARGET) != 0
+        || state & STATE_ANSWERED == 0;
+    (protocol == IPPROTO_TCP
+        && not_established
+        && now_ns.saturating_sub(last_seen_ns) >= NS_PER_SEC)
+        || expired(state, protocol, last_seen_ns, idle_timeout_s, now_ns)
+}
+
 /// Whether a new connection may take an entry's place (its `nat` port) at `now_ns`: it has
 /// expired, or it is closed (like conntrack, which reuses a TIME_WAIT tuple for a new SYN).
 #[inline(always)]
@@ -284,6 +303,27 @@ mod tests {
         assert!(!expired(0, 17, 0, 120, 119 * NS_PER_SEC));
         assert!(expired(0, 17, 0, 120, 120 * NS_PER_SEC));
         assert!(!reclaimable(STATE_CLOSED, 17, 0, 120, 1));
+    }
+
+    #[test]
+    fn pressure_evicts_what_is_not_established_first() {
+        let s = NS_PER_SEC;
+        assert!(expired_under_pressure(0, IPPROTO_TCP, 0, 350, s));
+        assert!(expired_under_pressure(
+            STATE_ANSWERED | STATE_FIN_CLIENT,
+            IPPROTO_TCP,
+            0,
+            350,
+            s
+        ));
+        assert!(!expired_under_pressure(
+            STATE_ANSWERED,
+            IPPROTO_TCP,
+            0,
+            350,
+            300 * s
+        ));
+        assert!(!expired_under_pressure(0, 17, 0, 120, 100 * s));
     }
 
     #[test]

@@ -300,6 +300,47 @@ pub fn render(scrape: &Scrape) -> String {
         );
     }
 
+    let tables = report.connection_tables.as_ref();
+    for (name, help, value) in [
+        (
+            "sluice_flow_table_entries",
+            "Live entries of the flow table, as the last complete sweep counted them.",
+            tables.map(|t| t.flows),
+        ),
+        (
+            "sluice_nat_translations",
+            "Live nat translations (one source port each), as the last complete sweep counted them.",
+            tables.map(|t| t.nat_translations),
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        if let Some(value) = value {
+            out.sample(name, &[], value);
+        }
+    }
+    let name = "sluice_target_nat_translations";
+    out.family(
+        name,
+        "gauge",
+        "Live nat translations towards the target (source ports in use on the address facing it).",
+    );
+    if let Some(tables) = tables {
+        for t in &report.targets {
+            out.sample(
+                name,
+                &[
+                    ("target_group", &t.group),
+                    ("target", &t.address.to_string()),
+                ],
+                tables
+                    .nat_translations_by_target
+                    .get(&t.id)
+                    .copied()
+                    .unwrap_or(0),
+            );
+        }
+    }
+
     let name = "sluice_health_check_latency_seconds";
     out.family(
         name,
@@ -460,6 +501,7 @@ mod tests {
 
     fn scrape() -> Scrape {
         let report = StatsReport {
+            connection_tables: None,
             counters: [
                 ("forward_nat", 7),
                 ("drop_nat_ports_exhausted", 3),
@@ -621,10 +663,10 @@ mod tests {
                 assert_eq!(Some(family), current, "{line} outside its family");
             }
         }
-        assert_eq!(families.len(), 22, "{families:?}");
+        assert_eq!(families.len(), 25, "{families:?}");
         // The same shape with nothing to report: every family, no samples but the global one.
         let empty = render(&Scrape::default());
-        assert_eq!(empty.matches("# TYPE ").count(), 22, "{empty}");
+        assert_eq!(empty.matches("# TYPE ").count(), 25, "{empty}");
         assert!(empty.contains("\nsluice_port_allocation_error_count_total 0\n"));
     }
 

@@ -138,6 +138,23 @@ fn render(report: &StatsReport) -> String {
             &[2, 5, 6, 7, 8, 9],
         );
     }
+    if let Some(t) = &report.connection_tables {
+        out.push_str(&format!(
+            "\nconnection state: {} flow entries, {} nat translations; expired so far: {} flow entries, {} translations\n",
+            t.flows, t.nat_translations, t.expired_flows, t.expired_translations
+        ));
+    }
+    let refused = |name: &str| report.counters.get(name).map_or(0, |c| c.packets);
+    let (full, gated, ports) = (
+        refused("drop_flow_table_full"),
+        refused("drop_flood_gated"),
+        refused("drop_nat_ports_exhausted"),
+    );
+    if full + gated + ports > 0 {
+        out.push_str(&format!(
+            "refused new connections: {full} flow table full, {gated} flood gate, {ports} no nat port\n"
+        ));
+    }
     out
 }
 
@@ -184,6 +201,7 @@ mod tests {
             active_flows: Some(2),
         };
         let report = StatsReport {
+            connection_tables: None,
             listeners: vec![ListenerStats {
                 name: "web".into(),
                 address: "192.0.2.10".parse().unwrap(),
@@ -271,6 +289,7 @@ mod tests {
             "{text}"
         );
         let with_http = render(&StatsReport {
+            connection_tables: None,
             http_listeners: vec![HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),
@@ -306,6 +325,7 @@ mod tests {
         );
         assert!(with_http.starts_with(&text[..text.find("\n\n").unwrap()]));
         let only_http = render(&StatsReport {
+            connection_tables: None,
             http_listeners: vec![HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),

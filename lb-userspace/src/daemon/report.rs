@@ -121,6 +121,7 @@ pub fn stats_report<D: Dataplane>(
         });
     }
     Ok(StatsReport {
+        connection_tables: None,
         counters: counters
             .0
             .iter()
