@@ -3,6 +3,7 @@
 mod balancing;
 mod bench;
 mod cli_control;
+mod connection_state;
 mod decap;
 mod forwarding_dsr;
 mod forwarding_nat;
