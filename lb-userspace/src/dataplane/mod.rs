@@ -12,6 +12,7 @@ pub mod maps;
 #[cfg(test)]
 pub(crate) mod memory;
 pub(crate) mod neighbors;
+pub mod pin_lock;
 pub mod pins;
 pub mod saved;
 pub(crate) mod snat;
