@@ -212,6 +212,44 @@ fn down_refuses_the_pins_of_a_running_daemon_without_its_socket() {
     stop_sluice(&mut daemon, libc::SIGTERM, &lb, "eth0", &pin_dir, &socket);
 }
 
+/// Pins of another layout (an older release's `NAT_REPLIES`) are refused before anything is
+/// attached, in one line that names the map and `sluice down`.
+#[test]
+fn run_refuses_pinned_maps_of_another_layout() {
+    use aya::maps::{Array, IterableMap, MapData};
+    require_root();
+    let ns = Namespace::new("cli");
+    let peer = Namespace::new("peer");
+    veth(&ns, "eth0", &peer, "eth0");
+    let pin_dir = PinDir::new();
+    let socket = ApiSocket::new();
+    std::fs::create_dir_all(&pin_dir.0).unwrap();
+    let old: Array<MapData, [u8; 40]> = Array::create(16, 0).unwrap();
+    old.map().pin(pin_dir.0.join("NAT_REPLIES")).unwrap();
+    let output = ns
+        .command(sluice_binary())
+        .args(["run", "--iface", "eth0", "--pin-dir", pin_dir.arg()])
+        .args(["--socket", socket.arg()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let line = one_line(&output.stderr);
+    assert!(
+        line.starts_with(&format!(
+            "error: the map NAT_REPLIES pinned in {} was made by another sluice release (Array, key 4 bytes, value 40 bytes; this one needs Hash, key 40 bytes, value 56 bytes)",
+            pin_dir.arg()
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("run `sluice down --pin-dir {}`", pin_dir.arg())),
+        "{line}"
+    );
+    assert_eq!(ns.xdp_attached("eth0"), None);
+    assert!(!socket.0.exists());
+}
+
 #[test]
 fn bad_arguments_are_refused() {
     let cases: [(&[&str], &str); 4] = [
