@@ -125,13 +125,16 @@ impl Listening {
     }
 }
 
-/// sluice in front of one target running an echo server and two push servers.
+/// sluice in front of targets running an echo server and two push servers each; the model
+/// has the first target only.
 struct Stack {
     topology: LbTopology,
-    _decap: Option<ChildGuard>,
-    _echo: EchoServer,
+    _decaps: Vec<ChildGuard>,
+    _echo: Vec<EchoServer>,
+    /// The first target's push servers (a second target's, if any, are in `_more_push`).
     push: PushServer,
     short: PushServer,
+    _more_push: Vec<PushServer>,
     _sluice: ChildGuard,
     config: PathBuf,
     _pin_dir: PinDir,
@@ -145,13 +148,19 @@ impl Drop for Stack {
 }
 
 impl Stack {
-    /// `mode` listeners, a flow table of `flows` entries, `nat` ports `ports`.
+    /// `mode` listeners, a flow table of `flows` entries, `nat` ports `ports`, one target.
     fn start(mode: &str, flows: u32, ports: [u16; 2]) -> Stack {
+        Stack::start_with(mode, flows, ports, 1)
+    }
+
+    /// [`Stack::start`] with `targets` targets running servers, the first in the model.
+    fn start_with(mode: &str, flows: u32, ports: [u16; 2], targets: usize) -> Stack {
         require_root();
-        let topology = LbTopology::new(1);
-        let target = &topology.targets[0];
+        let topology = LbTopology::new(targets);
         if mode != "nat" {
-            target.hold_vips(&[VIP.into()]);
+            for target in &topology.targets {
+                target.hold_vips(&[VIP.into()]);
+            }
         }
         // 100,000 sequential connections from one client: its ports must come back quickly.
         topology.client.ns.sysctl("net.ipv4.tcp_tw_reuse", "1");
@@ -159,24 +168,41 @@ impl Stack {
             .client
             .ns
             .sysctl("net.ipv4.ip_local_port_range", "1024 65000");
-        let decap = (mode == "tunnel").then(|| {
-            let mut cmd = target.ns.command(sluice_binary());
-            cmd.args(["decap", "--iface", &target.link.iface])
-                .env_remove("RUST_LOG");
-            let decap = target.ns.spawn(cmd);
-            wait_until(TIMEOUT, "sluice decap to attach", || {
-                target.ns.xdp_attached(&target.link.iface).is_some()
-            });
-            decap
-        });
+        let decaps = if mode == "tunnel" {
+            topology
+                .targets
+                .iter()
+                .map(|target| {
+                    let mut cmd = target.ns.command(sluice_binary());
+                    cmd.args(["decap", "--iface", &target.link.iface])
+                        .env_remove("RUST_LOG");
+                    let decap = target.ns.spawn(cmd);
+                    wait_until(TIMEOUT, "sluice decap to attach", || {
+                        target.ns.xdp_attached(&target.link.iface).is_some()
+                    });
+                    decap
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let any = IpAddr::from(Ipv4Addr::UNSPECIFIED);
-        let echo = EchoServer::start(
-            &target.ns,
-            SocketAddr::new(any, target_port(mode, ECHO)),
-            "echo",
-        );
-        let push = PushServer::start(&target.ns, SocketAddr::new(any, target_port(mode, PUSH)));
+        let echo = topology
+            .targets
+            .iter()
+            .map(|t| {
+                EchoServer::start(&t.ns, SocketAddr::new(any, target_port(mode, ECHO)), "echo")
+            })
+            .collect();
+        let mut push: Vec<PushServer> = topology
+            .targets
+            .iter()
+            .map(|t| PushServer::start(&t.ns, SocketAddr::new(any, target_port(mode, PUSH))))
+            .collect();
+        let target = &topology.targets[0];
         let short = PushServer::start(&target.ns, SocketAddr::new(any, target_port(mode, SHORT)));
+        let more_push = push.split_off(1);
+        let push = push.pop().expect("one target at least");
 
         let group = |name: &str, port: u16| {
             format!(
@@ -224,10 +250,11 @@ impl Stack {
         });
         Stack {
             topology,
-            _decap: decap,
+            _decaps: decaps,
             _echo: echo,
             push,
             short,
+            _more_push: more_push,
             _sluice: sluice,
             config,
             _pin_dir: pin_dir,
@@ -463,4 +490,125 @@ fn dsr_idle_connections_survive_churn() {
 #[test]
 fn tunnel_idle_connections_survive_churn() {
     idle_connections_survive_churn("tunnel");
+}
+
+/// Idle connections keep working after a flood (lone ACKs and spoofed SYNs that fill the flow
+/// table) and a target addition that moves Maglev slots: their entries are never evicted, so
+/// the new table is never asked about them. Both directions are checked: the server speaks
+/// first on 50 connections (in `nat` its packets need the translation), the client on 50
+/// others (its packets need the flow entry in every mode, or the new table may send them to
+/// the new target, which resets them).
+fn flows_survive_a_flood_and_a_target_addition(mode: &str) {
+    const FLOWS: u32 = 1024;
+    let stack = Stack::start_with(mode, FLOWS, [20000, 31999], 2);
+    let push = SocketAddr::from((VIP, PUSH));
+    let mut idle: Vec<Listening> = (0..50)
+        .map(|_| Listening::connect(&stack.topology.client.ns, push))
+        .collect();
+    wait_until(TIMEOUT, "the push server to accept 50", || {
+        stack.push.accepted() == 50
+    });
+    let mut talking: Vec<EchoClient> = (0..50)
+        .map(|_| {
+            let mut c = EchoClient::connect(&stack.topology.client.ns, (VIP, ECHO).into())
+                .expect("connecting to the echo listener");
+            assert_eq!(c.echo(b"hello").unwrap(), b"hello");
+            c
+        })
+        .collect();
+    let client = &stack.topology.client;
+    let lb_mac = stack.topology.lb_client_side.mac;
+    lone_ack_flood(client, lb_mac, 40_000);
+    syn_flood(client, lb_mac, 4 * FLOWS);
+    // The flood filled the table: new flows were refused or forwarded without an entry.
+    let counters = stats(&stack.socket);
+    assert!(
+        counters["flow_table_full"] + counters["drop_flow_table_full"] > 0,
+        "{mode}: the flood did not fill the flow table: {counters:?}"
+    );
+    let second = stack.topology.targets[1].link.v4.to_string();
+    for group in ["push", "echo"] {
+        let added = super::namespaces::sluice_output(&[
+            "target",
+            "add",
+            group,
+            &second,
+            "--socket",
+            stack.socket.arg(),
+        ]);
+        assert!(
+            added.status.success(),
+            "{}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+    }
+    wait_until(
+        TIMEOUT,
+        "the second target to be healthy in both groups",
+        || {
+            stats_json(&stack.socket)["targets"]
+                .as_array()
+                .is_some_and(|targets| {
+                    targets
+                        .iter()
+                        .filter(|t| {
+                            t["address"]
+                                .as_str()
+                                .is_some_and(|a| a.starts_with(&second))
+                                && t["health"] == "healthy"
+                        })
+                        .count()
+                        == 2
+                })
+        },
+    );
+    stack.push.push(b"after\n");
+    let lost = idle
+        .iter_mut()
+        .map(|c| c.hears(b"after\n"))
+        .filter(|heard| !heard)
+        .count();
+    assert_eq!(
+        lost, 0,
+        "{mode}: {lost} of 50 server-first connections lost the push after the flood and the change"
+    );
+    let broke = talking
+        .iter_mut()
+        .filter_map(|c| c.echo(b"again").err())
+        .count();
+    assert_eq!(
+        broke, 0,
+        "{mode}: {broke} of 50 client-first connections broke after the flood and the change"
+    );
+}
+
+/// Sends `n` SYNs from spoofed client addresses (no one answers the target's replies).
+fn syn_flood(client: &crate::netns::Host, lb_mac: [u8; 6], n: u32) {
+    let frames: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let src = Ipv4Addr::new(10, 111, 0, 100 + (i % 100) as u8);
+            Frame::tcp((src, 1024 + (i / 100) as u16), (VIP, PUSH))
+                .syn()
+                .seq(i)
+                .src_mac(client.link.mac)
+                .dst_mac(lb_mac)
+                .build()
+        })
+        .collect();
+    client.ns.run_in(|| send_frames("eth0", &frames));
+}
+
+#[test]
+fn nat_flows_survive_a_flood_and_a_target_addition() {
+    flows_survive_a_flood_and_a_target_addition("nat");
+}
+
+#[test]
+fn dsr_flows_survive_a_flood_and_a_target_addition() {
+    flows_survive_a_flood_and_a_target_addition("dsr");
+}
+
+#[test]
+fn tunnel_flows_survive_a_flood_and_a_target_addition() {
+    flows_survive_a_flood_and_a_target_addition("tunnel");
 }
