@@ -309,6 +309,36 @@ pub fn markdown(results: &Value) -> String {
         );
     }
     md.push_str(&memory_markdown(&s["memory"]));
+    md.push_str("## 8. Connection churn\n\n");
+    let churn = &s["churn"];
+    if let Some(e) = error_line(churn) {
+        md.push_str(&e);
+    } else if churn.is_object() {
+        md.push_str(&format!(
+            "Sequential TCP connections from one client (connect, one echo, the client closes) through {} source ports, {} per variant: sluice `nat` against nftables DNAT and SNAT with conntrack on the same topology.\n\n\
+             | variant | connections | failures | connections/s |\n|---|---:|---:|---:|\n",
+            churn["nat_ports"], churn["connections"]
+        ));
+        for (name, label) in [
+            ("sluice_nat", "sluice nat"),
+            ("nftables", "nftables DNAT + conntrack"),
+        ] {
+            let v = &churn["variants"][name];
+            match error_line(v) {
+                Some(e) => md.push_str(&format!("| {label} | {} | | |\n", e.trim())),
+                None => md.push_str(&format!(
+                    "| {label} | {} | {} | {} |\n",
+                    v["made"],
+                    v["failures"],
+                    num(&v["connections_per_second"], 0)
+                )),
+            }
+        }
+        md.push('\n');
+    } else {
+        md.push_str("Not run.\n\n");
+    }
+
     md
 }
 
