@@ -184,6 +184,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_state_and_refusals() {
+        let mut report = StatsReport::default();
+        assert!(!render(&report).contains("connection state"));
+        report.connection_tables = Some(sluice::api::ConnectionTables {
+            flows: 50,
+            nat_translations: 48,
+            expired_flows: 20,
+            expired_translations: 19,
+            ..Default::default()
+        });
+        report.counters.insert(
+            "drop_flow_table_full".into(),
+            sluice::api::CounterStats {
+                packets: 3,
+                bytes: 180,
+            },
+        );
+        let text = render(&report);
+        assert!(
+            text.contains("connection state: 50 flow entries, 48 nat translations; expired so far: 20 flow entries, 19 translations\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "refused new connections: 3 flow table full, 0 flood gate, 0 no nat port\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn tables_of_listeners_groups_and_targets() {
         let target = |address: &str, weight, state| TargetStats {
             group: "web".into(),
