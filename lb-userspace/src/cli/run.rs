@@ -23,6 +23,7 @@ use sluice::{
         interface,
         load::{self, AttachMode, MapSizes},
         maps::Maps,
+        pin_lock::PinDirLock,
         pins, saved,
     },
     health::HealthChecker,
@@ -109,6 +110,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // Before anything outside this process changes (neighbour entries, links): a second
     // daemon on the same socket, or the same metrics address, stops here.
     let (api_listener, _socket_file) = api::server::bind(&args.socket)?;
+    // Held until this process exits: `sluice down` finds the daemon that owns the pins by it.
+    let _pin_lock = PinDirLock::try_acquire(&args.pin_dir)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the pin directory {} belongs to another running sluice daemon; stop it (or `sluice down` through its socket) first, or give this one its own --pin-dir",
+            args.pin_dir.display()
+        )
+    })?;
     let metrics_listener = match args.metrics_address.0 {
         Some(addr) => {
             let listener = metrics::bind(addr)?;

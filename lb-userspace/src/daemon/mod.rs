@@ -77,6 +77,8 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     proxy: RefCell<Option<Proxy>>,
     /// The https listeners' certificates, read before the model naming them was applied.
     tls: RefCell<ListenerTls>,
+    /// The connection-state tables as the last complete sweep counted them.
+    tables: RefCell<Option<crate::api::ConnectionTables>>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -148,6 +150,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             rates: RefCell::new(Rates::new(RATE_WINDOW)),
             proxy: RefCell::new(None),
             tls: RefCell::new(ListenerTls::new()),
+            tables: RefCell::new(None),
         }
     }
 
@@ -204,7 +207,8 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         let _ = self.sync_proxy(false);
     }
 
-    /// Once a [`TICK`]: ends drains whose deregistration delay is over, saves, samples rates.
+    /// Once a [`TICK`]: ends drains whose deregistration delay is over, saves, samples rates,
+    /// sweeps the connection-state tables.
     pub fn tick(&self, now: Instant) {
         let expired = self.controller.borrow_mut().tick(now);
         match expired {
@@ -224,6 +228,16 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         }
         self.save();
         self.sample_rates(now);
+        self.sweep();
+    }
+
+    /// Expires idle and closed connection state (ports go back), a bounded share per tick.
+    fn sweep(&self) {
+        match self.controller.borrow_mut().sweep(monotonic_ns()) {
+            Ok(Some(counts)) => *self.tables.borrow_mut() = Some((&counts).into()),
+            Ok(None) => {}
+            Err(e) => log::warn!("{e}"),
+        }
     }
 
     /// `sluice down` asked for this daemon to stop, detach and remove its pins.
@@ -314,6 +328,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     fn report(&self, flows: bool) -> Result<StatsReport, CollectError> {
         let controller = self.controller.borrow();
         let mut report = stats_report(&controller, &*self.counters)?;
+        report.connection_tables = self.tables.borrow().clone();
         if flows {
             let entries = controller.dataplane().flows().into_iter().map(|(_, f)| f);
             ActiveFlows::count(entries, monotonic_ns(), ACTIVE_WINDOW).fill(&mut report);
