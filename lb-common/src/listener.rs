@@ -71,7 +71,9 @@ pub struct Listener {
     pub mode: u8,
     /// `HashKey` as u8.
     pub hash_key: u8,
-    pub _pad: [u8; 2],
+    /// Seconds a flow may be idle before its entries expire (tcp/udp; 0 = the protocol's
+    /// default, see `flow::DEFAULT_*_IDLE_TIMEOUT_S`).
+    pub idle_timeout_s: u16,
 }
 assert_size!(Listener, 8);
 impl_aya_pod!(ListenerKey, Listener);

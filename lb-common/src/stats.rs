@@ -75,6 +75,12 @@ counters! {
     DropNatPortsExhausted = "drop_nat_ports_exhausted", Outcome;
     /// Dropped: no route to the target (the kernel's FIB has none, or it is blackholed).
     DropNoRoute = "drop_no_route", Outcome;
+    /// Dropped (`nat`): a TCP segment other than a SYN for a connection sluice holds no state for (never seen, expired, or closed). Only a SYN allocates a port, so a flood of stray segments costs nothing.
+    DropNoConnection = "drop_no_connection", Outcome;
+    /// Dropped (`nat`): the flood gate refused a new connection (more new flows per second and CPU than `max_new_flows_per_cpu`); the client retransmits.
+    DropFloodGated = "drop_flood_gated", Outcome;
+    /// Dropped (`nat`): the flow table is full of live connections, none of which is evicted to make room; the new connection is refused.
+    DropFlowTableFull = "drop_flow_table_full", Outcome;
     /// Dropped: the packet could not be rewritten (no room to encapsulate, helper failure).
     DropRewriteFailed = "drop_rewrite_failed", Outcome;
     /// Malformed: shorter than an Ethernet header.
@@ -97,14 +103,20 @@ counters! {
     Ipv4Options = "ipv4_options", Observation;
     /// Observed: a new flow entered the flow table.
     FlowCreated = "flow_created", Observation;
-    /// Observed: a TCP packet without SYN found no flow entry (the flow began before sluice, its entry was evicted, or it was never inserted under a flood); it was sent by Maglev.
+    /// Observed: a TCP packet without SYN found no flow entry (the flow began before sluice, expired, or was never inserted under a flood or a full table). `dsr` and `tunnel` send it by Maglev; `nat` drops it (`drop_no_connection`).
     FlowMissNonSyn = "flow_miss_non_syn", Observation;
     /// Observed: a flow's target was removed or unhealthy; the flow was re-hashed.
     FlowRehashed = "flow_rehashed", Observation;
-    /// Observed: the flood gate kept a new flow out of the flow table (forwarded by Maglev).
+    /// Observed: the flood gate kept a new flow out of the flow table (`dsr`, `tunnel`: forwarded by Maglev; `nat`: dropped, `drop_flood_gated`).
     FloodGated = "flood_gated", Observation;
     /// Observed: a `nat` source port was taken; another was tried.
     NatPortCollision = "nat_port_collision", Observation;
+    /// Observed (`dsr`, `tunnel`): the flow table was full of live connections; the new flow was forwarded by Maglev without an entry.
+    FlowTableFull = "flow_table_full", Observation;
+    /// Observed: a new `nat` connection took the port of a closed or expired translation.
+    NatPortReclaimed = "nat_port_reclaimed", Observation;
+    /// Observed: a connection reached the closed state (FINs both ways and the last ACK, or a RST).
+    ConnectionClosed = "connection_closed", Observation;
 }
 }
 

@@ -42,14 +42,20 @@ pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// `nat` new connections dropped for want of a free source port on this target (ELB's
+    /// PortAllocationErrorCount).
+    pub port_allocation_errors: u64,
 }
-assert_size!(Traffic, 24);
+assert_size!(Traffic, 32);
 
 impl Traffic {
     pub fn add(&mut self, other: &Traffic) {
         self.packets = self.packets.wrapping_add(other.packets);
         self.bytes = self.bytes.wrapping_add(other.bytes);
         self.new_flows = self.new_flows.wrapping_add(other.new_flows);
+        self.port_allocation_errors = self
+            .port_allocation_errors
+            .wrapping_add(other.port_allocation_errors);
     }
 }
 impl_aya_pod!(Target, Traffic);

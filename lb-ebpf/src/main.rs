@@ -28,7 +28,7 @@ use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array as BtfArray, ArrayOfMaps},
     macros::{btf_map, map, xdp},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
@@ -74,13 +74,16 @@ static MAGLEV: ArrayOfMaps<BtfArray<u32, 65538, BPF_F_INNER_MAP>, { MAX_LISTENER
 #[map]
 static TARGETS: Array<Target> = Array::with_max_entries(MAX_TARGETS, 0);
 
-/// Established flows: 5-tuple as received → target.
+/// Established flows: 5-tuple as received → target. A plain hash map, not an LRU: a full
+/// table refuses new entries instead of evicting live ones (see `select.rs`).
 #[map]
-static FLOWS: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(DEFAULT_FLOWS, 0);
 
 /// `nat` mode: reply 5-tuple (target → load balancer address and allocated port) → client.
+/// A plain hash map like `FLOWS`: translations leave when they expire or their port is
+/// reclaimed (`nat.rs`), never by eviction.
 #[map]
-static NAT_REPLIES: LruHashMap<FlowKey, NatOrigin> = LruHashMap::with_max_entries(DEFAULT_FLOWS, 0);
+static NAT_REPLIES: HashMap<FlowKey, NatOrigin> = HashMap::with_max_entries(DEFAULT_FLOWS, 0);
 
 #[map]
 static LISTENER_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_LISTENERS, 0);
@@ -149,7 +152,13 @@ fn process(ctx: &XdpContext, packet: &Packet, len: u64) -> (Counter, u32) {
     };
     match forwarded {
         Ok((outcome, action)) => {
-            select::commit(ctx, &packet.key, &selected);
+            if !select::commit(ctx, &packet.key, &selected) {
+                if listener.mode == ForwardingMode::Nat as u8 {
+                    nat::abandon(packet, &selected);
+                    return (Counter::DropFlowTableFull, xdp_action::XDP_DROP);
+                }
+                stats::observe(ctx, Counter::FlowTableFull);
+            }
             stats::traffic(&LISTENER_STATS, listener.id, len, selected.is_new);
             stats::traffic(&TARGET_STATS, selected.target_id, len, selected.is_new);
             (outcome, action)

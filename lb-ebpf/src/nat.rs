@@ -4,21 +4,32 @@
 //! balancer is the client, so their replies come back through it.
 //!
 //! A translation is a `NAT_REPLIES` entry keyed by the reply's 5-tuple (target address and
-//! port → snat address and allocated port), holding the client and VIP to restore. The flow
-//! entry remembers the allocated port, so established flows find their translation with one
-//! lookup (which also keeps it fresh in the LRU).
+//! port → snat address and allocated port), holding the client and VIP to restore and the
+//! connection's state in both directions (`lb_common::flow::next_state`). The flow entry
+//! remembers the allocated port, so established flows find their translation with one lookup.
 //!
-//! Port allocation is deterministic: probe `i` of a flow is port
-//! `min + (h + i × STRIDE) mod range`, with `h` a hash of the client's 5-tuple. Retransmitted
-//! first packets, flows the flood gate kept out of `FLOWS` and flows whose entry was evicted
-//! therefore find their own translation again at the same port instead of taking a new one.
+//! Life cycle: only a new connection (a TCP SYN, a UDP datagram, under the flood gate) or a
+//! re-hashed flow allocates. When a connection closes (FINs both ways and the last ACK, or a
+//! RST), the packet that closes it is still translated, then its flow entry and translation
+//! are deleted: the port is free at once, and the table never fills with closed connections.
+//! A straggler after that (a FIN retransmitted because the last ACK was lost) reaches the load
+//! balancer's own stack, whose reset ends the target's half of the connection, which is closing
+//! anyway. Idle and half-open translations expire (the userspace sweep deletes them; a probe
+//! that meets one takes its port). The reply path never creates an entry: a flood towards the
+//! load balancer's addresses costs one lookup per packet and allocates nothing.
+//!
+//! Port allocation is deterministic: probe `i` of a flow is port `min + mix(h, i) mod range`,
+//! with `h` a hash of the client's 5-tuple and `mix` a 32-bit finaliser, so probes spread
+//! evenly over any range size. A retransmitted SYN therefore finds its own translation again
+//! at the same port instead of taking a new one.
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
+    helpers::bpf_ktime_get_coarse_ns,
     programs::XdpContext,
 };
 use lb_common::{
-    flow::{FlowKey, NatOrigin},
+    flow::{next_state, reclaimable, FlowKey, NatOrigin, REFRESH_NS, STATE_ANSWERED, STATE_CLOSED},
     stats::Counter,
 };
 use network_types::{
@@ -31,32 +42,57 @@ use network_types::{
 use crate::{
     csum, forward, hash,
     parse::{self, Family, Packet, IPPROTO_TCP, IPPROTO_UDP},
-    select::Selected,
-    stats, CONFIG, NAT_REPLIES, TARGETS,
+    select::{self, Selected},
+    stats, CONFIG, FLOWS, NAT_REPLIES, TARGETS,
 };
 
 /// Ports tried for a new translation before giving up (`drop_nat_ports_exhausted`).
 const PROBES: u32 = 8;
 
-/// Distance between probes: a prime larger than any port range, hence coprime to the range's
-/// size, so the probes of one flow are distinct ports (as many as the range has).
-const STRIDE: u32 = 65_537;
+/// `-E2BIG`: what a full preallocated hash map answers to an insert of a new key.
+const E2BIG: i32 = -7;
 
-/// Translates a reply from a target back to the client, if the packet is one. Runs for every
-/// packet the load balancer receives: anything that is not a translated reply costs one hash
-/// lookup.
+/// Translates a reply from a target back to the client, if the packet is one, and moves the
+/// connection's state. Runs for every packet the load balancer receives: anything that is not
+/// a translated reply costs one hash lookup.
 #[inline(always)]
 pub fn reply(ctx: &XdpContext, packet: &Packet) -> Option<(Counter, u32)> {
     if packet.protocol != IPPROTO_TCP && packet.protocol != IPPROTO_UDP {
         return None;
     }
-    // SAFETY: read in place; an LRU element deleted meanwhile is freed only after this run
-    // (RCU), and a concurrent re-allocation of the same reply key writes the same key's value.
-    let origin = unsafe { NAT_REPLIES.get(&packet.key) }?;
+    // SAFETY: a value of this map, valid for this run (RCU); fields are written in place and
+    // a concurrent replacement (a reclaimed port) replaces the element whole.
+    let found = unsafe { &mut *NAT_REPLIES.get_ptr_mut(&packet.key)? };
     if packet.vlan {
         // Like requests for a listener: sluice translates untagged frames only.
         return Some((Counter::PassVlanListener, xdp_action::XDP_PASS));
     }
+    let scratch = match crate::NAT_SCRATCH.get_ptr_mut(0) {
+        Some(scratch) => scratch,
+        None => return Some((Counter::DropRewriteFailed, xdp_action::XDP_DROP)),
+    };
+    // SAFETY: this CPU's slot, used by this packet only (see `Scratch`).
+    let scratch = unsafe { &mut *scratch };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let state = if packet.protocol == IPPROTO_TCP {
+        next_state(found.state, packet.tcp_flags, false)
+    } else {
+        found.state | STATE_ANSWERED
+    };
+    if state != found.state || now.wrapping_sub(found.last_seen_ns) > REFRESH_NS {
+        found.state = state;
+        found.last_seen_ns = now;
+    }
+    // The rewrite works on a copy: a closing connection's translation is deleted first, and a
+    // deleted element of a preallocated map may be reused at once by another CPU. (Deciding
+    // the deletion after the rewrite instead doubles what the verifier walks.)
+    scratch.origin = *found;
+    if state & STATE_CLOSED != 0 {
+        stats::observe(ctx, Counter::ConnectionClosed);
+        forget(packet, &scratch.origin, &mut scratch.key);
+    }
+    let origin = &scratch.origin;
     if let Err(outcome) = rewrite(
         ctx,
         packet,
@@ -79,6 +115,21 @@ pub fn reply(ctx: &XdpContext, packet: &Packet) -> Option<(Counter, u32)> {
             Err(outcome) => (outcome, xdp_action::XDP_DROP),
         },
     )
+}
+
+/// Deletes a connection that closed from the target's side: its translation (the reply key is
+/// `packet`'s) and the client's flow entry, whose key is built in `key`.
+#[inline(always)]
+fn forget(packet: &Packet, origin: &NatOrigin, key: &mut FlowKey) {
+    let _ = NAT_REPLIES.remove(&packet.key);
+    key.src = origin.client;
+    key.dst = origin.vip;
+    key.src_port_be = origin.client_port_be;
+    key.dst_port_be = origin.vip_port_be;
+    key.protocol = packet.protocol;
+    key.family = packet.key.family;
+    key._pad = [0; 2];
+    let _ = FLOWS.remove(&*key);
 }
 
 /// A new translation's reply key and origin, kept off the 512-byte stack that the whole
@@ -124,29 +175,40 @@ pub fn forward(
     key.protocol = packet.protocol;
     key.family = target.family;
     key._pad = [0; 2];
-    let origin = &mut scratch.origin;
-    origin.client = packet.key.src;
-    origin.vip = packet.key.dst;
-    origin.client_port_be = packet.key.src_port_be;
-    origin.vip_port_be = packet.key.dst_port_be;
-    origin.listener_id = selected.flow.listener_id;
 
     let mut port_be = 0;
     let stored = selected.flow.nat_port_be;
     if !selected.is_new {
-        if stored != 0 && keep(packet, stored, key, origin) {
-            port_be = stored;
-        } else {
-            // The port changes (or the flow had none: its listener was in another mode): the
-            // flow entry must be rewritten.
+        if stored != 0 {
+            port_be = track(ctx, packet, stored, key, selected.now);
+        }
+        if port_be == 0 {
+            // The translation closed and its port went to another connection, or expired, or
+            // the flow had none (its listener was in another mode): only a new connection may
+            // allocate.
+            if !select::starts_connection(packet) {
+                return Err(Counter::DropNoConnection);
+            }
             selected.store = true;
         }
     }
     if port_be == 0 {
-        port_be = allocate(ctx, packet, key, origin);
-        if port_be == 0 {
-            return Err(Counter::DropNatPortsExhausted);
-        }
+        let origin = &mut scratch.origin;
+        origin.client = packet.key.src;
+        origin.vip = packet.key.dst;
+        origin.client_port_be = packet.key.src_port_be;
+        origin.vip_port_be = packet.key.dst_port_be;
+        origin.listener_id = selected.flow.listener_id;
+        origin.last_seen_ns = selected.now;
+        origin.state = selected.flow.state;
+        origin.protocol = packet.protocol;
+        origin.idle_timeout_s = selected.flow.idle_timeout_s;
+        origin.target_id = selected.target_id;
+        port_be = allocate(ctx, packet, key, origin, selected.now).inspect_err(|e| {
+            if *e == Counter::DropNatPortsExhausted {
+                stats::port_allocation_error(selected.target_id);
+            }
+        })?;
     }
     selected.flow.nat_port_be = port_be;
     rewrite(
@@ -173,52 +235,84 @@ pub fn forward(
     }
 }
 
-/// Whether an established flow keeps its port `port_be`: its translation is still there
-/// (looking it up keeps it fresh in the LRU), or was evicted and can be put back. `key` is
-/// the reply key but for the port.
+/// An established flow's translation at `port_be`, moved by the client's packet: returns the
+/// port if the translation is still this flow's, 0 if it is gone or another connection's. A
+/// connection that closes here loses its flow entry and its translation. `key` is the reply
+/// key but for the port.
 #[inline(always)]
-fn keep(packet: &Packet, port_be: u16, key: &mut FlowKey, origin: &NatOrigin) -> bool {
+fn track(ctx: &XdpContext, packet: &Packet, port_be: u16, key: &mut FlowKey, now: u64) -> u16 {
     key.dst_port_be = port_be;
-    // SAFETY: read in place, as in `reply`.
-    match unsafe { NAT_REPLIES.get(&*key) } {
-        Some(found) => is_origin(found, &packet.key),
-        // Evicted: put it back, the target knows the flow by this port.
-        None => NAT_REPLIES
-            .insert(&*key, origin, u64::from(BPF_NOEXIST))
-            .is_ok(),
+    // SAFETY: written in place, as in `reply`.
+    let Some(found) = NAT_REPLIES.get_ptr_mut(&*key) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let found = unsafe { &mut *found };
+    if !is_origin(found, &packet.key) {
+        return 0;
     }
+    let state = if packet.protocol == IPPROTO_TCP {
+        next_state(found.state, packet.tcp_flags, true)
+    } else {
+        found.state
+    };
+    if state & STATE_CLOSED != 0 {
+        // This packet (the last ACK, or a RST) is still forwarded, by the port returned.
+        stats::observe(ctx, Counter::ConnectionClosed);
+        let _ = FLOWS.remove(&packet.key);
+        let _ = NAT_REPLIES.remove(&*key);
+    } else if state != found.state || now.wrapping_sub(found.last_seen_ns) > REFRESH_NS {
+        found.state = state;
+        found.last_seen_ns = now;
+    }
+    port_be
 }
 
-/// A port for a new translation of `origin`, network order, inserted into `NAT_REPLIES`; 0
-/// if every probe found its port taken by another flow. A probe that finds this flow's own
-/// translation (a retransmitted first packet, a flow without a flow entry) takes it.
+/// The `mix`-th probe's offset for a flow hashed to `h`: a 32-bit finaliser (lowbias32), so
+/// that probes are spread over the range whatever its size.
+#[inline(always)]
+fn probe(h: u32, i: u32) -> u32 {
+    let mut x = h ^ i.wrapping_mul(0x9e37_79b9);
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// A port for a new translation of `origin`, network order, written into `NAT_REPLIES`;
+/// `DropNatPortsExhausted` if every probe found its port held by another live connection,
+/// `DropFlowTableFull` if the probes failed because `NAT_REPLIES` is full. A probe that finds this
+/// flow's own translation (a retransmitted SYN) takes it over, fresh; one that finds a closed
+/// or expired translation takes its port (`NatPortReclaimed`).
 ///
 /// Every probe leaves the loop at the same point: with a `return` per probe, the verifier
 /// followed the rest of the program once per probe and gave up (over a million instructions).
 #[inline(always)]
-fn allocate(ctx: &XdpContext, packet: &Packet, key: &mut FlowKey, origin: &NatOrigin) -> u16 {
+fn allocate(
+    ctx: &XdpContext,
+    packet: &Packet,
+    key: &mut FlowKey,
+    origin: &NatOrigin,
+    now: u64,
+) -> Result<u16, Counter> {
     let (min, max) = match CONFIG.get(0) {
         Some(config) => (
             u32::from(config.nat_port_min),
             u32::from(config.nat_port_max),
         ),
-        None => return 0,
+        None => return Err(Counter::DropNatPortsExhausted),
     };
     let min = if min == 0 { 1 } else { min };
     if max < min {
-        return 0;
+        return Err(Counter::DropNatPortsExhausted);
     }
     let range = max - min + 1;
-    // Remixed, so that ports are not correlated with the Maglev slot taken from the same hash.
-    let mut h = hash::five_tuple(&packet.key);
-    h = (h ^ (h >> 15)).wrapping_mul(0x2c1b_3c6d);
-    h ^= h >> 12;
-    let mut offset = h % range;
-    let step = STRIDE % range;
+    let h = hash::five_tuple(&packet.key);
     let mut port_be = 0;
     let mut i = 0;
     while i < PROBES && i < range {
-        let candidate = ((min + offset) as u16).to_be();
+        let candidate = ((min + probe(h, i) % range) as u16).to_be();
         key.dst_port_be = candidate;
         if NAT_REPLIES
             .insert(&*key, origin, u64::from(BPF_NOEXIST))
@@ -229,23 +323,57 @@ fn allocate(ctx: &XdpContext, packet: &Packet, key: &mut FlowKey, origin: &NatOr
         }
         // SAFETY: read in place, as in `reply`.
         if let Some(found) = unsafe { NAT_REPLIES.get(&*key) } {
-            if is_origin(found, &packet.key) {
-                port_be = candidate;
-                break;
+            let own = is_origin(found, &packet.key);
+            if own
+                || reclaimable(
+                    found.state,
+                    found.protocol,
+                    found.last_seen_ns,
+                    found.idle_timeout_s,
+                    now,
+                )
+            {
+                // Replaced whole (not written in place): a reply reading the old one sees
+                // either.
+                if NAT_REPLIES.insert(&*key, origin, 0).is_ok() {
+                    if !own {
+                        stats::observe(ctx, Counter::NatPortReclaimed);
+                    }
+                    port_be = candidate;
+                    break;
+                }
             }
         }
         stats::observe(ctx, Counter::NatPortCollision);
-        offset += step;
-        if offset >= range {
-            offset -= range;
-        }
         i += 1;
     }
-    port_be
+    if port_be != 0 {
+        return Ok(port_be);
+    }
+    // Why the probes failed, asked once more at the last port (outside the loop: a flag
+    // carried through the probes multiplies the verifier's states): a full map refuses a new
+    // key with E2BIG, a taken port with EEXIST; a port freed meanwhile is simply taken.
+    match NAT_REPLIES.insert(&*key, origin, u64::from(BPF_NOEXIST)) {
+        Ok(()) => Ok(key.dst_port_be),
+        Err(E2BIG) => Err(Counter::DropFlowTableFull),
+        Err(_) => Err(Counter::DropNatPortsExhausted),
+    }
 }
 
-/// Deletes a re-hashed flow's translation on its old target, if it is still this flow's (the
-/// entry may have been evicted and its port given to another flow since).
+/// Deletes the translation of a new flow whose flow entry could not be written (a full
+/// table): the connection is refused, and its port must not stay taken.
+#[inline(always)]
+pub fn abandon(packet: &Packet, selected: &Selected) {
+    let Some(scratch) = crate::NAT_SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, used by this packet only (see `Scratch`).
+    let key = unsafe { &mut (*scratch).key };
+    release(packet, selected.target_id, selected.flow.nat_port_be, key);
+}
+
+/// Deletes a flow's translation on target `old_target_id` at `old_port_be`, if it is still
+/// this flow's (the port may have gone to another connection since).
 #[inline(always)]
 fn release(packet: &Packet, old_target_id: u32, old_port_be: u16, key: &mut FlowKey) {
     if old_port_be == 0 {

@@ -1,11 +1,23 @@
 //! Select: the target for a packet. An established flow keeps its target while that target is
 //! active or draining; anything else is a new flow (or a re-hashed one) and goes where its
 //! listener's Maglev table says.
+//!
+//! Only a packet that starts a connection (a TCP SYN without ACK, any UDP datagram) or a flow
+//! that lost its target gets a flow entry, under the flood gate. A TCP segment of a connection
+//! sluice has no entry for is routed by Maglev alone in `dsr` and `tunnel` modes and dropped in
+//! `nat` mode (`DropNoConnection`), where only a SYN may allocate a port. `FLOWS` is a plain
+//! hash map, not an LRU: a live entry is never evicted to make room; when the table is full, a
+//! new `nat` connection is refused and a new `dsr`/`tunnel` flow is forwarded without an entry.
+//! Entries leave when they expire (`lb_common::flow::expired`, swept from userspace), and `nat`
+//! entries as soon as their connection closes.
 
 use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    flow::Flow,
-    listener::{HashKey, Listener},
+    flow::{
+        next_state, Flow, DEFAULT_TCP_IDLE_TIMEOUT_S, DEFAULT_UDP_IDLE_TIMEOUT_S, REFRESH_NS,
+        STATE_CLOSED,
+    },
+    listener::{ForwardingMode, HashKey, Listener},
     stats::Counter,
     target::{Target, TARGET_ACTIVE, TARGET_DRAINING},
 };
@@ -44,6 +56,12 @@ pub struct Selected {
     pub now: u64,
 }
 
+/// A TCP SYN without ACK: the only segment that may start a connection.
+#[inline(always)]
+pub fn starts_connection(packet: &Packet) -> bool {
+    packet.protocol != IPPROTO_TCP || packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
 #[inline(always)]
 pub fn select(
     ctx: &aya_ebpf::programs::XdpContext,
@@ -55,36 +73,56 @@ pub fn select(
     // and costs a fraction of `bpf_ktime_get_ns`.
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let tcp = packet.protocol == IPPROTO_TCP;
+    let starts = starts_connection(packet);
     let mut rehashed_from = None;
-    // SAFETY: the entry is copied out; a concurrent update replaces it whole.
-    if let Some(flow) = unsafe { FLOWS.get(&packet.key) } {
-        let flow = *flow;
+    if let Some(entry) = FLOWS.get_ptr_mut(&packet.key) {
+        // SAFETY: copied out; the fields written below are written in place, a concurrent
+        // update on another CPU replaces the element whole (a lost refresh is harmless).
+        let flow = unsafe { *entry };
         if let Some(target) = TARGETS.get(flow.target_id) {
             // A draining target keeps its flows but takes no new connection: a bare SYN that
             // matches an old entry (the client reused a source port) starts a new connection.
-            let new_connection =
-                packet.protocol == IPPROTO_TCP && packet.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            let new_connection = tcp && starts;
             if target.state == TARGET_ACTIVE || (target.state == TARGET_DRAINING && !new_connection)
             {
-                let store = now.wrapping_sub(flow.last_seen_ns) > NS_PER_SEC;
+                let state = if tcp {
+                    next_state(flow.state, packet.tcp_flags, true)
+                } else {
+                    flow.state
+                };
+                if state != flow.state || now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS {
+                    // SAFETY: a value of this map, valid for this run (RCU).
+                    unsafe {
+                        (*entry).state = state;
+                        (*entry).last_seen_ns = now;
+                    }
+                    if state & STATE_CLOSED != 0 && flow.state & STATE_CLOSED == 0 {
+                        stats::observe(ctx, Counter::ConnectionClosed);
+                    }
+                }
                 return Ok(Selected {
                     target_id: flow.target_id,
                     target,
                     flow: Flow {
+                        state,
                         last_seen_ns: now,
                         ..flow
                     },
                     is_new: false,
                     rehashed_from: None,
-                    store,
+                    store: false,
                     now,
                 });
             }
         }
         stats::observe(ctx, Counter::FlowRehashed);
         rehashed_from = Some((flow.target_id, flow.nat_port_be));
-    } else if packet.protocol == IPPROTO_TCP && packet.tcp_flags & TCP_SYN == 0 {
+    } else if !starts {
         stats::observe(ctx, Counter::FlowMissNonSyn);
+        if listener.mode == ForwardingMode::Nat as u8 {
+            return Err(Counter::DropNoConnection);
+        }
     }
 
     let hash = if listener.hash_key == HashKey::SourceIp as u8 {
@@ -100,10 +138,18 @@ pub fn select(
     let target_id = *table.get(1 + hash % size).ok_or(Counter::DropNoTarget)?;
     let target = TARGETS.get(target_id).ok_or(Counter::DropNoTarget)?;
 
-    // Only flows that start (TCP SYN, UDP) or that lost their target get an entry: a non-SYN
-    // miss is routed by Maglev alone, so stray ACKs cannot fill the table.
-    let starts = packet.protocol != IPPROTO_TCP || packet.tcp_flags & TCP_SYN != 0;
+    // Only flows that start or that lost their target get an entry: a non-SYN miss in `dsr`
+    // and `tunnel` modes is routed by Maglev alone, so stray ACKs cannot fill the table.
     let store = (starts || rehashed_from.is_some()) && admit(ctx, now);
+    if !store && listener.mode == ForwardingMode::Nat as u8 {
+        // `nat` cannot forward without a translation, and a translation needs an entry.
+        return Err(Counter::DropFloodGated);
+    }
+    let idle_timeout_s = match listener.idle_timeout_s {
+        0 if tcp => DEFAULT_TCP_IDLE_TIMEOUT_S,
+        0 => DEFAULT_UDP_IDLE_TIMEOUT_S,
+        set => set,
+    };
     Ok(Selected {
         target_id,
         target,
@@ -111,7 +157,14 @@ pub fn select(
             target_id,
             listener_id: listener.id,
             nat_port_be: 0,
-            _pad: [0; 6],
+            state: if tcp {
+                next_state(0, packet.tcp_flags, true)
+            } else {
+                0
+            },
+            protocol: packet.protocol,
+            idle_timeout_s,
+            _pad: [0; 2],
             last_seen_ns: now,
         },
         is_new: true,
@@ -122,8 +175,8 @@ pub fn select(
 }
 
 /// The flood gate: at most `max_new_flows_per_cpu` inserts per second on this CPU. Above it,
-/// new flows are forwarded (Maglev is consistent while the table does not change) but kept
-/// out of the LRU, so they cannot evict established flows.
+/// new flows are kept out of the table: `dsr`/`tunnel` forward them by Maglev (consistent while
+/// the table does not change), `nat` drops them (the client retransmits).
 #[inline(always)]
 fn admit(ctx: &aya_ebpf::programs::XdpContext, now: u64) -> bool {
     let limit = match CONFIG.get(0) {
@@ -150,17 +203,22 @@ fn admit(ctx: &aya_ebpf::programs::XdpContext, now: u64) -> bool {
     true
 }
 
-/// Writes the flow entry decided by `select`, once the packet has been rewritten.
+/// Writes the flow entry decided by `select`, once the packet has been rewritten. False when
+/// the entry was to be written and could not be: the table is full of live entries.
 #[inline(always)]
 pub fn commit(
     ctx: &aya_ebpf::programs::XdpContext,
     key: &lb_common::flow::FlowKey,
     selected: &Selected,
-) {
+) -> bool {
     if !selected.store {
-        return;
+        return true;
     }
-    if FLOWS.insert(key, &selected.flow, 0).is_ok() && selected.is_new {
+    if FLOWS.insert(key, &selected.flow, 0).is_err() {
+        return false;
+    }
+    if selected.is_new {
         stats::observe(ctx, Counter::FlowCreated);
     }
+    true
 }

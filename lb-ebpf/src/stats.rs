@@ -37,3 +37,12 @@ pub fn traffic(map: &PerCpuArray<Traffic>, id: u32, bytes: u64, new_flow: bool) 
         }
     }
 }
+
+/// Counts a `nat` new connection refused for want of a port on target `id`.
+#[inline(always)]
+pub fn port_allocation_error(id: u32) {
+    if let Some(value) = crate::TARGET_STATS.get_ptr_mut(id) {
+        // SAFETY: per-CPU slot, as in `count`.
+        unsafe { (*value).port_allocation_errors += 1 };
+    }
+}

@@ -184,7 +184,41 @@ fn clean_stale_once() {
                 let _ = fs::remove_file(entry.path());
             }
         }
+        for entry in fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name();
+            let name = name.to_str().unwrap_or_default();
+            if name.ends_with("-programs") && is_stale(name) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
     });
+}
+
+/// A copy of `program` in this process's own directory under the temporary directory
+/// (mode 0755, the copy 0755), made once per program; stale ones go with
+/// [`clean_stale_once`].
+fn reachable_copy(program: &Path) -> PathBuf {
+    use std::{collections::HashMap, os::unix::fs::PermissionsExt};
+    static COPIES: Mutex<Option<HashMap<PathBuf, PathBuf>>> = Mutex::new(None);
+    clean_stale_once();
+    let mut copies = COPIES.lock().unwrap();
+    let copies = copies.get_or_insert_with(HashMap::new);
+    if let Some(copy) = copies.get(program) {
+        return copy.clone();
+    }
+    let dir = std::env::temp_dir().join(unique_name("programs"));
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let copy = dir.join(program.file_name().expect("a program file"));
+    fs::copy(program, &copy)
+        .unwrap_or_else(|e| panic!("copying {} to {}: {e}", program.display(), copy.display()));
+    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    copies.insert(program.to_path_buf(), copy.clone());
+    copy
 }
 
 fn process_alive(pid: i32) -> bool {
@@ -320,8 +354,11 @@ impl Namespace {
     /// Like [`command`](Self::command), but the process drops root for `uid`/`gid` after
     /// joining the namespace. (`CommandExt::uid` would drop root before `pre_exec` runs, and
     /// joining a namespace needs root.)
+    /// The program is run from a copy in a directory every user may enter: a checkout in a
+    /// private directory (root's home is mode 0700) is not reachable for `uid`.
     pub fn command_as(&self, program: impl AsRef<OsStr>, uid: u32, gid: u32) -> Command {
-        self.command_inner(program.as_ref(), Some((uid, gid)))
+        let copy = reachable_copy(Path::new(program.as_ref()));
+        self.command_inner(copy.as_os_str(), Some((uid, gid)))
     }
 
     fn command_inner(&self, program: &OsStr, user: Option<(u32, u32)>) -> Command {

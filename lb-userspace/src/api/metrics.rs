@@ -283,6 +283,63 @@ pub fn render(scrape: &Scrape) -> String {
         .get("drop_nat_ports_exhausted")
         .map_or(0, |c| c.packets);
     out.sample(name, &[], exhausted);
+    let name = "sluice_target_port_allocation_error_count_total";
+    out.family(
+        name,
+        "counter",
+        "New nat flows to the target dropped because no source port was free on it.",
+    );
+    for t in &report.targets {
+        out.sample(
+            name,
+            &[
+                ("target_group", &t.group),
+                ("target", &t.address.to_string()),
+            ],
+            t.port_allocation_errors,
+        );
+    }
+
+    let tables = report.connection_tables.as_ref();
+    for (name, help, value) in [
+        (
+            "sluice_flow_table_entries",
+            "Live entries of the flow table, as the last complete sweep counted them.",
+            tables.map(|t| t.flows),
+        ),
+        (
+            "sluice_nat_translations",
+            "Live nat translations (one source port each), as the last complete sweep counted them.",
+            tables.map(|t| t.nat_translations),
+        ),
+    ] {
+        out.family(name, "gauge", help);
+        if let Some(value) = value {
+            out.sample(name, &[], value);
+        }
+    }
+    let name = "sluice_target_nat_translations";
+    out.family(
+        name,
+        "gauge",
+        "Live nat translations towards the target (source ports in use on the address facing it).",
+    );
+    if let Some(tables) = tables {
+        for t in &report.targets {
+            out.sample(
+                name,
+                &[
+                    ("target_group", &t.group),
+                    ("target", &t.address.to_string()),
+                ],
+                tables
+                    .nat_translations_by_target
+                    .get(&t.id)
+                    .copied()
+                    .unwrap_or(0),
+            );
+        }
+    }
 
     let name = "sluice_health_check_latency_seconds";
     out.family(
@@ -445,6 +502,7 @@ mod tests {
             bytes: 400,
             reason: None,
             new_flows: 2,
+            port_allocation_errors: 0,
             rate: Default::default(),
             active_flows: None,
         }
@@ -452,6 +510,7 @@ mod tests {
 
     fn scrape() -> Scrape {
         let report = StatsReport {
+            connection_tables: None,
             counters: [
                 ("forward_nat", 7),
                 ("drop_nat_ports_exhausted", 3),
@@ -613,10 +672,10 @@ mod tests {
                 assert_eq!(Some(family), current, "{line} outside its family");
             }
         }
-        assert_eq!(families.len(), 22, "{families:?}");
+        assert_eq!(families.len(), 26, "{families:?}");
         // The same shape with nothing to report: every family, no samples but the global one.
         let empty = render(&Scrape::default());
-        assert_eq!(empty.matches("# TYPE ").count(), 22, "{empty}");
+        assert_eq!(empty.matches("# TYPE ").count(), 26, "{empty}");
         assert!(empty.contains("\nsluice_port_allocation_error_count_total 0\n"));
     }
 

@@ -38,8 +38,8 @@ mod stats;
 pub use client::ClientError;
 pub use server::{Backend, BindError, ControlError, SocketFile};
 pub use stats::{
-    CollectError, CounterStats, HttpListenerStats, ListenerStats, StatsReport, TargetGroupStats,
-    TargetStats, TargetStatus,
+    CollectError, ConnectionTables, CounterStats, HttpListenerStats, ListenerStats, StatsReport,
+    TargetGroupStats, TargetStats, TargetStatus,
 };
 
 /// Where `sluice run` listens and `sluice stats` asks unless told otherwise (`--socket`).

@@ -414,6 +414,7 @@ mod tests {
                 return Err(MapsError::Missing("LISTENER_STATS").into());
             }
             Ok(StatsReport {
+                connection_tables: None,
                 counters: [(
                     "forward_nat".to_string(),
                     CounterStats {

@@ -40,6 +40,35 @@ pub struct StatsReport {
     /// counted in requests and connections rather than packets (absent from `listeners`).
     #[serde(default)]
     pub http_listeners: Vec<HttpListenerStats>,
+    /// The connection-state tables as the last complete sweep counted them (none before the
+    /// first one).
+    #[serde(default)]
+    pub connection_tables: Option<ConnectionTables>,
+}
+
+/// Live entries of the flow table and of `nat` translations, and what the sweeps expired.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionTables {
+    pub flows: u64,
+    pub nat_translations: u64,
+    /// Live translations per target id (a port each on the load balancer's address facing it).
+    #[serde(default)]
+    pub nat_translations_by_target: BTreeMap<u32, u64>,
+    /// Entries the sweeps deleted since the daemon started.
+    pub expired_flows: u64,
+    pub expired_translations: u64,
+}
+
+impl From<&crate::dataplane::sweep::TableCounts> for ConnectionTables {
+    fn from(c: &crate::dataplane::sweep::TableCounts) -> Self {
+        ConnectionTables {
+            flows: c.flows,
+            nat_translations: c.nat_translations,
+            nat_translations_by_target: c.nat_translations_by_target.clone(),
+            expired_flows: c.expired_flows,
+            expired_translations: c.expired_translations,
+        }
+    }
 }
 
 /// An http/https listener's numbers, from the L7 proxy (ALB's names in parentheses). Zero
@@ -119,6 +148,10 @@ pub struct TargetStats {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// `nat` new connections refused for want of a free source port on this target (ELB's
+    /// PortAllocationErrorCount).
+    #[serde(default)]
+    pub port_allocation_errors: u64,
     #[serde(default)]
     pub rate: Rate,
     #[serde(default)]
@@ -159,7 +192,8 @@ mod tests {
     /// The wire format scripts and `curl` users rely on.
     #[test]
     fn json_shape() {
-        let report = StatsReport {
+        let mut report = StatsReport {
+            connection_tables: None,
             counters: [(
                 "forward_nat".to_string(),
                 CounterStats {
@@ -193,6 +227,7 @@ mod tests {
                 bytes: 180,
                 reason: None,
                 new_flows: 1,
+                port_allocation_errors: 0,
                 rate: Default::default(),
                 active_flows: None,
             }],
@@ -214,6 +249,13 @@ mod tests {
                 tls_negotiation_errors: 3,
             }],
         };
+        report.connection_tables = Some(ConnectionTables {
+            flows: 2,
+            nat_translations: 1,
+            nat_translations_by_target: [(7, 1)].into(),
+            expired_flows: 5,
+            expired_translations: 4,
+        });
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(
             json,
@@ -226,7 +268,7 @@ mod tests {
                 }],
                 "targets": [{
                     "group": "web", "address": "[2001:db8::5]:3000", "id": 7,
-                    "state": "draining", "weight": null, "health": "initial", "reason": null, "packets": 3, "bytes": 180, "new_flows": 1,
+                    "state": "draining", "weight": null, "health": "initial", "reason": null, "packets": 3, "bytes": 180, "new_flows": 1, "port_allocation_errors": 0,
                     "rate": { "packets_per_second": 0, "bits_per_second": 0 }, "active_flows": null
                 }],
                 "target_groups": [{ "name": "web", "failing_open": true }],
@@ -234,7 +276,11 @@ mod tests {
                     "name": "site", "address": "192.0.2.10", "port": 443, "protocol": "https",
                     "target_group": "www", "requests": 9, "active_connections": 1,
                     "new_connections": 4, "elb_4xx": 2, "elb_5xx": 1, "tls_negotiation_errors": 3
-                }]
+                }],
+                "connection_tables": {
+                    "flows": 2, "nat_translations": 1, "nat_translations_by_target": { "7": 1 },
+                    "expired_flows": 5, "expired_translations": 4
+                }
             })
         );
         let mut old = json.clone();

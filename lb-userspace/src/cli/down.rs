@@ -1,7 +1,8 @@
 //! `sluice down`: stop forwarding on purpose. A plain stop of `sluice run` leaves the XDP
 //! program attached with its last state (so a restart is hitless); this detaches it and
-//! removes the pins. A running daemon is asked to do it and stop; without one, the pins are
-//! removed here.
+//! removes the pins. A running daemon is asked to do it and stop; without one on the socket,
+//! the pins are removed here, unless a daemon still holds the pin directory's lock (see
+//! `dataplane::pin_lock`): then nothing is touched.
 
 use std::{
     path::PathBuf,
@@ -12,7 +13,7 @@ use anyhow::Context;
 use hyper::Method;
 use sluice::{
     api::{self, client::Client, ClientError},
-    dataplane::{bpffs, pins},
+    dataplane::{bpffs, pin_lock::PinDirLock, pins},
 };
 
 #[derive(clap::Args)]
@@ -63,6 +64,19 @@ pub fn down(args: DownArgs) -> anyhow::Result<()> {
                 }
                 .into());
             }
+            // No daemon on this socket; one on another socket may still own these pins.
+            let _lock = if args.pin_dir.exists() {
+                match PinDirLock::try_acquire(&args.pin_dir)? {
+                    Some(lock) => Some(lock),
+                    None => anyhow::bail!(
+                        "the pins in {} belong to a running sluice daemon whose control socket is not {}; nothing was detached: run `sluice down --socket <its socket>`, or stop it first",
+                        args.pin_dir.display(),
+                        args.socket.display()
+                    ),
+                }
+            } else {
+                None
+            };
             let removed = pins::remove_all(&args.pin_dir)?;
             if removed.detached.is_empty() && removed.maps == 0 {
                 println!(

@@ -32,6 +32,7 @@ use sluice::{
         interface,
         load::{self, AttachMode, MapSizes},
         maps::Maps,
+        pin_lock::PinDirLock,
         pins, saved,
     },
     health::HealthChecker,
@@ -176,6 +177,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // daemon on the same socket, or the same metrics address, stops here.
     let (api_listener, socket_file) = api::server::bind(&args.socket)?;
     let (handover_listener, handover_file) = api::server::bind(&handover_path)?;
+    // Held until this daemon steps down (or exits): `sluice down` finds the daemon that owns
+    // the pins by it; a stopping daemon releases it before its successor adopts them.
+    let mut pin_lock = PinDirLock::try_acquire(&args.pin_dir)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the pin directory {} belongs to another running sluice daemon; stop it (or `sluice down` through its socket) first, or give this one its own --pin-dir",
+            args.pin_dir.display()
+        )
+    })
+    .map(Some)?;
     let metrics_listener = match args.metrics_address.0 {
         Some(addr) => {
             let listener = metrics::bind(addr)?;
@@ -321,6 +331,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         // socket: both are released before it may go on.
         daemon.save();
         drop(socket_file);
+        drop(pin_lock.take());
         let drain = Duration::from_secs(args.drain_timeout);
         let mut proxy = daemon.take_proxy();
         let drained = daemon::handover::drain(

@@ -160,6 +160,7 @@ mod tests {
         );
         counters.insert("from_a_newer_daemon".into(), CounterStats::default());
         StatsReport {
+            connection_tables: None,
             counters,
             listeners: vec![
                 ListenerStats {
@@ -203,6 +204,7 @@ mod tests {
                     bytes: 560,
                     reason: None,
                     new_flows: 1,
+                    port_allocation_errors: 0,
                     rate: Default::default(),
                     active_flows: None,
                 },
@@ -217,6 +219,7 @@ mod tests {
                     bytes: 400,
                     reason: None,
                     new_flows: 1,
+                    port_allocation_errors: 0,
                     rate: Default::default(),
                     active_flows: None,
                 },
@@ -314,6 +317,7 @@ mod tests {
     #[test]
     fn no_listeners_and_no_targets_say_so() {
         let report = StatsReport {
+            connection_tables: None,
             listeners: Vec::new(),
             targets: Vec::new(),
             ..report()
@@ -325,6 +329,7 @@ mod tests {
     #[test]
     fn http_listeners_follow_the_listeners() {
         let report = StatsReport {
+            connection_tables: None,
             http_listeners: vec![sluice::api::HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),

@@ -138,6 +138,23 @@ fn render(report: &StatsReport) -> String {
             &[2, 5, 6, 7, 8, 9],
         );
     }
+    if let Some(t) = &report.connection_tables {
+        out.push_str(&format!(
+            "\nconnection state: {} flow entries, {} nat translations; expired so far: {} flow entries, {} translations\n",
+            t.flows, t.nat_translations, t.expired_flows, t.expired_translations
+        ));
+    }
+    let refused = |name: &str| report.counters.get(name).map_or(0, |c| c.packets);
+    let (full, gated, ports) = (
+        refused("drop_flow_table_full"),
+        refused("drop_flood_gated"),
+        refused("drop_nat_ports_exhausted"),
+    );
+    if full + gated + ports > 0 {
+        out.push_str(&format!(
+            "refused new connections: {full} flow table full, {gated} flood gate, {ports} no nat port\n"
+        ));
+    }
     out
 }
 
@@ -167,6 +184,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_state_and_refusals() {
+        let mut report = StatsReport::default();
+        assert!(!render(&report).contains("connection state"));
+        report.connection_tables = Some(sluice::api::ConnectionTables {
+            flows: 50,
+            nat_translations: 48,
+            expired_flows: 20,
+            expired_translations: 19,
+            ..Default::default()
+        });
+        report.counters.insert(
+            "drop_flow_table_full".into(),
+            sluice::api::CounterStats {
+                packets: 3,
+                bytes: 180,
+            },
+        );
+        let text = render(&report);
+        assert!(
+            text.contains("connection state: 50 flow entries, 48 nat translations; expired so far: 20 flow entries, 19 translations\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "refused new connections: 3 flow table full, 0 flood gate, 0 no nat port\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn tables_of_listeners_groups_and_targets() {
         let target = |address: &str, weight, state| TargetStats {
             group: "web".into(),
@@ -179,10 +227,12 @@ mod tests {
             bytes: 4000,
             reason: None,
             new_flows: 4,
+            port_allocation_errors: 0,
             rate: Default::default(),
             active_flows: Some(2),
         };
         let report = StatsReport {
+            connection_tables: None,
             listeners: vec![ListenerStats {
                 name: "web".into(),
                 address: "192.0.2.10".parse().unwrap(),
@@ -270,6 +320,7 @@ mod tests {
             "{text}"
         );
         let with_http = render(&StatsReport {
+            connection_tables: None,
             http_listeners: vec![HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),
@@ -305,6 +356,7 @@ mod tests {
         );
         assert!(with_http.starts_with(&text[..text.find("\n\n").unwrap()]));
         let only_http = render(&StatsReport {
+            connection_tables: None,
             http_listeners: vec![HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),

@@ -288,6 +288,15 @@ impl<D: Dataplane> Controller<D> {
         &self.dataplane
     }
 
+    /// Expires idle and closed entries of the connection-state tables (see
+    /// `dataplane::sweep`); the counts of the last complete walk.
+    pub fn sweep(
+        &mut self,
+        now_ns: u64,
+    ) -> Result<Option<crate::dataplane::sweep::TableCounts>, crate::dataplane::MapsError> {
+        self.dataplane.sweep(now_ns)
+    }
+
     #[cfg(test)]
     fn dataplane_mut(&mut self) -> &mut D {
         &mut self.dataplane

@@ -132,7 +132,7 @@ impl<D: Dataplane> Controller<D> {
                             HashKey::FiveTuple => abi::HashKey::FiveTuple,
                             HashKey::SourceIp => abi::HashKey::SourceIp,
                         } as u8,
-                        _pad: [0; 2],
+                        idle_timeout_s: listener.l4_idle_timeout_s(),
                     },
                     table,
                 },

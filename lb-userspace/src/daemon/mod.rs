@@ -85,6 +85,8 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     key_file: PathBuf,
     /// Handed over by a predecessor; taken by the first model's listeners.
     inherited: RefCell<Vec<std::net::TcpListener>>,
+    /// The connection-state tables as the last complete sweep counted them.
+    tables: RefCell<Option<crate::api::ConnectionTables>>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -158,6 +160,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             proxy: RefCell::new(None),
             key_file,
             inherited: RefCell::new(inherited),
+            tables: RefCell::new(None),
         }
     }
 
@@ -210,7 +213,8 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         self.sync_routes();
     }
 
-    /// Once a [`TICK`]: ends drains whose deregistration delay is over, saves, samples rates.
+    /// Once a [`TICK`]: ends drains whose deregistration delay is over, saves, samples rates,
+    /// sweeps the connection-state tables.
     pub fn tick(&self, now: Instant) {
         let expired = self.controller.borrow_mut().tick(now);
         match expired {
@@ -230,6 +234,16 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         }
         self.save();
         self.sample_rates(now);
+        self.sweep();
+    }
+
+    /// Expires idle and closed connection state (ports go back), a bounded share per tick.
+    fn sweep(&self) {
+        match self.controller.borrow_mut().sweep(monotonic_ns()) {
+            Ok(Some(counts)) => *self.tables.borrow_mut() = Some((&counts).into()),
+            Ok(None) => {}
+            Err(e) => log::warn!("{e}"),
+        }
     }
 
     /// `sluice down` asked for this daemon to stop, detach and remove its pins.
@@ -326,6 +340,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     fn report(&self, flows: bool) -> Result<StatsReport, CollectError> {
         let controller = self.controller.borrow();
         let mut report = stats_report(&controller, &*self.counters)?;
+        report.connection_tables = self.tables.borrow().clone();
         if flows {
             let entries = controller.dataplane().flows().into_iter().map(|(_, f)| f);
             ActiveFlows::count(entries, monotonic_ns(), ACTIVE_WINDOW).fill(&mut report);

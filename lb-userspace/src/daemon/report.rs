@@ -76,6 +76,7 @@ pub fn stats_report<D: Dataplane>(
             packets,
             bytes,
             new_flows,
+            port_allocation_errors: _,
         } = maps.listener_traffic(id)?;
         listeners.push(ListenerStats {
             name: listener.name.clone(),
@@ -98,6 +99,7 @@ pub fn stats_report<D: Dataplane>(
             packets,
             bytes,
             new_flows,
+            port_allocation_errors,
         } = maps.target_traffic(id)?;
         targets.push(TargetStats {
             group: key.group.clone(),
@@ -113,11 +115,13 @@ pub fn stats_report<D: Dataplane>(
             packets,
             bytes,
             new_flows,
+            port_allocation_errors,
             rate: Rate::default(),
             active_flows: None,
         });
     }
     Ok(StatsReport {
+        connection_tables: None,
         counters: counters
             .0
             .iter()

@@ -3,6 +3,7 @@
 use std::{io, path::Path};
 
 use aya::{
+    maps::MapType,
     programs::{ProgramError, Xdp, XdpMode},
     Ebpf, EbpfError, EbpfLoader,
 };
@@ -33,6 +34,13 @@ pub enum DatapathError {
     NotBuilt,
     #[error("permission denied by the kernel: loading XDP programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
     PermissionDenied,
+    #[error("the map {name} pinned in {dir} was made by another sluice release ({found}; this one needs {expected}); run `sluice down --pin-dir {dir}` (this drops established flows) and start again")]
+    PinnedMapMismatch {
+        name: &'static str,
+        dir: String,
+        found: String,
+        expected: String,
+    },
     #[error("the kernel refused sluice's XDP program: {reason}")]
     Rejected {
         reason: String,
@@ -99,6 +107,101 @@ pub const PINNED_MAPS: &[&str] = &[
     "FLOOD_GATE",
 ];
 
+/// The layout of each pinned map as this build's program expects it: type, key and value
+/// sizes. A pinned map of another layout is refused before the program is loaded (the
+/// verifier's complaint would not say what to do, and a map type change, LRU to plain hash,
+/// would not be noticed at all).
+fn pinned_layouts() -> [(&'static str, MapType, usize, usize); 11] {
+    use lb_common::{
+        config::Config,
+        flow::{Flow, FlowKey, NatOrigin},
+        listener::{Listener, ListenerKey},
+        state::STATE_CHUNK,
+        stats::CounterValue,
+        target::{Target, Traffic},
+    };
+    use std::mem::size_of;
+    const INDEX: usize = size_of::<u32>();
+    [
+        (
+            "STATS",
+            MapType::PerCpuArray,
+            INDEX,
+            size_of::<CounterValue>(),
+        ),
+        ("CONFIG", MapType::Array, INDEX, size_of::<Config>()),
+        ("STATE", MapType::Array, INDEX, STATE_CHUNK),
+        (
+            "LISTENERS",
+            MapType::Hash,
+            size_of::<ListenerKey>(),
+            size_of::<Listener>(),
+        ),
+        ("MAGLEV", MapType::ArrayOfMaps, INDEX, INDEX),
+        ("TARGETS", MapType::Array, INDEX, size_of::<Target>()),
+        (
+            "FLOWS",
+            MapType::Hash,
+            size_of::<FlowKey>(),
+            size_of::<Flow>(),
+        ),
+        (
+            "NAT_REPLIES",
+            MapType::Hash,
+            size_of::<FlowKey>(),
+            size_of::<NatOrigin>(),
+        ),
+        (
+            "LISTENER_STATS",
+            MapType::PerCpuArray,
+            INDEX,
+            size_of::<Traffic>(),
+        ),
+        (
+            "TARGET_STATS",
+            MapType::PerCpuArray,
+            INDEX,
+            size_of::<Traffic>(),
+        ),
+        // lb-ebpf's `select::FloodGate`: two u64.
+        ("FLOOD_GATE", MapType::PerCpuArray, INDEX, 16),
+    ]
+}
+
+/// Refuses pinned maps whose layout differs from [`pinned_layouts`].
+fn check_pinned(dir: &Path) -> Result<(), DatapathError> {
+    for (name, map_type, key, value) in pinned_layouts() {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        // A pin that cannot be read is left to the loader, which reports it.
+        let Ok(info) = aya::maps::MapInfo::from_pin(&path) else {
+            continue;
+        };
+        let found_type = info.map_type().ok();
+        let found = (
+            found_type,
+            info.key_size() as usize,
+            info.value_size() as usize,
+        );
+        if found != (Some(map_type), key, value) {
+            return Err(DatapathError::PinnedMapMismatch {
+                name,
+                dir: dir.display().to_string(),
+                found: format!(
+                    "{}, key {} bytes, value {} bytes",
+                    found_type.map_or("an unknown type".to_string(), |t| format!("{t:?}")),
+                    found.1,
+                    found.2
+                ),
+                expected: format!("{map_type:?}, key {key} bytes, value {value} bytes"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// [`load_with`], with the maps of [`PINNED_MAPS`] taken from `pin_dir` where pinned there
 /// (by a previous daemon) and created and pinned there otherwise. A reused map keeps its
 /// size, whatever `sizes` says.
@@ -144,6 +247,7 @@ fn load_from(
     let level = log_level as u8;
     let mut loader = EbpfLoader::new();
     if let Some(dir) = pin_dir {
+        check_pinned(dir)?;
         for name in PINNED_MAPS {
             loader.map_pin_path(name, dir.join(name));
         }
@@ -339,6 +443,12 @@ fn program_error_reason(e: &ProgramError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_pinned_map_has_a_layout() {
+        let named: Vec<&str> = pinned_layouts().iter().map(|l| l.0).collect();
+        assert_eq!(named, PINNED_MAPS);
+    }
 
     #[test]
     fn verifier_reason_is_the_last_meaningful_line() {

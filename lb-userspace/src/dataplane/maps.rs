@@ -30,6 +30,8 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error("sweeping the flow table and nat translations: {0}")]
+    Sweep(#[source] std::io::Error),
 }
 
 fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -42,11 +44,12 @@ pub struct Maps {
     pub listeners: HashMap<MapData, ListenerKey, Listener>,
     pub maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
     pub targets: Array<MapData, Target>,
-    /// An LRU hash map (aya reads LRU and plain hash maps through the same type).
     pub flows: HashMap<MapData, FlowKey, Flow>,
     pub nat_replies: HashMap<MapData, FlowKey, NatOrigin>,
     pub listener_stats: PerCpuArray<MapData, Traffic>,
     pub target_stats: PerCpuArray<MapData, Traffic>,
+    /// Where the sweep of `flows` and `nat_replies` stands.
+    sweeper: super::sweep::Sweeper,
 }
 
 impl Maps {
@@ -68,6 +71,7 @@ impl Maps {
             nat_replies: take(ebpf, "NAT_REPLIES")?,
             listener_stats: take(ebpf, "LISTENER_STATS")?,
             target_stats: take(ebpf, "TARGET_STATS")?,
+            sweeper: super::sweep::Sweeper::default(),
         })
     }
 
@@ -199,6 +203,18 @@ impl super::Dataplane for Maps {
 
     fn flows(&self) -> Vec<(FlowKey, Flow)> {
         Maps::flows(self).collect()
+    }
+
+    fn sweep(&mut self, now_ns: u64) -> Result<Option<super::sweep::TableCounts>, MapsError> {
+        let targets = &self.targets;
+        let target = |id: u32| targets.get(&id, 0).ok();
+        let tables = super::sweep::Tables {
+            flows: &self.flows,
+            nat_replies: &self.nat_replies,
+            target: &target,
+        };
+        super::sweep::sweep(&mut self.sweeper, &tables, now_ns).map_err(MapsError::Sweep)?;
+        Ok(self.sweeper.counts().cloned())
     }
 
     fn source_for(&self, target: IpAddr) -> std::io::Result<IpAddr> {

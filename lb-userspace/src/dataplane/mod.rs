@@ -3,6 +3,7 @@
 //! (`saved`), the global counters (`counters`), next hops kept resolved (`neighbors`), the
 //! source address of `nat` traffic (`snat`) and interface names (`interface`).
 
+pub(crate) mod batch;
 pub mod bpffs;
 pub mod counters;
 pub mod interface;
@@ -11,9 +12,11 @@ pub mod maps;
 #[cfg(test)]
 pub(crate) mod memory;
 pub(crate) mod neighbors;
+pub mod pin_lock;
 pub mod pins;
 pub mod saved;
 pub(crate) mod snat;
+pub mod sweep;
 
 use std::{io, net::IpAddr};
 
@@ -55,6 +58,10 @@ pub trait Dataplane {
     fn reset_target_traffic(&mut self, id: u32) -> Result<(), MapsError>;
     /// The flow table's entries (a walk of the whole table: not for the packet rate).
     fn flows(&self) -> Vec<(FlowKey, Flow)>;
+    /// Deletes expired flow entries and `nat` translations, a bounded share of the tables per
+    /// call (see [`sweep`]); `now_ns` is CLOCK_MONOTONIC. The counts of the last complete walk
+    /// of both tables, once there is one.
+    fn sweep(&mut self, now_ns: u64) -> Result<Option<sweep::TableCounts>, MapsError>;
     /// The address this host would use as the source towards `target` (`nat` mode's).
     fn source_for(&self, target: IpAddr) -> io::Result<IpAddr>;
     /// Keeps the next hops of `targets` resolved (see [`neighbors`]); each target's next

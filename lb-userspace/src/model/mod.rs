@@ -156,8 +156,10 @@ pub struct Listener {
     /// tcp/udp only: Maglev table size (a prime); default 65537.
     #[serde(default)]
     pub maglev_table_size: Option<u32>,
-    /// http/https only: a client connection with no data either way for this long is
-    /// closed; also how long a target may take to answer (then 504). Default 60 s.
+    /// http/https: a client connection with no data either way for this long is closed; also
+    /// how long a target may take to answer (then 504). Default 60 s.
+    /// tcp/udp: a flow with no packet either way for this long expires (its flow entry and
+    /// `nat` port are freed). Default NLB's: 350 s for tcp, 120 s for udp.
     #[serde(default, deserialize_with = "crate::health::spec::optional_duration")]
     pub idle_timeout: Option<Duration>,
     /// http/https only: a request head must arrive within this (slowloris); else 408.
@@ -217,6 +219,16 @@ impl Listener {
 
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout.unwrap_or(l7::DEFAULT_IDLE_TIMEOUT)
+    }
+
+    /// tcp/udp listeners: how long a flow may be idle before its entries expire, in seconds
+    /// (validated to fit the data plane's 16 bits).
+    pub fn l4_idle_timeout_s(&self) -> u16 {
+        match self.idle_timeout {
+            Some(idle) => u16::try_from(idle.as_secs()).unwrap_or(u16::MAX),
+            None if self.protocol == Protocol::Udp => lb_common::flow::DEFAULT_UDP_IDLE_TIMEOUT_S,
+            None => lb_common::flow::DEFAULT_TCP_IDLE_TIMEOUT_S,
+        }
     }
 
     pub fn header_read_timeout(&self) -> Duration {

@@ -325,6 +325,9 @@ impl Model {
     }
 }
 
+/// tcp/udp idle timeouts, seconds (NLB allows 60 to 6000 for tcp; shorter ones serve tests).
+const L4_IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<u64> = 1..=6000;
+
 fn validate_l4_listener(
     li: usize,
     listener: &Listener,
@@ -337,7 +340,6 @@ fn validate_l4_listener(
     let l7_only = [
         ("rule", !listener.rules.is_empty()),
         ("certificates", !listener.certificates.is_empty()),
-        ("idle_timeout", listener.idle_timeout.is_some()),
         (
             "header_read_timeout",
             listener.header_read_timeout.is_some(),
@@ -349,6 +351,17 @@ fn validate_l4_listener(
         return Err(at.invalid(Some(*field), format!(
             "listener '{l}' ({protocol}) has {field}, which only http and https listeners take; use protocol = \"http\" or \"https\", or remove it"
         )));
+    }
+    if let Some(idle) = listener.idle_timeout {
+        let secs = idle.as_secs();
+        if !L4_IDLE_TIMEOUT_RANGE.contains(&secs) || idle.subsec_nanos() != 0 {
+            return Err(at.invalid(
+                Some("idle_timeout"),
+                format!(
+                    "listener '{l}' ({protocol}): idle_timeout {idle:?} must be whole seconds from 1 to 6000"
+                ),
+            ));
+        }
     }
     if let Some(algorithm) = group.algorithm.filter(|a| *a != Algorithm::Maglev) {
         return Err(Subject::TargetGroup { index: gi }.invalid(Some("algorithm"), format!(

@@ -727,11 +727,20 @@ fn sluice_status(lb: &Balanced, json: bool) -> String {
 /// `sluice status --json` without the traffic numbers, which go on counting.
 fn state_of(lb: &Balanced) -> serde_json::Value {
     let mut state: serde_json::Value = serde_json::from_str(&sluice_status(lb, true)).unwrap();
+    // Counters and the live connection-state counts move with traffic; the rest is state.
     state.as_object_mut().unwrap().remove("counters");
+    state.as_object_mut().unwrap().remove("connection_tables");
     for list in ["listeners", "targets"] {
         for item in state[list].as_array_mut().unwrap() {
             let item = item.as_object_mut().unwrap();
-            for counter in ["packets", "bytes", "new_flows", "rate", "active_flows"] {
+            for counter in [
+                "packets",
+                "bytes",
+                "new_flows",
+                "port_allocation_errors",
+                "rate",
+                "active_flows",
+            ] {
                 item.remove(counter);
             }
         }

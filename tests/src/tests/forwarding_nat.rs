@@ -1,6 +1,7 @@
 //! `nat` mode through `BPF_PROG_TEST_RUN`: byte-exact output both ways (client → target and
 //! the target's reply → client), port allocation and reuse, port exhaustion, re-hashing, and
-//! the translations left in `NAT_REPLIES`.
+//! the translations left in `NAT_REPLIES`. The connection life cycle (states, closing,
+//! reclaimed ports, refusals) is in `nat_lifecycle.rs`.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -19,12 +20,12 @@ use super::{
     packet_harness::{hex, RunResult, XDP_DROP, XDP_TX},
 };
 
-const TCP: u8 = 6;
-const UDP: u8 = 17;
+pub(super) const TCP: u8 = 6;
+pub(super) const UDP: u8 = 17;
 /// Targets listen here while the listener is on port 80: `nat` translates ports.
-const TARGET_PORT: u16 = 3000;
+pub(super) const TARGET_PORT: u16 = 3000;
 
-fn nat_fixture(vip: SocketAddr, protocol: u8, targets: u8) -> L4Fixture {
+pub(super) fn nat_fixture(vip: SocketAddr, protocol: u8, targets: u8) -> L4Fixture {
     let mut f = L4Fixture::new();
     f.listener(0, vip, protocol, ForwardingMode::Nat, HashKey::FiveTuple);
     for i in 0..targets {
@@ -35,7 +36,7 @@ fn nat_fixture(vip: SocketAddr, protocol: u8, targets: u8) -> L4Fixture {
     f
 }
 
-fn target_addr(vip: SocketAddr, i: u8) -> SocketAddr {
+pub(super) fn target_addr(vip: SocketAddr, i: u8) -> SocketAddr {
     if vip.is_ipv4() {
         (target_v4(i), TARGET_PORT).into()
     } else {
@@ -44,7 +45,7 @@ fn target_addr(vip: SocketAddr, i: u8) -> SocketAddr {
 }
 
 /// The load balancer's address facing the targets (the fixture's snat address).
-fn lb_addr(vip: SocketAddr) -> IpAddr {
+pub(super) fn lb_addr(vip: SocketAddr) -> IpAddr {
     if vip.is_ipv4() {
         LB_V4.into()
     } else {
@@ -52,7 +53,7 @@ fn lb_addr(vip: SocketAddr) -> IpAddr {
     }
 }
 
-fn client(vip: SocketAddr, port: u16) -> SocketAddr {
+pub(super) fn client(vip: SocketAddr, port: u16) -> SocketAddr {
     if vip.is_ipv4() {
         (CLIENT_V4, port).into()
     } else {
@@ -61,7 +62,7 @@ fn client(vip: SocketAddr, port: u16) -> SocketAddr {
 }
 
 /// A first packet of a flow from `src` to `dst`: a TCP SYN or a UDP datagram.
-fn request(protocol: u8, src: SocketAddr, dst: SocketAddr) -> Frame {
+pub(super) fn request(protocol: u8, src: SocketAddr, dst: SocketAddr) -> Frame {
     match protocol {
         TCP => Frame::tcp(src, dst).syn().mss(1460),
         _ => Frame::udp(src, dst).payload(b"what time is it?"),
@@ -69,7 +70,7 @@ fn request(protocol: u8, src: SocketAddr, dst: SocketAddr) -> Frame {
 }
 
 /// A target's answer from `src` to `dst`: a TCP SYN-ACK or a UDP datagram.
-fn response(protocol: u8, src: SocketAddr, dst: SocketAddr) -> Frame {
+pub(super) fn response(protocol: u8, src: SocketAddr, dst: SocketAddr) -> Frame {
     match protocol {
         TCP => Frame::tcp(src, dst).syn().ack().ack_number(2).seq(7000),
         _ => Frame::udp(src, dst).payload(b"half past four"),
@@ -77,7 +78,7 @@ fn response(protocol: u8, src: SocketAddr, dst: SocketAddr) -> Frame {
 }
 
 /// Which target a frame went to, by its destination MAC.
-fn target_of(output: &[u8]) -> u8 {
+pub(super) fn target_of(output: &[u8]) -> u8 {
     let mac: [u8; 6] = output[..6].try_into().unwrap();
     (0..8)
         .find(|&i| target_mac(i) == mac)
@@ -85,13 +86,13 @@ fn target_of(output: &[u8]) -> u8 {
 }
 
 /// The source port of a frame laid out like `frame` (NAT changes no length).
-fn src_port_of(output: &[u8], frame: &Frame) -> u16 {
+pub(super) fn src_port_of(output: &[u8], frame: &Frame) -> u16 {
     let l4 = frame.layout().l4;
     u16::from_be_bytes([output[l4], output[l4 + 1]])
 }
 
 /// The `NAT_REPLIES` key of a reply from `target` to the load balancer's `port`.
-fn reply_key(target: SocketAddr, lb: IpAddr, port: u16, protocol: u8) -> FlowKey {
+pub(super) fn reply_key(target: SocketAddr, lb: IpAddr, port: u16, protocol: u8) -> FlowKey {
     let (src, family) = ip_to_bytes(target.ip());
     FlowKey {
         src,
@@ -104,12 +105,12 @@ fn reply_key(target: SocketAddr, lb: IpAddr, port: u16, protocol: u8) -> FlowKey
     }
 }
 
-fn moved(run: &RunResult, counter: Counter) -> bool {
+pub(super) fn moved(run: &RunResult, counter: Counter) -> bool {
     run.moved().iter().any(|(c, _)| *c == counter)
 }
 
 /// Forwards a new flow and checks the output byte for byte; returns the target and port.
-fn forward_new(f: &mut L4Fixture, frame: &Frame, vip: SocketAddr) -> (u8, u16) {
+pub(super) fn forward_new(f: &mut L4Fixture, frame: &Frame, vip: SocketAddr) -> (u8, u16) {
     let input = L4Fixture::inbound(frame.clone()).build();
     let run = f.run(&input);
     assert_eq!(run.action, XDP_TX, "moved {:?}", run.moved());
@@ -272,6 +273,9 @@ fn nat_ports_exhausted_drops_new_flows_only() {
     assert!(moved(&run, Counter::NatPortCollision));
     assert!(!moved(&run, Counter::FlowCreated));
 
+    // Counted against the target (ELB's PortAllocationErrorCount).
+    assert_eq!(f.maps.target_traffic(0).unwrap().port_allocation_errors, 1);
+
     // The established flow keeps its port.
     let run = f.run(&first);
     assert_eq!(run.outcome(), Counter::ForwardNat);
@@ -369,42 +373,6 @@ fn nat_udp_ipv4_without_checksum_stays_without() {
         .dst_mac(GATEWAY_MAC)
         .build();
     assert_eq!(hex(&run.output), hex(&expected));
-}
-
-/// An established flow whose translation was evicted from the LRU puts it back at the same
-/// port: the target knows the connection by it.
-#[test]
-fn nat_evicted_translation_is_restored_at_the_same_port() {
-    let vip = SocketAddr::from((VIP_V6, 80));
-    let mut f = nat_fixture(vip, TCP, 2);
-    let client = client(vip, 43000);
-    let (target, port) = forward_new(&mut f, &request(TCP, client, vip), vip);
-    let key = reply_key(target_addr(vip, target), lb_addr(vip), port, TCP);
-    f.maps.nat_replies.remove(&key).unwrap();
-
-    let ack = Frame::tcp(client, vip).ack();
-    let run = f.run(&L4Fixture::inbound(ack.clone()).build());
-    assert_eq!(run.outcome(), Counter::ForwardNat);
-    assert_eq!(src_port_of(&run.output, &ack), port);
-    assert!(f.maps.nat_replies.get(&key, 0).is_ok());
-}
-
-/// Packets of a flow that has no flow entry (a TCP non-SYN miss is forwarded but not
-/// remembered, as are flows the flood gate keeps out) find their own translation again.
-#[test]
-fn nat_unremembered_flows_keep_their_port() {
-    let vip = SocketAddr::from((VIP_V4, 80));
-    let mut f = nat_fixture(vip, TCP, 2);
-    let ack = Frame::tcp(client(vip, 44000), vip).ack();
-    let input = L4Fixture::inbound(ack.clone()).build();
-    let first = f.run(&input);
-    assert_eq!(first.outcome(), Counter::ForwardNat);
-    assert!(moved(&first, Counter::FlowMissNonSyn));
-    assert!(!moved(&first, Counter::FlowCreated));
-    let second = f.run(&input);
-    assert_eq!(hex(&second.output), hex(&first.output));
-    assert!(!moved(&second, Counter::NatPortCollision));
-    assert_eq!(f.maps.nat_replies.iter().count(), 1);
 }
 
 /// Replies carrying a VLAN tag are left to the kernel, like requests to a listener.

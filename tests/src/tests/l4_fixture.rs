@@ -68,6 +68,11 @@ pub struct L4Fixture {
 
 impl L4Fixture {
     pub fn new() -> L4Fixture {
+        Self::with_sizes(sluice::dataplane::load::MapSizes::default())
+    }
+
+    /// A fixture whose maps have `sizes` (a small flow table, for instance).
+    pub fn with_sizes(sizes: sluice::dataplane::load::MapSizes) -> L4Fixture {
         let ns = Namespace::new("l4");
         ns.ip(&[
             "link", "add", "name", "lb0", "type", "veth", "peer", "name", "peer0",
@@ -120,7 +125,7 @@ impl L4Fixture {
             .run_in(|| sluice::dataplane::interface::index("lb0"))
             .expect("lb0 exists");
 
-        let mut harness = XdpHarness::new();
+        let mut harness = XdpHarness::with_sizes(sluice::dataplane::load::PROGRAM_NAME, sizes);
         harness.set_ingress(lb0_ifindex);
         let mut maps = Maps::take(harness.ebpf_mut()).expect("the object has the data-plane maps");
         maps.set_config(&Config::default()).unwrap();
@@ -141,13 +146,41 @@ impl L4Fixture {
         mode: ForwardingMode,
         hash_key: HashKey,
     ) {
+        self.listener_with(
+            vip,
+            protocol,
+            Listener {
+                id,
+                mode: mode as u8,
+                hash_key: hash_key as u8,
+                idle_timeout_s: 0,
+            },
+        );
+    }
+
+    /// Adds a listener hashing the 5-tuple, with its own idle timeout (seconds).
+    pub fn listener_with_idle_timeout(
+        &mut self,
+        id: u32,
+        vip: SocketAddr,
+        protocol: u8,
+        mode: ForwardingMode,
+        idle_timeout_s: u16,
+    ) {
+        self.listener_with(
+            vip,
+            protocol,
+            Listener {
+                id,
+                mode: mode as u8,
+                hash_key: HashKey::FiveTuple as u8,
+                idle_timeout_s,
+            },
+        );
+    }
+
+    fn listener_with(&mut self, vip: SocketAddr, protocol: u8, listener: Listener) {
         let (addr, family) = ip_to_bytes(vip.ip());
-        let listener = Listener {
-            id,
-            mode: mode as u8,
-            hash_key: hash_key as u8,
-            _pad: [0; 2],
-        };
         let key = ListenerKey {
             addr,
             port_be: vip.port().to_be(),

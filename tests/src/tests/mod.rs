@@ -3,6 +3,7 @@
 mod balancing;
 mod bench;
 mod cli_control;
+mod connection_state;
 mod decap;
 mod forwarding_dsr;
 mod forwarding_nat;
@@ -21,6 +22,7 @@ mod l7_tls;
 mod l7_websocket;
 mod metrics;
 mod namespaces;
+mod nat_lifecycle;
 mod packet_harness;
 mod packets;
 mod run_cli;

@@ -58,16 +58,20 @@ impl XdpHarness {
     /// Like [`new`](Self::new), for another XDP program of the same object (its maps, `STATS`
     /// among them, are the object's; the program may count elsewhere).
     pub fn with_program(program: &'static str) -> XdpHarness {
+        Self::with_sizes(program, sluice::dataplane::load::MapSizes::default())
+    }
+
+    /// Like [`with_program`](Self::with_program), with maps of other sizes.
+    pub fn with_sizes(
+        program: &'static str,
+        sizes: sluice::dataplane::load::MapSizes,
+    ) -> XdpHarness {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             panic!("XdpHarness loads an XDP program and needs root: run the integration tests as root (e.g. `sudo -E cargo test -p sluice-tests`)");
         }
-        let mut ebpf = sluice::dataplane::load::load_program(
-            log::LevelFilter::Off,
-            sluice::dataplane::load::MapSizes::default(),
-            program,
-        )
-        .unwrap_or_else(|e| panic!("cannot load sluice's XDP program {program}: {e}"));
+        let mut ebpf = sluice::dataplane::load::load_program(log::LevelFilter::Off, sizes, program)
+            .unwrap_or_else(|e| panic!("cannot load sluice's XDP program {program}: {e}"));
         let map = ebpf
             .take_map(sluice::dataplane::counters::STATS_MAP)
             .expect("the XDP object has a STATS map");

@@ -152,6 +152,104 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     stop_sluice(&mut first, libc::SIGINT, &lb, "eth0", &pin_dir, &socket);
 }
 
+/// `sluice down` without the running daemon's socket finds the daemon by the lock on its pin
+/// directory and refuses, in one line, touching nothing; a second daemon on those pins (on
+/// another socket) is refused too. Through the daemon's own socket, down works.
+#[test]
+fn down_refuses_the_pins_of_a_running_daemon_without_its_socket() {
+    require_root();
+    let lb = Namespace::new("lb");
+    let peer = Namespace::new("peer");
+    veth(&lb, "eth0", &peer, "eth0");
+    veth(&lb, "eth1", &peer, "eth1");
+    let pin_dir = PinDir::new();
+    let socket = ApiSocket::new();
+    let mut daemon = start_sluice(&lb, "eth0", &pin_dir, &socket, &[]);
+
+    let elsewhere = ApiSocket::new();
+    let output = lb
+        .command(sluice_binary())
+        .args([
+            "down",
+            "--pin-dir",
+            pin_dir.arg(),
+            "--socket",
+            elsewhere.arg(),
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        one_line(&output.stderr),
+        format!(
+            "error: the pins in {} belong to a running sluice daemon whose control socket is not {}; nothing was detached: run `sluice down --socket <its socket>`, or stop it first",
+            pin_dir.arg(),
+            elsewhere.arg()
+        )
+    );
+    assert!(lb.xdp_attached("eth0").is_some(), "XDP was detached");
+    assert!(pin_dir.stats_pin().exists(), "pins were removed");
+    assert!(daemon.try_status().is_none(), "the daemon stopped");
+    assert!(stats(&socket).contains_key(Counter::PassNoListener.name()));
+
+    let output = lb
+        .command(sluice_binary())
+        .args(["run", "--iface", "eth1", "--pin-dir", pin_dir.arg()])
+        .args(["--socket", elsewhere.arg()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        one_line(&output.stderr).contains("belongs to another running sluice daemon"),
+        "{}",
+        one_line(&output.stderr)
+    );
+    assert_eq!(lb.xdp_attached("eth1"), None);
+    assert!(!elsewhere.0.exists(), "the refused daemon left its socket");
+
+    stop_sluice(&mut daemon, libc::SIGTERM, &lb, "eth0", &pin_dir, &socket);
+}
+
+/// Pins of another layout (an older release's `NAT_REPLIES`) are refused before anything is
+/// attached, in one line that names the map and `sluice down`.
+#[test]
+fn run_refuses_pinned_maps_of_another_layout() {
+    use aya::maps::{Array, IterableMap, MapData};
+    require_root();
+    let ns = Namespace::new("cli");
+    let peer = Namespace::new("peer");
+    veth(&ns, "eth0", &peer, "eth0");
+    let pin_dir = PinDir::new();
+    let socket = ApiSocket::new();
+    std::fs::create_dir_all(&pin_dir.0).unwrap();
+    let old: Array<MapData, [u8; 40]> = Array::create(16, 0).unwrap();
+    old.map().pin(pin_dir.0.join("NAT_REPLIES")).unwrap();
+    let output = ns
+        .command(sluice_binary())
+        .args(["run", "--iface", "eth0", "--pin-dir", pin_dir.arg()])
+        .args(["--socket", socket.arg()])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let line = one_line(&output.stderr);
+    assert!(
+        line.starts_with(&format!(
+            "error: the map NAT_REPLIES pinned in {} was made by another sluice release (Array, key 4 bytes, value 40 bytes; this one needs Hash, key 40 bytes, value 56 bytes)",
+            pin_dir.arg()
+        )),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("run `sluice down --pin-dir {}`", pin_dir.arg())),
+        "{line}"
+    );
+    assert_eq!(ns.xdp_attached("eth0"), None);
+    assert!(!socket.0.exists());
+}
+
 #[test]
 fn bad_arguments_are_refused() {
     let cases: [(&[&str], &str); 4] = [

@@ -5,6 +5,7 @@
 //! Benchmarks report, they do not judge: no figure fails the run. A scenario that cannot run
 //! (a missing tool, a set-up failure) is recorded with its error and the others go on.
 
+mod churn;
 mod figures;
 mod forwarding;
 mod l7;
@@ -29,6 +30,7 @@ pub const SCENARIOS: &[&str] = &[
     "l7",
     "control",
     "memory",
+    "churn",
 ];
 
 #[derive(clap::Args)]
@@ -41,7 +43,8 @@ pub struct BenchArgs {
     /// Runs of each repeated scenario (default 3; 1 with --quick).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=50))]
     runs: Option<u64>,
-    /// Only these scenarios (repeatable): forwarding, cost, storm, maglev, l7, control, memory.
+    /// Only these scenarios (repeatable): forwarding, cost, storm, maglev, l7, control, memory,
+    /// churn.
     /// Their results replace those of the same scenarios in an existing results.json; the
     /// others are kept.
     #[arg(long, value_parser = SCENARIOS.to_vec())]
@@ -87,6 +90,8 @@ pub struct Plan {
     pub l7_seconds: u64,
     pub l7_warmup_seconds: u64,
     pub websocket_connections: usize,
+    /// Sequential connections per churn variant (at least ten times the 1,024 nat ports).
+    pub churn_connections: u64,
 }
 
 impl Plan {
@@ -122,6 +127,7 @@ impl Plan {
                 l7_seconds: 1,
                 l7_warmup_seconds: 0,
                 websocket_connections: 100,
+                churn_connections: 2_048,
             }
         } else {
             Plan {
@@ -141,6 +147,7 @@ impl Plan {
                 l7_seconds: 10,
                 l7_warmup_seconds: 2,
                 websocket_connections: 10_000,
+                churn_connections: 20_480,
             }
         }
     }
@@ -148,7 +155,9 @@ impl Plan {
     /// The Debian packages the chosen scenarios run (the bench's set-up installs them).
     pub fn packages(&self) -> Vec<&'static str> {
         let mut packages = crate::setup::BENCH_PACKAGES.to_vec();
-        if self.scenarios.contains(&"forwarding") && self.variants.contains(&"nftables") {
+        if (self.scenarios.contains(&"forwarding") && self.variants.contains(&"nftables"))
+            || self.scenarios.contains(&"churn")
+        {
             packages.push("nftables");
         }
         if self.scenarios.iter().any(|s| matches!(*s, "l7" | "memory")) {
@@ -290,6 +299,7 @@ pub fn bench(sluice: &Path, args: BenchArgs) -> anyhow::Result<()> {
             "l7" => l7::l7(sluice, &plan, &mut progress),
             "control" => scenarios::control(sluice, &mut progress),
             "memory" => l7::memory(sluice, &plan, &mut progress),
+            "churn" => churn::churn(sluice, &plan, &mut progress),
             other => unreachable!("unknown scenario {other}"),
         }));
         let value = match outcome {

@@ -182,7 +182,7 @@ pub fn markdown(results: &Value) -> String {
     } else if let Some(paths) = cost["paths"].as_array() {
         md.push_str(&format!(
             "`BPF_PROG_TEST_RUN`, repeat=1 in a loop, {} frames per path and run, median of {} interleaved runs, minus the empty program's cost measured the same way (empty program: {} ns). \
-             The flow table holds {} entries; \"full\" means every new flow evicts one. Katran's figures are the issue's anchors from this machine kind, same method. Goal: at most half of Katran (ratio ≤ 0.5).\n\n",
+             The flow table holds {} entries; \"full\" means it is full of live flows, none of which is evicted: a new `nat` flow is refused (dropped), a new `dsr`/`tunnel` flow is forwarded without an entry. Katran's figures are the issue's anchors from this machine kind, same method. Goal: at most half of Katran (ratio ≤ 0.5).\n\n",
             cost["iterations"], cost["runs"],
             paths.first().map(|p| num(&p["empty_ns"], 0)).unwrap_or_default(),
             cost["table_size"]
@@ -296,7 +296,7 @@ pub fn markdown(results: &Value) -> String {
         };
         md.push_str(&format!(
             "- Daemon RSS: **{:.1} MiB** idle (3 targets), **{:.1} MiB** with 1,003 targets.\n\
-             - Kernel memory of the flow tables (`FLOWS` and `NAT_REPLIES`, LRU hashes preallocated at `--flows`, from the map fds' `memlock`): **{} MiB per million flows**; all of the daemon's maps: {} MiB.\n\
+             - Kernel memory of the flow tables (`FLOWS` and `NAT_REPLIES`, hash maps preallocated at `--flows`, from the map fds' `memlock`): **{} MiB per million flows**; all of the daemon's maps: {} MiB.\n\
              \n",
             control["rss_idle_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
             control["rss_1000_targets_kib"].as_f64().unwrap_or(f64::NAN) / 1024.0,
@@ -309,6 +309,36 @@ pub fn markdown(results: &Value) -> String {
         );
     }
     md.push_str(&memory_markdown(&s["memory"]));
+    md.push_str("## 8. Connection churn\n\n");
+    let churn = &s["churn"];
+    if let Some(e) = error_line(churn) {
+        md.push_str(&e);
+    } else if churn.is_object() {
+        md.push_str(&format!(
+            "Sequential TCP connections from one client (connect, one echo, the client closes) through {} source ports, {} per variant: sluice `nat` against nftables DNAT and SNAT with conntrack on the same topology.\n\n\
+             | variant | connections | failures | connections/s |\n|---|---:|---:|---:|\n",
+            churn["nat_ports"], churn["connections"]
+        ));
+        for (name, label) in [
+            ("sluice_nat", "sluice nat"),
+            ("nftables", "nftables DNAT + conntrack"),
+        ] {
+            let v = &churn["variants"][name];
+            match error_line(v) {
+                Some(e) => md.push_str(&format!("| {label} | {} | | |\n", e.trim())),
+                None => md.push_str(&format!(
+                    "| {label} | {} | {} | {} |\n",
+                    v["made"],
+                    v["failures"],
+                    num(&v["connections_per_second"], 0)
+                )),
+            }
+        }
+        md.push('\n');
+    } else {
+        md.push_str("Not run.\n\n");
+    }
+
     md
 }
 

@@ -309,13 +309,13 @@ pub fn control(sluice: &Path, progress: &mut Progress) -> anyhow::Result<Value> 
     });
     let busy_rss = rss_kib(pid)?;
 
-    // LRU hash maps (type 9) sized to --flows: the flow table and nat translations.
-    const LRU_HASH: u64 = 9;
+    // Hash maps (type 1) sized to --flows: the flow table and nat translations.
+    const HASH: u64 = 1;
     let maps = maps_of(pid)?;
     let flows: u64 = 1 << 20;
     let flow_tables: u64 = maps
         .iter()
-        .filter(|(kind, entries, _)| *kind == LRU_HASH && *entries == flows)
+        .filter(|(kind, entries, _)| *kind == HASH && *entries == flows)
         .map(|(_, _, memlock)| memlock)
         .sum();
     let all_maps: u64 = maps.iter().map(|(_, _, memlock)| memlock).sum();

@@ -1,0 +1,67 @@
+//! Which daemon owns a pin directory: `sluice run` holds an exclusive `flock` on the directory
+//! for as long as it runs. `sluice down` without the daemon's socket finds the owner by this
+//! lock, not by a socket path (which may be another one, or gone), and refuses to pull the pins
+//! from under a running daemon. The kernel drops the lock when the daemon exits, however it
+//! exits, so a crashed daemon never leaves a stale lock.
+
+use std::{
+    fs::File,
+    io,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PinLockError {
+    #[error("cannot open the pin directory {path} to lock it: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot lock the pin directory {path}: {source}")]
+    Lock { path: PathBuf, source: io::Error },
+}
+
+/// The lock on a pin directory; released on drop.
+#[derive(Debug)]
+pub struct PinDirLock {
+    _dir: File,
+}
+
+impl PinDirLock {
+    /// Takes the lock on `dir`, which must exist; `None` if another process holds it.
+    pub fn try_acquire(dir: &Path) -> Result<Option<PinDirLock>, PinLockError> {
+        // std opens with O_CLOEXEC: processes the daemon starts do not inherit the lock.
+        let file = File::open(dir).map_err(|source| PinLockError::Open {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(PinDirLock { _dir: file }));
+        }
+        let source = io::Error::last_os_error();
+        if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(None);
+        }
+        Err(PinLockError::Lock {
+            path: dir.to_path_buf(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_holder_at_a_time_and_released_on_drop() {
+        let dir = std::env::temp_dir().join(format!("sluice-pin-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = PinDirLock::try_acquire(&dir).unwrap();
+        assert!(first.is_some());
+        // A second open file description, as another process would have.
+        assert!(PinDirLock::try_acquire(&dir).unwrap().is_none());
+        drop(first);
+        assert!(PinDirLock::try_acquire(&dir).unwrap().is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
