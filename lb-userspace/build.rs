@@ -1,5 +1,5 @@
 //! Builds the XDP program (`lb-ebpf`) for `bpfel-unknown-none` with the nightly toolchain and
-//! puts it in `OUT_DIR/sluice-xdp`, where `src/ebpf.rs` embeds it.
+//! puts it in `OUT_DIR/sluice-xdp`, where `src/dataplane/load.rs` embeds it.
 //!
 //! Without the eBPF toolchain (nightly `rust-src` and `bpf-linker`, installed by
 //! `cargo xtask build`), an empty object is embedded and a warning printed, so that plain

@@ -11,6 +11,7 @@ pub mod config;
 pub mod decap;
 pub mod flow;
 pub mod listener;
+pub mod proto;
 pub mod state;
 pub mod stats;
 pub mod target;

@@ -21,13 +21,15 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray, PerCpuHashMap},
     programs::XdpContext,
 };
-use lb_common::bench::{
-    BenchCount, FloorHop, FlowPatch, FrameHeaders, GeneratorConfig, SinkConfig, WatchedSource,
-    BENCH_HEADER_BYTES, BENCH_MAX_FLOOR_HOPS,
+use lb_common::{
+    bench::{
+        BenchCount, FloorHop, FlowPatch, FrameHeaders, GeneratorConfig, SinkConfig, WatchedSource,
+        BENCH_HEADER_BYTES, BENCH_MAX_FLOOR_HOPS,
+    },
+    proto::IPPROTO_TCP,
 };
 
 const ETH_P_IPV4: u16 = 0x0800;
-const IPPROTO_TCP: u8 = 6;
 /// Template frame offsets: Ethernet (14) + IPv4 without options (20) + L4.
 const IP_CHECK: usize = 24;
 const IP_SADDR: usize = 26;

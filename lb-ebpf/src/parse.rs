@@ -27,10 +27,7 @@ const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_ICMPV6: u8 = 58;
+pub use lb_common::proto::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 
 /// IPv6 next-header values that are extension headers (RFC 8200 section 4, RFC 7045).
 const IPV6_EXTENSION_HEADERS: [u8; 8] = [0, 43, 44, 51, 60, 135, 139, 140];
@@ -48,14 +45,9 @@ pub enum Family {
 /// A parsed packet: where its headers are (offsets from the start of the frame) and its
 /// 5-tuple as a flow key.
 #[derive(Clone, Copy)]
-#[allow(
-    dead_code,
-    reason = "offsets are read by the nat, tunnel and icmp stages being written"
-)]
 pub struct Packet {
     pub family: Family,
     pub l3_offset: usize,
-    pub l4_offset: usize,
     /// IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMP or IPPROTO_ICMPV6.
     pub protocol: u8,
     /// The frame carried a VLAN tag.
@@ -253,7 +245,6 @@ fn parse_l4(
     Ok(Packet {
         family,
         l3_offset,
-        l4_offset,
         protocol,
         vlan: false,
         tcp_flags,

@@ -344,6 +344,15 @@ fn render_proxy(proxy: &ProxyStats, out: &mut Exposition) {
             numbers.non_sticky_requests,
         );
     }
+    let name = "sluice_target_connection_error_count_total";
+    out.family(name, "counter", "Requests whose connection to a target failed before a response: refused, unreachable or reset (TargetConnectionErrorCount); retried ones count too.");
+    for (group, numbers) in &proxy.groups {
+        out.sample(
+            name,
+            &[("target_group", group)],
+            numbers.target_connection_errors,
+        );
+    }
     let name = "sluice_target_response_time_seconds";
     out.family(
         name,
@@ -604,10 +613,10 @@ mod tests {
                 assert_eq!(Some(family), current, "{line} outside its family");
             }
         }
-        assert_eq!(families.len(), 21, "{families:?}");
+        assert_eq!(families.len(), 22, "{families:?}");
         // The same shape with nothing to report: every family, no samples but the global one.
         let empty = render(&Scrape::default());
-        assert_eq!(empty.matches("# TYPE ").count(), 21, "{empty}");
+        assert_eq!(empty.matches("# TYPE ").count(), 22, "{empty}");
         assert!(empty.contains("\nsluice_port_allocation_error_count_total 0\n"));
     }
 
@@ -665,6 +674,7 @@ mod proxy_tests {
                     GroupNumbers {
                         target_responses: [5, 0, 1, 0],
                         non_sticky_requests: 3,
+                        target_connection_errors: 2,
                         response_time_buckets: buckets,
                         response_time_count: 2,
                         response_time_seconds: 0.15,

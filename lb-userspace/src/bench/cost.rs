@@ -287,7 +287,7 @@ impl Bench {
             &ListenerKey {
                 addr,
                 port_be: PORT.to_be(),
-                protocol: 6,
+                protocol: lb_common::proto::IPPROTO_TCP,
                 family,
             },
             &Listener {
@@ -487,7 +487,7 @@ fn flow_key(src: Ipv4Addr, port: u16) -> FlowKey {
         dst: ip_to_bytes(VIP.into()).0,
         src_port_be: port.to_be(),
         dst_port_be: PORT.to_be(),
-        protocol: 6,
+        protocol: lb_common::proto::IPPROTO_TCP,
         family: FAMILY_V4,
         _pad: [0; 2],
     }

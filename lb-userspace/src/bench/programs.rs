@@ -116,8 +116,8 @@ impl Generator {
                     ifindex,
                     flows: n,
                     protocol: match template.protocol {
-                        Protocol::Tcp => 6,
-                        Protocol::Udp => 17,
+                        Protocol::Tcp => lb_common::proto::IPPROTO_TCP,
+                        Protocol::Udp => lb_common::proto::IPPROTO_UDP,
                     },
                     _pad: [0; 7],
                 },

@@ -28,6 +28,7 @@ use std::{
 
 use lb_common::{
     listener::{self as abi, ListenerKey},
+    proto::{IPPROTO_ICMP, IPPROTO_ICMPV6},
     target::{TARGET_ACTIVE, TARGET_DRAINING, TARGET_GONE},
 };
 
@@ -139,7 +140,7 @@ impl<D: Dataplane> Controller<D> {
         let mut keys = BTreeMap::new();
         for (key, value) in controller.dataplane.listeners()? {
             // ICMP entries (port 0, ICMP or ICMPv6) share their address's listener id.
-            let icmp = key.port_be == 0 && (key.protocol == 1 || key.protocol == 58);
+            let icmp = key.port_be == 0 && matches!(key.protocol, IPPROTO_ICMP | IPPROTO_ICMPV6);
             if !icmp {
                 keys.insert(value.id, (key, value));
             }
@@ -559,9 +560,9 @@ fn icmp_key(addr: [u8; 16], family: u8) -> ListenerKey {
         addr,
         port_be: 0,
         protocol: if family == lb_common::addr::FAMILY_V4 {
-            1
+            IPPROTO_ICMP
         } else {
-            58
+            IPPROTO_ICMPV6
         },
         family,
     }

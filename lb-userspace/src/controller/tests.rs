@@ -67,7 +67,7 @@ fn web_key() -> ListenerKey {
     ListenerKey {
         addr,
         port_be: 80u16.to_be(),
-        protocol: 6,
+        protocol: lb_common::proto::IPPROTO_TCP,
         family,
     }
 }

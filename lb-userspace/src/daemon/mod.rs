@@ -189,7 +189,8 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
 
     /// A target's health changed: tables and target states follow.
     pub fn health_changed(&self, event: &HealthEvent<TargetKey>) {
-        log::info!(
+        // Every transition is news an operator wants to see (ELB emits an event for each).
+        log::warn!(
             "target {} of '{}': {} -> {}: {}",
             event.target.addr,
             event.target.group,

@@ -8,11 +8,12 @@ pub mod counters;
 pub mod interface;
 pub mod load;
 pub mod maps;
-pub mod memory;
-pub mod neighbors;
+#[cfg(test)]
+pub(crate) mod memory;
+pub(crate) mod neighbors;
 pub mod pins;
 pub mod saved;
-pub mod snat;
+pub(crate) mod snat;
 
 use std::{io, net::IpAddr};
 

@@ -8,10 +8,10 @@
 //! - [`probe`]: one check against one target;
 //! - [`checker`]: the tasks that check a changing set of targets and report state changes.
 
-pub mod checker;
-pub mod probe;
-pub mod spec;
-pub mod state;
+pub(crate) mod checker;
+pub(crate) mod probe;
+pub(crate) mod spec;
+pub(crate) mod state;
 
 pub use checker::{HealthChecker, HealthEvent, TargetStatus};
 pub use probe::{probe, ProbeResult};

@@ -146,7 +146,7 @@ impl Edit {
                 next.listeners.remove(index);
             }
         }
-        next.validate().map_err(EditError::Invalid)?;
+        next.validate().map_err(|e| EditError::Invalid(e.message))?;
         Ok(next)
     }
 }

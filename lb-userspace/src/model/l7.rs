@@ -451,6 +451,23 @@ pub(crate) fn validate_action(
                 let Some(value) = value else { continue };
                 template(at, field, value)?;
             }
+            if let Some(host) = &redirect.host {
+                // What is left once the variables are taken out must be host characters:
+                // anything else (CR, LF, spaces, '/', '@') would make a broken or hostile
+                // Location.
+                let literal = REDIRECT_VARIABLES
+                    .iter()
+                    .fold(host.clone(), |text, variable| text.replace(variable, ""));
+                if let Some(c) = literal
+                    .chars()
+                    .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')))
+                {
+                    return Err(format!(
+                        "{at}: redirect host '{}' contains {c:?}; a host has letters, digits, '-', '.' and '_' (and the #{{host}} variable)",
+                        host.escape_debug()
+                    ));
+                }
+            }
             if let Some(port) = &redirect.port {
                 if !port.contains("#{") && !port.parse::<u16>().is_ok_and(|p| p > 0) {
                     return Err(format!(

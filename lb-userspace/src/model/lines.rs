@@ -1,118 +1,69 @@
-//! Line numbers for the model's semantic errors. Validation works on the parsed model and
-//! names the object and the field (`listener 'web': maglev_table_size ...`); this finds that
-//! object, field or target in the file's text, so the error can say where to look.
+//! Line numbers for the model's validation errors: the error names its subject (an object by
+//! its position in the file's arrays) and field; this finds them in the file's parsed
+//! document and turns the span into a line. Nothing here reads the error's message.
 
-use toml::de::{DeTable, DeValue};
+use toml::{
+    de::{DeTable, DeValue},
+    Spanned,
+};
 
-/// The 1-based line in `text` of what `message` is about, when it can be found: the field
-/// or target the message names inside the listener, target group or `[data_plane]` it
-/// names, else that object's `name`.
-pub fn locate(text: &str, message: &str) -> Option<usize> {
+use super::validate::{Invalid, Subject};
+
+/// The 1-based line in `text` of what `error` is about: its field inside its subject, else
+/// the subject's first line.
+pub fn locate(text: &str, error: &Invalid) -> Option<usize> {
     let root = DeTable::parse(text).ok()?;
     let root = root.get_ref();
-    let (section, name) = subject(message)?;
-    let object = match name {
-        None => root.iter().find(|(k, _)| k.get_ref() == section)?.1,
-        Some(name) => {
-            let (_, list) = root.iter().find(|(k, _)| k.get_ref() == section)?;
-            let DeValue::Array(items) = list.get_ref() else {
-                return None;
-            };
-            items.iter().find(|item| named(item.get_ref(), name))?
+    let object = match error.subject {
+        Subject::Listener { index } => item(root, "listener", index)?,
+        Subject::TargetGroup { index } => item(root, "target_group", index)?,
+        Subject::Target { group, index } => {
+            item(table(item(root, "target_group", group)?)?, "targets", index)?
         }
-    };
-    let DeValue::Table(table) = object.get_ref() else {
-        return None;
-    };
-    let rest = match name {
-        Some(name) => message
-            .split_once(&format!("'{name}'"))
-            .map_or("", |(_, r)| r),
-        None => message,
-    };
-    // A target of a group: the line of its entry in `targets`.
-    if let Some(target) = rest.strip_prefix(": target ") {
-        let address = target.split([' ', ':']).next().unwrap_or_default();
-        let address = address.trim_start_matches('[').trim_end_matches(']');
-        if let Some(entry) = targets(table).find(|t| address_of(t.get_ref()) == Some(address)) {
-            return Some(line_at(text, entry.span().start));
+        Subject::Rule { listener, index } => {
+            item(table(item(root, "listener", listener)?)?, "rule", index)?
         }
-    }
-    // The field the message names first (`maglev_table_size`, `health_check`, ...).
-    let field = table
-        .iter()
-        .filter_map(|(key, value)| {
-            let at = find_word(rest, key.get_ref())?;
-            Some((at, key.span().start.min(value.span().start)))
+        Subject::DataPlane => root.iter().find(|(k, _)| k.get_ref() == "data_plane")?.1,
+    };
+    let start = error
+        .field
+        .and_then(|field| {
+            table(object)?
+                .iter()
+                .find(|(key, _)| key.get_ref() == field)
+                .map(|(key, _)| key.span().start)
         })
-        .min_by_key(|(at, _)| *at);
-    let start = match field {
-        Some((_, start)) => start,
-        None => table
-            .iter()
-            .find(|(k, _)| k.get_ref() == "name")
-            .map_or(object.span().start, |(k, _)| k.span().start),
-    };
+        .unwrap_or_else(|| first_key(object));
     Some(line_at(text, start))
 }
 
-/// Which array and name (or which table) a message is about.
-fn subject(message: &str) -> Option<(&'static str, Option<&str>)> {
-    for (prefix, section) in [
-        ("listeners '", "listener"),
-        ("listener '", "listener"),
-        ("target group '", "target_group"),
-    ] {
-        if let Some(rest) = message.strip_prefix(prefix) {
-            let name = rest.split_once('\'')?.0;
-            return Some((section, Some(name)));
-        }
-    }
-    message
-        .starts_with("data_plane")
-        .then_some(("data_plane", None))
-}
-
-fn named(value: &DeValue<'_>, name: &str) -> bool {
-    let DeValue::Table(table) = value else {
-        return false;
-    };
-    table.iter().any(|(k, v)| {
-        k.get_ref() == "name" && matches!(v.get_ref(), DeValue::String(s) if s == name)
-    })
-}
-
-fn targets<'a, 'i>(
+/// The `index`th entry of the array `name` in `table` (`[[name]]` tables or an inline
+/// array).
+fn item<'a, 'i>(
     table: &'a DeTable<'i>,
-) -> impl Iterator<Item = &'a toml::Spanned<DeValue<'i>>> + 'a {
-    table
-        .iter()
-        .filter(|(k, _)| k.get_ref() == "targets")
-        .filter_map(|(_, v)| match v.get_ref() {
-            DeValue::Array(items) => Some(items.iter()),
-            _ => None,
-        })
-        .flatten()
-}
-
-fn address_of<'a>(value: &'a DeValue<'_>) -> Option<&'a str> {
-    let DeValue::Table(table) = value else {
-        return None;
-    };
-    table.iter().find_map(|(k, v)| match v.get_ref() {
-        DeValue::String(s) if k.get_ref() == "address" => Some(s.as_ref()),
+    name: &str,
+    index: usize,
+) -> Option<&'a Spanned<DeValue<'i>>> {
+    let (_, value) = table.iter().find(|(k, _)| k.get_ref() == name)?;
+    match value.get_ref() {
+        DeValue::Array(items) => items.get(index),
         _ => None,
-    })
+    }
 }
 
-/// Where `word` first occurs in `text` as a whole word (not inside a longer name).
-fn find_word(text: &str, word: &str) -> Option<usize> {
-    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    text.match_indices(word).map(|(i, _)| i).find(|&i| {
-        let before = text[..i].chars().next_back();
-        let after = text[i + word.len()..].chars().next();
-        !before.is_some_and(is_name) && !after.is_some_and(is_name)
-    })
+fn table<'a, 'i>(value: &'a Spanned<DeValue<'i>>) -> Option<&'a DeTable<'i>> {
+    match value.get_ref() {
+        DeValue::Table(table) => Some(table),
+        _ => None,
+    }
+}
+
+/// Where an object starts: its first key (the span of an array-of-tables entry starts at its
+/// first key, not at the `[[...]]` header).
+fn first_key(object: &Spanned<DeValue<'_>>) -> usize {
+    table(object)
+        .and_then(|t| t.iter().map(|(k, _)| k.span().start).min())
+        .unwrap_or(object.span().start)
 }
 
 fn line_at(text: &str, offset: usize) -> usize {
@@ -127,16 +78,18 @@ mod tests {
 name = "web"
 address = "192.0.2.10"
 port = 80
-protocol = "tcp"
+protocol = "http"
 default_target_group = "web"
-maglev_table_size = 1000
 
-[[listener]]
-name = "api"
-address = "192.0.2.10"
-port = 80
-protocol = "tcp"
-default_target_group = "nope"
+[[listener.rule]]
+priority = 1
+host = ["a.example.com"]
+action = { type = "forward", target_groups = [{ name = "web" }] }
+
+[[listener.rule]]
+priority = 2
+host = ["b.example.com"]
+action = { type = "fixed_response", status = 200 }
 
 [[target_group]]
 name = "web"
@@ -151,39 +104,57 @@ targets = [
 nat_port_range = [5000, 4000]
 "#;
 
-    #[test]
-    fn fields_targets_and_objects_are_found() {
-        let at = |m: &str| locate(TEXT, m);
-        assert_eq!(
-            at("listener 'web': maglev_table_size: 1000 is not prime"),
-            Some(7)
-        );
-        assert_eq!(
-            at("listener 'api': default_target_group 'nope' does not exist"),
-            Some(14)
-        );
-        assert_eq!(
-            at("listeners 'web' and 'api' both listen on 192.0.2.10:80 tcp"),
-            Some(2)
-        );
-        assert_eq!(
-            at("target group 'web': target 10.0.1.11:3000 has weight 0; weights are 1 to 999"),
-            Some(22)
-        );
-        assert_eq!(
-            at("target group 'web': deregistration_delay 9999 is above the maximum"),
-            Some(19)
-        );
-        assert_eq!(
-            at("data_plane.nat_port_range [5000, 4000] is not a range"),
-            Some(26)
-        );
-        assert_eq!(at("something else entirely"), None);
+    fn at(subject: Subject, field: Option<&'static str>) -> Option<usize> {
+        let error = Invalid {
+            subject,
+            field,
+            message: "(not read)".into(),
+        };
+        locate(TEXT, &error)
     }
 
     #[test]
-    fn a_word_inside_a_longer_name_is_not_a_field() {
-        assert_eq!(find_word("default_target_group 'x'", "target_group"), None);
-        assert_eq!(find_word("the port 80", "port"), Some(4));
+    fn subjects_and_fields_are_found_by_position_and_key() {
+        assert_eq!(at(Subject::Listener { index: 0 }, Some("port")), Some(4));
+        assert_eq!(at(Subject::Listener { index: 0 }, None), Some(2));
+        assert_eq!(
+            at(Subject::Listener { index: 0 }, Some("no_such_field")),
+            Some(2),
+            "a field that is not written (a default) points at the object"
+        );
+        assert_eq!(
+            at(
+                Subject::Rule {
+                    listener: 0,
+                    index: 1
+                },
+                None
+            ),
+            Some(14),
+            "a rule's error points at that rule"
+        );
+        assert_eq!(
+            at(
+                Subject::Rule {
+                    listener: 0,
+                    index: 0
+                },
+                Some("host")
+            ),
+            Some(10)
+        );
+        assert_eq!(
+            at(
+                Subject::TargetGroup { index: 0 },
+                Some("deregistration_delay")
+            ),
+            Some(21)
+        );
+        assert_eq!(
+            at(Subject::Target { group: 0, index: 1 }, Some("weight")),
+            Some(24)
+        );
+        assert_eq!(at(Subject::DataPlane, Some("nat_port_range")), Some(28));
+        assert_eq!(at(Subject::Listener { index: 5 }, None), None);
     }
 }

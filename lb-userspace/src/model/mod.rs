@@ -24,17 +24,17 @@
 //! ```
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
+use lb_common::proto::{IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    health::{CheckProtocol, HealthCheck, HealthCheckSpec},
-    maglev::{TableSize, MAX_WEIGHT},
+    health::{HealthCheck, HealthCheckSpec},
+    maglev::TableSize,
 };
 
 pub mod diff;
@@ -43,12 +43,14 @@ pub mod files;
 mod l7;
 mod lines;
 mod target;
+mod validate;
 pub use l7::{
     Action, Algorithm, CertificateFiles, Cidr, FixedResponse, Forward, HeaderCondition,
     QueryCondition, Redirect, Rule, Stickiness, WeightedGroup, CONTENT_TYPES,
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES,
 };
 pub use target::{TargetKey, TargetView};
+pub use validate::{Invalid, Subject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -59,8 +61,20 @@ pub enum ModelError {
     },
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    /// Parsed, but breaks a rule; `line` is where its subject is in the file.
+    #[error("{}: {error}", at_line(path, *line))]
+    Invalid {
+        path: String,
+        line: Option<usize>,
+        error: Invalid,
+    },
+}
+
+fn at_line(path: &str, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{path}, line {line}"),
+        None => path.to_string(),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
@@ -78,8 +92,8 @@ impl Protocol {
     /// The IP protocol number of the transport (HTTP and HTTPS run over TCP).
     pub const fn number(self) -> u8 {
         match self {
-            Protocol::Tcp | Protocol::Http | Protocol::Https => 6,
-            Protocol::Udp => 17,
+            Protocol::Tcp | Protocol::Http | Protocol::Https => IPPROTO_TCP,
+            Protocol::Udp => IPPROTO_UDP,
         }
     }
 
@@ -253,10 +267,36 @@ pub struct TargetGroup {
     /// http/https listeners only.
     #[serde(default)]
     pub stickiness: Option<Stickiness>,
+    /// http/https listeners only: targets ejected after consecutive failures of the proxy's
+    /// own requests (see `proxy::outlier`).
+    #[serde(default)]
+    pub outlier_detection: OutlierDetection,
 }
 
 fn default_deregistration_delay() -> u64 {
     300
+}
+
+/// `outlier_detection = { consecutive_errors = 5 }` (0 turns it off). Ejections last one
+/// health check interval, doubling while a target keeps failing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetection {
+    #[serde(default = "default_consecutive_errors")]
+    pub consecutive_errors: u32,
+}
+
+/// Envoy's default for consecutive 5XX.
+fn default_consecutive_errors() -> u32 {
+    5
+}
+
+impl Default for OutlierDetection {
+    fn default() -> OutlierDetection {
+        OutlierDetection {
+            consecutive_errors: default_consecutive_errors(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -321,12 +361,10 @@ impl Model {
             path: origin.to_string(),
             message: one_line(&e.to_string()),
         })?;
-        model.validate().map_err(|message| ModelError::Invalid {
-            path: match lines::locate(text, &message) {
-                Some(line) => format!("{origin}, line {line}"),
-                None => origin.to_string(),
-            },
-            message,
+        model.validate().map_err(|error| ModelError::Invalid {
+            path: origin.to_string(),
+            line: lines::locate(text, &error),
+            error,
         })?;
         Ok(model)
     }
@@ -334,310 +372,6 @@ impl Model {
     pub fn target_group(&self, name: &str) -> Option<&TargetGroup> {
         self.target_groups.iter().find(|g| g.name == name)
     }
-
-    /// Every rule that involves more than one field: names, references, ports per mode.
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        let mut names = BTreeSet::new();
-        let mut groups = BTreeMap::new();
-        for group in &self.target_groups {
-            if !names.insert(("target_group", group.name.as_str())) {
-                return Err(format!(
-                    "target group '{}' is defined twice; names must be unique",
-                    group.name
-                ));
-            }
-            groups.insert(group.name.as_str(), group);
-            let mut seen = BTreeSet::new();
-            for target in &group.targets {
-                let port = target.port.or(group.port);
-                let shown = show_target(target.address, port);
-                if !(1..=MAX_WEIGHT).contains(&target.weight) {
-                    return Err(format!(
-                        "target group '{}': target {shown} has weight {}; weights are 1 to {MAX_WEIGHT}",
-                        group.name, target.weight
-                    ));
-                }
-                if !seen.insert((target.address, port)) {
-                    return Err(format!(
-                        "target group '{}': target {shown} is listed twice",
-                        group.name
-                    ));
-                }
-                if target.address.is_unspecified() || target.address.is_multicast() {
-                    return Err(format!(
-                        "target group '{}': target address {} is not a unicast address",
-                        group.name, target.address
-                    ));
-                }
-            }
-            group
-                .health_check
-                .resolve()
-                .map_err(|e| format!("target group '{}': health_check: {e}", group.name))?;
-            if group.deregistration_delay > 3600 {
-                return Err(format!(
-                    "target group '{}': deregistration_delay {} is above the maximum 3600 seconds",
-                    group.name, group.deregistration_delay
-                ));
-            }
-            if let Some(stickiness) = &group.stickiness {
-                l7::validate_stickiness(&group.name, stickiness)?;
-            }
-        }
-        let mut endpoints = BTreeMap::new();
-        let known: Vec<&str> = groups.keys().copied().collect();
-        let known = if known.is_empty() {
-            "none".to_string()
-        } else {
-            known.join(", ")
-        };
-        for listener in &self.listeners {
-            let l = &listener.name;
-            if !names.insert(("listener", l.as_str())) {
-                return Err(format!(
-                    "listener '{l}' is defined twice; names must be unique"
-                ));
-            }
-            // http and https share TCP ports with tcp listeners.
-            let transport = listener.protocol.number();
-            if let Some((other, protocol)) = endpoints.insert(
-                (listener.address, listener.port, transport),
-                (l, listener.protocol),
-            ) {
-                let at = SocketAddr::new(listener.address, listener.port);
-                return Err(if protocol == listener.protocol {
-                    format!(
-                        "listeners '{other}' and '{l}' both listen on {at} {}; each address, port and protocol may have one listener",
-                        protocol.name()
-                    )
-                } else {
-                    format!(
-                        "listeners '{other}' ({}) and '{l}' ({}) both listen on {at} tcp; http and https listeners take the TCP port, so each address and port may have one of tcp, http, https",
-                        protocol.name(),
-                        listener.protocol.name()
-                    )
-                });
-            }
-            if listener.address.is_unspecified() || listener.address.is_multicast() {
-                return Err(format!(
-                    "listener '{l}': address {} is not a unicast address",
-                    listener.address
-                ));
-            }
-            let Some(group) = groups.get(listener.default_target_group.as_str()) else {
-                return Err(format!(
-                    "listener '{l}': default_target_group '{}' does not exist; known target groups: {known}",
-                    listener.default_target_group,
-                ));
-            };
-            if listener.protocol.is_l7() {
-                self.validate_l7_listener(listener, &groups, &known)?;
-            } else {
-                validate_l4_listener(listener, group)?;
-            }
-        }
-        // An all-ports TCP listener takes every TCP packet to its address in XDP, so the
-        // proxy would never see its listener's traffic.
-        for listener in self.listeners.iter().filter(|l| l.protocol.is_l7()) {
-            if let Some(all) = self.listeners.iter().find(|o| {
-                o.port == 0 && o.protocol == Protocol::Tcp && o.address == listener.address
-            }) {
-                return Err(format!(
-                    "listener '{}' ({}) takes every TCP port of {}, so {} listener '{}' on port {} would never see its traffic; give '{}' a port or use another address",
-                    all.name,
-                    all.protocol.name(),
-                    all.address,
-                    listener.protocol.name(),
-                    listener.name,
-                    listener.port,
-                    all.name
-                ));
-            }
-        }
-        let [min, max] = self.data_plane.nat_port_range;
-        if min == 0 || min > max {
-            return Err(format!(
-                "data_plane.nat_port_range [{min}, {max}] is not a range of ports from 1 to 65535 with the first not above the second"
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl Model {
-    fn validate_l7_listener(
-        &self,
-        listener: &Listener,
-        groups: &BTreeMap<&str, &TargetGroup>,
-        known: &str,
-    ) -> Result<(), String> {
-        let l = &listener.name;
-        let protocol = listener.protocol.name();
-        if listener.port == 0 {
-            return Err(format!(
-                "listener '{l}' ({protocol}) needs a port; port 0 (every port) is for tcp and udp listeners"
-            ));
-        }
-        if listener.mode.is_some() {
-            return Err(format!(
-                "listener '{l}' ({protocol}) has a mode; the L7 proxy opens its own connections to targets, remove 'mode' (it is for tcp and udp listeners)"
-            ));
-        }
-        if listener.maglev_table_size.is_some() {
-            return Err(format!(
-                "listener '{l}' ({protocol}) has maglev_table_size; {protocol} listeners balance per target group (algorithm), remove it"
-            ));
-        }
-        if let Some(idle) = listener.idle_timeout {
-            let secs = idle.as_secs();
-            if !l7::IDLE_TIMEOUT_RANGE.contains(&secs) || idle.subsec_nanos() != 0 {
-                return Err(format!(
-                    "listener '{l}': idle_timeout {idle:?} must be whole seconds from 1 to 4000"
-                ));
-            }
-        }
-        if let Some(timeout) = listener.header_read_timeout {
-            if timeout < Duration::from_millis(100) || timeout > Duration::from_secs(300) {
-                return Err(format!(
-                    "listener '{l}': header_read_timeout {timeout:?} must be 100 ms to 300 s"
-                ));
-            }
-        }
-        if let Some(bytes) = listener.max_header_bytes {
-            if !l7::MAX_HEADER_BYTES_RANGE.contains(&bytes) {
-                return Err(format!(
-                    "listener '{l}': max_header_bytes {bytes} must be 1024 to 1048576"
-                ));
-            }
-        }
-        match listener.protocol {
-            Protocol::Https if listener.certificates.is_empty() => {
-                return Err(format!(
-                    "listener '{l}' (https) needs certificates = [{{ cert = \"/path/cert.pem\", key = \"/path/key.pem\" }}]; the first is the default"
-                ));
-            }
-            Protocol::Http if !listener.certificates.is_empty() => {
-                return Err(format!(
-                    "listener '{l}' (http) has certificates; use protocol = \"https\" to terminate TLS, or remove them"
-                ));
-            }
-            _ => {}
-        }
-        for cert in &listener.certificates {
-            if cert.cert.as_os_str().is_empty() || cert.key.as_os_str().is_empty() {
-                return Err(format!(
-                    "listener '{l}': a certificate needs both cert and key (PEM file paths)"
-                ));
-            }
-        }
-        let mut priorities = BTreeSet::new();
-        for rule in &listener.rules {
-            if !priorities.insert(rule.priority) {
-                return Err(format!(
-                    "listener '{l}': two rules have priority {}; priorities must be unique per listener",
-                    rule.priority
-                ));
-            }
-            l7::validate_rule(l, rule, |name| groups.contains_key(name), known)?;
-        }
-        for name in listener.target_groups() {
-            let group = groups[name];
-            if group.algorithm == Some(Algorithm::Maglev) {
-                return Err(format!(
-                    "target group '{name}' has algorithm maglev, which {protocol} listener '{l}' does not use; choose round_robin or least_outstanding_requests"
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
-fn validate_l4_listener(listener: &Listener, group: &TargetGroup) -> Result<(), String> {
-    let l = &listener.name;
-    let protocol = listener.protocol.name();
-    let l7_only = [
-        ("rule", !listener.rules.is_empty()),
-        ("certificates", !listener.certificates.is_empty()),
-        ("idle_timeout", listener.idle_timeout.is_some()),
-        (
-            "header_read_timeout",
-            listener.header_read_timeout.is_some(),
-        ),
-        ("max_header_bytes", listener.max_header_bytes.is_some()),
-        ("access_log", listener.access_log.is_some()),
-    ];
-    if let Some((field, _)) = l7_only.iter().find(|(_, set)| *set) {
-        return Err(format!(
-            "listener '{l}' ({protocol}) has {field}, which only http and https listeners take; use protocol = \"http\" or \"https\", or remove it"
-        ));
-    }
-    if let Some(algorithm) = group.algorithm.filter(|a| *a != Algorithm::Maglev) {
-        return Err(format!(
-            "target group '{}' has algorithm {}, but {protocol} listener '{l}' balances with maglev; remove algorithm (or set \"maglev\")",
-            group.name,
-            algorithm.name()
-        ));
-    }
-    if group.stickiness.is_some() {
-        return Err(format!(
-            "target group '{}' has stickiness, which {protocol} listener '{l}' cannot honour (it sees packets, not cookies); use hash_key = \"source_ip\" for L4 stickiness",
-            group.name
-        ));
-    }
-    let size = TableSize::new(listener.maglev_table_size())
-        .map_err(|e| format!("listener '{l}': maglev_table_size: {e}"))?;
-    if group.targets.len() as u64 * u64::from(crate::maglev::MIN_SLOTS_PER_TARGET)
-        > u64::from(size.get())
-    {
-        return Err(format!(
-            "listener '{l}': maglev_table_size {} is too small for the {} targets of '{}'; use a prime of at least {} targets x {}",
-            size.get(),
-            group.targets.len(),
-            group.name,
-            group.targets.len(),
-            crate::maglev::MIN_SLOTS_PER_TARGET
-        ));
-    }
-    if listener.protocol == Protocol::Udp
-        && group.health_check.protocol == CheckProtocol::Tcp
-        && group.health_check.port.is_none()
-    {
-        return Err(format!(
-            "listener '{l}' is UDP, so target group '{}' needs health_check.port (a TCP or HTTP service on the targets): a TCP check on the UDP traffic port would always fail",
-            group.name
-        ));
-    }
-    let mode = listener.mode();
-    for target in &group.targets {
-        let port = target.port.or(group.port);
-        let shown = show_target(target.address, port);
-        if target.address.is_ipv4() != listener.address.is_ipv4() && mode != Mode::Tunnel {
-            return Err(format!(
-                "listener '{l}' ({}) cannot forward to target {shown} of '{}' in {} mode: address families differ (only tunnel mode carries one family inside the other)",
-                listener.address,
-                group.name,
-                mode.name()
-            ));
-        }
-        match mode {
-            // A target without a port under an all-ports listener keeps each packet's
-            // destination port.
-            Mode::Nat => {}
-            Mode::Dsr | Mode::Tunnel => {
-                if let Some(port) = port {
-                    if port != listener.port {
-                        return Err(format!(
-                            "listener '{l}' uses {} mode, where the packet reaches the target unchanged, so target {shown} of '{}' must use the listener's port {} (or none); port translation needs mode = \"nat\"",
-                            mode.name(),
-                            group.name,
-                            listener.port
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 impl TargetGroup {
@@ -657,13 +391,6 @@ impl Target {
     /// The target's port for a listener: its own, else its group's, else the listener's.
     pub fn port_for(&self, group: &TargetGroup, listener: &Listener) -> u16 {
         self.port.or(group.port).unwrap_or(listener.port)
-    }
-}
-
-fn show_target(address: IpAddr, port: Option<u16>) -> String {
-    match port {
-        Some(port) => SocketAddr::new(address, port).to_string(),
-        None => address.to_string(),
     }
 }
 
@@ -749,6 +476,125 @@ mod tests {
             e.starts_with("sluice.toml, line 7: listener 'web': default_target_group 'api'"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_target_that_is_its_own_http_listener_is_refused() {
+        let text = r#"
+            [[listener]]
+            name = "web"
+            address = "192.0.2.10"
+            port = 80
+            protocol = "http"
+            default_target_group = "web"
+
+            [[target_group]]
+            name = "web"
+            targets = [ { address = "10.0.1.10", port = 8080 }, { address = "192.0.2.10" } ]
+        "#;
+        let e = invalid(text);
+        assert!(
+            e.contains(
+                "line 11: target group 'web': target 192.0.2.10:80 is listener 'web' itself"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn redirect_hosts_cannot_carry_what_breaks_a_location() {
+        for (host, c) in [
+            ("evil.example\\r\\nX-Injected: 1", "'\\r'"),
+            ("a b", "' '"),
+            ("a/b", "'/'"),
+        ] {
+            let text = format!(
+                r#"
+                [[listener]]
+                name = "web"
+                address = "192.0.2.10"
+                port = 80
+                protocol = "http"
+                default_target_group = "web"
+
+                [[listener.rule]]
+                priority = 1
+                path = ["/old"]
+                action = {{ type = "redirect", status = 301, host = "{host}" }}
+
+                [[target_group]]
+                name = "web"
+                targets = [ {{ address = "10.0.1.10", port = 8080 }} ]
+                "#
+            );
+            let e = invalid(&text);
+            assert!(e.contains(&format!("contains {c}")), "{host}: {e}");
+        }
+        // Variables and plain names are fine.
+        let ok = GOOD_HTTP_REDIRECT.replace("HOST", "#{host}.example.com");
+        Model::parse(&ok, "sluice.toml").unwrap();
+    }
+
+    const GOOD_HTTP_REDIRECT: &str = r#"
+        [[listener]]
+        name = "web"
+        address = "192.0.2.10"
+        port = 80
+        protocol = "http"
+        default_target_group = "web"
+
+        [[listener.rule]]
+        priority = 1
+        path = ["/old"]
+        action = { type = "redirect", status = 301, host = "HOST" }
+
+        [[target_group]]
+        name = "web"
+        targets = [ { address = "10.0.1.10", port = 8080 } ]
+    "#;
+
+    #[test]
+    fn a_rule_error_points_at_that_rule_and_carries_its_subject() {
+        let text = r#"[[listener]]
+name = "web"
+address = "192.0.2.10"
+port = 80
+protocol = "http"
+default_target_group = "web"
+
+[[listener.rule]]
+priority = 1
+path = ["/a/*"]
+action = { type = "forward", target_groups = [{ name = "web" }] }
+
+[[listener.rule]]
+priority = 2
+path = ["no-slash"]
+action = { type = "forward", target_groups = [{ name = "web" }] }
+
+[[target_group]]
+name = "web"
+port = 3000
+targets = [ { address = "10.0.1.10" } ]
+"#;
+        let Err(ModelError::Invalid { line, error, .. }) = Model::parse(text, "sluice.toml") else {
+            panic!("accepted");
+        };
+        assert_eq!(
+            error.subject,
+            Subject::Rule {
+                listener: 0,
+                index: 1
+            }
+        );
+        assert_eq!(line, Some(14), "the second rule's first line");
+        assert!(error.message.contains("path 'no-slash'"), "{error}");
+        // Rewording a message cannot lose the line: it comes from the subject.
+        let reworded = Invalid {
+            message: "something else".into(),
+            ..error
+        };
+        assert_eq!(lines::locate(text, &reworded), Some(14));
     }
 
     #[test]

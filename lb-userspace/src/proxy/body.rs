@@ -4,14 +4,17 @@
 use std::{
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc,
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body, Bytes, Frame, SizeHint};
+// tokio's clock, so that tests can pause it; the same as std's otherwise.
+use tokio::time::Instant;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -87,5 +90,216 @@ impl<F: FnOnce() + Send> Body for Tracked<F> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// How a request body is doing on its way to the target: when it last moved, and whether
+/// the client broke it (a malformed chunk, a reset). The wait for the target's response
+/// counts inactivity from the last move, as ALB's idle timeout does, and a broken upload is
+/// the client's error (400), not the target's.
+#[derive(Debug)]
+pub struct Upload {
+    epoch: Instant,
+    /// Milliseconds from `epoch` to the last frame.
+    moved_ms: AtomicU64,
+    broken: AtomicBool,
+}
+
+impl Upload {
+    pub fn new() -> Upload {
+        Upload {
+            epoch: Instant::now(),
+            moved_ms: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// When a frame last went through (the request's start before the first).
+    pub fn last_moved(&self) -> Instant {
+        self.epoch + Duration::from_millis(self.moved_ms.load(Relaxed))
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Relaxed)
+    }
+
+    /// Wraps the request body so that it reports here.
+    pub fn watch(self: &Arc<Self>, inner: ProxyBody) -> ProxyBody {
+        Uploading {
+            inner,
+            upload: Arc::clone(self),
+        }
+        .boxed_unsync()
+    }
+}
+
+impl Default for Upload {
+    fn default() -> Upload {
+        Upload::new()
+    }
+}
+
+struct Uploading {
+    inner: ProxyBody,
+    upload: Arc<Upload>,
+}
+
+impl Body for Uploading {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(_))) => {
+                let ms = self.upload.epoch.elapsed().as_millis() as u64;
+                self.upload.moved_ms.store(ms, Relaxed);
+            }
+            Poll::Ready(Some(Err(_))) => self.upload.broken.store(true, Relaxed),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body that stays with the proxy until the target's connection first asks for
+/// data. When the connection to a target fails before that (refused, unreachable), nothing
+/// of the request was sent: [`Reclaim::take_back`] returns the body, and the request, whatever
+/// its method, can go to another target.
+pub fn reclaimable(inner: ProxyBody) -> (ProxyBody, Reclaim) {
+    let end_stream = inner.is_end_stream();
+    let size_hint = inner.size_hint();
+    let slot = Arc::new(std::sync::Mutex::new(Some(inner)));
+    let body = Deferred {
+        slot: Arc::clone(&slot),
+        taken: None,
+        end_stream,
+        size_hint,
+    };
+    (body.boxed_unsync(), Reclaim(slot))
+}
+
+/// The proxy's claim on a [`reclaimable`] body.
+pub struct Reclaim(Arc<std::sync::Mutex<Option<ProxyBody>>>);
+
+impl Reclaim {
+    /// The body, if no connection has read from it yet.
+    pub fn take_back(&self) -> Option<ProxyBody> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+struct Deferred {
+    slot: Arc<std::sync::Mutex<Option<ProxyBody>>>,
+    taken: Option<ProxyBody>,
+    end_stream: bool,
+    size_hint: SizeHint,
+}
+
+impl Body for Deferred {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.taken.is_none() {
+            let taken = self.slot.lock().ok().and_then(|mut slot| slot.take());
+            match taken {
+                Some(body) => self.taken = Some(body),
+                // Taken back for another target: this request is abandoned.
+                None => {
+                    return Poll::Ready(Some(Err("the request body went to another target".into())))
+                }
+            }
+        }
+        Pin::new(self.taken.as_mut().expect("taken above")).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(body) => body.is_end_stream(),
+            None => self.end_stream,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.taken {
+            Some(body) => body.size_hint(),
+            None => self.size_hint,
+        }
+    }
+}
+
+/// Waits for `response` until neither it nor the request body has moved for `idle`:
+/// `None` then. A slow upload that keeps sending is never cut short.
+pub async fn until_idle<F: std::future::Future>(
+    response: F,
+    upload: &Upload,
+    idle: Duration,
+) -> Option<F::Output> {
+    tokio::pin!(response);
+    loop {
+        let deadline = upload.last_moved() + idle;
+        match tokio::time::timeout_at(deadline, &mut response).await {
+            Ok(output) => return Some(output),
+            Err(_) if upload.last_moved() + idle <= Instant::now() => return None,
+            Err(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_unread_body_is_taken_back_whole_and_a_read_one_is_not() {
+        let (body, reclaim) = reclaimable(full("payload"));
+        drop(body);
+        let back = reclaim.take_back().expect("never read");
+        assert_eq!(back.collect().await.unwrap().to_bytes(), "payload");
+
+        let (body, reclaim) = reclaimable(full("payload"));
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "payload");
+        assert!(reclaim.take_back().is_none(), "a connection read it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_moving_upload_is_waited_for_and_a_still_one_times_out() {
+        let upload = Arc::new(Upload::new());
+        let idle = Duration::from_secs(10);
+        // The target answers after 25 s while the body moves every 5 s.
+        let mover = {
+            let upload = Arc::clone(&upload);
+            tokio::spawn(async move {
+                for _ in 0..5 {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let ms = upload.epoch.elapsed().as_millis() as u64;
+                    upload.moved_ms.store(ms, Relaxed);
+                }
+            })
+        };
+        let answer = tokio::time::sleep(Duration::from_secs(25));
+        assert_eq!(until_idle(answer, &upload, idle).await, Some(()));
+        mover.await.unwrap();
+        // Nothing moves and the target never answers: given up 10 s after the last move.
+        let still = Arc::new(Upload::new());
+        let started = Instant::now();
+        let never = std::future::pending::<()>();
+        assert_eq!(until_idle(never, &still, idle).await, None);
+        assert_eq!(started.elapsed(), idle);
     }
 }

@@ -28,6 +28,11 @@ pub struct ConnState {
     /// [`ConnState::pending_bytes`]).
     pending_read: AtomicU64,
     pending_written: AtomicU64,
+    /// Where the pending head's request line ended (its length, newline included), 0 while
+    /// it has not: a head refused as too large whose request line alone is longer than
+    /// `max_request_line` gets 414, any other 431.
+    line_length: AtomicU64,
+    max_request_line: AtomicU64,
 }
 
 /// What the watchdog should do with a connection now.
@@ -50,6 +55,8 @@ impl ConnState {
             awaiting_target: AtomicUsize::new(0),
             pending_read: AtomicU64::new(0),
             pending_written: AtomicU64::new(0),
+            line_length: AtomicU64::new(0),
+            max_request_line: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -57,7 +64,7 @@ impl ConnState {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn read_some(&self, n: usize) {
+    fn read(&self, bytes: &[u8]) {
         let now = self.now_ms();
         self.last_activity.store(now, Relaxed);
         if self.in_flight.load(Relaxed) == 0 {
@@ -65,9 +72,36 @@ impl ConnState {
                 self.head_started.store(now + 1, Relaxed);
                 self.pending_read.store(0, Relaxed);
                 self.pending_written.store(0, Relaxed);
+                self.line_length.store(0, Relaxed);
             }
-            self.pending_read.fetch_add(n as u64, Relaxed);
+            let before = self.pending_read.fetch_add(bytes.len() as u64, Relaxed);
+            if self.line_length.load(Relaxed) == 0 {
+                if let Some(at) = bytes.iter().position(|&b| b == b'\n') {
+                    self.line_length.store(before + at as u64 + 1, Relaxed);
+                }
+            }
         }
+    }
+
+    /// Request lines longer than `bytes` are too long a URI (414) rather than too large a
+    /// head (431); the listener's `max_header_bytes`.
+    pub fn limit_request_line(&self, bytes: usize) {
+        self.max_request_line.store(bytes as u64, Relaxed);
+    }
+
+    /// Whether the head being received has a request line longer than the limit (or one
+    /// that has not ended).
+    pub fn request_line_too_long(&self) -> bool {
+        let length = self.line_length.load(Relaxed);
+        length == 0 || length > self.max_request_line.load(Relaxed)
+    }
+
+    /// `write` is hyper's 431 to a pending head whose request line is too long.
+    fn refusing_a_long_request_line(&self, write: &[u8]) -> bool {
+        self.in_flight.load(Relaxed) == 0
+            && self.head_started.load(Relaxed) != 0
+            && self.request_line_too_long()
+            && write.starts_with(HEAD_TOO_LARGE)
     }
 
     fn wrote_some(&self, n: usize) {
@@ -167,11 +201,17 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            this.state.read_some(buf.filled().len() - before);
+            this.state.read(&buf.filled()[before..]);
         }
         polled
     }
 }
+
+/// hyper's own answer to a head larger than the limit, and what sluice sends instead when
+/// the request line alone was too long (hyper cannot tell them apart under the limit): the
+/// same length, so that hyper's count of written bytes stays right.
+const HEAD_TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large";
+const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long (the request line)";
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     fn poll_write(
@@ -180,7 +220,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let polled = if this.state.refusing_a_long_request_line(buf) {
+            let mut answer = buf.to_vec();
+            answer[..URI_TOO_LONG.len()].copy_from_slice(URI_TOO_LONG);
+            Pin::new(&mut this.inner).poll_write(cx, &answer)
+        } else {
+            Pin::new(&mut this.inner).poll_write(cx, buf)
+        };
         if let Poll::Ready(Ok(n)) = polled {
             if n > 0 {
                 this.state.wrote_some(n);
@@ -195,7 +241,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let first = bufs.first().map_or(&[][..], |b| &b[..]);
+        let polled = if this.state.refusing_a_long_request_line(first) {
+            let mut first = bufs[0].to_vec();
+            first[..URI_TOO_LONG.len()].copy_from_slice(URI_TOO_LONG);
+            let mut slices = vec![io::IoSlice::new(&first)];
+            slices.extend(bufs[1..].iter().map(|b| io::IoSlice::new(b)));
+            Pin::new(&mut this.inner).poll_write_vectored(cx, &slices)
+        } else {
+            Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        };
         if let Poll::Ready(Ok(n)) = polled {
             if n > 0 {
                 this.state.wrote_some(n);
@@ -226,12 +281,12 @@ mod tests {
         let state = ConnState::new();
         let (header, idle) = (Duration::ZERO, Duration::from_secs(60));
         assert_eq!(state.verdict(header, idle), Verdict::Continue);
-        state.read_some(10);
+        state.read(&[0; 10]);
         assert_eq!(state.verdict(header, idle), Verdict::HeaderTimeout);
         state.request_started();
         assert_eq!(state.verdict(header, idle), Verdict::Continue);
         // Body bytes while the request is in flight start no head.
-        state.read_some(10);
+        state.read(&[0; 10]);
         assert_eq!(state.verdict(header, idle), Verdict::Continue);
         state.request_finished();
         assert_eq!(state.verdict(header, Duration::ZERO), Verdict::Idle);
@@ -242,18 +297,40 @@ mod tests {
     #[test]
     fn a_refused_heads_bytes_are_counted_from_its_first_byte() {
         let state = ConnState::new();
-        state.read_some(100);
+        state.read(&[0; 100]);
         state.request_started();
         // The response to it, and its body, are not a pending head's.
         state.wrote_some(50);
-        state.read_some(7);
+        state.read(&[0; 7]);
         assert_eq!(state.pending_bytes(), (0, 0));
         state.request_finished();
-        state.read_some(30);
-        state.read_some(12);
+        state.read(&[0; 30]);
+        state.read(&[0; 12]);
         state.wrote_some(75);
         assert_eq!(state.pending_bytes(), (42, 75));
         state.request_started();
         assert_eq!(state.pending_bytes(), (0, 0));
+    }
+
+    #[test]
+    fn the_414_replaces_the_431_byte_for_byte() {
+        assert_eq!(HEAD_TOO_LARGE.len(), URI_TOO_LONG.len());
+    }
+
+    #[test]
+    fn a_request_line_is_too_long_until_it_ends_within_the_limit() {
+        let state = ConnState::new();
+        state.limit_request_line(30);
+        state.read(b"GET /aaaa");
+        assert!(state.request_line_too_long(), "not ended yet");
+        state.read(b"aaaa HTTP/1.1\r\nHost: x");
+        assert!(!state.request_line_too_long(), "a 24-byte line");
+        state.request_started();
+        state.request_finished();
+        state.read(b"GET /aaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n");
+        assert!(
+            state.request_line_too_long(),
+            "a new head starts over: 40 bytes"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! One request: rules, then a fixed response, a redirect, or forwarding to a target chosen
-//! by stickiness and the group's algorithm, with one retry on another target for safe,
-//! bodiless requests whose connection failed before anything was sent. Errors map to ALB's
+//! by stickiness and the group's algorithm (ejected targets last, see `outlier`), with one
+//! retry on another target, whatever the method, when the connection to the first failed
+//! before anything was sent. Errors map to ALB's
 //! codes: 400 malformed (hyper answers those before we see them, and `server` counts and
 //! logs them; a missing Host here), 502 target refused or broke, 503 no target, 504 target
 //! timeout.
@@ -17,7 +18,7 @@ use std::{
 
 use http_body_util::BodyExt;
 use hyper::{
-    body::{Body, Incoming},
+    body::Incoming,
     header::{self, HeaderValue},
     Method, Request, Response, StatusCode, Version,
 };
@@ -25,14 +26,17 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use super::{
     access_log::Record,
+    authority::{self, AuthorityError},
     balance,
     body::{self, ProxyBody},
     conn::ConnState,
     context::ConnCtx,
     cookie_keys::CookieKeys,
-    headers, redirect,
-    rules::{host_without_port, RequestView, RuleAction},
-    snapshot::{GroupRoutes, ListenerRoutes},
+    headers,
+    outlier::Outcome,
+    redirect,
+    rules::{RequestView, RuleAction},
+    snapshot::{GroupRoutes, ListenerRoutes, RoutedTarget},
     sticky, upgrade, Shared,
 };
 use crate::model::{Algorithm, Stickiness};
@@ -67,6 +71,11 @@ pub async fn handle(
     let in_flight = InFlight(Arc::clone(&conn.state));
     let listener = conn.listener();
     listener.counters.requests.fetch_add(1, Relaxed);
+    let authority = authority::of_request(request.version(), request.uri(), request.headers());
+    let shown_host = match &authority {
+        Ok(Some(authority)) => authority.header_value(),
+        _ => "-".to_string(),
+    };
     let mut record = Record {
         kind: if request.version() == Version::HTTP_2 {
             "h2"
@@ -80,7 +89,7 @@ pub async fn handle(
             "{} {}://{}{} {:?}",
             request.method(),
             conn.proto(),
-            request_host(&request).unwrap_or_else(|| "-".into()),
+            shown_host,
             request.uri().path_and_query().map_or("/", |p| p.as_str()),
             request.version()
         ),
@@ -105,19 +114,49 @@ pub async fn handle(
             "listener removed\n",
         ));
     };
-    let host = request_host(&request);
-    if host.is_none() && request.version() == Version::HTTP_11 {
-        record.error_reason = Some("MissingHost");
-        return Ok(finish_elb(
-            &conn,
-            record,
-            in_flight,
-            StatusCode::BAD_REQUEST,
-            "HTTP/1.1 requests need a Host header\n",
-        ));
+    if request.method() == Method::CONNECT {
+        // A load balancer is no forward proxy: nothing is tunnelled to a target.
+        record.error_reason = Some("MethodNotAllowed");
+        let mut response =
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not allowed\n");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+        return Ok(finish_with(&conn, record, in_flight, response, None, None));
     }
+    let authority = match authority {
+        Ok(authority) => authority,
+        Err(e) => {
+            record.error_reason = Some(match e {
+                AuthorityError::Missing => "MissingHost",
+                _ => "InvalidHost",
+            });
+            log::debug!(
+                "listener '{}': request from {} refused: {e}",
+                listener.name,
+                conn.peer
+            );
+            return Ok(finish_elb(
+                &conn,
+                record,
+                in_flight,
+                StatusCode::BAD_REQUEST,
+                "bad request: the Host is missing, repeated or invalid\n",
+            ));
+        }
+    };
+    if request.method() == Method::OPTIONS && request.uri() == "*" {
+        // `OPTIONS *` asks the server itself, not a resource: the load balancer answers.
+        record.action = "options";
+        let mut response = Response::new(body::empty());
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
+        return Ok(finish_with(&conn, record, in_flight, response, None, None));
+    }
+    let host = authority.as_ref().map(|a| a.host.as_str());
     let view = RequestView {
-        host: host.as_deref(),
+        host,
         path: request.uri().path(),
         method: request.method().as_str(),
         query: request.uri().query(),
@@ -142,7 +181,7 @@ pub async fn handle(
         RuleAction::Redirect(rule) => {
             record.action = "redirect";
             let local = routes.address;
-            let host_text = host.unwrap_or_else(|| local.ip().to_string());
+            let host_text = host.map_or_else(|| local.ip().to_string(), str::to_string);
             let location = redirect::location(
                 &rule,
                 &redirect::Original {
@@ -181,30 +220,21 @@ pub async fn handle(
                 ));
             };
             record.target_group = Some(name);
+            let host = match authority {
+                Some(authority) => authority.header_value(),
+                // HTTP/1.0 without Host: targets are spoken to in HTTP/1.1, which needs one.
+                None => routes.address.to_string(),
+            };
             Ok(forward(
-                &shared, &conn, &routes, &group, request, record, in_flight, started,
+                &shared, &conn, &routes, &group, request, host, record, in_flight, started,
             )
             .await)
         }
     }
 }
 
-/// The request's host: the URI's authority (absolute-form, HTTP/2) or the Host header,
-/// lower case, without port.
-fn request_host<B>(request: &Request<B>) -> Option<String> {
-    request
-        .uri()
-        .host()
-        .or_else(|| {
-            request
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(host_without_port)
-        })
-        .filter(|h| !h.is_empty())
-        .map(str::to_ascii_lowercase)
-}
+/// The methods a target may be asked (what `Allow` lists for CONNECT and `OPTIONS *`).
+const ALLOWED: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -244,8 +274,7 @@ fn choose_target(
     if group.stickiness.is_some() {
         group.counters.non_sticky_requests.fetch_add(1, Relaxed);
     }
-    let allowed = |i: usize| Some(i) != exclude;
-    match group.algorithm {
+    let pick = |allowed: &dyn Fn(usize) -> bool| match group.algorithm {
         Algorithm::LeastOutstandingRequests => {
             let loads: Vec<usize> = group
                 .targets
@@ -256,6 +285,29 @@ fn choose_target(
             balance::least_outstanding(&loads, start, allowed)
         }
         Algorithm::RoundRobin | Algorithm::Maglev => group.round_robin.pick_where(allowed),
+    };
+    // Ejected targets only when every other one is ejected too (see `outlier`).
+    pick(&|i| Some(i) != exclude && !group.targets[i].outlier.ejected())
+        .or_else(|| pick(&|i| Some(i) != exclude))
+}
+
+/// Feeds a request's outcome to its target's outlier detection.
+fn note_outcome(group: &GroupRoutes, target: &RoutedTarget, outcome: Outcome) {
+    let Some(detection) = &group.detection else {
+        return;
+    };
+    if target.outlier.record(outcome, detection) {
+        log::warn!(
+            "target {} of '{}' ejected after {} consecutive failed requests ({}); no new requests for at least {:?}",
+            target.key.addr,
+            group.name,
+            detection.consecutive_errors,
+            match outcome {
+                Outcome::ConnectionError => "connection errors".to_string(),
+                Outcome::Response(status) => format!("last answered {status}"),
+            },
+            detection.ejection
+        );
     }
 }
 
@@ -276,6 +328,7 @@ async fn forward(
     routes: &ListenerRoutes,
     group: &Arc<GroupRoutes>,
     mut request: Request<Incoming>,
+    host: String,
     mut record: Record,
     in_flight: InFlight,
     started: Instant,
@@ -283,19 +336,17 @@ async fn forward(
     let upgrade = headers::wants_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (parts, incoming) = request.into_parts();
-    let safe = matches!(
-        parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    );
-    let retryable = safe && incoming.is_end_stream() && !upgrade;
     let received = Arc::new(AtomicU64::new(0));
+    let upload = Arc::new(body::Upload::new());
     let mut request_body = Some(
-        body::Tracked::new(
-            incoming.map_err(Into::into).boxed_unsync(),
-            Arc::clone(&received),
-            || {},
-        )
-        .boxed_unsync(),
+        upload.watch(
+            body::Tracked::new(
+                incoming.map_err(Into::into).boxed_unsync(),
+                Arc::clone(&received),
+                || {},
+            )
+            .boxed_unsync(),
+        ),
     );
     let mut headers = parts.headers.clone();
     headers::remove_hop_by_hop(&mut headers, upgrade);
@@ -305,15 +356,10 @@ async fn forward(
         conn.proto(),
         conn.listener().port,
     );
-    if !headers.contains_key(header::HOST) {
-        // HTTP/2 carries the host in :authority; HTTP/1.1 targets need Host.
-        if let Some(value) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            headers.insert(header::HOST, value);
-        }
+    // The authority the rules matched, whatever the client put in Host (absolute-form,
+    // HTTP/2's :authority) or listed in Connection.
+    if let Ok(value) = HeaderValue::from_str(&host) {
+        headers.insert(header::HOST, value);
     }
     let path = parts
         .uri
@@ -349,7 +395,11 @@ async fn forward(
         };
         let target = &group.targets[index];
         record.target = Some(target.key.addr);
-        let mut outgoing = Request::new(request_body.take().unwrap_or_else(body::empty));
+        // Kept until the target's connection reads it: a connection that fails first sent
+        // nothing, so the request goes to another target whatever its method.
+        let (outgoing_body, reclaim) =
+            body::reclaimable(request_body.take().unwrap_or_else(body::empty));
+        let mut outgoing = Request::new(outgoing_body);
         *outgoing.method_mut() = parts.method.clone();
         *outgoing.uri_mut() = match format!("http://{}{path}", target.key.addr).parse() {
             Ok(uri) => uri,
@@ -370,21 +420,52 @@ async fn forward(
         let sent_at = Instant::now();
         record.request_processing = Some(sent_at - started);
         conn.state.awaiting_target(true);
-        let answered =
-            tokio::time::timeout(routes.idle_timeout, shared.client.request(outgoing)).await;
+        // ALB's idle timeout: inactivity, so an upload that keeps moving is never cut.
+        let answered = body::until_idle(
+            shared.client.request(outgoing),
+            &upload,
+            routes.idle_timeout,
+        )
+        .await
+        .ok_or(());
         conn.state.awaiting_target(false);
         match answered {
             Ok(Ok(response)) => break (response, target.key.clone(), sent_at, outstanding),
-            Ok(Err(e)) if e.is_connect() && retryable && !retried => {
-                log::debug!(
-                    "target {} of '{}' refused a connection; retrying on another target: {e:?}",
-                    target.key.addr,
-                    group.name
+            Ok(Err(_)) if upload.is_broken() => {
+                // The client's body broke (a malformed chunk, a reset): its error, not the
+                // target's.
+                record.error_reason = Some("ClientBodyError");
+                record.target_processing = Some(sent_at.elapsed());
+                return finish_elb(
+                    conn,
+                    record,
+                    in_flight,
+                    StatusCode::BAD_REQUEST,
+                    "bad request: the request body is malformed or was cut\n",
                 );
-                exclude = Some(index);
-                retried = true;
             }
             Ok(Err(e)) => {
+                let connect = e.is_connect();
+                if connect {
+                    group
+                        .counters
+                        .target_connection_errors
+                        .fetch_add(1, Relaxed);
+                }
+                note_outcome(group, target, Outcome::ConnectionError);
+                if connect && !upgrade && !retried {
+                    if let Some(body) = reclaim.take_back() {
+                        log::debug!(
+                            "target {} of '{}': no connection; retrying on another target: {e:?}",
+                            target.key.addr,
+                            group.name
+                        );
+                        request_body = Some(body);
+                        exclude = Some(index);
+                        retried = true;
+                        continue;
+                    }
+                }
                 log::debug!("target {} of '{}': {e:?}", target.key.addr, group.name);
                 record.error_reason = Some(if e.is_connect() {
                     "TargetConnectionError"
@@ -418,6 +499,9 @@ async fn forward(
     let status = response.status();
     record.target_status = Some(status.as_u16());
     group.counters.target_response(status.as_u16(), target_time);
+    if let Some(routed) = group.targets.iter().find(|t| t.key == target) {
+        note_outcome(group, routed, Outcome::Response(status.as_u16()));
+    }
 
     let mut response = response;
     let upgraded = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
@@ -533,6 +617,17 @@ fn set_sticky_cookies(
     }
 }
 
+/// A plain-text response the proxy makes itself.
+fn error_response(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
 /// A response the proxy makes itself because of an error.
 fn finish_elb(
     conn: &ConnCtx,
@@ -541,13 +636,14 @@ fn finish_elb(
     status: StatusCode,
     text: &'static str,
 ) -> Response<ProxyBody> {
-    let mut response = Response::new(body::full(text));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    finish_with(conn, record, in_flight, response, None, None)
+    finish_with(
+        conn,
+        record,
+        in_flight,
+        error_response(status, text),
+        None,
+        None,
+    )
 }
 
 /// Wraps the response body so that its end writes the access log line and releases the

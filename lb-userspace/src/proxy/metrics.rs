@@ -39,6 +39,9 @@ pub struct GroupCounters {
     /// (NonStickyRequestCount): no cookie, a forged, expired or foreign one, or one naming a
     /// target that no longer takes requests.
     pub non_sticky_requests: AtomicU64,
+    /// Requests whose connection to a target failed: refused, unreachable, reset before a
+    /// response (TargetConnectionErrorCount). Retried ones count too.
+    pub target_connection_errors: AtomicU64,
     /// TargetResponseTime: from sending the request to the target's response head.
     pub response_time_buckets: [AtomicU64; RESPONSE_TIME_BUCKETS.len()],
     pub response_time_count: AtomicU64,
@@ -86,6 +89,7 @@ impl GroupCounters {
         GroupNumbers {
             target_responses: self.target_responses.each_ref().map(|c| c.load(Relaxed)),
             non_sticky_requests: self.non_sticky_requests.load(Relaxed),
+            target_connection_errors: self.target_connection_errors.load(Relaxed),
             response_time_buckets: self
                 .response_time_buckets
                 .each_ref()
@@ -110,6 +114,7 @@ pub struct ListenerNumbers {
 pub struct GroupNumbers {
     pub target_responses: [u64; 4],
     pub non_sticky_requests: u64,
+    pub target_connection_errors: u64,
     /// Cumulative: each bucket counts responses at most its bound.
     pub response_time_buckets: [u64; RESPONSE_TIME_BUCKETS.len()],
     pub response_time_count: u64,

@@ -11,6 +11,7 @@
 //! snapshot the daemon swaps in after every change ([`Proxy::update`]).
 
 pub mod access_log;
+mod authority;
 pub mod balance;
 pub mod body;
 pub mod conn;
@@ -20,6 +21,7 @@ pub mod forward;
 pub mod handover;
 pub mod headers;
 pub mod metrics;
+mod outlier;
 pub mod redirect;
 pub mod rules;
 pub mod server;

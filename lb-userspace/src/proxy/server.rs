@@ -68,6 +68,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: A
     };
     drop(routes);
     let state = Arc::new(ConnState::new());
+    state.limit_request_line(limits.max_header_bytes);
     // Kept to write a 408 on a plain connection hyper owns: only while no request is in
     // flight, so hyper is not writing anything then.
     let fd: RawFd = stream.as_raw_fd();
@@ -190,7 +191,7 @@ async fn watch<C, F>(
                 if let Err(e) = done {
                     log::debug!("connection from {peer}: {e}");
                     let (received, sent) = conn.state.pending_bytes();
-                    match parser_answer(&e) {
+                    match parser_answer(&e, conn.state.request_line_too_long()) {
                         Some((status, reason)) if http1 && sent > 0 => {
                             refused(conn, status, reason, received, sent);
                         }
@@ -238,13 +239,15 @@ async fn watch<C, F>(
 
 /// The answer hyper's HTTP/1 parser wrote for the error it ended a connection with (see
 /// `Server::on_error` in hyper's `proto::h1::role`), and the access log's error_reason.
-fn parser_answer(e: &hyper::Error) -> Option<(u16, &'static str)> {
+/// `long_line`: the refused head's request line alone is over the limit (see
+/// [`ConnState`], which then turns hyper's 431 into a 414).
+fn parser_answer(e: &hyper::Error, long_line: bool) -> Option<(u16, &'static str)> {
     if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
         return None;
     }
     if e.is_parse_too_large() {
         // TooLarge and UriTooLong share the predicate; only the kind (in Debug) tells.
-        return Some(if format!("{e:?}").contains("UriTooLong") {
+        return Some(if long_line || format!("{e:?}").contains("UriTooLong") {
             (414, "RequestUriTooLong")
         } else {
             (431, "RequestHeaderTooLarge")
@@ -307,14 +310,20 @@ mod tests {
     async fn the_parsers_own_answers_are_recognised() {
         let (error, answer) = refuse(b"GET /not a request line\r\nHost: x\r\n\r\n", 4096).await;
         assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
-        assert_eq!(parser_answer(&error), Some((400, "MalformedRequest")));
+        assert_eq!(
+            parser_answer(&error, false),
+            Some((400, "MalformedRequest"))
+        );
         let big = format!(
             "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
             "a".repeat(8000)
         );
         let (error, answer) = refuse(big.as_bytes(), 4096).await;
         assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
-        assert_eq!(parser_answer(&error), Some((431, "RequestHeaderTooLarge")));
+        assert_eq!(
+            parser_answer(&error, false),
+            Some((431, "RequestHeaderTooLarge"))
+        );
     }
 
     #[test]

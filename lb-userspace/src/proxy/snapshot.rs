@@ -10,7 +10,12 @@ use std::{
     time::Duration,
 };
 
-use super::{balance::RoundRobin, metrics::GroupCounters, rules::RuleSet};
+use super::{
+    balance::RoundRobin,
+    metrics::GroupCounters,
+    outlier::{Detection, Outlier},
+    rules::RuleSet,
+};
 use crate::{
     health::{self, Health},
     model::{Algorithm, Model, Protocol, Stickiness, TargetKey, TargetView},
@@ -20,6 +25,7 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct Carried {
     outstanding: HashMap<TargetKey, Arc<AtomicUsize>>,
+    outliers: HashMap<TargetKey, Arc<Outlier>>,
     groups: BTreeMap<String, Arc<GroupCounters>>,
 }
 
@@ -64,12 +70,16 @@ pub struct GroupRoutes {
     pub algorithm: Algorithm,
     pub stickiness: Option<Stickiness>,
     pub counters: Arc<GroupCounters>,
+    /// `None`: outlier detection is off.
+    pub detection: Option<Detection>,
 }
 
 #[derive(Debug)]
 pub struct RoutedTarget {
     pub key: TargetKey,
     pub outstanding: Arc<AtomicUsize>,
+    /// What the proxy's own requests saw of it (kept across snapshots).
+    pub outlier: Arc<Outlier>,
 }
 
 impl Snapshot {
@@ -120,10 +130,12 @@ impl Snapshot {
                 for i in routable.targets {
                     let (key, weight) = &keys[i];
                     let outstanding = carried.outstanding.entry(key.clone()).or_default();
+                    let outlier = carried.outliers.entry(key.clone()).or_default();
                     used_targets.insert(key.clone());
                     targets.push(RoutedTarget {
                         key: key.clone(),
                         outstanding: Arc::clone(outstanding),
+                        outlier: Arc::clone(outlier),
                     });
                     weights.push(*weight);
                 }
@@ -143,6 +155,12 @@ impl Snapshot {
                         algorithm: group.algorithm.unwrap_or_default(),
                         stickiness: group.stickiness.clone(),
                         counters,
+                        detection: (group.outlier_detection.consecutive_errors > 0).then(|| {
+                            Detection {
+                                consecutive_errors: group.outlier_detection.consecutive_errors,
+                                ejection: group.health_check().interval,
+                            }
+                        }),
                     }),
                 );
             }
@@ -176,6 +194,7 @@ impl Snapshot {
         }
         // In-flight requests of a target that left keep their own Arc.
         carried.outstanding.retain(|k, _| used_targets.contains(k));
+        carried.outliers.retain(|k, _| used_targets.contains(k));
         carried.groups.retain(|g, _| used_groups.contains(g));
         Snapshot {
             listeners,

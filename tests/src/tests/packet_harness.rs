@@ -20,14 +20,8 @@ use sluice::dataplane::counters::Counters;
 
 /// XDP actions (`enum xdp_action` in the kernel's UAPI), as [`RunResult::action`] holds them.
 pub const XDP_PASS: u32 = 2;
-#[allow(dead_code, reason = "for the rewrite stages' tests")]
-pub const XDP_ABORTED: u32 = 0;
-#[allow(dead_code, reason = "for the rewrite stages' tests")]
 pub const XDP_DROP: u32 = 1;
-#[allow(dead_code, reason = "for the rewrite stages' tests")]
 pub const XDP_TX: u32 = 3;
-#[allow(dead_code, reason = "for the rewrite stages' tests")]
-pub const XDP_REDIRECT: u32 = 4;
 
 /// Room for a program to grow the frame (`bpf_xdp_adjust_head`/`_tail`, encapsulation);
 /// a smaller output buffer makes the test run fail with `ENOSPC`.
