@@ -337,6 +337,7 @@ mod tests {
                 elb_4xx: 3,
                 elb_5xx: 0,
                 tls_negotiation_errors: 0,
+                rejected_connections: 0,
             }],
             ..report()
         };

@@ -282,6 +282,7 @@ mod tests {
                 elb_4xx: 2,
                 elb_5xx: 1,
                 tls_negotiation_errors: 5,
+                rejected_connections: 7,
             }],
             ..report.clone()
         });
@@ -317,6 +318,7 @@ mod tests {
                 elb_4xx: 0,
                 elb_5xx: 0,
                 tls_negotiation_errors: 0,
+                rejected_connections: 0,
             }],
             ..StatsReport::default()
         });

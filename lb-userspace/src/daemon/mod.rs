@@ -64,6 +64,9 @@ pub struct Parts<D: Dataplane, S: Store> {
     pub key_file: PathBuf,
     /// Listening sockets a predecessor handed over, for the first model's listeners.
     pub inherited: Vec<std::net::TcpListener>,
+    /// The proxy's limit on client connections over all listeners (`sluice run
+    /// --max-connections`); None: derived from the open-files limit when the proxy starts.
+    pub max_connections: Option<usize>,
 }
 
 pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
@@ -85,6 +88,7 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     key_file: PathBuf,
     /// Handed over by a predecessor; taken by the first model's listeners.
     inherited: RefCell<Vec<std::net::TcpListener>>,
+    max_connections: Option<usize>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -139,6 +143,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             state,
             key_file,
             inherited,
+            max_connections,
         } = parts;
         checker.adopt(
             controller
@@ -158,6 +163,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             proxy: RefCell::new(None),
             key_file,
             inherited: RefCell::new(inherited),
+            max_connections,
         }
     }
 
@@ -259,7 +265,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         let staged =
             Proxy::stage_inheriting(proxy.as_ref(), model, reread, &self.key_file, inherited)?;
         if staged.serves() && proxy.is_none() {
-            *proxy = Some(Proxy::start()?);
+            *proxy = Some(Proxy::start(self.max_connections)?);
         }
         Ok(staged)
     }

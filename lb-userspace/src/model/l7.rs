@@ -14,6 +14,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=1024 * 1024;
+pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=10_000_000;
 /// Stickiness durations in seconds: 1 s to 7 days (ALB).
 pub const STICKINESS_DURATION: std::ops::RangeInclusive<u64> = 1..=604_800;
 pub const DEFAULT_STICKINESS_DURATION: u64 = 86_400;

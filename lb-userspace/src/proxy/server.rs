@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{
     access_log::Record,
+    admission::{self, Permit},
     conn::{ConnState, TrackedIo, Verdict},
     context::{ConnCtx, ListenerSlot},
     forward, Shared,
@@ -37,26 +38,65 @@ pub const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n";
 
 /// Accepts connections on `listener` for as long as the task runs; each is served by the
-/// listener in `slot` at the time it was accepted.
+/// listener in `slot` at the time it was accepted, if the connection limits admit it (else it
+/// is reset at once and counted).
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, slot: Arc<ListenerSlot>) {
+    // Per listening socket: its connections, and what is logged about it.
+    let open = Arc::new(admission::Gate::default());
+    let refusals = admission::Throttle::new(admission::LOG_INTERVAL);
+    let failures = admission::Throttle::new(admission::LOG_INTERVAL);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, peer, Arc::clone(&shared), Arc::clone(&slot)));
+                let ctx = slot.load();
+                match admission::admit(
+                    &shared.admitted,
+                    shared.max_connections,
+                    &open,
+                    ctx.max_connections,
+                ) {
+                    Ok(permit) => {
+                        let _ = stream.set_nodelay(true);
+                        let (shared, slot) = (Arc::clone(&shared), Arc::clone(&slot));
+                        tokio::spawn(serve(stream, peer, shared, slot, permit));
+                    }
+                    Err(refusal) => {
+                        ctx.counters.rejected_connections.fetch_add(1, Relaxed);
+                        // A reset, at once: the client learns now, and no descriptor waits
+                        // in TIME_WAIT or for the client's FIN.
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        drop(stream);
+                        if let Some(count) = refusals.event() {
+                            log::warn!(
+                                "listener '{}': reset {count} new connection(s) in the last {}s or less: {refusal}",
+                                ctx.name,
+                                admission::LOG_INTERVAL.as_secs()
+                            );
+                        }
+                    }
+                }
             }
             Err(e) => {
-                log::warn!(
-                    "listener '{}': accepting a connection: {e}",
-                    slot.load().name
-                );
+                if let Some(count) = failures.event() {
+                    log::warn!(
+                        "listener '{}': accepting a connection failed {count} time(s) in the last {}s or less: {e}",
+                        slot.load().name,
+                        admission::LOG_INTERVAL.as_secs()
+                    );
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: Arc<ListenerSlot>) {
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    slot: Arc<ListenerSlot>,
+    permit: Permit,
+) {
     let ctx = slot.load_full();
     let Some(routes) = shared.snapshot.load().listeners.get(&ctx.name).cloned() else {
         return;
@@ -75,7 +115,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: A
     let io = TrackedIo::new(stream, Arc::clone(&state));
     let Some(config) = ctx.tls.clone() else {
         let census = Arc::clone(&shared.connections);
-        let conn = Arc::new(ConnCtx::new(ctx, slot, peer, state, None, census));
+        let conn = Arc::new(ConnCtx::new(ctx, slot, peer, state, None, census, permit));
         return serve_http(io, false, Some(fd), conn, shared, limits).await;
     };
     // The handshake is part of the request head for the header read timeout (a client that
@@ -111,6 +151,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: A
         state,
         Some((cipher.to_string(), protocol.to_string())),
         Arc::clone(&shared.connections),
+        permit,
     ));
     // No raw 408 under TLS: bytes written beside rustls would break the stream.
     serve_http(tls, h2, None, conn, shared, limits).await;
