@@ -884,6 +884,11 @@ mod tests {
                 "max_header_bytes = 100",
                 "max_header_bytes 100 must be 1024 to 1048576",
             ),
+            (
+                "idle_timeout = 30",
+                "max_connections = 0",
+                "max_connections 0 must be 1 to 10000000",
+            ),
         ];
         for (from, to, expected) in cases {
             assert!(HTTP.contains(from), "{from}");

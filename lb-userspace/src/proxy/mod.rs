@@ -24,6 +24,7 @@ pub mod headers;
 pub mod metrics;
 mod outlier;
 pub mod redirect;
+pub mod resets;
 pub mod rules;
 pub mod server;
 pub mod snapshot;
@@ -93,6 +94,8 @@ pub struct Shared {
     /// Client connections open under the global limit, and the limit (see [`admission`]).
     pub admitted: Arc<admission::Gate>,
     pub max_connections: usize,
+    /// What is logged about HTTP/2 connections sent GOAWAY for their resets (see [`resets`]).
+    pub reset_abuse_log: admission::Throttle,
 }
 
 /// The TLS configuration of every https listener, by listener name, with the certificate
@@ -229,6 +232,7 @@ impl Proxy {
             closing: AtomicBool::new(false),
             admitted: Arc::default(),
             max_connections,
+            reset_abuse_log: admission::Throttle::new(admission::LOG_INTERVAL),
         });
         Ok(Proxy {
             runtime: Some(runtime),

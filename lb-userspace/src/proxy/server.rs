@@ -27,7 +27,9 @@ use super::{
     admission::{self, Permit},
     conn::{ConnState, TrackedIo, Verdict},
     context::{ConnCtx, ListenerSlot},
-    forward, Shared,
+    forward,
+    resets::{self, StreamResets},
+    Shared,
 };
 
 /// After a failed accept (e.g. out of file descriptors), before the next one.
@@ -178,32 +180,60 @@ async fn serve_http<I>(
 {
     let draining = shared.draining.subscribe();
     let service_conn = Arc::clone(&conn);
-    let service = service_fn(move |request| {
-        forward::handle(Arc::clone(&shared), Arc::clone(&service_conn), request)
-    });
+    let service_shared = Arc::clone(&shared);
+    let handle = move |request| {
+        forward::handle(
+            Arc::clone(&service_shared),
+            Arc::clone(&service_conn),
+            request,
+        )
+    };
     if h2 {
+        let resets = Arc::new(StreamResets::default());
+        let streams = Arc::clone(&resets);
+        let service = service_fn(move |request| {
+            let stream = streams.stream();
+            let handled = handle(request);
+            async move {
+                let response = handled.await;
+                stream.answered();
+                response
+            }
+        });
         let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder.max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
+        builder
+            .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_concurrent_streams(resets::MAX_CONCURRENT_STREAMS);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let stop = |c: std::pin::Pin<&mut _>| http2::Connection::graceful_shutdown(c);
-        watch(connection, stop, draining, &conn, fd, limits, false).await;
+        let kind = Kind::Http2(&resets, &shared);
+        watch(connection, stop, draining, &conn, fd, limits, kind).await;
     } else {
         let mut builder = http1::Builder::new();
         builder
             .max_header_size(limits.max_header_bytes)
             .max_buf_size(limits.max_header_bytes.max(8192) + 8192);
         let connection = builder
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(io), service_fn(handle))
             .with_upgrades();
         let stop = |c: std::pin::Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-        watch(connection, stop, draining, &conn, fd, limits, true).await;
+        watch(connection, stop, draining, &conn, fd, limits, Kind::Http1).await;
     }
 }
 
+/// The protocol a connection speaks, for its watchdog.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    /// hyper's HTTP/1, whose parser answers refused heads itself.
+    Http1,
+    /// HTTP/2: too many streams reset by the client end the connection with GOAWAY.
+    Http2(&'a StreamResets, &'a Shared),
+}
+
 /// Drives `connection` until it ends, a request head takes longer than the header read
-/// timeout (408, or a close under TLS), or nothing moves for the idle timeout. `http1`: the
-/// connection is hyper's HTTP/1, whose parser answers refused heads itself. When `draining`
-/// turns true, `stop` asks hyper to finish the request in flight and close.
+/// timeout (408, or a close under TLS), or nothing moves for the idle timeout. When
+/// `draining` turns true, or an HTTP/2 client resets too many streams, `stop` asks hyper to
+/// finish the requests in flight and close (HTTP/2: GOAWAY).
 async fn watch<C, F>(
     connection: C,
     stop: F,
@@ -211,7 +241,7 @@ async fn watch<C, F>(
     conn: &ConnCtx,
     fd: Option<RawFd>,
     limits: Limits,
-    http1: bool,
+    kind: Kind<'_>,
 ) where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
     F: FnOnce(std::pin::Pin<&mut C>),
@@ -233,7 +263,7 @@ async fn watch<C, F>(
                     log::debug!("connection from {peer}: {e}");
                     let (received, sent) = conn.state.pending_bytes();
                     match parser_answer(&e, conn.state.request_line_too_long()) {
-                        Some((status, reason)) if http1 && sent > 0 => {
+                        Some((status, reason)) if matches!(kind, Kind::Http1) && sent > 0 => {
                             refused(conn, status, reason, received, sent);
                         }
                         _ => {}
@@ -242,6 +272,21 @@ async fn watch<C, F>(
                 return;
             }
             Ok(_) = draining.wait_for(|d| *d), if stop.is_some() => {
+                if let Some(stop) = stop.take() {
+                    stop(connection.as_mut());
+                }
+            }
+            _ = abusive(kind), if stop.is_some() => {
+                if let Kind::Http2(resets, shared) = kind {
+                    if let Some(count) = shared.reset_abuse_log.event() {
+                        log::warn!(
+                            "{count} HTTP/2 connection(s) sent GOAWAY in the last {}s or less for resetting at least {} streams before their response, more than half of their streams (the latest from {peer}, {} resets)",
+                            admission::LOG_INTERVAL.as_secs(),
+                            resets::MAX_CLIENT_RESETS,
+                            resets.resets()
+                        );
+                    }
+                }
                 if let Some(stop) = stop.take() {
                     stop(connection.as_mut());
                 }
@@ -275,6 +320,14 @@ async fn watch<C, F>(
                 }
             }
         }
+    }
+}
+
+/// Resolves when an HTTP/2 client reset too many streams; never for HTTP/1.
+async fn abusive(kind: Kind<'_>) {
+    match kind {
+        Kind::Http2(resets, _) => resets.abusive.notified().await,
+        Kind::Http1 => std::future::pending().await,
     }
 }
 
