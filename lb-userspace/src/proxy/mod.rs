@@ -2,7 +2,7 @@
 //!
 //! Pure parts, unit-tested without sockets: [`wildcard`] (ALB's `*`/`?` patterns),
 //! [`rules`] (conditions and actions), [`balance`] (smooth weighted round robin, least
-//! outstanding requests), [`sticky`] (signed stickiness cookies), [`redirect`] (redirect
+//! outstanding requests), [`sticky`] (sealed stickiness cookies), [`redirect`] (redirect
 //! templates), [`headers`] (hop-by-hop and X-Forwarded-*), [`snapshot`] (the routing state
 //! built from the model), [`access_log`] and [`metrics`].
 //!
