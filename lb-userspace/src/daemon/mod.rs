@@ -396,8 +396,10 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
     }
 
     /// Re-reads the model, dropping changes made through the API; a file that does not
-    /// validate changes nothing.
-    fn reload(&self) -> Result<Changes, ControlError> {
+    /// validate changes nothing, and neither does one without listeners (an empty or
+    /// comments-only file, a file truncated by a careless edit) while listeners run, unless
+    /// `allow_empty`.
+    fn reload(&self, allow_empty: bool) -> Result<Changes, ControlError> {
         let Some(path) = &self.config else {
             let message = "sluice run was started without --config: there is no file to reload";
             log::warn!("{message}");
@@ -414,6 +416,14 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
             log::error!("{message}");
             ControlError::invalid(message)
         })?;
+        let running = self.controller.borrow().model().listeners.len();
+        if model.listeners.is_empty() && running > 0 && !allow_empty {
+            let message = refused(&format!(
+                "the file has no listeners, and applying it would remove all {running}; to do that on purpose run `sluice reload --allow-empty` (SIGHUP never does)"
+            ));
+            log::error!("{message}");
+            return Err(ControlError::conflict(message));
+        }
         self.apply_model(&model, &Origin::Reload(path.clone()))
             .map_err(|e| {
                 let message = refused(&e);
