@@ -451,7 +451,11 @@ mod tests {
             })
         }
 
-        fn reload(&self, _allow_empty: bool) -> Result<Changes, ControlError> {
+        /// Refuses, unless asked to allow an empty file.
+        fn reload(&self, allow_empty: bool) -> Result<Changes, ControlError> {
+            if allow_empty {
+                return Ok(Changes::default());
+            }
             Err(ControlError::invalid("reload of f refused"))
         }
 
@@ -574,6 +578,20 @@ mod tests {
                 "reload of f refused",
             ),
             (
+                Method::POST,
+                RELOAD_PATH,
+                r#"{"allow_empty": false}"#,
+                StatusCode::BAD_REQUEST,
+                "reload of f refused",
+            ),
+            (
+                Method::POST,
+                RELOAD_PATH,
+                r#"{"allow_empty": 1}"#,
+                StatusCode::BAD_REQUEST,
+                "the reload request's body is not understood",
+            ),
+            (
                 Method::GET,
                 TARGETS_PATH,
                 "",
@@ -590,6 +608,9 @@ mod tests {
                 "{method} {path} {body}: {text}"
             );
         }
+        // Asked for, the backend applies the file.
+        let (got, text) = ask(Method::POST, RELOAD_PATH, r#"{"allow_empty": true}"#);
+        assert_eq!(got, StatusCode::OK, "{text}");
     }
 
     #[test]
