@@ -308,9 +308,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             restart,
         )
         .await;
+        // Awaited, so their sockets are closed before a successor binds the same metrics
+        // address (the hand-over below blocks this thread while the successor starts).
         api.abort();
+        let _ = api.await;
         if let Some(metrics) = metrics {
             metrics.abort();
+            let _ = metrics.await;
         }
         let successor = match served? {
             Ending::Down => return Ok(None),

@@ -144,7 +144,8 @@ async fn read_request(stream: tokio::net::UnixStream) -> std::io::Result<(Reques
 
 /// Refuses a successor that asked only if this daemon is stopping.
 pub fn refuse(mut stream: UnixStream) {
-    log::warn!("a sluice run on the same --socket asked for the listening sockets; this daemon runs on (start it with --take-over to replace this one)");
+    // Debug: a new daemon asks again for a few seconds before it gives up and says why.
+    log::debug!("a sluice run on the same --socket asked for the listening sockets; this daemon runs on (start it with --take-over to replace this one)");
     if let Err(e) = handover::answer(&mut stream, Answer::Running) {
         log::debug!("answering a successor: {e}");
     }

@@ -154,10 +154,14 @@ pub fn take_over(path: &Path, request: Request) -> Result<TakeOver, HandoverErro
     };
     let mut stream = match UnixStream::connect(path) {
         Ok(stream) => stream,
+        // No daemon; or one this user may not ask (not root), which the steps that need
+        // root then report.
         Err(e)
             if matches!(
                 e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                io::ErrorKind::NotFound
+                    | io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::PermissionDenied
             ) =>
         {
             return Ok(TakeOver::Nobody)

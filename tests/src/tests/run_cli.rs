@@ -141,7 +141,7 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
     assert_eq!(
         one_line(&output.stderr),
         format!(
-            "error: another sluice daemon answers on {}: stop it first, or give this one its own --socket",
+            "error: a sluice daemon runs on {}: stop it first (SIGTERM; it hands its listeners to the next sluice run), or start this one with --take-over to replace it without a gap",
             socket.arg()
         )
     );
