@@ -366,13 +366,14 @@ fn render_proxy(proxy: &ProxyStats, out: &mut Exposition) {
         &'static str,
         fn(&crate::proxy::metrics::ListenerNumbers) -> u64,
     );
-    const LISTENER: [ListenerMetric; 6] = [
+    const LISTENER: [ListenerMetric; 7] = [
         ("sluice_request_count_total", "counter", "HTTP requests received by the listener (RequestCount).", |n| n.requests),
         ("sluice_httpcode_elb_4xx_count_total", "counter", "4XX responses made by sluice itself: 400 malformed or without Host, 408 header timeout, 414 URI too long, 431 header too large (HTTPCode_ELB_4XX_Count).", |n| n.elb_4xx),
         ("sluice_httpcode_elb_5xx_count_total", "counter", "5XX responses made by sluice itself: 502 target refused or broke, 503 no target, 504 target timeout (HTTPCode_ELB_5XX_Count).", |n| n.elb_5xx),
         ("sluice_active_connection_count", "gauge", "Client connections open now, upgraded ones included.", |n| n.active_connections),
         ("sluice_new_connection_count_total", "counter", "Client connections accepted (NewConnectionCount).", |n| n.new_connections),
         ("sluice_client_tls_negotiation_error_count_total", "counter", "https: client connections whose TLS handshake failed or timed out (ClientTLSNegotiationErrorCount).", |n| n.tls_negotiation_errors),
+        ("sluice_rejected_connection_count_total", "counter", "Client connections reset at once because the listener's max_connections or the global --max-connections was reached (RejectedConnectionCount).", |n| n.rejected_connections),
     ];
     for (name, kind, help, value) in LISTENER {
         out.family(name, kind, help);
@@ -672,10 +673,10 @@ mod tests {
                 assert_eq!(Some(family), current, "{line} outside its family");
             }
         }
-        assert_eq!(families.len(), 26, "{families:?}");
+        assert_eq!(families.len(), 27, "{families:?}");
         // The same shape with nothing to report: every family, no samples but the global one.
         let empty = render(&Scrape::default());
-        assert_eq!(empty.matches("# TYPE ").count(), 26, "{empty}");
+        assert_eq!(empty.matches("# TYPE ").count(), 27, "{empty}");
         assert!(empty.contains("\nsluice_port_allocation_error_count_total 0\n"));
     }
 

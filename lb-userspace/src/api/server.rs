@@ -33,11 +33,22 @@ use crate::{
     model::edit::{Edit, EditError, ListenerSpec, TargetRef},
 };
 
+/// `POST /v1/reload`'s body (optional).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReloadOptions {
+    /// Apply a file without listeners even though the running model has some (it removes
+    /// every listener).
+    #[serde(default)]
+    pub allow_empty: bool,
+}
+
 /// What the API asks of the daemon.
 pub trait Backend {
     fn stats(&self) -> Result<StatsReport, CollectError>;
     /// Re-reads the configuration file, as on SIGHUP, dropping changes made through the API.
-    fn reload(&self) -> Result<Changes, ControlError>;
+    /// A file without listeners replaces a model with listeners only with `allow_empty`.
+    fn reload(&self, allow_empty: bool) -> Result<Changes, ControlError>;
     /// Changes the running model (until the next reload).
     fn change(&self, edit: Edit) -> Result<Changes, ControlError>;
     /// Stops the daemon after detaching the XDP program and removing its pins (`sluice
@@ -290,7 +301,21 @@ pub fn respond(
             Ok(report) => json(StatusCode::OK, &report),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
-        (RELOAD_PATH, &Method::POST) => changed(backend.reload()),
+        (RELOAD_PATH, &Method::POST) => {
+            // No body: the defaults (a daemon's older clients send none).
+            let options = if body.is_empty() {
+                Ok(ReloadOptions::default())
+            } else {
+                serde_json::from_slice::<ReloadOptions>(body)
+            };
+            match options {
+                Ok(options) => changed(backend.reload(options.allow_empty)),
+                Err(e) => error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the reload request's body is not understood: {e}"),
+                ),
+            }
+        }
         (DOWN_PATH, &Method::POST) => match backend.down() {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({ "stopping": true })),
             Err(e) => error(e.status, e.message),
@@ -427,7 +452,11 @@ mod tests {
             })
         }
 
-        fn reload(&self) -> Result<Changes, ControlError> {
+        /// Refuses, unless asked to allow an empty file.
+        fn reload(&self, allow_empty: bool) -> Result<Changes, ControlError> {
+            if allow_empty {
+                return Ok(Changes::default());
+            }
             Err(ControlError::invalid("reload of f refused"))
         }
 
@@ -550,6 +579,20 @@ mod tests {
                 "reload of f refused",
             ),
             (
+                Method::POST,
+                RELOAD_PATH,
+                r#"{"allow_empty": false}"#,
+                StatusCode::BAD_REQUEST,
+                "reload of f refused",
+            ),
+            (
+                Method::POST,
+                RELOAD_PATH,
+                r#"{"allow_empty": 1}"#,
+                StatusCode::BAD_REQUEST,
+                "the reload request's body is not understood",
+            ),
+            (
                 Method::GET,
                 TARGETS_PATH,
                 "",
@@ -566,6 +609,9 @@ mod tests {
                 "{method} {path} {body}: {text}"
             );
         }
+        // Asked for, the backend applies the file.
+        let (got, text) = ask(Method::POST, RELOAD_PATH, r#"{"allow_empty": true}"#);
+        assert_eq!(got, StatusCode::OK, "{text}");
     }
 
     #[test]

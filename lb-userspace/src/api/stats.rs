@@ -93,6 +93,10 @@ pub struct HttpListenerStats {
     /// https: handshakes that failed or timed out (ClientTLSNegotiationErrorCount).
     #[serde(default)]
     pub tls_negotiation_errors: u64,
+    /// Connections reset at once because a connection limit was reached
+    /// (RejectedConnectionCount).
+    #[serde(default)]
+    pub rejected_connections: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,6 +251,7 @@ mod tests {
                 elb_4xx: 2,
                 elb_5xx: 1,
                 tls_negotiation_errors: 3,
+                rejected_connections: 6,
             }],
         };
         report.connection_tables = Some(ConnectionTables {
@@ -275,7 +280,8 @@ mod tests {
                 "http_listeners": [{
                     "name": "site", "address": "192.0.2.10", "port": 443, "protocol": "https",
                     "target_group": "www", "requests": 9, "active_connections": 1,
-                    "new_connections": 4, "elb_4xx": 2, "elb_5xx": 1, "tls_negotiation_errors": 3
+                    "new_connections": 4, "elb_4xx": 2, "elb_5xx": 1, "tls_negotiation_errors": 3,
+                    "rejected_connections": 6
                 }],
                 "connection_tables": {
                     "flows": 2, "nat_translations": 1, "nat_translations_by_target": { "7": 1 },

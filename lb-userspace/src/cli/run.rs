@@ -95,6 +95,14 @@ pub struct RunArgs {
     /// Port 0 picks a free port, logged at start-up.
     #[arg(long, value_name = "ADDR|off", default_value = metrics::DEFAULT_ADDRESS)]
     metrics_address: MetricsAddress,
+    /// The L7 proxy's limit on client connections open at once over all http/https
+    /// listeners; more are reset at once and counted (RejectedConnectionCount). Default: half
+    /// of what the open-files limit leaves after the descriptors open at start and 128 kept
+    /// for health checks, the control API, metrics and access logs (each client connection
+    /// also holds one to its target).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_connections: Option<u64>,
 }
 
 /// How long a new daemon waits for a running one (told to stop) to begin stopping.
@@ -246,6 +254,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         state,
         key_file: args.stickiness_keys.clone(),
         inherited,
+        max_connections: args.max_connections.map(|n| n as usize),
     }));
     // Applied and saved before anything is attached: from the moment the pins forward, a
     // daemon taking over finds the state that goes with them. An http/https listener that

@@ -342,6 +342,7 @@ mod tests {
                 elb_4xx: 3,
                 elb_5xx: 0,
                 tls_negotiation_errors: 0,
+                rejected_connections: 0,
             }],
             ..report()
         };
@@ -361,6 +362,7 @@ mod tests {
                         "2",
                         "7",
                         "3",
+                        "0",
                         "0",
                         "0"
                     ]),

@@ -333,6 +333,7 @@ mod tests {
                 elb_4xx: 2,
                 elb_5xx: 1,
                 tls_negotiation_errors: 5,
+                rejected_connections: 7,
             }],
             ..report.clone()
         });
@@ -350,7 +351,8 @@ mod tests {
                 "120",
                 "2",
                 "1",
-                "5"
+                "5",
+                "7"
             ]),
             "{with_http}"
         );
@@ -369,6 +371,7 @@ mod tests {
                 elb_4xx: 0,
                 elb_5xx: 0,
                 tls_negotiation_errors: 0,
+                rejected_connections: 0,
             }],
             ..StatsReport::default()
         });

@@ -49,6 +49,7 @@ pub(super) fn http_listeners(out: &mut String, listeners: &[HttpListenerStats]) 
                 l.elb_4xx.to_string(),
                 l.elb_5xx.to_string(),
                 l.tls_negotiation_errors.to_string(),
+                l.rejected_connections.to_string(),
             ]
         })
         .collect();
@@ -64,9 +65,10 @@ pub(super) fn http_listeners(out: &mut String, listeners: &[HttpListenerStats]) 
             "elb 4xx",
             "elb 5xx",
             "tls errors",
+            "rejected conns",
         ],
         &rows,
-        &[3, 4, 5, 6, 7, 8],
+        &[3, 4, 5, 6, 7, 8, 9],
     );
 }
 

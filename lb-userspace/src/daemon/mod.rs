@@ -64,6 +64,9 @@ pub struct Parts<D: Dataplane, S: Store> {
     pub key_file: PathBuf,
     /// Listening sockets a predecessor handed over, for the first model's listeners.
     pub inherited: Vec<std::net::TcpListener>,
+    /// The proxy's limit on client connections over all listeners (`sluice run
+    /// --max-connections`); None: derived from the open-files limit when the proxy starts.
+    pub max_connections: Option<usize>,
 }
 
 pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
@@ -87,6 +90,7 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     inherited: RefCell<Vec<std::net::TcpListener>>,
     /// The connection-state tables as the last complete sweep counted them.
     tables: RefCell<Option<crate::api::ConnectionTables>>,
+    max_connections: Option<usize>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -141,6 +145,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             state,
             key_file,
             inherited,
+            max_connections,
         } = parts;
         checker.adopt(
             controller
@@ -161,6 +166,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             key_file,
             inherited: RefCell::new(inherited),
             tables: RefCell::new(None),
+            max_connections,
         }
     }
 
@@ -273,7 +279,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         let staged =
             Proxy::stage_inheriting(proxy.as_ref(), model, reread, &self.key_file, inherited)?;
         if staged.serves() && proxy.is_none() {
-            *proxy = Some(Proxy::start()?);
+            *proxy = Some(Proxy::start(self.max_connections)?);
         }
         Ok(staged)
     }
@@ -405,8 +411,10 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
     }
 
     /// Re-reads the model, dropping changes made through the API; a file that does not
-    /// validate changes nothing.
-    fn reload(&self) -> Result<Changes, ControlError> {
+    /// validate changes nothing, and neither does one without listeners (an empty or
+    /// comments-only file, a file truncated by a careless edit) while listeners run, unless
+    /// `allow_empty`.
+    fn reload(&self, allow_empty: bool) -> Result<Changes, ControlError> {
         let Some(path) = &self.config else {
             let message = "sluice run was started without --config: there is no file to reload";
             log::warn!("{message}");
@@ -423,6 +431,14 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
             log::error!("{message}");
             ControlError::invalid(message)
         })?;
+        let running = self.controller.borrow().model().listeners.len();
+        if model.listeners.is_empty() && running > 0 && !allow_empty {
+            let message = refused(&format!(
+                "the file has no listeners, and applying it would remove all {running}; to do that on purpose run `sluice reload --allow-empty` (SIGHUP never does)"
+            ));
+            log::error!("{message}");
+            return Err(ControlError::conflict(message));
+        }
         self.apply_model(&model, &Origin::Reload(path.clone()))
             .map_err(|e| {
                 let message = refused(&e);

@@ -182,6 +182,7 @@ pub fn http_listeners(model: &Model, proxy: &ProxyStats) -> Vec<HttpListenerStat
                 elb_4xx: n.elb_4xx,
                 elb_5xx: n.elb_5xx,
                 tls_negotiation_errors: n.tls_negotiation_errors,
+                rejected_connections: n.rejected_connections,
             }
         })
         .collect()

@@ -76,7 +76,7 @@ pub async fn serve<D: Dataplane, S: Store>(
                 Request::Interrupt => break Ending::Interrupt,
                 // Logged either way; the control API's `POST /v1/reload` takes the same path.
                 Request::Reload => {
-                    let _ = daemon.reload();
+                    let _ = daemon.reload(false);
                 }
                 Request::Restart => match restart.as_ref().map(Successor::spawn) {
                     Some(Ok(pid)) => log::info!("SIGUSR2: started the next daemon (pid {pid}); it takes over when it is ready"),

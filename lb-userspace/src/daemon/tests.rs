@@ -84,6 +84,7 @@ fn started(config: &ConfigFile) -> Daemon<MemoryDataplane, MemoryStore> {
         state: MemoryStore::new(),
         key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
         inherited: Vec::new(),
+        max_connections: None,
     });
     let model = Model::load(&config.0).unwrap();
     daemon.apply_model(&model, &Origin::Start).unwrap();
@@ -110,7 +111,7 @@ async fn a_reload_that_does_not_validate_changes_nothing() {
         "{}\n[[listener]]\nname = \"web\"\n",
         text(&["127.0.0.2"], 0)
     ));
-    let refused = daemon.reload().unwrap_err();
+    let refused = daemon.reload(false).unwrap_err();
     assert_eq!(refused.status, StatusCode::BAD_REQUEST);
     let expected = format!(
         "reload of {} refused, running configuration kept: ",
@@ -126,13 +127,37 @@ async fn a_reload_that_does_not_validate_changes_nothing() {
 }
 
 #[tokio::test]
+async fn a_reload_to_no_listeners_is_refused_unless_allowed() {
+    let config = ConfigFile::new("empty");
+    config.write(&text(&["127.0.0.1"], 0));
+    let daemon = started(&config);
+    let before = daemon.controller().model().clone();
+    for empty in ["", "# everything commented out\n# [[listener]]\n"] {
+        config.write(empty);
+        let refused = daemon.reload(false).unwrap_err();
+        assert_eq!(refused.status, StatusCode::CONFLICT);
+        assert!(
+            refused.message.contains("has no listeners")
+                && refused.message.contains("sluice reload --allow-empty"),
+            "{}",
+            refused.message
+        );
+        assert_eq!(daemon.controller().model(), &before);
+    }
+    daemon.reload(true).unwrap();
+    assert!(daemon.controller().model().listeners.is_empty());
+    // Nothing runs now: an empty file again is no loss.
+    daemon.reload(false).unwrap();
+}
+
+#[tokio::test]
 async fn a_reload_applies_the_file_saves_the_state_and_rechecks() {
     let config = ConfigFile::new("reload");
     config.write(&text(&["127.0.0.1"], 0));
     let daemon = started(&config);
     assert_eq!(daemon.checker.borrow().len(), 1);
     config.write(&text(&["127.0.0.1", "127.0.0.2"], 0));
-    let changes = daemon.reload().unwrap();
+    let changes = daemon.reload(false).unwrap();
     assert_eq!(changes.targets_added, [key("127.0.0.2")]);
     assert_eq!(
         saved_targets(&daemon),
@@ -169,7 +194,7 @@ async fn an_edit_lasts_until_the_next_reload() {
         2
     );
     // A reload drops it: the target drains.
-    let changes = daemon.reload().unwrap();
+    let changes = daemon.reload(false).unwrap();
     assert_eq!(changes.targets_draining, [key("127.0.0.3")]);
 }
 
@@ -184,8 +209,9 @@ async fn a_reload_without_a_file_is_refused() {
         state: MemoryStore::new(),
         key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
         inherited: Vec::new(),
+        max_connections: None,
     });
-    let refused = daemon.reload().unwrap_err();
+    let refused = daemon.reload(false).unwrap_err();
     assert_eq!(refused.status, StatusCode::CONFLICT);
     assert!(
         refused.message.contains("without --config"),
@@ -242,7 +268,7 @@ async fn ticks_end_drains_and_save_it() {
     let daemon = started(&config);
     config.write(&text(&["127.0.0.1"], 5));
     let start = Instant::now();
-    daemon.reload().unwrap();
+    daemon.reload(false).unwrap();
     daemon.tick(start);
     assert_eq!(saved_targets(&daemon).len(), 2, "still draining");
     daemon.tick(start + Duration::from_secs(6));
@@ -311,7 +337,7 @@ async fn a_reload_whose_http_listener_cannot_be_served_writes_nothing_to_the_dat
     ];
     for (text, status, reason) in refusals {
         config.write(&text);
-        let refused = daemon.reload().unwrap_err();
+        let refused = daemon.reload(false).unwrap_err();
         assert_eq!(refused.status, status, "{}", refused.message);
         assert!(refused.message.contains(&reason), "{}", refused.message);
         // Not the model, not one write to the data plane: the new target is not registered.

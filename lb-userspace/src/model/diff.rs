@@ -104,6 +104,11 @@ fn listener(l: &Listener) -> Item {
         ));
         settings.push(("max_header_bytes".into(), l.max_header_bytes().to_string()));
         settings.push((
+            "max_connections".into(),
+            l.max_connections
+                .map_or("the global limit".into(), |n| n.to_string()),
+        ));
+        settings.push((
             "access_log".into(),
             l.access_log
                 .as_ref()

@@ -14,6 +14,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 16 * 1024;
 pub const MAX_HEADER_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1024..=1024 * 1024;
+pub const MAX_CONNECTIONS_RANGE: std::ops::RangeInclusive<usize> = 1..=10_000_000;
 /// Stickiness durations in seconds: 1 s to 7 days (ALB).
 pub const STICKINESS_DURATION: std::ops::RangeInclusive<u64> = 1..=604_800;
 pub const DEFAULT_STICKINESS_DURATION: u64 = 86_400;
@@ -882,6 +883,11 @@ mod tests {
                 "idle_timeout = 30",
                 "max_header_bytes = 100",
                 "max_header_bytes 100 must be 1024 to 1048576",
+            ),
+            (
+                "idle_timeout = 30",
+                "max_connections = 0",
+                "max_connections 0 must be 1 to 10000000",
             ),
         ];
         for (from, to, expected) in cases {

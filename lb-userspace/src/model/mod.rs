@@ -170,6 +170,11 @@ pub struct Listener {
     /// Default 16384.
     #[serde(default)]
     pub max_header_bytes: Option<usize>,
+    /// http/https only: client connections open at once on this listener; more are accepted
+    /// and reset at once (RejectedConnectionCount). Default: only the global limit
+    /// (`sluice run --max-connections`).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// https only: at least one; the first is the default when SNI matches none.
     #[serde(default)]
     pub certificates: Vec<CertificateFiles>,
@@ -203,6 +208,7 @@ impl Listener {
             idle_timeout: None,
             header_read_timeout: None,
             max_header_bytes: None,
+            max_connections: None,
             certificates: Vec::new(),
             access_log: None,
             rules: Vec::new(),

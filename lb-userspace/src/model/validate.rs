@@ -260,6 +260,14 @@ impl Model {
                 ));
             }
         }
+        if let Some(connections) = listener.max_connections {
+            if !l7::MAX_CONNECTIONS_RANGE.contains(&connections) {
+                return Err(at.invalid(
+                    Some("max_connections"),
+                    format!("listener '{l}': max_connections {connections} must be 1 to 10000000"),
+                ));
+            }
+        }
         match listener.protocol {
             Protocol::Https if listener.certificates.is_empty() => {
                 return Err(at.invalid(Some("protocol"), format!(
@@ -345,6 +353,7 @@ fn validate_l4_listener(
             listener.header_read_timeout.is_some(),
         ),
         ("max_header_bytes", listener.max_header_bytes.is_some()),
+        ("max_connections", listener.max_connections.is_some()),
         ("access_log", listener.access_log.is_some()),
     ];
     if let Some((field, _)) = l7_only.iter().find(|(_, set)| *set) {

@@ -9,7 +9,7 @@ use std::{
     },
 };
 
-use super::{access_log::Sink, conn::ConnState, metrics::ListenerCounters};
+use super::{access_log::Sink, admission::Permit, conn::ConnState, metrics::ListenerCounters};
 use crate::model::Protocol;
 
 /// The listener a connection came in on.
@@ -22,6 +22,9 @@ pub struct ListenerCtx {
     pub sink: Sink,
     /// https listeners: the certificates (by SNI) and ALPN.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Client connections open at once on the listener (see [`super::admission`]); None:
+    /// only the global limit.
+    pub max_connections: Option<usize>,
 }
 
 /// What serves a listening socket now: swapped whole when a change renames the listener or
@@ -41,11 +44,14 @@ pub struct ConnCtx {
     pub tls: Option<(String, String)>,
     /// Every connection of the proxy (`Shared::connections`), for a stopping daemon's drain.
     census: Arc<AtomicUsize>,
+    /// Its places under the connection limits, held until the connection (or its tunnel)
+    /// closes.
+    _permit: Permit,
 }
 
 impl ConnCtx {
     /// `opened`: what `slot` held when the connection was accepted; `census` counts the
-    /// proxy's open connections.
+    /// proxy's open connections; `permit`: its places under the connection limits.
     pub fn new(
         opened: Arc<ListenerCtx>,
         slot: Arc<ListenerSlot>,
@@ -53,6 +59,7 @@ impl ConnCtx {
         state: Arc<ConnState>,
         tls: Option<(String, String)>,
         census: Arc<AtomicUsize>,
+        permit: Permit,
     ) -> ConnCtx {
         opened.counters.new_connections.fetch_add(1, Relaxed);
         opened.counters.active_connections.fetch_add(1, Relaxed);
@@ -64,6 +71,7 @@ impl ConnCtx {
             state,
             tls,
             census,
+            _permit: permit,
         }
     }
 

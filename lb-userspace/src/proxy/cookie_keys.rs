@@ -19,7 +19,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::sticky::{StickyError, StickyKey};
+use super::sticky::{Pins, StickyError, StickyKey};
 use crate::model::files;
 
 /// Where `sluice run` keeps the keys unless told otherwise.
@@ -79,6 +79,14 @@ impl CookieKeys {
             }
         }
         Err(first.unwrap_or(StickyError::Forged))
+    }
+
+    /// The unexpired pins of a cookie value, if one of the keys sealed it; none otherwise.
+    pub fn pins(&self, value: &str, now: u64) -> Pins {
+        self.0
+            .iter()
+            .find_map(|key| key.open(value, now).ok())
+            .unwrap_or_default()
     }
 
     /// `fresh` first, then the signing key and up to [`PREVIOUS_KEPT`] keys in all after it.

@@ -133,7 +133,7 @@ pub async fn handle(
             });
             log::debug!(
                 "listener '{}': request from {} refused: {e}",
-                conn.listener().name,
+                listener.name,
                 conn.peer
             );
             return Ok(finish_elb(
@@ -204,9 +204,12 @@ pub async fn handle(
         RuleAction::Forward(groups) => {
             let name = match (groups.len(), matched) {
                 (1, _) | (_, None) => groups[0].0.clone(),
-                (_, Some(priority)) => match routes.group_choice.get(&priority) {
-                    Some((names, choice)) => names[choice.pick().unwrap_or(0)].clone(),
-                    None => groups[0].0.clone(),
+                (_, Some(priority)) => match sticky_group(&shared, &routes, &groups, &request) {
+                    Some(pinned) => pinned,
+                    None => match routes.group_choice.get(&priority) {
+                        Some((names, choice)) => names[choice.pick().unwrap_or(0)].clone(),
+                        None => groups[0].0.clone(),
+                    },
                 },
             };
             let Some(group) = routes.groups.get(&name).cloned() else {
@@ -242,21 +245,20 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The target index a request goes to: its sticky target if the cookie is authentic and
-/// the target still takes requests, else a fresh pick (never `exclude`).
-fn choose_target(
-    shared: &Shared,
+/// The stickiness cookie a request carries for `group`'s kind of stickiness: `SLUICE` (or
+/// `SLUICECORS`) for lb_cookie, `SLUICEAPP` for app_cookie while the application's cookie is
+/// there too.
+fn sticky_cookie<'a>(
     group: &GroupRoutes,
-    request_headers: &hyper::HeaderMap,
-    exclude: Option<usize>,
-) -> Option<usize> {
+    request_headers: &'a hyper::HeaderMap,
+) -> Option<&'a str> {
     let cookies = || {
         request_headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
     };
-    let pinned = match &group.stickiness {
+    match &group.stickiness {
         Some(Stickiness::LbCookie { .. }) => sticky::find_cookie(cookies(), sticky::LB_COOKIE)
             .or_else(|| sticky::find_cookie(cookies(), sticky::LB_COOKIE_CORS)),
         Some(Stickiness::AppCookie { cookie_name, .. }) => {
@@ -265,9 +267,42 @@ fn choose_target(
         }
         None => None,
     }
-    .and_then(|value| verify(&shared.keys.load(), value, &group.name))
-    .and_then(|addr| group.by_addr.get(&addr).copied())
-    .filter(|i| Some(*i) != exclude);
+}
+
+/// Of a forward to several groups, the sticky group the request's cookie pins (the first in
+/// the rule's order with weight above 0): a client stays on the group it was sent to, as
+/// with ALB's target group stickiness, even when that group's target must be picked afresh.
+fn sticky_group(
+    shared: &Shared,
+    routes: &ListenerRoutes,
+    groups: &[(String, u32)],
+    request: &Request<Incoming>,
+) -> Option<String> {
+    let keys = shared.keys.load();
+    groups
+        .iter()
+        .filter(|(_, weight)| *weight > 0)
+        .find(|(name, _)| {
+            routes.groups.get(name).is_some_and(|group| {
+                sticky_cookie(group, request.headers())
+                    .is_some_and(|value| keys.verify(value, name, unix_now()).is_ok())
+            })
+        })
+        .map(|(name, _)| name.clone())
+}
+
+/// The target index a request goes to: its sticky target if the cookie is authentic and
+/// the target still takes requests, else a fresh pick (never `exclude`).
+fn choose_target(
+    shared: &Shared,
+    group: &GroupRoutes,
+    request_headers: &hyper::HeaderMap,
+    exclude: Option<usize>,
+) -> Option<usize> {
+    let pinned = sticky_cookie(group, request_headers)
+        .and_then(|value| verify(&shared.keys.load(), value, &group.name))
+        .and_then(|addr| group.by_addr.get(&addr).copied())
+        .filter(|i| Some(*i) != exclude);
     if pinned.is_some() {
         return pinned;
     }
@@ -555,12 +590,18 @@ fn set_sticky_cookies(
         return;
     };
     let duration = stickiness.duration();
+    // This group's pin, beside the pins the request's cookie holds for other groups.
     let value = || {
-        shared
-            .keys
-            .load()
-            .signing()
-            .sign(&group.name, target.addr, unix_now() + duration.as_secs())
+        let keys = shared.keys.load();
+        let now = unix_now();
+        let held = sticky_cookie(group, request_headers)
+            .map(|value| keys.pins(value, now))
+            .unwrap_or_default();
+        keys.signing().seal(&held.with(sticky::Pin {
+            group: group.name.clone(),
+            target: target.addr,
+            expires: now + duration.as_secs(),
+        }))
     };
     let app_cookie_set = match stickiness {
         Stickiness::AppCookie { cookie_name, .. } => sticky::sets_cookie(

@@ -28,6 +28,9 @@ pub struct ListenerCounters {
     /// https: connections whose TLS handshake failed or timed out
     /// (ClientTLSNegotiationErrorCount).
     pub tls_negotiation_errors: AtomicU64,
+    /// Client connections reset at once because a connection limit was reached
+    /// (RejectedConnectionCount).
+    pub rejected_connections: AtomicU64,
 }
 
 /// Per target group.
@@ -65,6 +68,7 @@ impl ListenerCounters {
             active_connections: self.active_connections.load(Relaxed).max(0) as u64,
             new_connections: self.new_connections.load(Relaxed),
             tls_negotiation_errors: self.tls_negotiation_errors.load(Relaxed),
+            rejected_connections: self.rejected_connections.load(Relaxed),
         }
     }
 }
@@ -108,6 +112,7 @@ pub struct ListenerNumbers {
     pub active_connections: u64,
     pub new_connections: u64,
     pub tls_negotiation_errors: u64,
+    pub rejected_connections: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -2,7 +2,7 @@
 //!
 //! Pure parts, unit-tested without sockets: [`wildcard`] (ALB's `*`/`?` patterns),
 //! [`rules`] (conditions and actions), [`balance`] (smooth weighted round robin, least
-//! outstanding requests), [`sticky`] (signed stickiness cookies), [`redirect`] (redirect
+//! outstanding requests), [`sticky`] (sealed stickiness cookies), [`redirect`] (redirect
 //! templates), [`headers`] (hop-by-hop and X-Forwarded-*), [`snapshot`] (the routing state
 //! built from the model), [`access_log`] and [`metrics`].
 //!
@@ -11,6 +11,7 @@
 //! snapshot the daemon swaps in after every change ([`Proxy::commit`], [`Proxy::update_routes`]).
 
 pub mod access_log;
+pub mod admission;
 mod authority;
 pub mod balance;
 pub mod body;
@@ -23,6 +24,7 @@ pub mod headers;
 pub mod metrics;
 mod outlier;
 pub mod redirect;
+pub mod resets;
 pub mod rules;
 pub mod server;
 pub mod snapshot;
@@ -89,6 +91,11 @@ pub struct Shared {
     /// Set at the end of a stopping daemon's drain: upgraded connections close too (after a
     /// bump of `changed`).
     pub closing: AtomicBool,
+    /// Client connections open under the global limit, and the limit (see [`admission`]).
+    pub admitted: Arc<admission::Gate>,
+    pub max_connections: usize,
+    /// What is logged about HTTP/2 connections sent GOAWAY for their resets (see [`resets`]).
+    pub reset_abuse_log: admission::Throttle,
 }
 
 /// The TLS configuration of every https listener, by listener name, with the certificate
@@ -190,7 +197,19 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts the proxy's runtime (its own worker threads), with nothing to serve yet.
-    pub fn start() -> Result<Proxy, ProxyError> {
+    /// `max_connections`: the limit on client connections over all listeners; None derives
+    /// it from the open-files limit and the descriptors open now
+    /// ([`admission::default_max_connections`]).
+    pub fn start(max_connections: Option<usize>) -> Result<Proxy, ProxyError> {
+        let max_connections = match max_connections {
+            Some(max) => max,
+            None => {
+                let (limit, open) = admission::open_files().map_err(ProxyError::Runtime)?;
+                let max = admission::default_max_connections(limit, open);
+                log::info!("the L7 proxy takes up to {max} client connections at once (open files limit {limit}, {open} open, {} reserved, 2 per connection; sluice run --max-connections sets it)", admission::RESERVED_DESCRIPTORS);
+                max
+            }
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .thread_name("sluice-proxy")
             .enable_all()
@@ -211,6 +230,9 @@ impl Proxy {
             connections: Arc::new(AtomicUsize::new(0)),
             draining,
             closing: AtomicBool::new(false),
+            admitted: Arc::default(),
+            max_connections,
+            reset_abuse_log: admission::Throttle::new(admission::LOG_INTERVAL),
         });
         Ok(Proxy {
             runtime: Some(runtime),
@@ -310,6 +332,7 @@ impl Proxy {
                 counters,
                 sink,
                 tls: config,
+                max_connections: listener.max_connections,
             };
             listeners.insert(addr, StagedListener { ctx, socket });
         }
@@ -577,7 +600,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-proxy-keep-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
-        let mut proxy = Proxy::start().unwrap();
+        let mut proxy = Proxy::start(None).unwrap();
         let first = http_model("web", port, "one", None);
         let staged = Proxy::stage(None, &first, true, Path::new("/nonexistent")).unwrap();
         assert!(staged.serves());
@@ -613,7 +636,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-proxy-refuse-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
-        let mut proxy = Proxy::start().unwrap();
+        let mut proxy = Proxy::start(None).unwrap();
         serve(Some(&mut proxy), &http_model("web", port, "one", None)).unwrap();
 
         // Another program holds the port a second listener wants.

@@ -24,9 +24,12 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{
     access_log::Record,
+    admission::{self, Permit},
     conn::{ConnState, TrackedIo, Verdict},
     context::{ConnCtx, ListenerSlot},
-    forward, Shared,
+    forward,
+    resets::{self, StreamResets},
+    Shared,
 };
 
 /// After a failed accept (e.g. out of file descriptors), before the next one.
@@ -37,26 +40,65 @@ pub const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n";
 
 /// Accepts connections on `listener` for as long as the task runs; each is served by the
-/// listener in `slot` at the time it was accepted.
+/// listener in `slot` at the time it was accepted, if the connection limits admit it (else it
+/// is reset at once and counted).
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, slot: Arc<ListenerSlot>) {
+    // Per listening socket: its connections, and what is logged about it.
+    let open = Arc::new(admission::Gate::default());
+    let refusals = admission::Throttle::new(admission::LOG_INTERVAL);
+    let failures = admission::Throttle::new(admission::LOG_INTERVAL);
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, peer, Arc::clone(&shared), Arc::clone(&slot)));
+                let ctx = slot.load();
+                match admission::admit(
+                    &shared.admitted,
+                    shared.max_connections,
+                    &open,
+                    ctx.max_connections,
+                ) {
+                    Ok(permit) => {
+                        let _ = stream.set_nodelay(true);
+                        let (shared, slot) = (Arc::clone(&shared), Arc::clone(&slot));
+                        tokio::spawn(serve(stream, peer, shared, slot, permit));
+                    }
+                    Err(refusal) => {
+                        ctx.counters.rejected_connections.fetch_add(1, Relaxed);
+                        // A reset, at once: the client learns now, and no descriptor waits
+                        // in TIME_WAIT or for the client's FIN.
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        drop(stream);
+                        if let Some(count) = refusals.event() {
+                            log::warn!(
+                                "listener '{}': reset {count} new connection(s) in the last {}s or less: {refusal}",
+                                ctx.name,
+                                admission::LOG_INTERVAL.as_secs()
+                            );
+                        }
+                    }
+                }
             }
             Err(e) => {
-                log::warn!(
-                    "listener '{}': accepting a connection: {e}",
-                    slot.load().name
-                );
+                if let Some(count) = failures.event() {
+                    log::warn!(
+                        "listener '{}': accepting a connection failed {count} time(s) in the last {}s or less: {e}",
+                        slot.load().name,
+                        admission::LOG_INTERVAL.as_secs()
+                    );
+                }
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
     }
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: Arc<ListenerSlot>) {
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    slot: Arc<ListenerSlot>,
+    permit: Permit,
+) {
     let ctx = slot.load_full();
     let Some(routes) = shared.snapshot.load().listeners.get(&ctx.name).cloned() else {
         return;
@@ -75,7 +117,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: A
     let io = TrackedIo::new(stream, Arc::clone(&state));
     let Some(config) = ctx.tls.clone() else {
         let census = Arc::clone(&shared.connections);
-        let conn = Arc::new(ConnCtx::new(ctx, slot, peer, state, None, census));
+        let conn = Arc::new(ConnCtx::new(ctx, slot, peer, state, None, census, permit));
         return serve_http(io, false, Some(fd), conn, shared, limits).await;
     };
     // The handshake is part of the request head for the header read timeout (a client that
@@ -111,6 +153,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, slot: A
         state,
         Some((cipher.to_string(), protocol.to_string())),
         Arc::clone(&shared.connections),
+        permit,
     ));
     // No raw 408 under TLS: bytes written beside rustls would break the stream.
     serve_http(tls, h2, None, conn, shared, limits).await;
@@ -137,32 +180,60 @@ async fn serve_http<I>(
 {
     let draining = shared.draining.subscribe();
     let service_conn = Arc::clone(&conn);
-    let service = service_fn(move |request| {
-        forward::handle(Arc::clone(&shared), Arc::clone(&service_conn), request)
-    });
+    let service_shared = Arc::clone(&shared);
+    let handle = move |request| {
+        forward::handle(
+            Arc::clone(&service_shared),
+            Arc::clone(&service_conn),
+            request,
+        )
+    };
     if h2 {
+        let resets = Arc::new(StreamResets::default());
+        let streams = Arc::clone(&resets);
+        let service = service_fn(move |request| {
+            let stream = streams.stream();
+            let handled = handle(request);
+            async move {
+                let response = handled.await;
+                stream.answered();
+                response
+            }
+        });
         let mut builder = http2::Builder::new(TokioExecutor::new());
-        builder.max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32);
+        builder
+            .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_concurrent_streams(resets::MAX_CONCURRENT_STREAMS);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let stop = |c: std::pin::Pin<&mut _>| http2::Connection::graceful_shutdown(c);
-        watch(connection, stop, draining, &conn, fd, limits, false).await;
+        let kind = Kind::Http2(&resets, &shared);
+        watch(connection, stop, draining, &conn, fd, limits, kind).await;
     } else {
         let mut builder = http1::Builder::new();
         builder
             .max_header_size(limits.max_header_bytes)
             .max_buf_size(limits.max_header_bytes.max(8192) + 8192);
         let connection = builder
-            .serve_connection(TokioIo::new(io), service)
+            .serve_connection(TokioIo::new(io), service_fn(handle))
             .with_upgrades();
         let stop = |c: std::pin::Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-        watch(connection, stop, draining, &conn, fd, limits, true).await;
+        watch(connection, stop, draining, &conn, fd, limits, Kind::Http1).await;
     }
 }
 
+/// The protocol a connection speaks, for its watchdog.
+#[derive(Clone, Copy)]
+enum Kind<'a> {
+    /// hyper's HTTP/1, whose parser answers refused heads itself.
+    Http1,
+    /// HTTP/2: too many streams reset by the client end the connection with GOAWAY.
+    Http2(&'a StreamResets, &'a Shared),
+}
+
 /// Drives `connection` until it ends, a request head takes longer than the header read
-/// timeout (408, or a close under TLS), or nothing moves for the idle timeout. `http1`: the
-/// connection is hyper's HTTP/1, whose parser answers refused heads itself. When `draining`
-/// turns true, `stop` asks hyper to finish the request in flight and close.
+/// timeout (408, or a close under TLS), or nothing moves for the idle timeout. When
+/// `draining` turns true, or an HTTP/2 client resets too many streams, `stop` asks hyper to
+/// finish the requests in flight and close (HTTP/2: GOAWAY).
 async fn watch<C, F>(
     connection: C,
     stop: F,
@@ -170,7 +241,7 @@ async fn watch<C, F>(
     conn: &ConnCtx,
     fd: Option<RawFd>,
     limits: Limits,
-    http1: bool,
+    kind: Kind<'_>,
 ) where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
     F: FnOnce(std::pin::Pin<&mut C>),
@@ -192,7 +263,7 @@ async fn watch<C, F>(
                     log::debug!("connection from {peer}: {e}");
                     let (received, sent) = conn.state.pending_bytes();
                     match parser_answer(&e, conn.state.request_line_too_long()) {
-                        Some((status, reason)) if http1 && sent > 0 => {
+                        Some((status, reason)) if matches!(kind, Kind::Http1) && sent > 0 => {
                             refused(conn, status, reason, received, sent);
                         }
                         _ => {}
@@ -201,6 +272,21 @@ async fn watch<C, F>(
                 return;
             }
             Ok(_) = draining.wait_for(|d| *d), if stop.is_some() => {
+                if let Some(stop) = stop.take() {
+                    stop(connection.as_mut());
+                }
+            }
+            _ = abusive(kind), if stop.is_some() => {
+                if let Kind::Http2(resets, shared) = kind {
+                    if let Some(count) = shared.reset_abuse_log.event() {
+                        log::warn!(
+                            "{count} HTTP/2 connection(s) sent GOAWAY in the last {}s or less for resetting at least {} streams before their response, more than half of their streams (the latest from {peer}, {} resets)",
+                            admission::LOG_INTERVAL.as_secs(),
+                            resets::MAX_CLIENT_RESETS,
+                            resets.resets()
+                        );
+                    }
+                }
                 if let Some(stop) = stop.take() {
                     stop(connection.as_mut());
                 }
@@ -234,6 +320,14 @@ async fn watch<C, F>(
                 }
             }
         }
+    }
+}
+
+/// Resolves when an HTTP/2 client reset too many streams; never for HTTP/1.
+async fn abusive(kind: Kind<'_>) {
+    match kind {
+        Kind::Http2(resets, _) => resets.abusive.notified().await,
+        Kind::Http1 => std::future::pending().await,
     }
 }
 

@@ -1,12 +1,22 @@
-//! Stickiness cookies. A cookie names a target of a target group and an expiry, and is
-//! authenticated with HMAC-SHA256 under a key kept in a key file ([`super::cookie_keys`]), so
-//! a restart keeps clients on their targets. So a client cannot forge a cookie that pins it to a
-//! target of its choosing, and a stale one is refused; the caller then picks afresh and sets
-//! a new cookie. A cookie naming a target that is no longer routable is the caller's check.
+//! Stickiness cookies. A cookie holds pins, each a target group, a target of it and an
+//! expiry, sealed with ChaCha20-Poly1305 (authenticated encryption) under a key kept in a key
+//! file ([`super::cookie_keys`]), so a restart keeps clients on their targets. The value is
+//! opaque: a client learns no address and no name from it, cannot forge one that pins it to
+//! a target of its choosing, and a stale one is refused; the caller then picks afresh and sets
+//! a new cookie. One cookie holds a pin per sticky target group the client was sent to (up to
+//! [`MAX_PINS`]), so a rule that forwards to several sticky groups keeps the client on one
+//! group ([`Pins::group_of`]) and on one target in each. A pin naming a target that is no
+//! longer routable is the caller's check.
+//!
+//! Cookies of the previous format (hex of `1|group|target|expiry` and its HMAC-SHA256) are
+//! still accepted until they expire, so an upgrade keeps its clients; responses carry the
+//! sealed format.
 
 use std::{net::SocketAddr, time::Duration};
 
 use hmac::{Hmac, Mac};
+use ring::aead;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// The lb_cookie cookie, as ALB's `AWSALB`.
@@ -18,10 +28,61 @@ pub const LB_COOKIE_CORS: &str = "SLUICECORS";
 /// The app_cookie tracking cookie, as ALB's `AWSALBAPP-0`.
 pub const APP_COOKIE: &str = "SLUICEAPP";
 
-const MAC_LEN: usize = 32;
-const VERSION: &str = "1";
+/// Pins one cookie holds at most; a new pin pushes out the oldest.
+pub const MAX_PINS: usize = 8;
 
-/// The key cookies are signed with.
+const MAC_LEN: usize = 32;
+const LEGACY_VERSION: &str = "1";
+/// The first byte of a sealed cookie (a legacy one starts with `'1'`, 0x31).
+const SEALED_VERSION: u8 = 2;
+/// Binds the sealed bytes to their use.
+const AAD: &[u8] = b"sluice stickiness cookie v2";
+
+/// One target group's sticky target, until `expires` (seconds since the epoch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub group: String,
+    pub target: SocketAddr,
+    pub expires: u64,
+}
+
+/// The pins of one cookie, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pins(pub Vec<Pin>);
+
+impl Pins {
+    /// The target `group` is pinned to.
+    pub fn target(&self, group: &str) -> Option<SocketAddr> {
+        self.0.iter().find(|p| p.group == group).map(|p| p.target)
+    }
+
+    /// The first of `groups` the cookie pins.
+    pub fn group_of<'a>(&self, groups: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+        groups
+            .into_iter()
+            .find(|g| self.0.iter().any(|p| p.group == *g))
+    }
+
+    /// These pins with `pin` for its group instead of any before, newest last, at most
+    /// [`MAX_PINS`].
+    pub fn with(&self, pin: Pin) -> Pins {
+        let mut pins: Vec<Pin> = self
+            .0
+            .iter()
+            .filter(|p| p.group != pin.group)
+            .cloned()
+            .collect();
+        pins.push(pin);
+        let excess = pins.len().saturating_sub(MAX_PINS);
+        Pins(pins.split_off(excess))
+    }
+
+    fn unexpired(self, now: u64) -> Pins {
+        Pins(self.0.into_iter().filter(|p| p.expires > now).collect())
+    }
+}
+
+/// The key cookies are sealed with.
 #[derive(Clone)]
 pub struct StickyKey([u8; 32]);
 
@@ -35,7 +96,7 @@ impl std::fmt::Debug for StickyKey {
 pub enum StickyError {
     #[error("not a sluice stickiness cookie")]
     Malformed,
-    #[error("signature does not match")]
+    #[error("not sealed with this key (forged, altered, or another daemon's)")]
     Forged,
     #[error("issued for another target group")]
     OtherGroup,
@@ -56,70 +117,135 @@ impl StickyKey {
     /// A fresh key from the kernel's random source.
     pub fn random() -> std::io::Result<StickyKey> {
         let mut key = [0u8; 32];
-        let mut filled = 0;
-        while filled < key.len() {
-            // SAFETY: the pointer and length describe the unfilled rest of `key`.
-            let n = unsafe {
-                libc::getrandom(key[filled..].as_mut_ptr().cast(), key.len() - filled, 0)
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                if e.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(e);
-                }
-            } else {
-                filled += n as usize;
-            }
-        }
+        fill_random(&mut key)?;
         Ok(StickyKey(key))
     }
 
-    fn mac(&self) -> Hmac<Sha256> {
-        Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes keys of any length")
+    fn aead(&self) -> aead::LessSafeKey {
+        let key = aead::UnboundKey::new(&aead::CHACHA20_POLY1305, &self.0)
+            .expect("ChaCha20-Poly1305 takes 32-byte keys");
+        aead::LessSafeKey::new(key)
     }
 
-    /// A cookie value pinning to `target` of `group` until `expires` (seconds since the
-    /// epoch): hex of `1|group|target|expires` followed by its MAC.
-    pub fn sign(&self, group: &str, target: SocketAddr, expires: u64) -> String {
-        let payload = format!("{VERSION}|{group}|{target}|{expires}");
-        let mut mac = self.mac();
-        mac.update(payload.as_bytes());
-        let tag = mac.finalize().into_bytes();
-        let mut out = String::with_capacity((payload.len() + MAC_LEN) * 2);
-        for b in payload.as_bytes().iter().chain(tag.iter()) {
+    /// A cookie value holding `pins`: hex of the version, a random nonce, and the sealed
+    /// pins with their tag.
+    pub fn seal(&self, pins: &Pins) -> String {
+        let mut nonce = [0u8; aead::NONCE_LEN];
+        // The kernel's random source does not fail once it is initialised (it was, for the
+        // key); a zero nonce would still leave the cookie sealed.
+        let _ = fill_random(&mut nonce);
+        let mut sealed = serde_json::to_vec(&pins.0).expect("pins serialize");
+        self.aead()
+            .seal_in_place_append_tag(
+                aead::Nonce::assume_unique_for_key(nonce),
+                aead::Aad::from(AAD),
+                &mut sealed,
+            )
+            .expect("a cookie is far below ChaCha20-Poly1305's limit");
+        let mut out = String::with_capacity((1 + nonce.len() + sealed.len()) * 2);
+        for b in [SEALED_VERSION].iter().chain(&nonce).chain(&sealed) {
             out.push_str(&format!("{b:02x}"));
         }
         out
     }
 
-    /// The target a cookie value pins to, if it is authentic, for `group`, and not expired
-    /// at `now` (seconds since the epoch). The MAC is checked in constant time.
-    pub fn verify(&self, value: &str, group: &str, now: u64) -> Result<SocketAddr, StickyError> {
+    /// A cookie value with one pin: `target` of `group` until `expires`.
+    pub fn sign(&self, group: &str, target: SocketAddr, expires: u64) -> String {
+        self.seal(&Pins(vec![Pin {
+            group: group.to_string(),
+            target,
+            expires,
+        }]))
+    }
+
+    /// The unexpired pins of a cookie value, if this key sealed it (or signed it in the
+    /// previous format).
+    pub fn open(&self, value: &str, now: u64) -> Result<Pins, StickyError> {
         let bytes = hex_decode(value).ok_or(StickyError::Malformed)?;
+        let pins = match bytes.split_first() {
+            Some((&SEALED_VERSION, rest)) => self.open_sealed(rest)?,
+            Some((b'1', _)) => self.open_legacy(&bytes)?,
+            _ => return Err(StickyError::Malformed),
+        };
+        Ok(pins.unexpired(now))
+    }
+
+    fn open_sealed(&self, bytes: &[u8]) -> Result<Pins, StickyError> {
+        if bytes.len() < aead::NONCE_LEN + aead::CHACHA20_POLY1305.tag_len() {
+            return Err(StickyError::Malformed);
+        }
+        let (nonce, sealed) = bytes.split_at(aead::NONCE_LEN);
+        let nonce =
+            aead::Nonce::try_assume_unique_for_key(nonce).map_err(|_| StickyError::Malformed)?;
+        let mut sealed = sealed.to_vec();
+        let plain = self
+            .aead()
+            .open_in_place(nonce, aead::Aad::from(AAD), &mut sealed)
+            .map_err(|_| StickyError::Forged)?;
+        serde_json::from_slice(plain)
+            .map(Pins)
+            .map_err(|_| StickyError::Malformed)
+    }
+
+    /// The previous format: hex of `1|group|target|expires` followed by its HMAC-SHA256,
+    /// checked in constant time.
+    fn open_legacy(&self, bytes: &[u8]) -> Result<Pins, StickyError> {
         if bytes.len() <= MAC_LEN {
             return Err(StickyError::Malformed);
         }
         let (payload, tag) = bytes.split_at(bytes.len() - MAC_LEN);
-        let mut mac = self.mac();
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key");
         mac.update(payload);
         mac.verify_slice(tag).map_err(|_| StickyError::Forged)?;
         let payload = std::str::from_utf8(payload).map_err(|_| StickyError::Malformed)?;
         // The group name may hold '|'; the version, target and expiry cannot.
         let (version, rest) = payload.split_once('|').ok_or(StickyError::Malformed)?;
         let (rest, expires) = rest.rsplit_once('|').ok_or(StickyError::Malformed)?;
-        let (signed_group, target) = rest.rsplit_once('|').ok_or(StickyError::Malformed)?;
-        if version != VERSION {
+        let (group, target) = rest.rsplit_once('|').ok_or(StickyError::Malformed)?;
+        if version != LEGACY_VERSION {
             return Err(StickyError::Malformed);
         }
-        if signed_group != group {
-            return Err(StickyError::OtherGroup);
-        }
-        let expires: u64 = expires.parse().map_err(|_| StickyError::Malformed)?;
-        if expires <= now {
+        Ok(Pins(vec![Pin {
+            group: group.to_string(),
+            target: target.parse().map_err(|_| StickyError::Malformed)?,
+            expires: expires.parse().map_err(|_| StickyError::Malformed)?,
+        }]))
+    }
+
+    /// The target a cookie value pins `group` to, if this key sealed it, it has a pin for
+    /// `group`, and that has not expired at `now` (seconds since the epoch).
+    pub fn verify(&self, value: &str, group: &str, now: u64) -> Result<SocketAddr, StickyError> {
+        let all = self.open(value, 0)?;
+        let pin = all
+            .0
+            .iter()
+            .find(|p| p.group == group)
+            .ok_or(StickyError::OtherGroup)?;
+        if pin.expires <= now {
             return Err(StickyError::Expired);
         }
-        target.parse().map_err(|_| StickyError::Malformed)
+        Ok(pin.target)
     }
+}
+
+/// Fills `bytes` from the kernel's random source.
+fn fill_random(bytes: &mut [u8]) -> std::io::Result<()> {
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: the pointer and length describe the unfilled rest of `bytes`.
+        let n = unsafe {
+            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            filled += n as usize;
+        }
+    }
+    Ok(())
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {
@@ -202,6 +328,92 @@ mod tests {
         assert!(!app_cookie_due(false, false));
     }
 
+    /// A cookie in the previous format (hex of `1|group|target|expires` and its HMAC).
+    fn legacy(key: &StickyKey, group: &str, target: SocketAddr, expires: u64) -> String {
+        let payload = format!("1|{group}|{target}|{expires}");
+        let mut mac = Hmac::<Sha256>::new_from_slice(&key.0).unwrap();
+        mac.update(payload.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        payload
+            .as_bytes()
+            .iter()
+            .chain(tag.iter())
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn a_sealed_cookie_reveals_no_group_and_no_target() {
+        let value = key().sign("canary-group", target(), 1000);
+        let bytes = hex_decode(&value).unwrap();
+        for secret in [&b"canary-group"[..], b"10.0.1.10", b"3000", &[10, 0, 1, 10]] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "{secret:?} in {value}"
+            );
+        }
+        assert_ne!(
+            value,
+            key().sign("canary-group", target(), 1000),
+            "a fresh nonce each time"
+        );
+    }
+
+    #[test]
+    fn legacy_cookies_still_verify() {
+        let value = legacy(&key(), "web", target(), 1000);
+        assert_eq!(key().verify(&value, "web", 999), Ok(target()));
+        assert_eq!(key().verify(&value, "web", 1000), Err(StickyError::Expired));
+        let other = legacy(&StickyKey::from_bytes([8; 32]), "web", target(), 1000);
+        assert_eq!(key().verify(&other, "web", 1), Err(StickyError::Forged));
+    }
+
+    #[test]
+    fn one_cookie_pins_several_groups() {
+        let other: SocketAddr = "10.0.2.20:80".parse().unwrap();
+        let pins = Pins::default()
+            .with(Pin {
+                group: "blue".into(),
+                target: target(),
+                expires: 1000,
+            })
+            .with(Pin {
+                group: "green".into(),
+                target: other,
+                expires: 500,
+            });
+        let value = key().seal(&pins);
+        assert_eq!(key().verify(&value, "blue", 1), Ok(target()));
+        assert_eq!(key().verify(&value, "green", 1), Ok(other));
+        assert_eq!(
+            key().verify(&value, "green", 500),
+            Err(StickyError::Expired)
+        );
+        assert_eq!(key().verify(&value, "red", 1), Err(StickyError::OtherGroup));
+        let opened = key().open(&value, 600).unwrap();
+        assert_eq!(opened.target("blue"), Some(target()));
+        assert_eq!(opened.target("green"), None, "expired pins are dropped");
+        assert_eq!(opened.group_of(["red", "blue"]), Some("blue"));
+        // A group pinned again replaces its pin; at most MAX_PINS, the oldest go.
+        let mut many = pins.with(Pin {
+            group: "blue".into(),
+            target: other,
+            expires: 9,
+        });
+        assert_eq!(many.target("blue"), Some(other));
+        assert_eq!(many.0.len(), 2);
+        for i in 0..MAX_PINS {
+            many = many.with(Pin {
+                group: format!("g{i}"),
+                target: other,
+                expires: 9,
+            });
+        }
+        assert_eq!(many.0.len(), MAX_PINS);
+        assert_eq!(many.target("green"), None);
+        assert_eq!(many.target(&format!("g{}", MAX_PINS - 1)), Some(other));
+    }
+
     #[test]
     fn a_signed_cookie_verifies_until_it_expires() {
         let value = key().sign("web", target(), 1000);
@@ -222,8 +434,8 @@ mod tests {
     #[test]
     fn tampered_forged_and_foreign_cookies_are_refused() {
         let value = key().sign("web", target(), 1000);
-        // Flip one hex digit anywhere: the payload or the MAC.
-        for at in [0, 10, value.len() - 1] {
+        // Flip one hex digit anywhere after the version: the nonce, the sealed pins, the tag.
+        for at in [2, 10, 40, value.len() - 1] {
             let mut bytes = value.clone().into_bytes();
             bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
             let tampered = String::from_utf8(bytes).unwrap();

@@ -250,26 +250,7 @@ fn h2_status(tcp: TcpStream, certificate: &CertFiles, authority: &str, host: &st
         .build()
         .unwrap();
     runtime.block_on(async {
-        tcp.set_nonblocking(true).unwrap();
-        let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from(
-                certificate.der.clone(),
-            ))
-            .unwrap();
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-        let name = rustls::pki_types::ServerName::try_from(authority.to_string()).unwrap();
-        let tls = connector.connect(name, tcp).await.expect("a TLS handshake");
-        let (client, connection) = h2::client::handshake(tls).await.unwrap();
-        tokio::spawn(connection);
+        let client = h2_client(tcp, certificate, authority).await;
         let mut client = client.ready().await.unwrap();
         let request = http::Request::get(format!("https://{authority}/headers"))
             .header("host", host)
@@ -417,4 +398,110 @@ fn a_target_killed_under_a_post_loop_costs_no_request() {
     let metrics = lb.cli(&["stats", "--json"]);
     assert!(metrics.status.success());
     drop(servers);
+}
+
+/// Client-reset HTTP/2 streams a connection may have before GOAWAY, and its streams open at
+/// once (sluice's `proxy::resets`, documented in OPERATING.md): a connection that resets
+/// every stream causes at most their sum of target requests.
+const MAX_CLIENT_RESETS: u64 = 100;
+const MAX_CONCURRENT_STREAMS: u64 = 128;
+
+#[test]
+fn an_http2_client_that_resets_every_stream_gets_goaway_within_the_bound() {
+    let h = Hostile::start();
+    let vip = SocketAddr::new(IpAddr::from(VIP), 443);
+    let tcp = h
+        .topology
+        .client
+        .ns
+        .run_in(|| TcpStream::connect_timeout(&vip, Duration::from_secs(5)))
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // The slow reset: HEADERS for a request the target holds (`/slow`), RST_STREAM 10 ms
+    // later, again and again on one connection; bounded at 1000 streams and 60 s.
+    let (streams, refused) = runtime.block_on(async {
+        let mut client = h2_client(tcp, &h.certificate, "public.example.com").await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut streams = 0u64;
+        while streams < 1000 && Instant::now() < deadline {
+            let ready = match tokio::time::timeout(Duration::from_secs(5), client.ready()).await {
+                Ok(Ok(ready)) => ready,
+                Ok(Err(e)) => return (streams, e),
+                Err(_) => panic!("no stream could be opened for 5 s after {streams}"),
+            };
+            client = ready;
+            let request = http::Request::get("https://public.example.com/slow")
+                .body(())
+                .unwrap();
+            let (_response, mut stream) = match client.send_request(request, true) {
+                Ok(sent) => sent,
+                Err(e) => return (streams, e),
+            };
+            streams += 1;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            stream.send_reset(h2::Reason::CANCEL);
+        }
+        panic!("no GOAWAY after {streams} reset streams");
+    });
+    assert!(refused.is_go_away(), "{refused:?}");
+    assert!(
+        (MAX_CLIENT_RESETS..MAX_CLIENT_RESETS + 50).contains(&streams),
+        "GOAWAY after {streams} reset streams"
+    );
+    let requests: u64 = h._servers.iter().map(|s| s.requests()).sum();
+    assert!(
+        (1..=MAX_CLIENT_RESETS + MAX_CONCURRENT_STREAMS).contains(&requests),
+        "{requests} target requests (some reached the target before their reset)"
+    );
+    wait_until(Duration::from_secs(5), "the GOAWAY's log line", || {
+        h.lb.sluice
+            .stderr()
+            .contains("HTTP/2 connection(s) sent GOAWAY")
+    });
+    // Another connection is served as before.
+    let tcp = h
+        .topology
+        .client
+        .ns
+        .run_in(|| TcpStream::connect_timeout(&vip, Duration::from_secs(5)))
+        .unwrap();
+    let status = h2_status(
+        tcp,
+        &h.certificate,
+        "public.example.com",
+        "public.example.com",
+    );
+    assert_eq!(status, 200);
+}
+
+/// An HTTP/2 client over TLS (trusting `certificate`, SNI `authority`) on `tcp`.
+async fn h2_client(
+    tcp: TcpStream,
+    certificate: &CertFiles,
+    authority: &str,
+) -> h2::client::SendRequest<bytes::Bytes> {
+    tcp.set_nonblocking(true).unwrap();
+    let tcp = tokio::net::TcpStream::from_std(tcp).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(
+            certificate.der.clone(),
+        ))
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from(authority.to_string()).unwrap();
+    let tls = connector.connect(name, tcp).await.expect("a TLS handshake");
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    client
 }

@@ -141,6 +141,7 @@ fn slow_oversized_and_malformed_heads_get_their_documented_answers() {
             "1",
             "4",
             "0",
+            "0",
             "0"
         ]),
         "{text}"

@@ -344,3 +344,48 @@ fn reload_and_change_answers_name_l7_changes() {
     );
     f.lb.wait_forwarding(&f.topology, 8088, "target");
 }
+
+#[test]
+fn a_reload_to_an_empty_file_is_refused_unless_asked_for() {
+    let f = Fixture::start();
+    // SIGHUP with a comments-only file: refused, with a line that says how to do it anyway.
+    f.lb.reload("# [[listener]] commented out while editing\n");
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the refusal's log line",
+        || {
+            f.lb.sluice.stderr().contains(
+                "refused, running configuration kept: the file has no listeners, and applying it would remove all 1; to do that on purpose run `sluice reload --allow-empty`",
+            )
+        },
+    );
+    f.lb.wait_forwarding(&f.topology, PORT, "target");
+    assert_eq!(f.http_listeners().len(), 1);
+    // `sluice reload` with an empty file: one line, exit 1, still serving.
+    let (code, _, stderr) = f.reload("");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(
+        one_line(stderr.as_bytes()).matches("--allow-empty").count(),
+        1,
+        "{stderr}"
+    );
+    f.lb.wait_forwarding(&f.topology, PORT, "target");
+    // Asked for: every listener goes.
+    let out = f.lb.cli(&["reload", "--allow-empty"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(f.http_listeners().is_empty());
+    let vip = f.vip();
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "connections to the VIP refused",
+        || {
+            f.topology
+                .client
+                .ns
+                .run_in(|| {
+                    std::net::TcpStream::connect_timeout(&vip, std::time::Duration::from_secs(1))
+                })
+                .is_err()
+        },
+    );
+}

@@ -81,6 +81,11 @@ priority = 60
 host = ["app.example.com"]
 action = {{ type = "forward", target_groups = [{{ name = "app" }}] }}
 
+[[listener.rule]]
+priority = 70
+host = ["canary.example.com"]
+action = {{ type = "forward", target_groups = [{{ name = "sticky", weight = 1 }}, {{ name = "canary", weight = 1 }}] }}
+
 [[target_group]]
 name = "www"
 deregistration_delay = 1
@@ -105,6 +110,13 @@ deregistration_delay = 1
 stickiness = {{ type = "app_cookie", cookie_name = "{APP_COOKIE}", duration = 3600 }}
 targets = [{www}]
 {check}
+
+[[target_group]]
+name = "canary"
+deregistration_delay = 1
+stickiness = {{ type = "lb_cookie", duration = 3600 }}
+targets = [{api}]
+{check}
 "#,
         www = targets(8080),
         api = targets(8081),
@@ -126,8 +138,8 @@ impl L7 {
                 )
             })
             .collect();
-        // 4 groups x 3 targets.
-        let lb = L7Sluice::start(&topology, &model(&topology), 12);
+        // 5 groups x 3 targets.
+        let lb = L7Sluice::start(&topology, &model(&topology), 15);
         L7 {
             topology,
             servers,

@@ -1,5 +1,6 @@
 //! Cookie stickiness end to end. Group `sticky`, lb_cookie: a client with a cookie jar stays
-//! on one target; clients without cookies spread; a tampered cookie gets a valid target and a
+//! on one target; clients without cookies spread; a rule forwarding 50/50 to two sticky
+//! groups keeps a client on one group and target, with a cookie that names neither; a tampered cookie gets a valid target and a
 //! new cookie; a cookie naming a drained or unhealthy target is re-pinned. Group `app`,
 //! app_cookie (`SESSIONID`, set by the targets' `/login`): the same, following the
 //! application's session.
@@ -45,6 +46,73 @@ fn a_cookie_jar_pins_one_target_and_cookieless_requests_spread() {
     assert_eq!(seen.len(), 1, "100 requests with one cookie jar: {seen:?}");
     let spread: std::collections::BTreeSet<String> = (0..9).map(|_| get(&l7, None).0).collect();
     assert_eq!(spread.len(), 3, "without cookies: {spread:?}");
+}
+
+/// The `SLUICE` cookie's value in a curl cookie jar.
+fn jar_cookie(jar: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(jar).unwrap();
+    text.lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split('\t').collect();
+            (fields.len() == 7 && fields[5] == "SLUICE").then(|| fields[6].to_string())
+        })
+        .unwrap_or_else(|| panic!("no SLUICE cookie in the jar:\n{text}"))
+}
+
+#[test]
+fn a_weighted_forward_to_two_sticky_groups_keeps_a_client_on_one_group_and_target() {
+    // canary.example.com: 50/50 to `sticky` (targets answer `target<i>`) and `canary`
+    // (targets answer `api<i>`), both lb_cookie.
+    let l7 = L7::start();
+    let cookieless: std::collections::BTreeSet<String> = (0..20)
+        .map(|_| l7.get("canary.example.com", "/", &[]).1)
+        .map(|body| body.trim().trim_end_matches(char::is_numeric).to_string())
+        .collect();
+    assert_eq!(
+        cookieless.len(),
+        2,
+        "without cookies both groups: {cookieless:?}"
+    );
+    for client in 0..3 {
+        let jar = std::env::temp_dir().join(format!("{}.{client}.jar", l7.topology.lb.name()));
+        let jar_arg = jar.to_str().unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let (status, body) = l7.get("canary.example.com", "/", &["-b", jar_arg, "-c", jar_arg]);
+            assert_eq!(status, 200);
+            seen.insert(body);
+        }
+        let cookie = jar_cookie(&jar);
+        let _ = std::fs::remove_file(&jar);
+        assert_eq!(
+            seen.len(),
+            1,
+            "client {client}, 100 requests with one cookie jar: {seen:?}"
+        );
+        // The cookie is opaque: neither it nor its bytes name a group, a target or a port.
+        let bytes: Vec<u8> = (0..cookie.len() / 2)
+            .map(|i| u8::from_str_radix(&cookie[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let mut secrets: Vec<Vec<u8>> = ["sticky", "canary", "8080", "8081"]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
+        for target in &l7.topology.targets {
+            secrets.push(target.link.v4.to_string().into_bytes());
+            secrets.push(target.link.v4.octets().to_vec());
+        }
+        for secret in &secrets {
+            let found = |hay: &[u8]| hay.windows(secret.len()).any(|w| w == secret.as_slice());
+            // Hex digits alone turn up in any long hex text by chance; names and dotted
+            // addresses cannot.
+            let in_text = !secret.iter().all(u8::is_ascii_hexdigit) && found(cookie.as_bytes());
+            assert!(
+                !found(&bytes) && !in_text,
+                "{:?} readable in {cookie}",
+                String::from_utf8_lossy(secret)
+            );
+        }
+    }
 }
 
 #[test]

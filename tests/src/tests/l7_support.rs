@@ -20,6 +20,11 @@ use crate::{
 /// The address http/https listeners listen on; the lb namespace holds it.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
 
+thread_local! {
+    /// [`L7Sluice::start_with_open_files`]'s limit for the daemon it spawns.
+    static OPEN_FILES: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
 /// The daemon; the model file and the stickiness key file are removed on drop.
 pub struct L7Sluice {
     pub sluice: ChildGuard,
@@ -69,6 +74,20 @@ impl L7Sluice {
         extra: &[&str],
     ) -> L7Sluice {
         L7Sluice::start_from(topology, model, healthy, &sluice_binary(), extra)
+    }
+
+    /// [`L7Sluice::start`] with the daemon's open-files limit (soft and hard, so that it
+    /// cannot raise it) lowered to `open_files`.
+    pub fn start_with_open_files(
+        topology: &LbTopology,
+        model: &str,
+        healthy: usize,
+        open_files: u64,
+    ) -> L7Sluice {
+        OPEN_FILES.with(|limit| limit.set(Some(open_files)));
+        let lb = L7Sluice::start(topology, model, healthy);
+        OPEN_FILES.with(|limit| limit.set(None));
+        lb
     }
 
     /// [`L7Sluice::start_with`] with the sluice binary at `binary`.
@@ -121,6 +140,21 @@ impl L7Sluice {
             .args(extra)
             // The access log (target sluice::access) included.
             .env("RUST_LOG", "info");
+        if let Some(open_files) = OPEN_FILES.with(|limit| limit.get()) {
+            let limit = libc::rlimit {
+                rlim_cur: open_files,
+                rlim_max: open_files,
+            };
+            // SAFETY: setrlimit is async-signal-safe and only reads `limit`, a copy.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         topology.lb.spawn(cmd)
     }
 

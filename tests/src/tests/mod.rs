@@ -10,6 +10,7 @@ mod forwarding_nat;
 mod forwarding_tunnel;
 mod icmp;
 mod l4_fixture;
+mod l7_connection_limits;
 mod l7_hostile;
 mod l7_limits;
 mod l7_reload;
