@@ -278,7 +278,18 @@ impl RequestLoop {
                 };
                 let reused = kept.is_some();
                 let answered = match attempt(kept.take()) {
-                    Err(e) if reused && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // The server closed the idle connection as the request went out: it
+                    // shows as an end of stream, or as a broken pipe or reset when the
+                    // request was written after the close (curl and browsers retry all three).
+                    Err(e)
+                        if reused
+                            && matches!(
+                                e.kind(),
+                                std::io::ErrorKind::UnexpectedEof
+                                    | std::io::ErrorKind::BrokenPipe
+                                    | std::io::ErrorKind::ConnectionReset
+                            ) =>
+                    {
                         retried += 1;
                         attempt(None)
                     }
