@@ -31,6 +31,10 @@ const PORT: u16 = 80;
 /// In `nat` mode the targets listen elsewhere, to show port translation.
 const NAT_TARGET_PORT: u16 = 8080;
 const REQUESTS_PER_ROUND: usize = 6;
+/// `--check` keeps going past `--duration` until every target has answered, for at most this
+/// many rounds: flows land on targets by hash, so a few requests can miss one target by chance
+/// (6 requests miss one of 3 targets 25% of the time; 120 requests, 3 in 10^10).
+const CHECK_MAX_ROUNDS: u64 = 20;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -211,7 +215,14 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
     let mut last = forwarded(&socket)?;
     let mut totals: BTreeMap<String, usize> = BTreeMap::new();
     let mut round = 0u64;
-    while !STOP.load(Ordering::SeqCst) && Instant::now() < deadline {
+    let everyone_answered = |totals: &BTreeMap<String, usize>| {
+        (0..args.targets).all(|i| totals.contains_key(&format!("target{i}")))
+    };
+    let go_on = |round: u64, totals: &BTreeMap<String, usize>| {
+        Instant::now() < deadline
+            || (args.check && round < CHECK_MAX_ROUNDS && !everyone_answered(totals))
+    };
+    while !STOP.load(Ordering::SeqCst) && go_on(round, &totals) {
         round += 1;
         let answers: Vec<String> = (0..REQUESTS_PER_ROUND)
             .map(|_| curl(&topology.client.ns, &format!("http://{VIP}:{PORT}/")))
