@@ -8,10 +8,12 @@
 //! - `dataplane`: the kernel side: loading and attaching the XDP program, its maps, pins and
 //!   saved state, counters, next hops;
 //! - `daemon`: `sluice run`'s event loop, reloads, changes and health events;
+//! - `announce`: announcing the listener addresses through BIRD (BGP), for several nodes;
 //! - `api`: the control API on a Unix socket and the Prometheus endpoint;
 //! - `proxy`: the L7 proxy; `health`: health checks; `bench`: `sluice bench`;
 //! - `maglev` (table building) and `rates` (traffic rates) are pure helpers.
 
+pub mod announce;
 pub mod api;
 pub mod bench;
 pub mod controller;

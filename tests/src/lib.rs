@@ -1,5 +1,6 @@
 //! Test harnesses for sluice, shared by the integration tests (`src/tests/`, root only) and by
 //! `cargo xtask demo`:
+//! - [`bird`]: BIRD 2 (BGP) routers and node daemons in namespaces;
 //! - [`netns`]: named network namespaces joined by veth pairs or a bridge, processes and
 //!   threads inside them, teardown on drop and on panic;
 //! - [`servers`]: tiny TCP/HTTP/UDP servers that answer with their own name;
@@ -10,6 +11,7 @@
 //! - [`http_servers`]: the L7 proxy's targets (HTTP/1.1 by path, WebSocket echo) and the
 //!   WebSocket frames its tests speak.
 
+pub mod bird;
 pub mod checksum;
 pub mod http_servers;
 pub mod netns;

@@ -512,6 +512,7 @@ mod tests {
     fn scrape() -> Scrape {
         let report = StatsReport {
             connection_tables: None,
+            announcement: None,
             counters: [
                 ("forward_nat", 7),
                 ("drop_nat_ports_exhausted", 3),

@@ -10,6 +10,8 @@
 //! | `DELETE /v1/targets` | deregisters a target ([`TargetRef`]): it drains |
 //! | `POST /v1/listeners` | adds a listener ([`ListenerSpec`]) |
 //! | `DELETE /v1/listeners` | removes a listener ([`ListenerRef`]) |
+//! | `GET /v1/node`   | 200, the node's announcements ([`AnnounceStatus`]); 409 without `--bird-routes` |
+//! | `POST /v1/node`  | `{"state": "draining"}` withdraws every address (`sluice node drain`), `"serving"` announces again; 200, the status |
 //! | `POST /v1/down`  | detaches, removes the pins and stops the daemon (`sluice down`) |
 //!
 //! Changes edit the daemon's model, which is validated as a whole like the file and applied
@@ -22,6 +24,7 @@
 //! daemon cannot read or write its maps.
 //!
 //! [`Changes`]: crate::controller::Changes
+//! [`AnnounceStatus`]: crate::announce::AnnounceStatus
 //! [`TargetSpec`]: crate::model::edit::TargetSpec
 //! [`TargetRef`]: crate::model::edit::TargetRef
 //! [`ListenerSpec`]: crate::model::edit::ListenerSpec
@@ -56,6 +59,15 @@ pub const TARGETS_PATH: &str = "/v1/targets";
 pub const DOWN_PATH: &str = "/v1/down";
 /// Listeners: `POST` adds, `DELETE` removes.
 pub const LISTENERS_PATH: &str = "/v1/listeners";
+/// The node's announcements: `GET` shows them, `POST` drains or resumes the node.
+pub const NODE_PATH: &str = "/v1/node";
+
+/// The body of `POST /v1/node`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRequest {
+    pub state: crate::announce::NodeState,
+}
 
 /// The body of `PATCH /v1/targets`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

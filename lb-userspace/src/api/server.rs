@@ -25,8 +25,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    CollectError, ListenerRef, StatsReport, TargetWeight, DOWN_PATH, LISTENERS_PATH, RELOAD_PATH,
-    STATS_PATH, TARGETS_PATH,
+    CollectError, ListenerRef, NodeRequest, StatsReport, TargetWeight, DOWN_PATH, LISTENERS_PATH,
+    NODE_PATH, RELOAD_PATH, STATS_PATH, TARGETS_PATH,
 };
 use crate::{
     controller::Changes,
@@ -55,6 +55,14 @@ pub trait Backend {
     /// down`), instead of leaving forwarding running as a plain stop does.
     fn down(&self) -> Result<(), ControlError> {
         Err(ControlError::conflict("this daemon cannot be taken down"))
+    }
+    /// The node's announcements, after setting its state (`sluice node drain|resume`) if
+    /// `state` is given.
+    fn node(
+        &self,
+        _state: Option<crate::announce::NodeState>,
+    ) -> Result<crate::announce::AnnounceStatus, ControlError> {
+        Err(ControlError::conflict("this daemon announces nothing"))
     }
 }
 
@@ -277,6 +285,7 @@ const ENDPOINTS: &[(&str, &[Method])] = &[
     (TARGETS_PATH, &[Method::POST, Method::PATCH, Method::DELETE]),
     (LISTENERS_PATH, &[Method::POST, Method::DELETE]),
     (DOWN_PATH, &[Method::POST]),
+    (NODE_PATH, &[Method::GET, Method::POST]),
 ];
 
 /// The answer to `method path` with `body`.
@@ -316,6 +325,20 @@ pub fn respond(
                 ),
             }
         }
+        (NODE_PATH, &Method::GET) => match backend.node(None) {
+            Ok(status) => json(StatusCode::OK, &status),
+            Err(e) => error(e.status, e.message),
+        },
+        (NODE_PATH, &Method::POST) => match serde_json::from_slice::<NodeRequest>(body) {
+            Ok(request) => match backend.node(Some(request.state)) {
+                Ok(status) => json(StatusCode::OK, &status),
+                Err(e) => error(e.status, e.message),
+            },
+            Err(e) => error(
+                StatusCode::BAD_REQUEST,
+                format!("the body of POST {NODE_PATH}: {e} (expected {{\"state\": \"draining\"}} or {{\"state\": \"serving\"}})"),
+            ),
+        },
         (DOWN_PATH, &Method::POST) => match backend.down() {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({ "stopping": true })),
             Err(e) => error(e.status, e.message),
@@ -440,6 +463,7 @@ mod tests {
             }
             Ok(StatsReport {
                 connection_tables: None,
+                announcement: None,
                 counters: [(
                     "forward_nat".to_string(),
                     CounterStats {

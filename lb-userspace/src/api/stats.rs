@@ -44,6 +44,9 @@ pub struct StatsReport {
     /// first one).
     #[serde(default)]
     pub connection_tables: Option<ConnectionTables>,
+    /// The node's BGP announcements, when it announces (`sluice run --bird-routes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announcement: Option<crate::announce::AnnounceStatus>,
 }
 
 /// Live entries of the flow table and of `nat` translations, and what the sweeps expired.
@@ -198,6 +201,7 @@ mod tests {
     fn json_shape() {
         let mut report = StatsReport {
             connection_tables: None,
+            announcement: None,
             counters: [(
                 "forward_nat".to_string(),
                 CounterStats {

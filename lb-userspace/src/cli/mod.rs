@@ -4,6 +4,7 @@ mod bench;
 mod decap;
 mod down;
 mod listener;
+mod node;
 mod reload;
 mod run;
 mod stats;
@@ -49,6 +50,9 @@ enum Command {
     /// Add or remove listeners of the running daemon (until the next reload).
     #[command(after_help = RUN_TIME_RULE)]
     Listener(listener::ListenerArgs),
+    /// This node's BGP announcements: drain it (withdraw every listener address, so routers
+    /// send new flows to other nodes), resume it, or show them.
+    Node(node::NodeArgs),
     /// Re-read the daemon's configuration file (as SIGHUP does), dropping run-time changes.
     Reload(reload::ReloadArgs),
     /// Rotate the key stickiness cookies are signed with.
@@ -68,6 +72,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => status::status(args),
         Command::Target(args) => target::target(args),
         Command::Listener(args) => listener::listener(args),
+        Command::Node(args) => node::node(args),
         Command::Reload(args) => reload::reload(args),
         Command::Stickiness(args) => stickiness::stickiness(args),
         Command::Decap(args) => decap::decap(args),

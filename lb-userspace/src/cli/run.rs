@@ -15,6 +15,7 @@ use anyhow::Context;
 use aya::maps::PerCpuArray;
 use aya_log::EbpfLogger;
 use sluice::{
+    announce::{Bird, NodeState},
     api::{
         self,
         metrics::{self, MetricsAddress},
@@ -103,7 +104,24 @@ pub struct RunArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     max_connections: Option<u64>,
+    /// Announce the listeners' addresses through BIRD 2 (BGP): sluice writes this file of
+    /// BIRD configuration (static routes for the addresses this node can serve), which
+    /// bird.conf includes, and asks BIRD to reconfigure whenever it changes. See
+    /// docs/OPERATING.md, "Several nodes".
+    #[arg(long, value_name = "FILE")]
+    bird_routes: Option<PathBuf>,
+    /// BIRD's control socket, with --bird-routes.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/bird/bird.ctl",
+        requires = "bird_routes"
+    )]
+    bird_socket: PathBuf,
 }
+
+/// How long `sluice down` waits for BIRD to withdraw the listener addresses.
+const WITHDRAW_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How long a new daemon waits for a running one (told to stop) to begin stopping.
 const RUNNING_PATIENCE: Duration = Duration::from_secs(3);
@@ -218,9 +236,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("the XDP object has no STATE map")?
         .try_into()
         .map_err(|e| incompatible(e, adopting, &args.pin_dir))?;
+    let mut node = NodeState::Serving;
     let controller = if adopting {
         match saved::load(&state)? {
             Some(saved) => {
+                node = saved.node;
                 log::info!(
                     "adopting the data plane pinned in {} ({} listener(s), {} target(s))",
                     args.pin_dir.display(),
@@ -255,6 +275,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         key_file: args.stickiness_keys.clone(),
         inherited,
         max_connections: args.max_connections.map(|n| n as usize),
+        node,
     }));
     // Applied and saved before anything is attached: from the moment the pins forward, a
     // daemon taking over finds the state that goes with them. An http/https listener that
@@ -307,6 +328,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             None => None,
         };
+        // Only now that the program forwards: an address is announced when it can be served.
+        if let Some(routes_file) = &args.bird_routes {
+            if node == NodeState::Draining {
+                log::warn!("this node is draining (the previous daemon's `sluice node drain`): it announces nothing until `sluice node resume`");
+            }
+            daemon.start_announcing(Bird {
+                socket: args.bird_socket.clone(),
+                routes_file: routes_file.clone(),
+            });
+        }
         let mut successors = Successors::listen(&handover_path, handover_listener, handover_file)
             .context("listening for a successor on the hand-over socket")?;
         let served = daemon::serve(
@@ -327,7 +358,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let _ = metrics.await;
         }
         let successor = match served? {
-            Ending::Down => return Ok(None),
+            Ending::Down => {
+                daemon.withdraw_all(WITHDRAW_PATIENCE).await;
+                return Ok(None);
+            }
             Ending::Interrupt => {
                 let proxy = daemon.take_proxy();
                 let served = proxy.is_some_and(|p| !p.listening().is_empty());

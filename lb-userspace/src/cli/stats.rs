@@ -161,6 +161,7 @@ mod tests {
         counters.insert("from_a_newer_daemon".into(), CounterStats::default());
         StatsReport {
             connection_tables: None,
+            announcement: None,
             counters,
             listeners: vec![
                 ListenerStats {
@@ -318,6 +319,7 @@ mod tests {
     fn no_listeners_and_no_targets_say_so() {
         let report = StatsReport {
             connection_tables: None,
+            announcement: None,
             listeners: Vec::new(),
             targets: Vec::new(),
             ..report()
@@ -330,6 +332,7 @@ mod tests {
     fn http_listeners_follow_the_listeners() {
         let report = StatsReport {
             connection_tables: None,
+            announcement: None,
             http_listeners: vec![sluice::api::HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),

@@ -155,6 +155,13 @@ fn render(report: &StatsReport) -> String {
             "refused new connections: {full} flow table full, {gated} flood gate, {ports} no nat port\n"
         ));
     }
+    if let Some(announcement) = &report.announcement {
+        out.push_str(&format!(
+            "\nBGP announcements (through BIRD, {}):\n",
+            announcement.routes_file
+        ));
+        out.push_str(&super::node::describe(announcement));
+    }
     out
 }
 
@@ -233,6 +240,7 @@ mod tests {
         };
         let report = StatsReport {
             connection_tables: None,
+            announcement: None,
             listeners: vec![ListenerStats {
                 name: "web".into(),
                 address: "192.0.2.10".parse().unwrap(),
@@ -321,6 +329,7 @@ mod tests {
         );
         let with_http = render(&StatsReport {
             connection_tables: None,
+            announcement: None,
             http_listeners: vec![HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),
@@ -359,6 +368,7 @@ mod tests {
         assert!(with_http.starts_with(&text[..text.find("\n\n").unwrap()]));
         let only_http = render(&StatsReport {
             connection_tables: None,
+            announcement: None,
             http_listeners: vec![HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),

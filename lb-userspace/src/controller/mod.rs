@@ -229,6 +229,7 @@ impl<D: Dataplane> Controller<D> {
                 .collect(),
             ids: self.ids.saved(),
             summary: self.summary.clone(),
+            node: Default::default(),
         }
     }
 

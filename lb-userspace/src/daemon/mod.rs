@@ -29,6 +29,7 @@ pub use report::{http_listeners, stats_report, ActiveFlows, ACTIVE_WINDOW};
 pub use serve::{serve, Ending};
 
 use crate::{
+    announce::{self, AnnounceStatus, Announcer, Bird, NodeState},
     api::{
         metrics::{self, Scrape},
         Backend, CollectError, ControlError, StatsReport,
@@ -67,6 +68,8 @@ pub struct Parts<D: Dataplane, S: Store> {
     /// The proxy's limit on client connections over all listeners (`sluice run
     /// --max-connections`); None: derived from the open-files limit when the proxy starts.
     pub max_connections: Option<usize>,
+    /// Serving or draining (`sluice node drain`), as the previous daemon left it.
+    pub node: NodeState,
 }
 
 pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
@@ -91,6 +94,9 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     /// The connection-state tables as the last complete sweep counted them.
     tables: RefCell<Option<crate::api::ConnectionTables>>,
     max_connections: Option<usize>,
+    /// Keeps BIRD announcing the listener addresses this node serves (`--bird-routes`).
+    announcer: RefCell<Option<Announcer>>,
+    node: Cell<NodeState>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -146,6 +152,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             key_file,
             inherited,
             max_connections,
+            node,
         } = parts;
         checker.adopt(
             controller
@@ -167,7 +174,53 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             inherited: RefCell::new(inherited),
             tables: RefCell::new(None),
             max_connections,
+            announcer: RefCell::new(None),
+            node: Cell::new(node),
         }
+    }
+
+    /// From now on, BIRD announces the listener addresses this node can serve (call it once
+    /// the data plane forwards, on the daemon's `LocalSet`).
+    pub fn start_announcing(&self, bird: Bird) {
+        let first = self.announcement();
+        *self.announcer.borrow_mut() = Some(Announcer::start(bird, first));
+    }
+
+    /// What this node should announce now.
+    fn announcement(&self) -> announce::Announcement {
+        let controller = self.controller.borrow();
+        announce::plan(
+            controller.model(),
+            &controller.target_views(),
+            self.node.get(),
+        )
+    }
+
+    /// After anything that may change what can be served: BIRD is told (by its task).
+    fn announce(&self) {
+        if let Some(announcer) = self.announcer.borrow().as_ref() {
+            announcer.want(self.announcement());
+        }
+    }
+
+    /// `sluice down`: withdraws every address, waiting at most `patience` for BIRD.
+    pub async fn withdraw_all(&self, patience: Duration) {
+        let announcer = self.announcer.borrow_mut().take();
+        if let Some(announcer) = announcer {
+            announcer.want(announce::Announcement::default());
+            match announcer.settled(patience).await {
+                Ok(()) => log::info!("down: every listener address withdrawn from BGP"),
+                Err(e) => log::error!(
+                    "down: the listener addresses may still be announced: {e}; remove them from BIRD's routes file by hand"
+                ),
+            }
+        }
+    }
+
+    /// The node's state and announcements, if this daemon announces.
+    pub fn announce_status(&self) -> Option<AnnounceStatus> {
+        let announcer = self.announcer.borrow();
+        announcer.as_ref().map(|a| a.status(self.node.get()))
     }
 
     /// Makes `model` the running one, all or nothing: first everything its http/https
@@ -184,6 +237,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         self.commit_proxy(staged);
         self.recheck();
         self.save();
+        self.announce();
         match origin {
             Origin::Start => {}
             Origin::Reload(path) if changes.is_empty() => {
@@ -217,6 +271,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         }
         self.save();
         self.sync_routes();
+        self.announce();
     }
 
     /// Once a [`TICK`]: ends drains whose deregistration delay is over, saves, samples rates,
@@ -234,6 +289,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
                 }
                 if !expired.is_empty() {
                     self.sync_routes();
+                    self.announce();
                 }
             }
             Err(e) => log::error!("ending drains: {e}"),
@@ -308,7 +364,8 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
 
     /// Saves the controller's state for a daemon that takes over later, when it changed.
     pub fn save(&self) {
-        let state = self.controller.borrow().saved(Instant::now());
+        let mut state = self.controller.borrow().saved(Instant::now());
+        state.node = self.node.get();
         if self.saved.borrow().as_ref() == Some(&state) {
             return;
         }
@@ -358,6 +415,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             .map(Proxy::stats)
             .unwrap_or_default();
         report.http_listeners = http_listeners(controller.model(), &proxy);
+        report.announcement = self.announce_status();
         let checker = self.checker.borrow();
         let rates = self.rates.borrow();
         for listener in &mut report.listeners {
@@ -456,6 +514,30 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
             log::error!("control API: {message}");
             refused(&e, message)
         })
+    }
+
+    fn node(&self, state: Option<NodeState>) -> Result<AnnounceStatus, ControlError> {
+        if self.announcer.borrow().is_none() {
+            return Err(ControlError::conflict(
+                "this daemon announces nothing: start it with --bird-routes (and --bird-socket) for BIRD to announce its listener addresses",
+            ));
+        }
+        if let Some(state) = state.filter(|s| *s != self.node.get()) {
+            self.node.set(state);
+            match state {
+                NodeState::Draining => log::warn!(
+                    "control API: node drain: withdrawing every listener address; established flows go on here"
+                ),
+                NodeState::Serving => log::info!(
+                    "control API: node resume: announcing the listener addresses again"
+                ),
+            }
+            self.save();
+            self.announce();
+        }
+        Ok(self
+            .announce_status()
+            .expect("checked above; the announcer stays until down"))
     }
 
     fn down(&self) -> Result<(), ControlError> {

@@ -122,6 +122,7 @@ pub fn stats_report<D: Dataplane>(
     }
     Ok(StatsReport {
         connection_tables: None,
+        announcement: None,
         counters: counters
             .0
             .iter()

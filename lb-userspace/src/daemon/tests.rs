@@ -85,6 +85,7 @@ fn started(config: &ConfigFile) -> Daemon<MemoryDataplane, MemoryStore> {
         key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
         inherited: Vec::new(),
         max_connections: None,
+        node: Default::default(),
     });
     let model = Model::load(&config.0).unwrap();
     daemon.apply_model(&model, &Origin::Start).unwrap();
@@ -210,6 +211,7 @@ async fn a_reload_without_a_file_is_refused() {
         key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
         inherited: Vec::new(),
         max_connections: None,
+        node: Default::default(),
     });
     let refused = daemon.reload(false).unwrap_err();
     assert_eq!(refused.status, StatusCode::CONFLICT);
@@ -347,4 +349,78 @@ async fn a_reload_whose_http_listener_cannot_be_served_writes_nothing_to_the_dat
     // The listener still serves on its socket.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     drop(taken);
+}
+
+/// With `--bird-routes`: health and `sluice node drain` decide what is announced; BIRD being
+/// unreachable is reported, with the routes file written; the node's state is saved.
+#[tokio::test]
+async fn announcements_follow_health_and_node_drain() {
+    use crate::announce::{Bird, NodeState, Withheld};
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async {
+            let config = ConfigFile::new("announce");
+            let withdraw = text(&["127.0.0.1", "127.0.0.2"], 0).replace(
+                "default_target_group = \"web\"\n",
+                "default_target_group = \"web\"\nwhen_unhealthy = \"withdraw\"\n",
+            );
+            config.write(&withdraw);
+            let daemon = started(&config);
+            assert!(
+                daemon.node(None).is_err(),
+                "without an announcer there is nothing to drain"
+            );
+            let dir = std::env::temp_dir().join(format!("sluice-announce-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let routes_file = dir.join("sluice.conf");
+            daemon.start_announcing(Bird {
+                socket: dir.join("no-bird.ctl"),
+                routes_file: routes_file.clone(),
+            });
+            let vip: std::net::IpAddr = "192.0.2.10".parse().unwrap();
+            // Every target still `initial`: a `withdraw` listener is not announced yet.
+            let status = daemon.node(None).unwrap();
+            assert!(status.wanted.is_empty(), "{status:?}");
+            assert!(matches!(
+                status.withheld[0].why,
+                Withheld::NoHealthyTarget { .. }
+            ));
+            let event = |addr: &str, to| HealthEvent {
+                target: key(addr),
+                addr: key(addr).addr,
+                from: Health::Initial,
+                to,
+                reason: Reason {
+                    code: None,
+                    description: "test".into(),
+                },
+            };
+            daemon.health_changed(&event("127.0.0.1", Health::Healthy));
+            assert_eq!(daemon.node(None).unwrap().wanted, [vip]);
+
+            let status = daemon.node(Some(NodeState::Draining)).unwrap();
+            assert_eq!(status.node, NodeState::Draining);
+            assert!(status.wanted.is_empty());
+            assert_eq!(status.withheld[0].why, Withheld::NodeDraining);
+            let state = saved::load(&*daemon.state.borrow()).unwrap().unwrap();
+            assert_eq!(state.node, NodeState::Draining, "a restart stays drained");
+
+            // No BIRD on the socket: the file is written, the error shown, nothing claimed.
+            let status = daemon.node(Some(NodeState::Serving)).unwrap();
+            assert_eq!(status.wanted, [vip]);
+            let announcer = daemon.announcer.borrow_mut().take().unwrap();
+            let err = announcer
+                .settled(Duration::from_millis(500))
+                .await
+                .unwrap_err();
+            *daemon.announcer.borrow_mut() = Some(announcer);
+            assert!(err.contains("no-bird.ctl"), "{err}");
+            let status = daemon.node(None).unwrap();
+            assert!(status.announced.is_empty(), "{status:?}");
+            assert!(status.error.unwrap().contains("is bird running"));
+            let file = std::fs::read_to_string(&routes_file).unwrap();
+            assert!(file.contains("route 192.0.2.10/32 blackhole;"), "{file}");
+            std::fs::remove_dir_all(&dir).unwrap();
+        })
+        .await;
 }

@@ -41,6 +41,9 @@ pub struct SavedState {
     /// changes (absent from an older daemon's state: everything is described as new).
     #[serde(default)]
     pub summary: crate::model::diff::Summary,
+    /// Serving or draining (`sluice node drain`): a restart keeps a drained node drained.
+    #[serde(default)]
+    pub node: crate::announce::NodeState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +183,7 @@ mod tests {
                 free: vec![],
             },
             summary: Default::default(),
+            node: crate::announce::NodeState::Draining,
         }
     }
 

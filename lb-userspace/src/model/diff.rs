@@ -93,6 +93,7 @@ fn listener(l: &Listener) -> Item {
         "default target group".into(),
         format!("'{}'", l.default_target_group),
     ));
+    settings.push(("when_unhealthy".into(), l.when_unhealthy().name().into()));
     if l.protocol.is_l7() {
         settings.push((
             "idle_timeout".into(),

@@ -133,6 +133,27 @@ impl Mode {
     }
 }
 
+/// What a node does with a listener's address when no target of the listener's groups is
+/// healthy (`when_unhealthy`): keep announcing it and send to every target (ELB's fail open),
+/// or withdraw it from the routers, so that they send its clients to other nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenUnhealthy {
+    #[default]
+    FailOpen,
+    Withdraw,
+}
+
+impl WhenUnhealthy {
+    /// As in the configuration.
+    pub const fn name(self) -> &'static str {
+        match self {
+            WhenUnhealthy::FailOpen => "fail_open",
+            WhenUnhealthy::Withdraw => "withdraw",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HashKey {
@@ -185,6 +206,10 @@ pub struct Listener {
     /// http/https only: evaluated by ascending priority; no match: the default target group.
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    /// With `sluice run --bird-routes`: what happens to the announcement of the listener's
+    /// address when none of its targets is healthy. Default `fail_open`.
+    #[serde(default)]
+    pub when_unhealthy: Option<WhenUnhealthy>,
 }
 
 impl Listener {
@@ -212,7 +237,12 @@ impl Listener {
             certificates: Vec::new(),
             access_log: None,
             rules: Vec::new(),
+            when_unhealthy: None,
         }
+    }
+
+    pub fn when_unhealthy(&self) -> WhenUnhealthy {
+        self.when_unhealthy.unwrap_or_default()
     }
 
     pub fn mode(&self) -> Mode {

@@ -2,6 +2,7 @@
 
 mod balancing;
 mod bench;
+mod bgp;
 mod cli_control;
 mod connection_state;
 mod decap;

@@ -1,0 +1,129 @@
+//! BIRD 2 (Debian's `bird2`) in a test namespace: a router that learns routes over BGP and
+//! installs them (ECMP over several next hops), or a node's own BIRD that sluice drives.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use crate::netns::{wait_until, ChildGuard, Namespace};
+
+/// Where Debian installs it.
+pub const BIRD: &str = "/usr/sbin/bird";
+
+/// A running `bird` with its own configuration, control socket and files, removed on drop.
+pub struct Bird {
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl Bird {
+    /// Starts `bird` in `ns` with `config` (its files in a fresh directory named after the
+    /// namespace), and waits until its control socket answers.
+    pub fn start(ns: &Namespace, config: &str) -> Bird {
+        let dir = std::env::temp_dir().join(format!("{}-bird", ns.name()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conf = dir.join("bird.conf");
+        std::fs::write(&conf, config).unwrap();
+        let socket = dir.join("bird.ctl");
+        let mut bird = Bird {
+            socket,
+            dir,
+            child: None,
+        };
+        bird.restart(ns);
+        bird
+    }
+
+    /// (Re)starts the daemon on the same files.
+    pub fn restart(&mut self, ns: &Namespace) {
+        let mut cmd = ns.command(BIRD);
+        cmd.arg("-f")
+            .arg("-c")
+            .arg(self.dir.join("bird.conf"))
+            .arg("-s")
+            .arg(&self.socket)
+            .arg("-P")
+            .arg(self.dir.join("bird.pid"))
+            .stdin(Stdio::null());
+        let child = ns.spawn(cmd);
+        // The socket may exist before the configuration is read: up is what `show status` says.
+        wait_until(Duration::from_secs(10), "bird to be up", || {
+            if let Some(status) = child.try_status() {
+                panic!("bird exited ({status}): {}", child.stderr());
+            }
+            self.birdc(&["show", "status"])
+                .contains("Daemon is up and running")
+        });
+        self.child = Some(child);
+    }
+
+    /// Stops the daemon (SIGTERM): its routes go with it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.stop(libc::SIGTERM, Duration::from_secs(10));
+        }
+    }
+
+    /// A file in this BIRD's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `birdc -s SOCKET ARGS`: its output.
+    pub fn birdc(&self, args: &[&str]) -> String {
+        let out = Command::new("/usr/sbin/birdc")
+            .arg("-s")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("running birdc");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The kernel's route to `address` in `ns` (`ip route show ADDRESS/32`): empty if none.
+pub fn route(ns: &Namespace, prefix: &str) -> String {
+    ns.ip(&["route", "show", prefix]).trim().to_string()
+}
+
+/// A router's configuration: BGP sessions to each `(name, neighbour, its AS)` from AS
+/// `local_as`, accepting their routes, installing them in the kernel with ECMP (several nodes
+/// announcing one VIP give a multipath route), with short timers so that a lost node is
+/// noticed in seconds.
+pub fn router_config(router_id: &str, local_as: u32, peers: &[(&str, &str, u32)]) -> String {
+    let mut text = format!(
+        "router id {router_id};\nprotocol device {{ scan time 1; }}\nprotocol kernel {{\n  ipv4 {{ export all; }};\n  merge paths on;\n}}\n"
+    );
+    for (name, neighbour, peer_as) in peers {
+        text += &format!(
+            "protocol bgp {name} {{\n  local as {local_as};\n  neighbor {neighbour} as {peer_as};\n  hold time 3;\n  keepalive time 1;\n  connect retry time 1;\n  ipv4 {{ import all; export none; }};\n}}\n"
+        );
+    }
+    text
+}
+
+/// A sluice node's configuration: one BGP session to the router, exporting only what sluice
+/// writes into `routes_file` (included here), never anything to the kernel.
+pub fn node_config(
+    router_id: &str,
+    local_as: u32,
+    router: &str,
+    router_as: u32,
+    routes_file: &Path,
+) -> String {
+    format!(
+        "router id {router_id};\nprotocol device {{ scan time 1; }}\ninclude \"{}\";\nprotocol bgp uplink {{\n  local as {local_as};\n  neighbor {router} as {router_as};\n  hold time 3;\n  keepalive time 1;\n  connect retry time 1;\n  ipv4 {{ import none; export where proto = \"sluice4\"; }};\n}}\n",
+        routes_file.display()
+    )
+}
