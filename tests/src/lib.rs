@@ -1,6 +1,7 @@
 //! Test harnesses for sluice, shared by the integration tests (`src/tests/`, root only) and by
 //! `cargo xtask demo`:
 //! - [`bird`]: BIRD 2 (BGP) routers and node daemons in namespaces;
+//! - [`multinode`]: several sluice nodes behind a BGP/ECMP router, with targets;
 //! - [`netns`]: named network namespaces joined by veth pairs or a bridge, processes and
 //!   threads inside them, teardown on drop and on panic;
 //! - [`servers`]: tiny TCP/HTTP/UDP servers that answer with their own name;
@@ -14,6 +15,7 @@
 pub mod bird;
 pub mod checksum;
 pub mod http_servers;
+pub mod multinode;
 pub mod netns;
 pub mod packet;
 pub mod servers;

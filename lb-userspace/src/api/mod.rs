@@ -12,6 +12,7 @@
 //! | `DELETE /v1/listeners` | removes a listener ([`ListenerRef`]) |
 //! | `GET /v1/node`   | 200, the node's announcements ([`AnnounceStatus`]); 409 without `--bird-routes` |
 //! | `POST /v1/node`  | `{"state": "draining"}` withdraws every address (`sluice node drain`), `"serving"` announces again; 200, the status |
+//! | `GET /v1/tables` | 200, every tcp/udp listener's Maglev table ([`MaglevTable`]) by name |
 //! | `POST /v1/down`  | detaches, removes the pins and stops the daemon (`sluice down`) |
 //!
 //! Changes edit the daemon's model, which is validated as a whole like the file and applied
@@ -25,6 +26,7 @@
 //!
 //! [`Changes`]: crate::controller::Changes
 //! [`AnnounceStatus`]: crate::announce::AnnounceStatus
+//! [`MaglevTable`]: MaglevTable
 //! [`TargetSpec`]: crate::model::edit::TargetSpec
 //! [`TargetRef`]: crate::model::edit::TargetRef
 //! [`ListenerSpec`]: crate::model::edit::ListenerSpec
@@ -61,6 +63,40 @@ pub const DOWN_PATH: &str = "/v1/down";
 pub const LISTENERS_PATH: &str = "/v1/listeners";
 /// The node's announcements: `GET` shows them, `POST` drains or resumes the node.
 pub const NODE_PATH: &str = "/v1/node";
+/// The Maglev tables, as target addresses.
+pub const TABLES_PATH: &str = "/v1/tables";
+
+/// A listener's Maglev table as written to the data plane: the target address in each slot.
+/// Nodes given the same model have equal tables (ids differ, addresses do not), so ECMP moving
+/// a flow between nodes does not move it between targets; `sha256` compares them at a glance.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MaglevTable {
+    pub size: usize,
+    /// Of the slots, one address per line (`10.0.1.10:3000\n...`).
+    pub sha256: String,
+    pub slots: Vec<std::net::SocketAddr>,
+}
+
+impl MaglevTable {
+    pub fn new(slots: Vec<std::net::SocketAddr>) -> MaglevTable {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        for slot in &slots {
+            hasher.update(slot.to_string().as_bytes());
+            hasher.update(b"\n");
+        }
+        let sha256 = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        MaglevTable {
+            size: slots.len(),
+            sha256,
+            slots,
+        }
+    }
+}
 
 /// The body of `POST /v1/node`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

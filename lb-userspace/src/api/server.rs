@@ -25,8 +25,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    CollectError, ListenerRef, NodeRequest, StatsReport, TargetWeight, DOWN_PATH, LISTENERS_PATH,
-    NODE_PATH, RELOAD_PATH, STATS_PATH, TARGETS_PATH,
+    CollectError, ListenerRef, MaglevTable, NodeRequest, StatsReport, TargetWeight, DOWN_PATH,
+    LISTENERS_PATH, NODE_PATH, RELOAD_PATH, STATS_PATH, TABLES_PATH, TARGETS_PATH,
 };
 use crate::{
     controller::Changes,
@@ -55,6 +55,10 @@ pub trait Backend {
     /// down`), instead of leaving forwarding running as a plain stop does.
     fn down(&self) -> Result<(), ControlError> {
         Err(ControlError::conflict("this daemon cannot be taken down"))
+    }
+    /// Every tcp/udp listener's Maglev table, by listener name.
+    fn tables(&self) -> std::collections::BTreeMap<String, MaglevTable> {
+        Default::default()
     }
     /// The node's announcements, after setting its state (`sluice node drain|resume`) if
     /// `state` is given.
@@ -286,6 +290,7 @@ const ENDPOINTS: &[(&str, &[Method])] = &[
     (LISTENERS_PATH, &[Method::POST, Method::DELETE]),
     (DOWN_PATH, &[Method::POST]),
     (NODE_PATH, &[Method::GET, Method::POST]),
+    (TABLES_PATH, &[Method::GET]),
 ];
 
 /// The answer to `method path` with `body`.
@@ -325,6 +330,7 @@ pub fn respond(
                 ),
             }
         }
+        (TABLES_PATH, &Method::GET) => json(StatusCode::OK, &backend.tables()),
         (NODE_PATH, &Method::GET) => match backend.node(None) {
             Ok(status) => json(StatusCode::OK, &status),
             Err(e) => error(e.status, e.message),

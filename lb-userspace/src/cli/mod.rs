@@ -11,6 +11,7 @@ mod stats;
 mod status;
 mod stickiness;
 mod table;
+mod tables;
 mod target;
 
 use std::path::{Path, PathBuf};
@@ -53,6 +54,9 @@ enum Command {
     /// This node's BGP announcements: drain it (withdraw every listener address, so routers
     /// send new flows to other nodes), resume it, or show them.
     Node(node::NodeArgs),
+    /// Show each tcp/udp listener's Maglev table (slots per target and a digest to compare
+    /// nodes).
+    Tables(tables::TablesArgs),
     /// Re-read the daemon's configuration file (as SIGHUP does), dropping run-time changes.
     Reload(reload::ReloadArgs),
     /// Rotate the key stickiness cookies are signed with.
@@ -73,6 +77,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Target(args) => target::target(args),
         Command::Listener(args) => listener::listener(args),
         Command::Node(args) => node::node(args),
+        Command::Tables(args) => tables::tables(args),
         Command::Reload(args) => reload::reload(args),
         Command::Stickiness(args) => stickiness::stickiness(args),
         Command::Decap(args) => decap::decap(args),

@@ -494,6 +494,29 @@ impl<D: Dataplane> Controller<D> {
             .collect()
     }
 
+    /// Every tcp/udp listener's Maglev table as last written to the data plane, slot by slot,
+    /// as target addresses: ids are this node's own, addresses are what every node must agree
+    /// on. An empty table (no target to send to) is empty here.
+    pub fn maglev_tables(&self) -> BTreeMap<String, Vec<SocketAddr>> {
+        let addresses: BTreeMap<u32, SocketAddr> = self
+            .targets
+            .iter()
+            .map(|(key, t)| (t.id, key.addr))
+            .collect();
+        let unknown = SocketAddr::from(([0, 0, 0, 0], 0));
+        self.listeners
+            .iter()
+            .map(|(name, listener)| {
+                let slots = listener
+                    .table
+                    .iter()
+                    .map(|id| addresses.get(id).copied().unwrap_or(unknown))
+                    .collect();
+                (name.clone(), slots)
+            })
+            .collect()
+    }
+
     /// Targets with their id and state, for status output.
     pub fn targets(&self) -> impl Iterator<Item = (&TargetKey, u32, TargetState)> {
         self.targets.iter().map(|(k, t)| (k, t.id, t.state))

@@ -516,6 +516,15 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
         })
     }
 
+    fn tables(&self) -> std::collections::BTreeMap<String, crate::api::MaglevTable> {
+        self.controller
+            .borrow()
+            .maglev_tables()
+            .into_iter()
+            .map(|(name, slots)| (name, crate::api::MaglevTable::new(slots)))
+            .collect()
+    }
+
     fn node(&self, state: Option<NodeState>) -> Result<AnnounceStatus, ControlError> {
         if self.announcer.borrow().is_none() {
             return Err(ControlError::conflict(

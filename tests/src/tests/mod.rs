@@ -6,6 +6,7 @@ mod bgp;
 mod cli_control;
 mod connection_state;
 mod decap;
+mod ecmp;
 mod forwarding_dsr;
 mod forwarding_nat;
 mod forwarding_tunnel;
