@@ -30,26 +30,29 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 111, 100, 1);
 const PORT: u16 = 80;
 /// In `nat` mode the targets listen elsewhere, to show port translation.
 const NAT_TARGET_PORT: u16 = 8080;
-const REQUESTS_PER_ROUND: usize = 6;
+pub(crate) const REQUESTS_PER_ROUND: usize = 6;
 /// `--check` keeps going past `--duration` until every target has answered, for at most this
 /// many rounds: flows land on targets by hash, so a few requests can miss one target by chance
 /// (6 requests miss one of 3 targets 25% of the time; 120 requests, 3 in 10^10).
-const CHECK_MAX_ROUNDS: u64 = 20;
+pub(crate) const CHECK_MAX_ROUNDS: u64 = 20;
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
     /// Stop after this many seconds (default: run until Ctrl-C, at most an hour).
     #[arg(long, value_name = "SECS", default_value_t = 3600)]
-    duration: u64,
+    pub(crate) duration: u64,
     /// Number of backends.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=20))]
-    targets: u8,
+    pub(crate) targets: u8,
     /// Fail unless every target answered and no request failed (for CI).
     #[arg(long)]
-    check: bool,
-    /// Forwarding mode of the demo listener.
+    pub(crate) check: bool,
+    /// Forwarding mode of the demo listener (several nodes: always dsr).
     #[arg(long, default_value = "nat", value_parser = ["nat", "dsr", "tunnel"])]
     mode: String,
+    /// Several sluice nodes behind a router (BIRD, BGP, ECMP) instead of one: 2 to 4.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
+    pub(crate) nodes: u8,
 }
 
 impl DemoArgs {
@@ -60,11 +63,21 @@ impl DemoArgs {
             targets: 3,
             check: true,
             mode: "nat".to_string(),
+            nodes: 1,
+        }
+    }
+
+    /// The same with three nodes behind a router.
+    pub fn smoke_nodes() -> DemoArgs {
+        DemoArgs {
+            nodes: 3,
+            targets: 4,
+            ..DemoArgs::smoke()
         }
     }
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn request_stop(_signal: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
@@ -87,6 +100,9 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
         );
     }
 
+    if args.nodes > 1 {
+        return crate::demo_nodes::demo_nodes(sluice, &args);
+    }
     println!(
         "demo: building the topology (client, lb, switch, {} targets)",
         args.targets
@@ -273,7 +289,7 @@ pub fn demo(sluice: &Path, args: DemoArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct RemoveOnDrop(std::path::PathBuf);
+pub(crate) struct RemoveOnDrop(pub(crate) std::path::PathBuf);
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -281,7 +297,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-struct RemoveDirOnDrop(std::path::PathBuf);
+pub(crate) struct RemoveDirOnDrop(pub(crate) std::path::PathBuf);
 
 impl Drop for RemoveDirOnDrop {
     fn drop(&mut self) {
@@ -291,10 +307,10 @@ impl Drop for RemoveDirOnDrop {
 }
 
 /// The `sluice run` child; interrupted and reaped on drop.
-struct Daemon(Child);
+pub(crate) struct Daemon(pub(crate) Child);
 
 impl Daemon {
-    fn stop(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(&mut self) -> anyhow::Result<()> {
         if self.0.try_wait()?.is_none() {
             // SAFETY: plain kill(2) on our own child's pid.
             unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGINT) };
@@ -318,7 +334,7 @@ impl Drop for Daemon {
 }
 
 /// One HTTP GET with curl from the client namespace: the body, or what went wrong.
-fn curl(client: &Namespace, url: &str) -> String {
+pub(crate) fn curl(client: &Namespace, url: &str) -> String {
     let out = client
         .command("curl")
         .args(["--silent", "--show-error", "--max-time", "2", url])

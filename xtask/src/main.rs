@@ -3,6 +3,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod demo_nodes;
 mod setup;
 
 use std::{
@@ -183,6 +184,8 @@ fn test(with_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
         // integration tests, so that the test runner's summary closes the output.)
         let sluice = build(true)?;
         demo::demo(&sluice, demo::DemoArgs::smoke()).context("the demo smoke run failed")?;
+        demo::demo(&sluice, demo::DemoArgs::smoke_nodes())
+            .context("the demo smoke run with three nodes (cargo xtask demo --nodes 3) failed")?;
         // ... and so must the benchmark: a quick run into a temporary directory, checked for
         // scenarios that could not run (never for figures).
         let out = std::env::temp_dir().join(format!("sluice-bench-smoke-{}", std::process::id()));
