@@ -143,11 +143,22 @@ fn three_nodes_share_a_vip_and_connections_survive_losing_and_adding_nodes() {
         let packets = stats["listeners"][0]["packets"].as_u64().unwrap();
         assert!(packets > 0, "node {i} got no traffic: ECMP did not spread");
     }
+    let client = IpAddr::from(crate::multinode::CLIENT);
     for (j, server) in servers.iter().enumerate() {
+        let peers = server.peers();
         assert!(
-            !server.peers().is_empty(),
+            peers.iter().any(|p| p.ip() == client),
             "target {j} got no connection of {CONNECTIONS}"
         );
+        // Health is checked by every node on its own (no shared results): each target hears
+        // from each node.
+        for i in 0..3 {
+            let node = IpAddr::from(Cluster::node_target_side(i));
+            assert!(
+                peers.iter().any(|p| p.ip() == node),
+                "target {j} was never checked by node {i}"
+            );
+        }
     }
 
     // Node 2 dies: the router withdraws it when the hold time ends; its connections move to
