@@ -97,17 +97,22 @@ pub fn route(ns: &Namespace, prefix: &str) -> String {
     ns.ip(&["route", "show", prefix]).trim().to_string()
 }
 
+/// BGP hold time (keepalives every third of it): a lost peer is noticed when it ends. Long
+/// enough that a busy 2-core machine never misses it; short enough to measure failover.
+pub const HOLD_TIME_S: u32 = 6;
+
 /// A router's configuration: BGP sessions to each `(name, neighbour, its AS)` from AS
 /// `local_as`, accepting their routes, installing them in the kernel with ECMP (several nodes
-/// announcing one VIP give a multipath route), with short timers so that a lost node is
-/// noticed in seconds.
+/// announcing one VIP give a multipath route), with short timers ([`HOLD_TIME_S`]) so that a
+/// lost node is noticed in seconds.
 pub fn router_config(router_id: &str, local_as: u32, peers: &[(&str, &str, u32)]) -> String {
     let mut text = format!(
         "router id {router_id};\nprotocol device {{ scan time 1; }}\nprotocol kernel {{\n  ipv4 {{ export all; }};\n  merge paths on;\n}}\n"
     );
+    let keepalive = HOLD_TIME_S / 3;
     for (name, neighbour, peer_as) in peers {
         text += &format!(
-            "protocol bgp {name} {{\n  local as {local_as};\n  neighbor {neighbour} as {peer_as};\n  hold time 3;\n  keepalive time 1;\n  connect retry time 1;\n  ipv4 {{ import all; export none; }};\n}}\n"
+            "protocol bgp {name} {{\n  local as {local_as};\n  neighbor {neighbour} as {peer_as};\n  hold time {HOLD_TIME_S};\n  keepalive time {keepalive};\n  connect retry time 1;\n  ipv4 {{ import all; export none; }};\n}}\n"
         );
     }
     text
@@ -122,8 +127,9 @@ pub fn node_config(
     router_as: u32,
     routes_file: &Path,
 ) -> String {
+    let keepalive = HOLD_TIME_S / 3;
     format!(
-        "router id {router_id};\nprotocol device {{ scan time 1; }}\ninclude \"{}\";\nprotocol bgp uplink {{\n  local as {local_as};\n  neighbor {router} as {router_as};\n  hold time 3;\n  keepalive time 1;\n  connect retry time 1;\n  ipv4 {{ import none; export where proto = \"sluice4\"; }};\n}}\n",
+        "router id {router_id};\nprotocol device {{ scan time 1; }}\ninclude \"{}\";\nprotocol bgp uplink {{\n  local as {local_as};\n  neighbor {router} as {router_as};\n  hold time {HOLD_TIME_S};\n  keepalive time {keepalive};\n  connect retry time 1;\n  ipv4 {{ import none; export where proto = \"sluice4\"; }};\n}}\n",
         routes_file.display()
     )
 }

@@ -42,6 +42,8 @@ pub enum BirdError {
         socket: String,
         source: birdc::Error,
     },
+    #[error("--bird-routes {path}: {problem}")]
+    RoutesFile { path: String, problem: String },
     #[error("BIRD refused its configuration with sluice's routes file {path}: {message} (check that bird.conf includes it once, at the top level)")]
     Refused { path: String, message: String },
 }
@@ -65,6 +67,32 @@ pub fn render(routes: &BTreeSet<IpAddr>) -> String {
 }
 
 impl Bird {
+    /// What can be known before starting: the routes file can be written where it is (its
+    /// directory exists; the file, if there, is a regular file). BIRD itself may come later.
+    pub fn check(&self) -> Result<(), BirdError> {
+        let problem = |problem: String| BirdError::RoutesFile {
+            path: self.routes_file.display().to_string(),
+            problem,
+        };
+        let dir = match self.routes_file.parent() {
+            Some(dir) if dir.as_os_str().is_empty() => Path::new("."),
+            Some(dir) => dir,
+            None => return Err(problem("names no file".into())),
+        };
+        if !dir.is_dir() {
+            return Err(problem(format!(
+                "its directory {} does not exist (the file is BIRD's to include: put it next to bird.conf)",
+                dir.display()
+            )));
+        }
+        match std::fs::symlink_metadata(&self.routes_file) {
+            Ok(meta) if !meta.is_file() => Err(problem(
+                "is not a regular file; sluice replaces it whole on every change".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Makes BIRD announce exactly `routes`: the file rewritten, then `configure`.
     pub async fn announce(&self, routes: &BTreeSet<IpAddr>) -> Result<(), BirdError> {
         write_atomically(&self.routes_file, render(routes).as_bytes()).map_err(|source| {
@@ -159,6 +187,22 @@ mod tests {
         let text = render(&BTreeSet::new());
         assert!(text.contains("protocol static sluice4 {\n  ipv4;\n}\n"));
         assert!(text.contains("protocol static sluice6 {\n  ipv6;\n}\n"));
+    }
+
+    #[test]
+    fn a_routes_file_that_cannot_be_written_is_refused_at_start() {
+        let bird = |path: &str| Bird {
+            socket: "/run/bird/bird.ctl".into(),
+            routes_file: path.into(),
+        };
+        let e = bird("/nonexistent/dir/sluice.conf").check().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--bird-routes /nonexistent/dir/sluice.conf: its directory /nonexistent/dir does not exist (the file is BIRD's to include: put it next to bird.conf)"
+        );
+        let e = bird("/tmp").check().unwrap_err();
+        assert!(e.to_string().contains("is not a regular file"), "{e}");
+        bird("/tmp/sluice-not-there.conf").check().unwrap();
     }
 
     #[test]

@@ -137,6 +137,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let restart = daemon::restart::Successor::of_this_process()
         .inspect_err(|e| log::warn!("SIGUSR2 cannot restart this daemon: {e}"))
         .ok();
+    let bird = args.bird_routes.as_ref().map(|routes_file| Bird {
+        socket: args.bird_socket.clone(),
+        routes_file: routes_file.clone(),
+    });
+    if let Some(bird) = &bird {
+        bird.check()?;
+    }
     // The model is read before anything is loaded: a broken file changes nothing.
     let model = match &args.config {
         Some(path) => Model::load(path)?,
@@ -329,14 +336,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             None => None,
         };
         // Only now that the program forwards: an address is announced when it can be served.
-        if let Some(routes_file) = &args.bird_routes {
+        if let Some(bird) = bird {
             if node == NodeState::Draining {
                 log::warn!("this node is draining (the previous daemon's `sluice node drain`): it announces nothing until `sluice node resume`");
             }
-            daemon.start_announcing(Bird {
-                socket: args.bird_socket.clone(),
-                routes_file: routes_file.clone(),
-            });
+            daemon.start_announcing(bird);
         }
         let mut successors = Successors::listen(&handover_path, handover_listener, handover_file)
             .context("listening for a successor on the hand-over socket")?;
