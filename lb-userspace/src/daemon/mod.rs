@@ -25,13 +25,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use report::{http_listeners, stats_report, ActiveFlows, ACTIVE_WINDOW};
+pub use report::{fill_requests, http_listeners, stats_report, ActiveFlows, ACTIVE_WINDOW};
 pub use serve::{serve, Ending};
 
 use crate::{
     api::{
         metrics::{self, Scrape},
-        Backend, CollectError, ControlError, StatsReport,
+        Backend, CollectError, ControlError, HealthTransition, StatsReport,
+        HEALTH_TRANSITIONS_KEPT,
     },
     controller::{ApplyError, Changes, Controller},
     dataplane::{
@@ -91,6 +92,10 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     /// The connection-state tables as the last complete sweep counted them.
     tables: RefCell<Option<crate::api::ConnectionTables>>,
     max_connections: Option<usize>,
+    /// The latest health transitions, oldest first.
+    transitions: RefCell<std::collections::VecDeque<HealthTransition>>,
+    /// What the set-up checks found (see `dataplane::preflight`), for status.
+    warnings: RefCell<Vec<String>>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -167,6 +172,8 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             inherited: RefCell::new(inherited),
             tables: RefCell::new(None),
             max_connections,
+            transitions: RefCell::default(),
+            warnings: RefCell::default(),
         }
     }
 
@@ -207,6 +214,21 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             event.to.name(),
             event.reason
         );
+        let mut transitions = self.transitions.borrow_mut();
+        if transitions.len() == HEALTH_TRANSITIONS_KEPT {
+            transitions.pop_front();
+        }
+        transitions.push_back(HealthTransition {
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            group: event.target.group.clone(),
+            target: event.target.addr,
+            from: event.from.name().to_string(),
+            to: event.to.name().to_string(),
+            reason: event.reason.to_string(),
+        });
+        drop(transitions);
         let applied =
             self.controller
                 .borrow_mut()
@@ -250,6 +272,11 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             Ok(None) => {}
             Err(e) => log::warn!("{e}"),
         }
+    }
+
+    /// Replaces the set-up warnings shown by `status` and the status page.
+    pub fn set_warnings(&self, warnings: Vec<String>) {
+        *self.warnings.borrow_mut() = warnings;
     }
 
     /// `sluice down` asked for this daemon to stop, detach and remove its pins.
@@ -358,6 +385,9 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             .map(Proxy::stats)
             .unwrap_or_default();
         report.http_listeners = http_listeners(controller.model(), &proxy);
+        fill_requests(&mut report, &proxy);
+        report.warnings = self.warnings.borrow().clone();
+        report.health_transitions = self.transitions.borrow().iter().cloned().collect();
         let checker = self.checker.borrow();
         let rates = self.rates.borrow();
         for listener in &mut report.listeners {
@@ -494,6 +524,10 @@ impl<D: Dataplane, S: Store> metrics::Source for Daemon<D, S> {
             latencies,
             proxy,
         })
+    }
+
+    fn status(&self) -> Result<StatsReport, CollectError> {
+        self.report(false)
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     balance::RoundRobin,
-    metrics::GroupCounters,
+    metrics::{GroupCounters, TargetCounters},
     outlier::{Detection, Outlier},
     rules::RuleSet,
 };
@@ -27,12 +27,18 @@ pub struct Carried {
     outstanding: HashMap<TargetKey, Arc<AtomicUsize>>,
     outliers: HashMap<TargetKey, Arc<Outlier>>,
     groups: BTreeMap<String, Arc<GroupCounters>>,
+    targets: BTreeMap<TargetKey, Arc<TargetCounters>>,
 }
 
 impl Carried {
     /// Every group's counters, for metrics.
     pub fn groups(&self) -> impl Iterator<Item = (&String, &Arc<GroupCounters>)> {
         self.groups.iter()
+    }
+
+    /// Every routed target's counters, for metrics and status.
+    pub fn targets(&self) -> impl Iterator<Item = (&TargetKey, &Arc<TargetCounters>)> {
+        self.targets.iter()
     }
 }
 
@@ -80,6 +86,8 @@ pub struct RoutedTarget {
     pub outstanding: Arc<AtomicUsize>,
     /// What the proxy's own requests saw of it (kept across snapshots).
     pub outlier: Arc<Outlier>,
+    /// Its requests, errors and response times (kept across snapshots).
+    pub counters: Arc<TargetCounters>,
 }
 
 impl Snapshot {
@@ -131,11 +139,13 @@ impl Snapshot {
                     let (key, weight) = &keys[i];
                     let outstanding = carried.outstanding.entry(key.clone()).or_default();
                     let outlier = carried.outliers.entry(key.clone()).or_default();
+                    let counters = carried.targets.entry(key.clone()).or_default();
                     used_targets.insert(key.clone());
                     targets.push(RoutedTarget {
                         key: key.clone(),
                         outstanding: Arc::clone(outstanding),
                         outlier: Arc::clone(outlier),
+                        counters: Arc::clone(counters),
                     });
                     weights.push(*weight);
                 }
@@ -195,6 +205,9 @@ impl Snapshot {
         // In-flight requests of a target that left keep their own Arc.
         carried.outstanding.retain(|k, _| used_targets.contains(k));
         carried.outliers.retain(|k, _| used_targets.contains(k));
+        // Counters outlive a target's time out of rotation (unhealthy, draining) while it is
+        // registered, so its request count does not start over.
+        carried.targets.retain(|k, _| views.contains_key(k));
         carried.groups.retain(|g, _| used_groups.contains(g));
         Snapshot {
             listeners,
