@@ -11,6 +11,7 @@
 //! ([`Store`]), so its logic is unit-tested without root (`tests.rs`).
 
 pub mod handover;
+pub mod preflight;
 mod report;
 pub mod restart;
 mod serve;

@@ -730,6 +730,8 @@ fn state_of(lb: &Balanced) -> serde_json::Value {
     // Counters and the live connection-state counts move with traffic; the rest is state.
     state.as_object_mut().unwrap().remove("counters");
     state.as_object_mut().unwrap().remove("connection_tables");
+    // Health transitions are the running daemon's own news; a successor starts without.
+    state.as_object_mut().unwrap().remove("health_transitions");
     for list in ["listeners", "targets"] {
         for item in state[list].as_array_mut().unwrap() {
             let item = item.as_object_mut().unwrap();
