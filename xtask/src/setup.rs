@@ -15,7 +15,15 @@ use anyhow::{bail, Context};
 use crate::cmd::{output, run};
 
 /// Debian packages the tests and the demo use (besides what a fresh machine has).
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "curl",
+    // The status page test loads the page in headless Chromium; the metrics test scrapes with
+    // Prometheus and checks with promtool.
+    "chromium",
+    "prometheus",
+];
 
 /// What every `cargo xtask bench` run uses; the scenarios add theirs (see `bench::Plan`):
 /// nftables, the kernel baseline of the forwarding scenario, and

@@ -45,7 +45,7 @@ pub fn drops(report: &StatsReport) -> Vec<Drop> {
             (packets > 0).then(|| Drop {
                 counter: c.name(),
                 packets,
-                meaning: c.help(),
+                meaning: c.help().trim(),
             })
         })
         .collect()

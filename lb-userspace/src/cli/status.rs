@@ -239,7 +239,7 @@ mod tests {
         assert!(
             text.ends_with(&format!(
                 "\npackets lost (`sluice stats` has every counter):\n  3 drop_flow_table_full: {}\n",
-                lb_common::stats::Counter::DropFlowTableFull.help()
+                lb_common::stats::Counter::DropFlowTableFull.help().trim()
             )),
             "{text}"
         );
