@@ -261,11 +261,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // cannot be served (its address taken, a file it names unusable) stops sluice here, as a
     // broken model would (a fresh start then removes its pins again: `fresh`).
     daemon.apply_model(&model, &Origin::Start)?;
-    let warnings = daemon::preflight::check(&args.ifaces, &model);
-    for warning in &warnings {
-        log::warn!("{warning}");
-    }
-    daemon.set_warnings(warnings);
+    daemon.check_setup(args.ifaces.clone());
 
     for (iface, &ifindex) in args.ifaces.iter().zip(&ifindexes) {
         match pins::attach(&mut ebpf, &args.pin_dir, iface, ifindex, args.xdp_mode)? {

@@ -95,8 +95,10 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     max_connections: Option<usize>,
     /// The latest health transitions, oldest first.
     transitions: RefCell<std::collections::VecDeque<HealthTransition>>,
-    /// What the set-up checks found (see `dataplane::preflight`), for status.
+    /// What the set-up checks found (see [`preflight`]), for status.
     warnings: RefCell<Vec<String>>,
+    /// The interfaces the set-up checks look at; none until [`Daemon::check_setup`].
+    checked_ifaces: RefCell<Option<Vec<String>>>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -175,6 +177,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             max_connections,
             transitions: RefCell::default(),
             warnings: RefCell::default(),
+            checked_ifaces: RefCell::default(),
         }
     }
 
@@ -192,6 +195,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         self.commit_proxy(staged);
         self.recheck();
         self.save();
+        self.recheck_setup(model);
         match origin {
             Origin::Start => {}
             Origin::Reload(path) if changes.is_empty() => {
@@ -275,9 +279,25 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         }
     }
 
-    /// Replaces the set-up warnings shown by `status` and the status page.
-    pub fn set_warnings(&self, warnings: Vec<String>) {
-        *self.warnings.borrow_mut() = warnings;
+    /// Runs the set-up checks for sluice attached to `ifaces` now and after every change of
+    /// the model; warnings are logged when they first appear and shown by `status` and the
+    /// status page while they hold.
+    pub fn check_setup(&self, ifaces: Vec<String>) {
+        *self.checked_ifaces.borrow_mut() = Some(ifaces);
+        let model = self.controller.borrow().model().clone();
+        self.recheck_setup(&model);
+    }
+
+    fn recheck_setup(&self, model: &Model) {
+        let Some(ifaces) = self.checked_ifaces.borrow().clone() else {
+            return;
+        };
+        let warnings = preflight::check(&ifaces, model);
+        let mut shown = self.warnings.borrow_mut();
+        for warning in warnings.iter().filter(|w| !shown.contains(w)) {
+            log::warn!("{warning}");
+        }
+        *shown = warnings;
     }
 
     /// `sluice down` asked for this daemon to stop, detach and remove its pins.

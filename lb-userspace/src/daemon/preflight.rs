@@ -1,6 +1,6 @@
 //! Set-up checks: what makes the XDP path lose traffic silently, found before it does, each
-//! warning naming its fix. `sluice run` logs them at start and `sluice status` and the status
-//! page show them:
+//! warning naming its fix. The daemon runs them at start and after every change of the model,
+//! logs each new one, and `sluice status` and the status page show them:
 //! - IP forwarding off in the daemon's network namespace (the FIB lookups of the XDP program
 //!   fail: `drop_forwarding_disabled`);
 //! - a veth whose peer has neither an XDP program nor GRO: the frames sluice sends out of it

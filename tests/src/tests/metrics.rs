@@ -556,6 +556,9 @@ fn sluice_status(run: &Running, json: bool) -> serde_json::Value {
     }
 }
 
+/// How long one headless Chromium run may take.
+const CHROMIUM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Headless Chromium (Debian's) loads the status page from the daemon, runs its script, and
 /// shows listeners, targets with health and the reason of the one that failed, its health
 /// transition, the drops with their meaning and a set-up warning; the screenshot goes to
@@ -609,37 +612,35 @@ fn the_status_page_shows_the_daemon_live_in_chromium() {
     let scratch = Scratch::new("chromium");
     let url = format!("http://{}/", run.metrics);
     let chromium = |extra: &[String]| {
-        let out = run
-            .topology
-            .lb
-            .command("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-                // Scripts run and the first fetch completes within this much virtual time.
-                "--virtual-time-budget=5000",
-            ])
-            .arg(format!(
-                "--user-data-dir={}",
-                scratch.0.join("profile").display()
-            ))
-            .args(extra)
-            .arg(&url)
-            .output()
-            .unwrap_or_else(|e| panic!("chromium (Debian's; cargo xtask setup installs it): {e}"));
+        let mut cmd = run.topology.lb.command("chromium");
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            // Scripts run and the first fetch completes within this much virtual time.
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            scratch.0.join("profile").display()
+        ))
+        .args(extra)
+        .arg(&url);
+        let mut browser = run.topology.lb.spawn(cmd);
+        // A cold start on a busy machine takes seconds; bounded all the same.
+        let status = browser.wait_timeout(CHROMIUM_TIMEOUT);
         assert!(
-            out.status.success(),
-            "chromium {extra:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            status.success(),
+            "chromium {extra:?} ({status}; Debian's chromium, which cargo xtask setup installs): {}",
+            browser.stderr()
         );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        browser.stdout()
     };
     let dom = chromium(&["--dump-dom".to_string()]);
     let target1 = format!("{}:{HEALTH}", run.topology.targets[1].link.v4);
