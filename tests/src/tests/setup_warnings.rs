@@ -93,7 +93,10 @@ fn a_bad_setup_is_warned_about_with_the_fix_and_a_good_one_is_not() {
     // The harness's topology is right: forwarding on, GRO on the peers, offload off.
     let (log, status) = start_and_look(&topology, &good, &[]);
     // (Every set-up warning names its fix.)
-    assert!(!log.contains("fix:"), "set-up warnings on a good set-up:\n{log}");
+    assert!(
+        !log.contains("fix:"),
+        "set-up warnings on a good set-up:\n{log}"
+    );
     assert!(!status.contains("warnings"), "{status}");
     // A loopback target added at run time is flagged as soon as it is.
     let loopback =
