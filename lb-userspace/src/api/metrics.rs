@@ -856,6 +856,74 @@ mod tests {
         );
     }
 
+    struct Fixed(Scrape);
+
+    impl Source for Fixed {
+        fn scrape(&self) -> Result<Scrape, CollectError> {
+            Ok(self.0.clone())
+        }
+        fn status(&self) -> Result<StatsReport, CollectError> {
+            Ok(self.0.report.clone())
+        }
+    }
+
+    fn body(response: Response<Full<Bytes>>) -> (StatusCode, String, String) {
+        use http_body_util::BodyExt;
+        let status = response.status();
+        let kind = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        // A `Full` body is ready at once.
+        let collected = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(response.into_body().collect());
+        let bytes = match collected {
+            Ok(collected) => collected.to_bytes(),
+            Err(never) => match never {},
+        };
+        (status, kind, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn the_listener_serves_metrics_the_page_and_its_data() {
+        let mut fixed = scrape();
+        fixed.report.counters.insert(
+            "drop_no_target".into(),
+            CounterStats {
+                packets: 2,
+                bytes: 120,
+            },
+        );
+        let source = Fixed(fixed);
+        let (status, kind, text) = body(respond(&source, &Method::GET, PATH));
+        assert_eq!((status, kind.as_str()), (StatusCode::OK, CONTENT_TYPE));
+        assert!(text.contains("sluice_listener_packets_total"), "{text}");
+        let (status, kind, page) = body(respond(&source, &Method::GET, "/"));
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(kind, "text/html; charset=utf-8");
+        assert!(page.contains("<title>sluice status</title>"));
+        let (status, kind, json) = body(respond(&source, &Method::GET, "/status.json"));
+        assert_eq!(
+            (status, kind.as_str()),
+            (StatusCode::OK, "application/json")
+        );
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(json["report"]["listeners"][0]["name"], "dns");
+        assert_eq!(json["drops"][0]["counter"], "drop_no_target");
+        assert_eq!(json["drops"][0]["packets"], 2);
+        let (status, _, text) = body(respond(&source, &Method::GET, "/nothing"));
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            text,
+            "no /nothing here; try /metrics, or / for the status page\n"
+        );
+        let (status, _, text) = body(respond(&source, &Method::POST, "/status.json"));
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(text, "/status.json takes GET\n");
+    }
+
     #[test]
     fn address_flag() {
         assert_eq!("off".parse(), Ok(MetricsAddress(None)));

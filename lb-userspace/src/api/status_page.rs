@@ -25,24 +25,24 @@ pub struct StatusData<'a> {
     pub version: &'static str,
     pub report: &'a StatsReport,
     /// Non-zero outcome counters that lose packets (drops, malformed), with their meaning.
-    pub drops: Vec<Drop>,
+    pub drops: Vec<DroppedPackets>,
 }
 
 #[derive(Debug, PartialEq, Eq, Serialize)]
-pub struct Drop {
+pub struct DroppedPackets {
     pub counter: &'static str,
     pub packets: u64,
     pub meaning: &'static str,
 }
 
 /// The outcome counters of `report` that lost packets, with their meaning, in index order.
-pub fn drops(report: &StatsReport) -> Vec<Drop> {
+pub fn drops(report: &StatsReport) -> Vec<DroppedPackets> {
     Counter::ALL
         .iter()
         .filter(|c| c.kind() == CounterKind::Outcome && loses_packets(c.name()))
         .filter_map(|c| {
             let packets = report.counters.get(c.name())?.packets;
-            (packets > 0).then(|| Drop {
+            (packets > 0).then(|| DroppedPackets {
                 counter: c.name(),
                 packets,
                 meaning: c.help().trim(),
