@@ -15,7 +15,17 @@ use anyhow::{bail, Context};
 use crate::cmd::{output, run};
 
 /// Debian packages the tests and the demo use (besides what a fresh machine has).
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "bird2"];
+pub const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "curl",
+    // The BGP tests and `demo --nodes`: BIRD 2 for the routers and the nodes.
+    "bird2",
+    // The status page test loads the page in headless Chromium; the metrics test scrapes with
+    // Prometheus and checks with promtool.
+    "chromium",
+    "prometheus",
+];
 
 /// What every `cargo xtask bench` run uses; the scenarios add theirs (see `bench::Plan`):
 /// nftables, the kernel baseline of the forwarding scenario, and

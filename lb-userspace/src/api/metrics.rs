@@ -1,19 +1,16 @@
-//! `GET /metrics` on `sluice run --metrics-address`: the numbers of `GET /v1/stats` and the
-//! health checker's latest latencies in the Prometheus text exposition format (0.0.4), named
-//! after ELB's CloudWatch metrics with a `sluice_` prefix.
+//! The metrics listener of `sluice run --metrics-address`: `GET /metrics`, the numbers of
+//! `GET /v1/stats`, the health checker's latest latencies and the L7 proxy's counters in the
+//! Prometheus text exposition format (0.0.4), and the live status page (`GET /`, with its
+//! data at `GET /status.json`, see [`super::status_page`]).
 //!
-//! [`render`] is pure: it turns a [`Scrape`] (a [`StatsReport`] plus latencies) into text.
-//! The server around it runs on the daemon's single-threaded runtime, like the control API, so
-//! a scrape never sees half a reload.
+//! [`families`] is pure: it turns a [`Scrape`] into metric families, named by Prometheus'
+//! conventions (`_total` counters, base units, no `_count` on gauges) with ELB's CloudWatch
+//! names in the help; the `prometheus` crate writes the text, with the process collector's
+//! `process_*` families. The server runs on the daemon's single-threaded runtime, like the
+//! control API, so a scrape never sees half a reload.
 
 use std::{
-    collections::BTreeMap,
-    convert::Infallible,
-    fmt::{Display, Write as _},
-    io,
-    net::SocketAddr,
-    rc::Rc,
-    str::FromStr,
+    collections::BTreeMap, convert::Infallible, io, net::SocketAddr, rc::Rc, str::FromStr,
     time::Duration,
 };
 
@@ -27,14 +24,24 @@ use hyper::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::{
-    api::{CollectError, StatsReport, TargetStatus},
-    health::Health,
-    proxy::metrics::{ProxyStats, RESPONSE_TIME_BUCKETS},
+use lb_common::stats::{Counter, CounterKind};
+use prometheus::{
+    core::Collector,
+    proto::{self, MetricFamily, MetricType},
+    Encoder as _, TextEncoder,
 };
 
-/// Where `sluice run` serves metrics unless told otherwise (the node exporter's usual port).
-pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9100";
+use crate::{
+    api::{status_page, CollectError, StatsReport, TargetStatus},
+    health::Health,
+    proxy::metrics::{GroupNumbers, ProxyStats, RESPONSE_TIME_BUCKETS},
+};
+
+/// Where `sluice run` serves metrics and the status page unless told otherwise: loopback, on
+/// a port outside 9090-9999, the range of Prometheus' default port allocations for its own
+/// components and exporters (9100 is the node exporter's, which Debian's `prometheus` package
+/// installs and starts), and not in `/etc/services`.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:8489";
 /// The only path served.
 pub const PATH: &str = "/metrics";
 /// The text exposition format, version 0.0.4.
@@ -99,6 +106,8 @@ pub struct Scrape {
 /// What the metrics server asks of the daemon.
 pub trait Source {
     fn scrape(&self) -> Result<Scrape, CollectError>;
+    /// The report behind the status page: `GET /v1/stats` without the walk of the flow table.
+    fn status(&self) -> Result<StatsReport, CollectError>;
 }
 
 /// Serves `GET /metrics` until the task is dropped.
@@ -130,21 +139,36 @@ pub async fn serve<S: Source + 'static>(listener: tokio::net::TcpListener, sourc
 }
 
 fn respond(source: &impl Source, method: &Method, path: &str) -> Response<Full<Bytes>> {
-    if path != PATH {
+    if ![PATH, status_page::PAGE_PATH, status_page::JSON_PATH].contains(&path) {
         return text(
             StatusCode::NOT_FOUND,
-            format!("no {path} here; try {PATH}\n"),
+            format!(
+                "no {path} here; try {PATH}, or {} for the status page\n",
+                status_page::PAGE_PATH
+            ),
         );
     }
     if method != Method::GET {
         let mut response = text(
             StatusCode::METHOD_NOT_ALLOWED,
-            format!("{PATH} takes GET\n"),
+            format!("{path} takes GET\n"),
         );
         response
             .headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static("GET"));
         return response;
+    }
+    if path == status_page::PAGE_PATH {
+        return status_page::page();
+    }
+    if path == status_page::JSON_PATH {
+        return match source.status() {
+            Ok(report) => status_page::json(&report),
+            Err(e) => {
+                log::error!("status page: {e}");
+                text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
+            }
+        };
     }
     match source.scrape() {
         Ok(scrape) => {
@@ -162,7 +186,7 @@ fn respond(source: &impl Source, method: &Method, path: &str) -> Response<Full<B
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(super) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -172,12 +196,32 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
-/// The exposition text. Families come in a fixed order, each with its HELP and TYPE once
-/// (even without samples); samples follow the report's order (listeners as configured,
-/// targets by group then address, counters by name), so two scrapes differ only in values.
+/// The exposition text: sluice's families, then the process collector's.
 pub fn render(scrape: &Scrape) -> String {
+    let mut families = families(scrape);
+    families.extend(prometheus::process_collector::ProcessCollector::for_self().collect());
+    let mut text = Vec::new();
+    // Every family has a name and at least one sample (`families` leaves out empty ones),
+    // which is all the encoder checks.
+    if let Err(e) = TextEncoder::new().encode(&families, &mut text) {
+        log::error!("metrics: encoding: {e}");
+    }
+    String::from_utf8(text).unwrap_or_default()
+}
+
+/// sluice's metric families, in a fixed order; samples follow the report's order (listeners
+/// as configured, targets by group then address, counters by index), so two scrapes differ only
+/// in values. A family without samples is left out (the text format has no empty families).
+pub fn families(scrape: &Scrape) -> Vec<MetricFamily> {
     let report = &scrape.report;
-    let mut out = Exposition::default();
+    let mut out = Families::default();
+
+    out.family(
+        "sluice_build_info",
+        MetricType::GAUGE,
+        "Always 1; the labels say which sluice runs.",
+    )
+    .gauge(&[("version", env!("CARGO_PKG_VERSION"))], 1.0);
 
     // ELB counts neither `initial` nor draining targets as healthy or unhealthy.
     let hosts = |group: &str, health: Health| {
@@ -187,73 +231,91 @@ pub fn render(scrape: &Scrape) -> String {
             .filter(|t| {
                 t.group == group && t.state == TargetStatus::Active && t.health == health.name()
             })
-            .count()
+            .count() as f64
     };
-    for (name, health) in [
-        ("sluice_healthy_host_count", Health::Healthy),
-        ("sluice_unhealthy_host_count", Health::Unhealthy),
+    for (name, health, elb) in [
+        (
+            "sluice_healthy_targets",
+            Health::Healthy,
+            "HealthyHostCount",
+        ),
+        (
+            "sluice_unhealthy_targets",
+            Health::Unhealthy,
+            "UnHealthyHostCount",
+        ),
     ] {
-        out.family(
+        let family = out.family(
             name,
-            "gauge",
+            MetricType::GAUGE,
             &format!(
-                "Registered targets (not draining) whose health check state is {}.",
+                "Registered targets (not draining) whose health check state is {} ({elb}).",
                 health.name()
             ),
         );
         for group in &report.target_groups {
-            out.sample(
-                name,
-                &[("target_group", &group.name)],
-                hosts(&group.name, health),
+            family.gauge(&[("target_group", &group.name)], hosts(&group.name, health));
+        }
+    }
+    let family = out.family(
+        "sluice_target_health",
+        MetricType::GAUGE,
+        "1 for the target's health (initial, healthy, unhealthy, or draining once deregistered), 0 for the others.",
+    );
+    for t in &report.targets {
+        let address = t.address.to_string();
+        for health in HEALTH_STATES {
+            family.gauge(
+                &[
+                    ("target_group", &t.group),
+                    ("target", &address),
+                    ("health", health),
+                ],
+                f64::from(u8::from(t.health == health)),
             );
         }
     }
-    let name = "sluice_target_group_failing_open";
-    out.family(
-        name,
-        "gauge",
+    let family = out.family(
+        "sluice_target_group_failing_open",
+        MetricType::GAUGE,
         "1 if the target group has no healthy target, so traffic goes to all of them.",
     );
     for group in &report.target_groups {
-        out.sample(
-            name,
+        family.gauge(
             &[("target_group", &group.name)],
-            u8::from(group.failing_open),
+            f64::from(u8::from(group.failing_open)),
         );
     }
 
     type Traffic = (&'static str, &'static str, fn(u64, u64, u64) -> u64);
     const TRAFFIC: [Traffic; 3] = [
-        ("processed_packets_total", "Packets", |p, _, _| p),
-        ("processed_bytes_total", "Bytes (whole frames)", |_, b, _| b),
-        ("new_flow_count_total", "New flows", |_, _, f| f),
+        ("packets_total", "Packets", |p, _, _| p),
+        ("bytes_total", "Bytes (whole frames)", |_, b, _| b),
+        ("new_flows_total", "New flows", |_, _, f| f),
     ];
     for (suffix, what, value) in TRAFFIC {
-        let name = format!("sluice_{suffix}");
-        out.family(
-            &name,
-            "counter",
-            &format!("{what} balanced by the listener since it was added."),
+        let family = out.family(
+            &format!("sluice_listener_{suffix}"),
+            MetricType::COUNTER,
+            &format!(
+                "{what} the XDP program balanced for the tcp/udp listener since it was added."
+            ),
         );
         for l in &report.listeners {
-            out.sample(
-                &name,
+            family.counter(
                 &[("listener", &l.name)],
                 value(l.packets, l.bytes, l.new_flows),
             );
         }
     }
     for (suffix, what, value) in TRAFFIC {
-        let name = format!("sluice_target_{suffix}");
-        out.family(
-            &name,
-            "counter",
-            &format!("{what} sent to the target since it was registered, draining included."),
+        let family = out.family(
+            &format!("sluice_target_{suffix}"),
+            MetricType::COUNTER,
+            &format!("{what} the XDP program sent to the target since it was registered, draining included."),
         );
         for t in &report.targets {
-            out.sample(
-                &name,
+            family.counter(
                 &[
                     ("target_group", &t.group),
                     ("target", &t.address.to_string()),
@@ -263,35 +325,46 @@ pub fn render(scrape: &Scrape) -> String {
         }
     }
 
-    let name = "sluice_packets_total";
-    out.family(
-        name,
-        "counter",
-        "Packets seen by the XDP program, by what it did with them (drop_*, pass_*, forward_*).",
-    );
-    for (outcome, counter) in &report.counters {
-        out.sample(name, &[("outcome", outcome)], counter.packets);
+    for (name, kind, help) in [
+        (
+            "sluice_packets_total",
+            CounterKind::Outcome,
+            "Packets the XDP program saw, by what it did with them (pass_*, forward_*, drop_*, malformed_*, ...): each packet counts once, so sum() is every packet.",
+        ),
+        (
+            "sluice_packet_observations_total",
+            CounterKind::Observation,
+            "Packets with a property worth knowing (vlan_tagged, flow_created, ...), counted in addition to their outcome in sluice_packets_total.",
+        ),
+    ] {
+        let label = match kind {
+            CounterKind::Outcome => "outcome",
+            CounterKind::Observation => "observation",
+        };
+        let family = out.family(name, MetricType::COUNTER, help);
+        for counter in Counter::ALL.iter().filter(|c| c.kind() == kind) {
+            if let Some(value) = report.counters.get(counter.name()) {
+                family.counter(&[(label, counter.name())], value.packets);
+            }
+        }
     }
-    let name = "sluice_port_allocation_error_count_total";
-    out.family(
-        name,
-        "counter",
-        "New nat flows dropped because no source port was free (drop_nat_ports_exhausted).",
-    );
     let exhausted = report
         .counters
-        .get("drop_nat_ports_exhausted")
+        .get(Counter::DropNatPortsExhausted.name())
         .map_or(0, |c| c.packets);
-    out.sample(name, &[], exhausted);
-    let name = "sluice_target_port_allocation_error_count_total";
     out.family(
-        name,
-        "counter",
+        "sluice_port_allocation_errors_total",
+        MetricType::COUNTER,
+        "New nat flows dropped because no source port was free (PortAllocationErrorCount; the same packets as sluice_packets_total{outcome=\"drop_nat_ports_exhausted\"}).",
+    )
+    .counter(&[], exhausted);
+    let family = out.family(
+        "sluice_target_port_allocation_errors_total",
+        MetricType::COUNTER,
         "New nat flows to the target dropped because no source port was free on it.",
     );
     for t in &report.targets {
-        out.sample(
-            name,
+        family.counter(
             &[
                 ("target_group", &t.group),
                 ("target", &t.address.to_string()),
@@ -300,187 +373,240 @@ pub fn render(scrape: &Scrape) -> String {
         );
     }
 
-    let tables = report.connection_tables.as_ref();
-    for (name, help, value) in [
-        (
+    if let Some(tables) = report.connection_tables.as_ref() {
+        out.family(
             "sluice_flow_table_entries",
+            MetricType::GAUGE,
             "Live entries of the flow table, as the last complete sweep counted them.",
-            tables.map(|t| t.flows),
-        ),
-        (
+        )
+        .gauge(&[], tables.flows as f64);
+        out.family(
             "sluice_nat_translations",
+            MetricType::GAUGE,
             "Live nat translations (one source port each), as the last complete sweep counted them.",
-            tables.map(|t| t.nat_translations),
-        ),
-    ] {
-        out.family(name, "gauge", help);
-        if let Some(value) = value {
-            out.sample(name, &[], value);
-        }
-    }
-    let name = "sluice_target_nat_translations";
-    out.family(
-        name,
-        "gauge",
-        "Live nat translations towards the target (source ports in use on the address facing it).",
-    );
-    if let Some(tables) = tables {
+        )
+        .gauge(&[], tables.nat_translations as f64);
+        let family = out.family(
+            "sluice_target_nat_translations",
+            MetricType::GAUGE,
+            "Live nat translations towards the target (source ports in use on the address facing it).",
+        );
         for t in &report.targets {
-            out.sample(
-                name,
+            let n = tables.nat_translations_by_target.get(&t.id).copied();
+            family.gauge(
                 &[
                     ("target_group", &t.group),
                     ("target", &t.address.to_string()),
                 ],
-                tables
-                    .nat_translations_by_target
-                    .get(&t.id)
-                    .copied()
-                    .unwrap_or(0),
+                n.unwrap_or(0) as f64,
             );
         }
     }
 
-    let name = "sluice_health_check_latency_seconds";
-    out.family(
-        name,
-        "gauge",
+    let family = out.family(
+        "sluice_health_check_latency_seconds",
+        MetricType::GAUGE,
         "Latency of the target's latest health check, passed or failed.",
     );
     for ((group, target), latency) in &scrape.latencies {
-        out.sample(
-            name,
+        family.gauge(
             &[("target_group", group), ("target", &target.to_string())],
             latency.as_secs_f64(),
         );
     }
-    render_proxy(&scrape.proxy, &mut out);
-    out.text
+    proxy_families(&scrape.proxy, &mut out);
+    out.done()
 }
 
-/// The L7 proxy's families (ALB's names), always present so dashboards see zeros.
-fn render_proxy(proxy: &ProxyStats, out: &mut Exposition) {
+/// The health states of `sluice_target_health`, a target's `health` in the status page.
+const HEALTH_STATES: [&str; 4] = ["initial", "healthy", "unhealthy", "draining"];
+
+/// The L7 proxy's families (ALB's names in the help).
+fn proxy_families(proxy: &ProxyStats, out: &mut Families) {
     type ListenerMetric = (
         &'static str,
-        &'static str,
+        MetricType,
         &'static str,
         fn(&crate::proxy::metrics::ListenerNumbers) -> u64,
     );
-    const LISTENER: [ListenerMetric; 7] = [
-        ("sluice_request_count_total", "counter", "HTTP requests received by the listener (RequestCount).", |n| n.requests),
-        ("sluice_httpcode_elb_4xx_count_total", "counter", "4XX responses made by sluice itself: 400 malformed or without Host, 408 header timeout, 414 URI too long, 431 header too large (HTTPCode_ELB_4XX_Count).", |n| n.elb_4xx),
-        ("sluice_httpcode_elb_5xx_count_total", "counter", "5XX responses made by sluice itself: 502 target refused or broke, 503 no target, 504 target timeout (HTTPCode_ELB_5XX_Count).", |n| n.elb_5xx),
-        ("sluice_active_connection_count", "gauge", "Client connections open now, upgraded ones included.", |n| n.active_connections),
-        ("sluice_new_connection_count_total", "counter", "Client connections accepted (NewConnectionCount).", |n| n.new_connections),
-        ("sluice_client_tls_negotiation_error_count_total", "counter", "https: client connections whose TLS handshake failed or timed out (ClientTLSNegotiationErrorCount).", |n| n.tls_negotiation_errors),
-        ("sluice_rejected_connection_count_total", "counter", "Client connections reset at once because the listener's max_connections or the global --max-connections was reached (RejectedConnectionCount).", |n| n.rejected_connections),
+    const LISTENER: [ListenerMetric; 5] = [
+        ("sluice_http_requests_total", MetricType::COUNTER, "HTTP requests received by the http/https listener, whatever their outcome (RequestCount).", |n| n.requests),
+        ("sluice_http_active_connections", MetricType::GAUGE, "Client connections open now, upgraded ones included.", |n| n.active_connections),
+        ("sluice_http_new_connections_total", MetricType::COUNTER, "Client connections accepted (NewConnectionCount).", |n| n.new_connections),
+        ("sluice_http_client_tls_negotiation_errors_total", MetricType::COUNTER, "https: client connections whose TLS handshake failed or timed out (ClientTLSNegotiationErrorCount).", |n| n.tls_negotiation_errors),
+        ("sluice_http_rejected_connections_total", MetricType::COUNTER, "Client connections reset at once because the listener's max_connections or the global --max-connections was reached (RejectedConnectionCount).", |n| n.rejected_connections),
     ];
     for (name, kind, help, value) in LISTENER {
-        out.family(name, kind, help);
+        let family = out.family(name, kind, help);
         for (listener, numbers) in &proxy.listeners {
-            out.sample(name, &[("listener", listener)], value(numbers));
+            let labels = [("listener", listener.as_str())];
+            match kind {
+                MetricType::GAUGE => family.gauge(&labels, value(numbers) as f64),
+                _ => family.counter(&labels, value(numbers)),
+            }
         }
     }
-    let name = "sluice_httpcode_target_count_total";
-    out.family(
-        name,
-        "counter",
-        "Responses from targets by status class 2XX..5XX (HTTPCode_Target_2XX_Count...).",
+    let family = out.family(
+        "sluice_http_elb_responses_total",
+        MetricType::COUNTER,
+        "Error responses sluice made itself, by class: 4xx (400 malformed or without Host, 408 header timeout, 414, 431), 5xx (502 target refused or broke, 503 no target, 504 target timeout) (HTTPCode_ELB_4XX_Count, HTTPCode_ELB_5XX_Count).",
+    );
+    for (listener, numbers) in &proxy.listeners {
+        for (code, value) in [("4xx", numbers.elb_4xx), ("5xx", numbers.elb_5xx)] {
+            family.counter(&[("listener", listener), ("code", code)], value);
+        }
+    }
+    let family = out.family(
+        "sluice_http_non_sticky_requests_total",
+        MetricType::COUNTER,
+        "Requests of a sticky target group that could not use an existing sticky session: no cookie, an invalid one, or its target no longer routable (NonStickyRequestCount).",
     );
     for (group, numbers) in &proxy.groups {
-        for (i, count) in numbers.target_responses.iter().enumerate() {
+        family.counter(&[("target_group", group)], numbers.non_sticky_requests);
+    }
+    let family = out.family(
+        "sluice_http_target_requests_total",
+        MetricType::COUNTER,
+        "Requests the proxy sent to the target, retries included (RequestCountPerTarget).",
+    );
+    for (key, numbers) in &proxy.targets {
+        family.counter(
+            &[
+                ("target_group", &key.group),
+                ("target", &key.addr.to_string()),
+            ],
+            numbers.requests,
+        );
+    }
+    let family = out.family(
+        "sluice_http_target_errors_total",
+        MetricType::COUNTER,
+        "Requests to the target that got no response: connection refused, reset or unreachable, response broken, or timed out (TargetConnectionErrorCount and more).",
+    );
+    for (key, numbers) in &proxy.targets {
+        family.counter(
+            &[
+                ("target_group", &key.group),
+                ("target", &key.addr.to_string()),
+            ],
+            numbers.errors,
+        );
+    }
+    let family = out.family(
+        "sluice_http_target_responses_total",
+        MetricType::COUNTER,
+        "Responses from the target by status class 2xx..5xx (HTTPCode_Target_2XX_Count...).",
+    );
+    for (key, numbers) in &proxy.targets {
+        let address = key.addr.to_string();
+        for (i, count) in numbers.responses.target_responses.iter().enumerate() {
             let class = format!("{}xx", i + 2);
-            out.sample(name, &[("target_group", group), ("code", &class)], count);
-        }
-    }
-    let name = "sluice_non_sticky_request_count_total";
-    out.family(name, "counter", "Requests of a sticky target group that could not use an existing sticky session: no cookie, an invalid one, or its target no longer routable (NonStickyRequestCount).");
-    for (group, numbers) in &proxy.groups {
-        out.sample(
-            name,
-            &[("target_group", group)],
-            numbers.non_sticky_requests,
-        );
-    }
-    let name = "sluice_target_connection_error_count_total";
-    out.family(name, "counter", "Requests whose connection to a target failed before a response: refused, unreachable or reset (TargetConnectionErrorCount); retried ones count too.");
-    for (group, numbers) in &proxy.groups {
-        out.sample(
-            name,
-            &[("target_group", group)],
-            numbers.target_connection_errors,
-        );
-    }
-    let name = "sluice_target_response_time_seconds";
-    out.family(
-        name,
-        "histogram",
-        "From sending a request to its target to the target's response head (TargetResponseTime).",
-    );
-    for (group, numbers) in &proxy.groups {
-        let bucket = format!("{name}_bucket");
-        for (le, count) in RESPONSE_TIME_BUCKETS
-            .iter()
-            .zip(numbers.response_time_buckets)
-        {
-            out.sample(
-                &bucket,
-                &[("target_group", group), ("le", &le.to_string())],
-                count,
+            family.counter(
+                &[
+                    ("target_group", &key.group),
+                    ("target", &address),
+                    ("code", &class),
+                ],
+                *count,
             );
         }
-        out.sample(
-            &bucket,
-            &[("target_group", group), ("le", "+Inf")],
-            numbers.response_time_count,
-        );
-        out.sample(
-            &format!("{name}_sum"),
-            &[("target_group", group)],
-            numbers.response_time_seconds,
-        );
-        out.sample(
-            &format!("{name}_count"),
-            &[("target_group", group)],
-            numbers.response_time_count,
+    }
+    let family = out.family(
+        "sluice_http_target_response_time_seconds",
+        MetricType::HISTOGRAM,
+        "From sending a request to the target to its response head (TargetResponseTime).",
+    );
+    for (key, numbers) in &proxy.targets {
+        family.histogram(
+            &[
+                ("target_group", &key.group),
+                ("target", &key.addr.to_string()),
+            ],
+            &numbers.responses,
         );
     }
 }
 
+/// Metric families under construction.
 #[derive(Default)]
-struct Exposition {
-    text: String,
+struct Families {
+    done: Vec<MetricFamily>,
 }
 
-impl Exposition {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let help = help.replace('\\', r"\\").replace('\n', r"\n");
-        // Writing to a String cannot fail.
-        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+impl Families {
+    fn family(&mut self, name: &str, kind: MetricType, help: &str) -> &mut MetricFamily {
+        let mut family = MetricFamily::default();
+        family.set_name(name.to_string());
+        family.set_help(help.to_string());
+        family.set_field_type(kind);
+        self.done.push(family);
+        self.done.last_mut().expect("just pushed")
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (label, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                let _ = write!(self.text, "{label}=\"{}\"", escape_label(value));
-            }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {value}");
+    fn done(self) -> Vec<MetricFamily> {
+        self.done
+            .into_iter()
+            .filter(|f| !f.get_metric().is_empty())
+            .collect()
     }
 }
 
-/// Label values escape backslash, double quote and line feed; nothing else.
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', r"\\")
-        .replace('"', "\\\"")
-        .replace('\n', r"\n")
+/// Adding samples to a family.
+trait Samples {
+    fn gauge(&mut self, labels: &[(&str, &str)], value: f64);
+    fn counter(&mut self, labels: &[(&str, &str)], value: u64);
+    fn histogram(&mut self, labels: &[(&str, &str)], numbers: &GroupNumbers);
+}
+
+impl Samples for MetricFamily {
+    fn gauge(&mut self, labels: &[(&str, &str)], value: f64) {
+        let mut gauge = proto::Gauge::default();
+        gauge.set_value(value);
+        let mut metric = metric(labels);
+        metric.set_gauge(gauge);
+        self.mut_metric().push(metric);
+    }
+
+    fn counter(&mut self, labels: &[(&str, &str)], value: u64) {
+        let mut counter = proto::Counter::default();
+        counter.set_value(value as f64);
+        let mut metric = metric(labels);
+        metric.set_counter(counter);
+        self.mut_metric().push(metric);
+    }
+
+    fn histogram(&mut self, labels: &[(&str, &str)], numbers: &GroupNumbers) {
+        let mut histogram = proto::Histogram::default();
+        histogram.set_sample_count(numbers.response_time_count);
+        histogram.set_sample_sum(numbers.response_time_seconds);
+        let buckets = RESPONSE_TIME_BUCKETS
+            .iter()
+            .zip(numbers.response_time_buckets)
+            .map(|(le, count)| {
+                let mut bucket = proto::Bucket::default();
+                bucket.set_upper_bound(*le);
+                bucket.set_cumulative_count(count);
+                bucket
+            })
+            .collect();
+        histogram.set_bucket(buckets);
+        let mut metric = metric(labels);
+        metric.set_histogram(histogram);
+        self.mut_metric().push(metric);
+    }
+}
+
+fn metric(labels: &[(&str, &str)]) -> proto::Metric {
+    let pairs = labels
+        .iter()
+        .map(|(name, value)| {
+            let mut pair = proto::LabelPair::default();
+            pair.set_name(name.to_string());
+            pair.set_value(value.to_string());
+            pair
+        })
+        .collect();
+    proto::Metric::from_label(pairs)
 }
 
 #[cfg(test)]
@@ -488,17 +614,18 @@ mod tests {
     use super::*;
     use crate::{
         api::{CounterStats, ListenerStats, TargetGroupStats, TargetStats},
-        model::{Mode, Protocol},
+        model::{Mode, Protocol, TargetKey},
+        proxy::metrics::TargetNumbers,
     };
 
-    fn target(group: &str, address: &str, health: Health, state: TargetStatus) -> TargetStats {
+    fn target(group: &str, address: &str, health: &str, state: TargetStatus) -> TargetStats {
         TargetStats {
             group: group.into(),
             address: address.parse().unwrap(),
             id: 0,
             state,
             weight: Some(1),
-            health: health.name().into(),
+            health: health.into(),
             packets: 4,
             bytes: 400,
             reason: None,
@@ -506,6 +633,8 @@ mod tests {
             port_allocation_errors: 0,
             rate: Default::default(),
             active_flows: None,
+            requests: None,
+            request_errors: None,
         }
     }
 
@@ -517,6 +646,7 @@ mod tests {
                 ("forward_nat", 7),
                 ("drop_nat_ports_exhausted", 3),
                 ("pass_no_listener", 9),
+                ("flow_created", 5),
             ]
             .into_iter()
             .map(|(n, p)| {
@@ -544,20 +674,10 @@ mod tests {
                 active_flows: None,
             }],
             targets: vec![
-                target("dns", "10.0.0.1:53", Health::Healthy, TargetStatus::Active),
-                target(
-                    "dns",
-                    "[2001:db8::2]:53",
-                    Health::Unhealthy,
-                    TargetStatus::Active,
-                ),
-                target("dns", "10.0.0.3:53", Health::Initial, TargetStatus::Active),
-                target(
-                    "dns",
-                    "10.0.0.4:53",
-                    Health::Healthy,
-                    TargetStatus::Draining,
-                ),
+                target("dns", "10.0.0.1:53", "healthy", TargetStatus::Active),
+                target("dns", "[2001:db8::2]:53", "unhealthy", TargetStatus::Active),
+                target("dns", "10.0.0.3:53", "initial", TargetStatus::Active),
+                target("dns", "10.0.0.4:53", "draining", TargetStatus::Draining),
             ],
             target_groups: vec![
                 TargetGroupStats {
@@ -569,7 +689,7 @@ mod tests {
                     failing_open: true,
                 },
             ],
-            http_listeners: Vec::new(),
+            ..StatsReport::default()
         };
         Scrape {
             report,
@@ -595,17 +715,17 @@ mod tests {
     fn samples_carry_the_report_numbers() {
         let text = render(&scrape());
         assert_eq!(
-            lines_of(&text, "sluice_healthy_host_count"),
+            lines_of(&text, "sluice_healthy_targets"),
             [
-                "sluice_healthy_host_count{target_group=\"dns\"} 1",
-                "sluice_healthy_host_count{target_group=\"empty\"} 0"
+                "sluice_healthy_targets{target_group=\"dns\"} 1",
+                "sluice_healthy_targets{target_group=\"empty\"} 0"
             ]
         );
         assert_eq!(
-            lines_of(&text, "sluice_unhealthy_host_count"),
+            lines_of(&text, "sluice_unhealthy_targets"),
             [
-                "sluice_unhealthy_host_count{target_group=\"dns\"} 1",
-                "sluice_unhealthy_host_count{target_group=\"empty\"} 0"
+                "sluice_unhealthy_targets{target_group=\"dns\"} 1",
+                "sluice_unhealthy_targets{target_group=\"empty\"} 0"
             ]
         );
         assert_eq!(
@@ -615,56 +735,101 @@ mod tests {
                 "sluice_target_group_failing_open{target_group=\"empty\"} 1"
             ]
         );
+        let draining: Vec<_> = lines_of(&text, "sluice_target_health")
+            .into_iter()
+            .filter(|l| l.contains("10.0.0.4:53"))
+            .collect();
         assert_eq!(
-            lines_of(&text, "sluice_processed_packets_total"),
-            ["sluice_processed_packets_total{listener=\"dns\"} 12"]
-        );
-        assert_eq!(
-            lines_of(&text, "sluice_processed_bytes_total"),
-            ["sluice_processed_bytes_total{listener=\"dns\"} 888"]
-        );
-        assert_eq!(
-            lines_of(&text, "sluice_new_flow_count_total"),
-            ["sluice_new_flow_count_total{listener=\"dns\"} 12"]
-        );
-        let targets = lines_of(&text, "sluice_target_new_flow_count_total");
-        assert_eq!(targets.len(), 4, "{text}");
-        assert_eq!(
-            targets[1],
-            "sluice_target_new_flow_count_total{target_group=\"dns\",target=\"[2001:db8::2]:53\"} 2"
-        );
-        assert_eq!(
-            lines_of(&text, "sluice_packets_total"),
+            draining,
             [
-                "sluice_packets_total{outcome=\"drop_nat_ports_exhausted\"} 3",
-                "sluice_packets_total{outcome=\"forward_nat\"} 7",
-                "sluice_packets_total{outcome=\"pass_no_listener\"} 9"
+                "sluice_target_health{target_group=\"dns\",target=\"10.0.0.4:53\",health=\"initial\"} 0",
+                "sluice_target_health{target_group=\"dns\",target=\"10.0.0.4:53\",health=\"healthy\"} 0",
+                "sluice_target_health{target_group=\"dns\",target=\"10.0.0.4:53\",health=\"unhealthy\"} 0",
+                "sluice_target_health{target_group=\"dns\",target=\"10.0.0.4:53\",health=\"draining\"} 1",
             ]
         );
         assert_eq!(
-            lines_of(&text, "sluice_port_allocation_error_count_total"),
-            ["sluice_port_allocation_error_count_total 3"]
+            lines_of(&text, "sluice_listener_packets_total"),
+            ["sluice_listener_packets_total{listener=\"dns\"} 12"]
+        );
+        assert_eq!(
+            lines_of(&text, "sluice_listener_bytes_total"),
+            ["sluice_listener_bytes_total{listener=\"dns\"} 888"]
+        );
+        let targets = lines_of(&text, "sluice_target_new_flows_total");
+        assert_eq!(targets.len(), 4, "{text}");
+        assert_eq!(
+            targets[1],
+            "sluice_target_new_flows_total{target_group=\"dns\",target=\"[2001:db8::2]:53\"} 2"
+        );
+        // Outcomes alone in sluice_packets_total, in index order: their sum is every packet.
+        assert_eq!(
+            lines_of(&text, "sluice_packets_total"),
+            [
+                "sluice_packets_total{outcome=\"pass_no_listener\"} 9",
+                "sluice_packets_total{outcome=\"forward_nat\"} 7",
+                "sluice_packets_total{outcome=\"drop_nat_ports_exhausted\"} 3",
+            ]
+        );
+        assert_eq!(
+            lines_of(&text, "sluice_packet_observations_total"),
+            ["sluice_packet_observations_total{observation=\"flow_created\"} 5"]
+        );
+        assert_eq!(
+            lines_of(&text, "sluice_port_allocation_errors_total"),
+            ["sluice_port_allocation_errors_total 3"]
         );
         assert_eq!(
             lines_of(&text, "sluice_health_check_latency_seconds"),
             ["sluice_health_check_latency_seconds{target_group=\"dns\",target=\"10.0.0.1:53\"} 0.0015"]
         );
+        assert_eq!(
+            lines_of(&text, "sluice_build_info"),
+            [format!(
+                "sluice_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )]
+        );
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
     }
 
+    /// promtool's rules, checked here without it (the integration test runs promtool): no
+    /// gauge ends in `_count` or `_total`, every counter ends in `_total`, every family has
+    /// HELP and TYPE once, before its samples.
     #[test]
-    fn help_and_type_once_per_family_before_its_samples() {
-        let text = render(&scrape());
-        let mut families = Vec::new();
+    fn names_follow_prometheus_conventions() {
+        let mut scrape = scrape();
+        scrape.report.connection_tables = Some(Default::default());
+        scrape.proxy = proxy();
+        let families = families(&scrape);
+        assert_eq!(
+            families.len(),
+            30,
+            "{:?}",
+            families.iter().map(|f| f.name()).collect::<Vec<_>>()
+        );
+        for f in &families {
+            let name = f.name();
+            assert!(name.starts_with("sluice_"), "{name}");
+            match f.get_field_type() {
+                MetricType::COUNTER => assert!(name.ends_with("_total"), "{name}"),
+                _ => assert!(
+                    !name.ends_with("_total") && !name.ends_with("_count"),
+                    "{name}"
+                ),
+            }
+        }
+        let text = render(&scrape);
+        let mut seen = Vec::new();
         let mut current = None;
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let name = rest.split(' ').next().unwrap();
-                assert!(!families.contains(&name), "{name} twice in\n{text}");
-                families.push(name);
+                assert!(!seen.contains(&name), "{name} twice in\n{text}");
+                seen.push(name);
                 current = Some(name);
-            } else if let Some(rest) = line.strip_prefix("# HELP ") {
-                let name = rest.split(' ').next().unwrap();
-                assert!(!families.contains(&name), "HELP of {name} after its TYPE");
+            } else if line.starts_with("# HELP ") {
+                continue;
             } else {
                 let name = line.split(['{', ' ']).next().unwrap();
                 let family = ["_bucket", "_sum", "_count"]
@@ -674,29 +839,91 @@ mod tests {
                 assert_eq!(Some(family), current, "{line} outside its family");
             }
         }
-        assert_eq!(families.len(), 27, "{families:?}");
-        // The same shape with nothing to report: every family, no samples but the global one.
-        let empty = render(&Scrape::default());
-        assert_eq!(empty.matches("# TYPE ").count(), 27, "{empty}");
-        assert!(empty.contains("\nsluice_port_allocation_error_count_total 0\n"));
     }
 
     #[test]
     fn order_is_stable() {
-        assert_eq!(render(&scrape()), render(&scrape()));
+        let a = families(&scrape());
+        assert_eq!(a, families(&scrape()));
     }
 
     #[test]
     fn label_values_are_escaped() {
-        assert_eq!(escape_label(r#"a\b"c"#), r#"a\\b\"c"#);
-        assert_eq!(escape_label("line\nbreak"), r"line\nbreak");
         let mut scrape = scrape();
         scrape.report.listeners[0].name = "we\"ird\\\n".into();
         let text = render(&scrape);
         assert!(
-            text.contains("sluice_processed_packets_total{listener=\"we\\\"ird\\\\\\n\"} 12"),
+            text.contains("sluice_listener_packets_total{listener=\"we\\\"ird\\\\\\n\"} 12"),
             "{text}"
         );
+    }
+
+    struct Fixed(Scrape);
+
+    impl Source for Fixed {
+        fn scrape(&self) -> Result<Scrape, CollectError> {
+            Ok(self.0.clone())
+        }
+        fn status(&self) -> Result<StatsReport, CollectError> {
+            Ok(self.0.report.clone())
+        }
+    }
+
+    fn body(response: Response<Full<Bytes>>) -> (StatusCode, String, String) {
+        use http_body_util::BodyExt;
+        let status = response.status();
+        let kind = response.headers()[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        // A `Full` body is ready at once.
+        let collected = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(response.into_body().collect());
+        let bytes = match collected {
+            Ok(collected) => collected.to_bytes(),
+            Err(never) => match never {},
+        };
+        (status, kind, String::from_utf8(bytes.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn the_listener_serves_metrics_the_page_and_its_data() {
+        let mut fixed = scrape();
+        fixed.report.counters.insert(
+            "drop_no_target".into(),
+            CounterStats {
+                packets: 2,
+                bytes: 120,
+            },
+        );
+        let source = Fixed(fixed);
+        let (status, kind, text) = body(respond(&source, &Method::GET, PATH));
+        assert_eq!((status, kind.as_str()), (StatusCode::OK, CONTENT_TYPE));
+        assert!(text.contains("sluice_listener_packets_total"), "{text}");
+        let (status, kind, page) = body(respond(&source, &Method::GET, "/"));
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(kind, "text/html; charset=utf-8");
+        assert!(page.contains("<title>sluice status</title>"));
+        let (status, kind, json) = body(respond(&source, &Method::GET, "/status.json"));
+        assert_eq!(
+            (status, kind.as_str()),
+            (StatusCode::OK, "application/json")
+        );
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(json["report"]["listeners"][0]["name"], "dns");
+        assert_eq!(json["drops"][0]["counter"], "drop_no_target");
+        assert_eq!(json["drops"][0]["packets"], 2);
+        let (status, _, text) = body(respond(&source, &Method::GET, "/nothing"));
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(
+            text,
+            "no /nothing here; try /metrics, or / for the status page\n"
+        );
+        let (status, _, text) = body(respond(&source, &Method::POST, "/status.json"));
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(text, "/status.json takes GET\n");
     }
 
     #[test]
@@ -704,59 +931,69 @@ mod tests {
         assert_eq!("off".parse(), Ok(MetricsAddress(None)));
         assert_eq!(
             DEFAULT_ADDRESS.parse(),
-            Ok(MetricsAddress(Some("127.0.0.1:9100".parse().unwrap())))
+            Ok(MetricsAddress(Some("127.0.0.1:8489".parse().unwrap())))
         );
         assert!("localhost".parse::<MetricsAddress>().is_err());
     }
-}
 
-#[cfg(test)]
-mod proxy_tests {
-    use super::*;
-    use crate::proxy::metrics::{GroupNumbers, ListenerNumbers};
-
-    #[test]
-    fn proxy_families_carry_listener_and_group_numbers() {
+    fn proxy() -> ProxyStats {
+        use crate::proxy::metrics::ListenerNumbers;
         let mut buckets = [0; RESPONSE_TIME_BUCKETS.len()];
         buckets[5..].fill(2);
-        let scrape = Scrape {
-            proxy: ProxyStats {
-                listeners: vec![(
-                    "web".into(),
-                    ListenerNumbers {
-                        requests: 9,
-                        elb_5xx: 2,
-                        active_connections: 1,
-                        ..ListenerNumbers::default()
-                    },
-                )],
-                groups: vec![(
-                    "www".into(),
-                    GroupNumbers {
-                        target_responses: [5, 0, 1, 0],
-                        non_sticky_requests: 3,
-                        target_connection_errors: 2,
-                        response_time_buckets: buckets,
-                        response_time_count: 2,
-                        response_time_seconds: 0.15,
-                    },
-                )],
-            },
-            ..Scrape::default()
+        let responses = GroupNumbers {
+            target_responses: [5, 0, 1, 0],
+            non_sticky_requests: 3,
+            target_connection_errors: 2,
+            response_time_buckets: buckets,
+            response_time_count: 2,
+            response_time_seconds: 0.15,
         };
-        let text = render(&scrape);
+        ProxyStats {
+            listeners: vec![(
+                "web".into(),
+                ListenerNumbers {
+                    requests: 9,
+                    elb_5xx: 2,
+                    active_connections: 1,
+                    ..ListenerNumbers::default()
+                },
+            )],
+            groups: vec![("www".into(), responses.clone())],
+            targets: vec![(
+                TargetKey {
+                    group: "www".into(),
+                    addr: "10.0.0.9:80".parse().unwrap(),
+                },
+                TargetNumbers {
+                    requests: 8,
+                    errors: 2,
+                    responses,
+                },
+            )],
+        }
+    }
+
+    #[test]
+    fn proxy_families_carry_listener_group_and_target_numbers() {
+        let text = render(&Scrape {
+            proxy: proxy(),
+            ..Scrape::default()
+        });
+        let t = "target_group=\"www\",target=\"10.0.0.9:80\"";
         for line in [
-            "sluice_request_count_total{listener=\"web\"} 9",
-            "sluice_httpcode_elb_5xx_count_total{listener=\"web\"} 2",
-            "sluice_active_connection_count{listener=\"web\"} 1",
-            "sluice_httpcode_target_count_total{target_group=\"www\",code=\"2xx\"} 5",
-            "sluice_httpcode_target_count_total{target_group=\"www\",code=\"4xx\"} 1",
-            "sluice_non_sticky_request_count_total{target_group=\"www\"} 3",
-            "sluice_target_response_time_seconds_bucket{target_group=\"www\",le=\"0.05\"} 0",
-            "sluice_target_response_time_seconds_bucket{target_group=\"www\",le=\"0.1\"} 2",
-            "sluice_target_response_time_seconds_bucket{target_group=\"www\",le=\"+Inf\"} 2",
-            "sluice_target_response_time_seconds_sum{target_group=\"www\"} 0.15",
-            "sluice_target_response_time_seconds_count{target_group=\"www\"} 2",
+            "sluice_http_requests_total{listener=\"web\"} 9".to_string(),
+            "sluice_http_elb_responses_total{listener=\"web\",code=\"5xx\"} 2".into(),
+            "sluice_http_active_connections{listener=\"web\"} 1".into(),
+            "sluice_http_non_sticky_requests_total{target_group=\"www\"} 3".into(),
+            format!("sluice_http_target_requests_total{{{t}}} 8"),
+            format!("sluice_http_target_errors_total{{{t}}} 2"),
+            format!("sluice_http_target_responses_total{{{t},code=\"2xx\"}} 5"),
+            format!("sluice_http_target_responses_total{{{t},code=\"4xx\"}} 1"),
+            format!("sluice_http_target_response_time_seconds_bucket{{{t},le=\"0.05\"}} 0"),
+            format!("sluice_http_target_response_time_seconds_bucket{{{t},le=\"0.1\"}} 2"),
+            format!("sluice_http_target_response_time_seconds_bucket{{{t},le=\"+Inf\"}} 2"),
+            format!("sluice_http_target_response_time_seconds_sum{{{t}}} 0.15"),
+            format!("sluice_http_target_response_time_seconds_count{{{t}}} 2"),
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

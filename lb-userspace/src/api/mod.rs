@@ -39,12 +39,14 @@ pub mod client;
 pub mod metrics;
 pub mod server;
 mod stats;
+pub mod status_page;
 
 pub use client::ClientError;
 pub use server::{Backend, BindError, ControlError, SocketFile};
 pub use stats::{
-    CollectError, ConnectionTables, CounterStats, HttpListenerStats, ListenerStats, StatsReport,
-    TargetGroupStats, TargetStats, TargetStatus,
+    CollectError, ConnectionTables, CounterStats, HealthTransition, HttpListenerStats,
+    ListenerStats, StatsReport, TargetGroupStats, TargetStats, TargetStatus,
+    HEALTH_TRANSITIONS_KEPT,
 };
 
 /// Where `sluice run` listens and `sluice stats` asks unless told otherwise (`--socket`).

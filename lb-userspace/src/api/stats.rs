@@ -47,6 +47,28 @@ pub struct StatsReport {
     /// The node's BGP announcements, when it announces (`sluice run --bird-routes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announcement: Option<crate::announce::AnnounceStatus>,
+    /// Set-up problems that make traffic disappear, each naming its fix (see
+    /// `dataplane::preflight`); found at start and when the model changes.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// The latest health transitions, oldest first (at most [`HEALTH_TRANSITIONS_KEPT`]).
+    #[serde(default)]
+    pub health_transitions: Vec<HealthTransition>,
+}
+
+/// How many health transitions the daemon keeps for `status` and the status page.
+pub const HEALTH_TRANSITIONS_KEPT: usize = 50;
+
+/// A target's health changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthTransition {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub group: String,
+    pub target: SocketAddr,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
 }
 
 /// Live entries of the flow table and of `nat` translations, and what the sweeps expired.
@@ -146,7 +168,8 @@ pub struct TargetStats {
     /// The weight in the running model; none for a draining target no longer in it.
     #[serde(default)]
     pub weight: Option<u32>,
-    /// `initial`, `healthy` or `unhealthy`, from the health checker.
+    /// `initial`, `healthy` or `unhealthy`, from the health checker; `draining` once
+    /// deregistered (ELB's states).
     #[serde(default)]
     pub health: String,
     /// Why it is not healthy, in ELB's words (`Target.Timeout: Request timed out`).
@@ -163,6 +186,12 @@ pub struct TargetStats {
     pub rate: Rate,
     #[serde(default)]
     pub active_flows: Option<u64>,
+    /// Requests the L7 proxy sent to it, and those that got no response (connection
+    /// failed, response broken, timed out); none when no http/https listener routes to it.
+    #[serde(default)]
+    pub requests: Option<u64>,
+    #[serde(default)]
+    pub request_errors: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +267,8 @@ mod tests {
                 port_allocation_errors: 0,
                 rate: Default::default(),
                 active_flows: None,
+                requests: Some(5),
+                request_errors: Some(1),
             }],
             target_groups: vec![TargetGroupStats {
                 name: "web".into(),
@@ -256,6 +287,15 @@ mod tests {
                 elb_5xx: 1,
                 tls_negotiation_errors: 3,
                 rejected_connections: 6,
+            }],
+            warnings: vec!["IP forwarding is off".into()],
+            health_transitions: vec![HealthTransition {
+                at_ms: 1000,
+                group: "web".into(),
+                target: "[2001:db8::5]:3000".parse().unwrap(),
+                from: "initial".into(),
+                to: "healthy".into(),
+                reason: "passed".into(),
             }],
         };
         report.connection_tables = Some(ConnectionTables {
@@ -278,7 +318,8 @@ mod tests {
                 "targets": [{
                     "group": "web", "address": "[2001:db8::5]:3000", "id": 7,
                     "state": "draining", "weight": null, "health": "initial", "reason": null, "packets": 3, "bytes": 180, "new_flows": 1, "port_allocation_errors": 0,
-                    "rate": { "packets_per_second": 0, "bits_per_second": 0 }, "active_flows": null
+                    "rate": { "packets_per_second": 0, "bits_per_second": 0 }, "active_flows": null,
+                    "requests": 5, "request_errors": 1
                 }],
                 "target_groups": [{ "name": "web", "failing_open": true }],
                 "http_listeners": [{
@@ -290,7 +331,12 @@ mod tests {
                 "connection_tables": {
                     "flows": 2, "nat_translations": 1, "nat_translations_by_target": { "7": 1 },
                     "expired_flows": 5, "expired_translations": 4
-                }
+                },
+                "warnings": ["IP forwarding is off"],
+                "health_transitions": [{
+                    "at_ms": 1000, "group": "web", "target": "[2001:db8::5]:3000",
+                    "from": "initial", "to": "healthy", "reason": "passed"
+                }]
             })
         );
         let mut old = json.clone();

@@ -92,8 +92,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(0..=86400))]
     drain_timeout: u64,
-    /// Where to serve Prometheus metrics (`GET /metrics`, plain HTTP); `off` for nowhere.
-    /// Port 0 picks a free port, logged at start-up.
+    /// Where to serve Prometheus metrics (`GET /metrics`) and the live status page (`GET /`),
+    /// plain HTTP without authentication; `off` for nowhere. Port 0 picks a free port, logged
+    /// at start-up.
     #[arg(long, value_name = "ADDR|off", default_value = metrics::DEFAULT_ADDRESS)]
     metrics_address: MetricsAddress,
     /// The L7 proxy's limit on client connections open at once over all http/https
@@ -223,7 +224,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(addr) => {
             let listener = metrics::bind(addr)?;
             let bound = listener.local_addr().unwrap_or(addr);
-            log::info!("metrics on http://{bound}{}", metrics::PATH);
+            log::info!(
+                "metrics on http://{bound}{}, status page on http://{bound}{}",
+                metrics::PATH,
+                api::status_page::PAGE_PATH
+            );
             Some(listener)
         }
         None => None,
@@ -289,6 +294,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // cannot be served (its address taken, a file it names unusable) stops sluice here, as a
     // broken model would (a fresh start then removes its pins again: `fresh`).
     daemon.apply_model(&model, &Origin::Start)?;
+    daemon.check_setup(args.ifaces.clone());
 
     for (iface, &ifindex) in args.ifaces.iter().zip(&ifindexes) {
         match pins::attach(&mut ebpf, &args.pin_dir, iface, ifindex, args.xdp_mode)? {

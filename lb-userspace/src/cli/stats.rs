@@ -17,6 +17,9 @@ pub struct StatsArgs {
     /// Print the control API's JSON (`GET /v1/stats`) for scripts.
     #[arg(long)]
     json: bool,
+    /// Every counter, zeros included (by default only those that moved).
+    #[arg(long)]
+    all: bool,
 }
 
 pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
@@ -30,14 +33,15 @@ pub fn stats(args: StatsArgs) -> anyhow::Result<()> {
         print!("{}", String::from_utf8_lossy(&body));
     } else {
         let report = runtime.block_on(client.stats())?;
-        print!("{}", render(&report));
+        print!("{}", render(&report, args.all));
     }
     Ok(())
 }
 
 /// The counters table (outcomes, then observations, each in index order; counters this
-/// version does not know, from a newer daemon, last), then the listeners and the targets.
-fn render(report: &StatsReport) -> String {
+/// version does not know, from a newer daemon, last; only those that moved unless `all`),
+/// then the listeners and the targets.
+fn render(report: &StatsReport, all: bool) -> String {
     let mut counters: Vec<(&str, &api::CounterStats, &str)> = Vec::new();
     for kind in [CounterKind::Outcome, CounterKind::Observation] {
         for counter in Counter::ALL.iter().filter(|c| c.kind() == kind) {
@@ -51,21 +55,44 @@ fn render(report: &StatsReport) -> String {
             counters.push((name, value, ""));
         }
     }
+    let total = counters.len();
+    if !all {
+        counters.retain(|(_, value, _)| value.packets > 0 || value.bytes > 0);
+    }
     let mut out = String::new();
+    if counters.is_empty() {
+        let _ = writeln!(
+            out,
+            "no packet counted yet ({total} counters at 0; --all lists them)"
+        );
+        return out + &render_traffic(report);
+    }
     let width = column_width("counter", counters.iter().map(|(name, _, _)| *name));
     let _ = writeln!(
         out,
         "{:<width$}  {:>14}  {:>16}  meaning",
         "counter", "packets", "bytes"
     );
-    for (name, value, help) in counters {
+    for (name, value, help) in &counters {
         let _ = writeln!(
             out,
             "{name:<width$}  {:>14}  {:>16}  {help}",
             value.packets, value.bytes
         );
     }
+    if counters.len() < total {
+        let _ = writeln!(
+            out,
+            "({} more counters at 0; --all lists them)",
+            total - counters.len()
+        );
+    }
+    out + &render_traffic(report)
+}
 
+/// The listeners' and targets' tables.
+fn render_traffic(report: &StatsReport) -> String {
+    let mut out = String::new();
     out.push('\n');
     if report.listeners.is_empty() && report.http_listeners.is_empty() {
         out.push_str("no listeners\n");
@@ -208,6 +235,8 @@ mod tests {
                     port_allocation_errors: 0,
                     rate: Default::default(),
                     active_flows: None,
+                    requests: None,
+                    request_errors: None,
                 },
                 TargetStats {
                     group: "web".into(),
@@ -223,16 +252,50 @@ mod tests {
                     port_allocation_errors: 0,
                     rate: Default::default(),
                     active_flows: None,
+                    requests: None,
+                    request_errors: None,
                 },
             ],
             target_groups: Vec::new(),
             http_listeners: Vec::new(),
+            warnings: Vec::new(),
+            health_transitions: Vec::new(),
         }
     }
 
     #[test]
+    fn by_default_only_counters_that_moved() {
+        let text = render(&report(), false);
+        let counters: Vec<&str> = text.lines().take_while(|l| !l.is_empty()).collect();
+        assert!(counters[0].starts_with("counter "), "{text}");
+        assert!(counters[1].starts_with("forward_nat "), "{text}");
+        assert_eq!(
+            counters[2],
+            format!(
+                "({} more counters at 0; --all lists them)",
+                Counter::ALL.len()
+            ),
+            "{text}"
+        );
+        assert_eq!(counters.len(), 3, "{text}");
+        let mut quiet = report();
+        quiet
+            .counters
+            .values_mut()
+            .for_each(|c| *c = CounterStats::default());
+        let text = render(&quiet, false);
+        assert!(
+            text.starts_with(&format!(
+                "no packet counted yet ({} counters at 0; --all lists them)\n\nlistener ",
+                Counter::ALL.len() + 1
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn tables_list_counters_in_order_then_listeners_then_targets() {
-        let text = render(&report());
+        let text = render(&report(), true);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("counter "), "{text}");
         let first = Counter::ALL
@@ -324,7 +387,7 @@ mod tests {
             targets: Vec::new(),
             ..report()
         };
-        let text = render(&report);
+        let text = render(&report, true);
         assert!(text.ends_with("\nno listeners\n\nno targets\n"), "{text}");
     }
 
@@ -349,7 +412,7 @@ mod tests {
             }],
             ..report()
         };
-        let text = render(&report);
+        let text = render(&report, true);
         let listeners = text.find("\nlistener ").unwrap();
         let http = text.find("\n\nhttp listener ").unwrap();
         let targets = text.find("\ntarget group ").unwrap();

@@ -37,6 +37,13 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
 
 fn render(report: &StatsReport) -> String {
     let mut out = String::new();
+    if !report.warnings.is_empty() {
+        out.push_str("warnings (set-up problems that lose traffic):\n");
+        for warning in &report.warnings {
+            out.push_str(&format!("  - {warning}\n"));
+        }
+        out.push('\n');
+    }
     if report.listeners.is_empty() && report.http_listeners.is_empty() {
         out.push_str("no listeners\n");
     } else if !report.listeners.is_empty() {
@@ -104,17 +111,22 @@ fn render(report: &StatsReport) -> String {
             .targets
             .iter()
             .map(|t| {
+                // A target only the L7 proxy sends to has requests, not packets.
+                let l7_only = t.requests.is_some() && t.packets == 0;
+                let packets = |text: String| if l7_only { "-".to_string() } else { text };
                 vec![
                     t.group.clone(),
                     t.address.to_string(),
                     t.weight.map_or("-".to_string(), |w| w.to_string()),
                     t.state.name().to_string(),
                     t.health.clone(),
-                    count(t.active_flows),
-                    t.new_flows.to_string(),
-                    t.packets.to_string(),
-                    si(t.rate.packets_per_second),
-                    si(t.rate.bits_per_second),
+                    packets(count(t.active_flows)),
+                    packets(t.new_flows.to_string()),
+                    packets(t.packets.to_string()),
+                    packets(si(t.rate.packets_per_second)),
+                    packets(si(t.rate.bits_per_second)),
+                    count(t.requests),
+                    count(t.request_errors),
                     t.reason.clone().unwrap_or_else(|| "-".into()),
                 ]
             })
@@ -132,10 +144,12 @@ fn render(report: &StatsReport) -> String {
                 "packets",
                 "pkt/s",
                 "bit/s",
+                "requests",
+                "errors",
                 "reason",
             ],
             &rows,
-            &[2, 5, 6, 7, 8, 9],
+            &[2, 5, 6, 7, 8, 9, 10, 11],
         );
     }
     if let Some(t) = &report.connection_tables {
@@ -161,6 +175,16 @@ fn render(report: &StatsReport) -> String {
             announcement.routes_file
         ));
         out.push_str(&super::node::describe(announcement));
+    }
+    let drops = sluice::api::status_page::drops(report);
+    if !drops.is_empty() {
+        out.push_str("\npackets lost (`sluice stats` has every counter):\n");
+        for drop in drops {
+            out.push_str(&format!(
+                "  {} {}: {}\n",
+                drop.packets, drop.counter, drop.meaning
+            ));
+        }
     }
     out
 }
@@ -219,6 +243,68 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            text.ends_with(&format!(
+                "\npackets lost (`sluice stats` has every counter):\n  3 drop_flow_table_full: {}\n",
+                lb_common::stats::Counter::DropFlowTableFull.help().trim()
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn warnings_first_and_l7_targets_with_requests() {
+        let report = StatsReport {
+            warnings: vec!["IP forwarding is off: run sysctl -w net.ipv4.ip_forward=1".into()],
+            targets: vec![TargetStats {
+                group: "www".into(),
+                address: "10.0.1.10:8080".parse().unwrap(),
+                id: 0,
+                state: TargetStatus::Active,
+                weight: Some(1),
+                health: "healthy".into(),
+                packets: 0,
+                bytes: 0,
+                reason: None,
+                new_flows: 0,
+                port_allocation_errors: 0,
+                rate: Default::default(),
+                active_flows: Some(0),
+                requests: Some(42),
+                request_errors: Some(1),
+            }],
+            ..StatsReport::default()
+        };
+        let text = render(&report);
+        assert!(
+            text.starts_with("warnings (set-up problems that lose traffic):\n  - IP forwarding is off: run sysctl -w net.ipv4.ip_forward=1\n\n"),
+            "{text}"
+        );
+        let row: Vec<&str> = text
+            .lines()
+            .find(|l| l.starts_with("www "))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(
+            row,
+            [
+                "www",
+                "10.0.1.10:8080",
+                "1",
+                "active",
+                "healthy",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "42",
+                "1",
+                "-"
+            ],
+            "{text}"
+        );
     }
 
     #[test]
@@ -237,6 +323,8 @@ mod tests {
             port_allocation_errors: 0,
             rate: Default::default(),
             active_flows: Some(2),
+            requests: None,
+            request_errors: None,
         };
         let report = StatsReport {
             connection_tables: None,
@@ -261,7 +349,7 @@ mod tests {
             targets: vec![
                 target("10.0.1.10:3000", Some(2), TargetStatus::Active),
                 TargetStats {
-                    health: "unhealthy".into(),
+                    health: "draining".into(),
                     reason: Some("Target.Timeout: Request timed out".into()),
                     active_flows: None,
                     ..target("10.0.1.11:3000", None, TargetStatus::Draining)
@@ -304,6 +392,8 @@ mod tests {
                 "40",
                 "0",
                 "0",
+                "-",
+                "-",
                 "-"
             ]),
             "{text}"
@@ -314,12 +404,14 @@ mod tests {
                 "10.0.1.11:3000",
                 "-",
                 "draining",
-                "unhealthy",
+                "draining",
                 "-",
                 "4",
                 "40",
                 "0",
                 "0",
+                "-",
+                "-",
                 "Target.Timeout:",
                 "Request",
                 "timed",

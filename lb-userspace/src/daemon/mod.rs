@@ -11,6 +11,7 @@
 //! ([`Store`]), so its logic is unit-tested without root (`tests.rs`).
 
 pub mod handover;
+pub mod preflight;
 mod report;
 pub mod restart;
 mod serve;
@@ -25,14 +26,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use report::{http_listeners, stats_report, ActiveFlows, ACTIVE_WINDOW};
+pub use report::{fill_requests, http_listeners, stats_report, ActiveFlows, ACTIVE_WINDOW};
 pub use serve::{serve, Ending};
 
 use crate::{
     announce::{self, AnnounceStatus, Announcer, Bird, NodeState},
     api::{
         metrics::{self, Scrape},
-        Backend, CollectError, ControlError, StatsReport,
+        Backend, CollectError, ControlError, HealthTransition, StatsReport,
+        HEALTH_TRANSITIONS_KEPT,
     },
     controller::{ApplyError, Changes, Controller},
     dataplane::{
@@ -97,6 +99,12 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     /// Keeps BIRD announcing the listener addresses this node serves (`--bird-routes`).
     announcer: RefCell<Option<Announcer>>,
     node: Cell<NodeState>,
+    /// The latest health transitions, oldest first.
+    transitions: RefCell<std::collections::VecDeque<HealthTransition>>,
+    /// What the set-up checks found (see [`preflight`]), for status.
+    warnings: RefCell<Vec<String>>,
+    /// The interfaces the set-up checks look at; none until [`Daemon::check_setup`].
+    checked_ifaces: RefCell<Option<Vec<String>>>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -176,6 +184,9 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             max_connections,
             announcer: RefCell::new(None),
             node: Cell::new(node),
+            transitions: RefCell::default(),
+            warnings: RefCell::default(),
+            checked_ifaces: RefCell::default(),
         }
     }
 
@@ -238,6 +249,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         self.recheck();
         self.save();
         self.announce();
+        self.recheck_setup(model);
         match origin {
             Origin::Start => {}
             Origin::Reload(path) if changes.is_empty() => {
@@ -261,6 +273,21 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             event.to.name(),
             event.reason
         );
+        let mut transitions = self.transitions.borrow_mut();
+        if transitions.len() == HEALTH_TRANSITIONS_KEPT {
+            transitions.pop_front();
+        }
+        transitions.push_back(HealthTransition {
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            group: event.target.group.clone(),
+            target: event.target.addr,
+            from: event.from.name().to_string(),
+            to: event.to.name().to_string(),
+            reason: event.reason.to_string(),
+        });
+        drop(transitions);
         let applied =
             self.controller
                 .borrow_mut()
@@ -306,6 +333,27 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             Ok(None) => {}
             Err(e) => log::warn!("{e}"),
         }
+    }
+
+    /// Runs the set-up checks for sluice attached to `ifaces` now and after every change of
+    /// the model; warnings are logged when they first appear and shown by `status` and the
+    /// status page while they hold.
+    pub fn check_setup(&self, ifaces: Vec<String>) {
+        *self.checked_ifaces.borrow_mut() = Some(ifaces);
+        let model = self.controller.borrow().model().clone();
+        self.recheck_setup(&model);
+    }
+
+    fn recheck_setup(&self, model: &Model) {
+        let Some(ifaces) = self.checked_ifaces.borrow().clone() else {
+            return;
+        };
+        let warnings = preflight::check(&ifaces, model);
+        let mut shown = self.warnings.borrow_mut();
+        for warning in warnings.iter().filter(|w| !shown.contains(w)) {
+            log::warn!("{warning}");
+        }
+        *shown = warnings;
     }
 
     /// `sluice down` asked for this daemon to stop, detach and remove its pins.
@@ -416,6 +464,9 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             .unwrap_or_default();
         report.http_listeners = http_listeners(controller.model(), &proxy);
         report.announcement = self.announce_status();
+        fill_requests(&mut report, &proxy);
+        report.warnings = self.warnings.borrow().clone();
+        report.health_transitions = self.transitions.borrow().iter().cloned().collect();
         let checker = self.checker.borrow();
         let rates = self.rates.borrow();
         for listener in &mut report.listeners {
@@ -585,6 +636,10 @@ impl<D: Dataplane, S: Store> metrics::Source for Daemon<D, S> {
             latencies,
             proxy,
         })
+    }
+
+    fn status(&self) -> Result<StatsReport, CollectError> {
+        self.report(false)
     }
 }
 

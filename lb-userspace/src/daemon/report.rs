@@ -110,7 +110,11 @@ pub fn stats_report<D: Dataplane>(
                 TargetState::Draining { .. } => TargetStatus::Draining,
             },
             weight: weight(model, key, state),
-            health: controller.health(key).name().to_string(),
+            // ELB shows a deregistered target as `draining`, whatever its last check said.
+            health: match state {
+                TargetState::Active => controller.health(key).name().to_string(),
+                TargetState::Draining { .. } => TargetStatus::Draining.name().to_string(),
+            },
             reason: None,
             packets,
             bytes,
@@ -118,6 +122,8 @@ pub fn stats_report<D: Dataplane>(
             port_allocation_errors,
             rate: Rate::default(),
             active_flows: None,
+            requests: None,
+            request_errors: None,
         });
     }
     Ok(StatsReport {
@@ -139,7 +145,23 @@ pub fn stats_report<D: Dataplane>(
             })
             .collect(),
         http_listeners: Vec::new(),
+        warnings: Vec::new(),
+        health_transitions: Vec::new(),
     })
+}
+
+/// Writes the L7 proxy's per-target numbers into `report`'s targets.
+pub fn fill_requests(report: &mut StatsReport, proxy: &ProxyStats) {
+    for t in &mut report.targets {
+        if let Some((_, n)) = proxy
+            .targets
+            .iter()
+            .find(|(key, _)| key.group == t.group && key.addr == t.address)
+        {
+            t.requests = Some(n.requests);
+            t.request_errors = Some(n.errors);
+        }
+    }
 }
 
 /// A registered target's weight in the model. A target without a port of its own or its

@@ -424,3 +424,66 @@ async fn announcements_follow_health_and_node_drain() {
         })
         .await;
 }
+
+/// `status` and the status page: the latest health transitions, oldest first and at most
+/// `HEALTH_TRANSITIONS_KEPT`; a deregistered target's health is `draining`, whatever its
+/// last check said.
+#[tokio::test]
+async fn status_keeps_the_latest_transitions_and_shows_draining() {
+    use crate::api::HEALTH_TRANSITIONS_KEPT;
+    let config = ConfigFile::new("transitions");
+    config.write(&text(&["127.0.0.1", "127.0.0.2"], 300));
+    let daemon = started(&config);
+    let event = |from, to| HealthEvent {
+        target: key("127.0.0.1"),
+        addr: key("127.0.0.1").addr,
+        from,
+        to,
+        reason: Reason {
+            code: None,
+            description: "test".into(),
+        },
+    };
+    assert!(daemon.stats().unwrap().health_transitions.is_empty());
+    for i in 0..HEALTH_TRANSITIONS_KEPT + 3 {
+        let (from, to) = if i % 2 == 0 {
+            (Health::Initial, Health::Healthy)
+        } else {
+            (Health::Healthy, Health::Unhealthy)
+        };
+        daemon.health_changed(&event(from, to));
+    }
+    let report = daemon.stats().unwrap();
+    assert_eq!(report.health_transitions.len(), HEALTH_TRANSITIONS_KEPT);
+    // The three oldest are gone: the first kept is the fourth (index 3, an odd one).
+    let first = &report.health_transitions[0];
+    assert_eq!(
+        (first.from.as_str(), first.to.as_str()),
+        ("healthy", "unhealthy")
+    );
+    assert_eq!(first.target, key("127.0.0.1").addr);
+    assert!(report
+        .health_transitions
+        .windows(2)
+        .all(|w| w[0].at_ms <= w[1].at_ms));
+
+    // Deregistered, 127.0.0.1 drains for 300 s: health `draining`, state `draining`.
+    config.write(&text(&["127.0.0.2"], 300));
+    daemon.reload(false).unwrap();
+    let report = daemon.stats().unwrap();
+    let drained = report
+        .targets
+        .iter()
+        .find(|t| t.address == key("127.0.0.1").addr)
+        .unwrap();
+    assert_eq!(
+        (drained.state.name(), drained.health.as_str()),
+        ("draining", "draining")
+    );
+    let kept = report
+        .targets
+        .iter()
+        .find(|t| t.address == key("127.0.0.2").addr)
+        .unwrap();
+    assert_eq!(kept.health, "initial");
+}

@@ -451,6 +451,7 @@ async fn forward(
         };
         *outgoing.headers_mut() = headers.clone();
         target.outstanding.fetch_add(1, Relaxed);
+        target.counters.requests.fetch_add(1, Relaxed);
         let outstanding = Outstanding(Arc::clone(&target.outstanding));
         let sent_at = Instant::now();
         record.request_processing = Some(sent_at - started);
@@ -487,6 +488,7 @@ async fn forward(
                         .target_connection_errors
                         .fetch_add(1, Relaxed);
                 }
+                target.counters.errors.fetch_add(1, Relaxed);
                 note_outcome(group, target, Outcome::ConnectionError);
                 if connect && !upgrade && !retried {
                     if let Some(body) = reclaim.take_back() {
@@ -517,6 +519,7 @@ async fn forward(
                 );
             }
             Err(_) => {
+                target.counters.errors.fetch_add(1, Relaxed);
                 record.error_reason = Some("TargetTimeout");
                 record.target_processing = Some(sent_at.elapsed());
                 return finish_elb(
@@ -535,6 +538,10 @@ async fn forward(
     record.target_status = Some(status.as_u16());
     group.counters.target_response(status.as_u16(), target_time);
     if let Some(routed) = group.targets.iter().find(|t| t.key == target) {
+        routed
+            .counters
+            .responses
+            .target_response(status.as_u16(), target_time);
         note_outcome(group, routed, Outcome::Response(status.as_u16()));
     }
 

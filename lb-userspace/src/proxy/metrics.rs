@@ -51,6 +51,29 @@ pub struct GroupCounters {
     pub response_time_micros: AtomicU64,
 }
 
+/// Per target: what the proxy's requests to it met. Kept across snapshots while the target
+/// takes requests; forgotten when it leaves its groups.
+#[derive(Debug, Default)]
+pub struct TargetCounters {
+    /// Requests sent to the target, retries included.
+    pub requests: AtomicU64,
+    /// Requests that got no response head: the connection failed (refused, reset,
+    /// unreachable), the response broke, or the target timed out.
+    pub errors: AtomicU64,
+    /// Target responses by class 2XX..5XX and their times, as [`GroupCounters`] counts them.
+    pub responses: GroupCounters,
+}
+
+impl TargetCounters {
+    pub fn read(&self) -> TargetNumbers {
+        TargetNumbers {
+            requests: self.requests.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            responses: self.responses.read(),
+        }
+    }
+}
+
 impl ListenerCounters {
     pub fn elb_response(&self, status: u16) {
         match status {
@@ -126,11 +149,20 @@ pub struct GroupNumbers {
     pub response_time_seconds: f64,
 }
 
-/// The proxy's numbers for one scrape: listeners and target groups by name.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TargetNumbers {
+    pub requests: u64,
+    pub errors: u64,
+    /// Only the classes and response times are counted per target.
+    pub responses: GroupNumbers,
+}
+
+/// The proxy's numbers for one scrape: listeners and target groups by name, targets by key.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProxyStats {
     pub listeners: Vec<(String, ListenerNumbers)>,
     pub groups: Vec<(String, GroupNumbers)>,
+    pub targets: Vec<(crate::model::TargetKey, TargetNumbers)>,
 }
 
 #[cfg(test)]

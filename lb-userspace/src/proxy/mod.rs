@@ -483,6 +483,11 @@ impl Proxy {
                 .groups()
                 .map(|(name, c)| (name.clone(), c.read()))
                 .collect(),
+            targets: self
+                .carried
+                .targets()
+                .map(|(key, c)| (key.clone(), c.read()))
+                .collect(),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use super::{
     balance::RoundRobin,
-    metrics::GroupCounters,
+    metrics::{GroupCounters, TargetCounters},
     outlier::{Detection, Outlier},
     rules::RuleSet,
 };
@@ -27,12 +27,18 @@ pub struct Carried {
     outstanding: HashMap<TargetKey, Arc<AtomicUsize>>,
     outliers: HashMap<TargetKey, Arc<Outlier>>,
     groups: BTreeMap<String, Arc<GroupCounters>>,
+    targets: BTreeMap<TargetKey, Arc<TargetCounters>>,
 }
 
 impl Carried {
     /// Every group's counters, for metrics.
     pub fn groups(&self) -> impl Iterator<Item = (&String, &Arc<GroupCounters>)> {
         self.groups.iter()
+    }
+
+    /// Every routed target's counters, for metrics and status.
+    pub fn targets(&self) -> impl Iterator<Item = (&TargetKey, &Arc<TargetCounters>)> {
+        self.targets.iter()
     }
 }
 
@@ -80,6 +86,8 @@ pub struct RoutedTarget {
     pub outstanding: Arc<AtomicUsize>,
     /// What the proxy's own requests saw of it (kept across snapshots).
     pub outlier: Arc<Outlier>,
+    /// Its requests, errors and response times (kept across snapshots).
+    pub counters: Arc<TargetCounters>,
 }
 
 impl Snapshot {
@@ -131,11 +139,13 @@ impl Snapshot {
                     let (key, weight) = &keys[i];
                     let outstanding = carried.outstanding.entry(key.clone()).or_default();
                     let outlier = carried.outliers.entry(key.clone()).or_default();
+                    let counters = carried.targets.entry(key.clone()).or_default();
                     used_targets.insert(key.clone());
                     targets.push(RoutedTarget {
                         key: key.clone(),
                         outstanding: Arc::clone(outstanding),
                         outlier: Arc::clone(outlier),
+                        counters: Arc::clone(counters),
                     });
                     weights.push(*weight);
                 }
@@ -195,6 +205,11 @@ impl Snapshot {
         // In-flight requests of a target that left keep their own Arc.
         carried.outstanding.retain(|k, _| used_targets.contains(k));
         carried.outliers.retain(|k, _| used_targets.contains(k));
+        // Counters outlive a target's time out of rotation (unhealthy, draining) while it is
+        // registered, so its request count does not start over.
+        carried
+            .targets
+            .retain(|k, _| used_targets.contains(k) || views.contains_key(k));
         carried.groups.retain(|g, _| used_groups.contains(g));
         Snapshot {
             listeners,
@@ -311,6 +326,46 @@ mod tests {
         views.insert(key("www", "10.0.1.10:80"), view(Health::Unhealthy, false));
         let snapshot = Snapshot::build(&model, &views, &mut carried);
         assert_eq!(addrs(&snapshot.listeners["web"].groups["www"]).len(), 3);
+    }
+
+    #[test]
+    fn request_counters_outlive_a_target_out_of_rotation_until_it_is_gone() {
+        let model = Model::parse(MODEL, "t").unwrap();
+        let mut carried = Carried::default();
+        let mut views = BTreeMap::new();
+        views.insert(key("www", "10.0.1.10:80"), view(Health::Healthy, false));
+        views.insert(key("www", "10.0.1.11:80"), view(Health::Healthy, false));
+        let first = Snapshot::build(&model, &views, &mut carried);
+        let routed = &first.listeners["web"].groups["www"].targets;
+        let target = routed
+            .iter()
+            .find(|t| t.key == key("www", "10.0.1.11:80"))
+            .unwrap();
+        target
+            .counters
+            .requests
+            .fetch_add(5, std::sync::atomic::Ordering::Relaxed);
+        // Unhealthy while another is healthy: out of rotation, its count kept.
+        views.insert(key("www", "10.0.1.11:80"), view(Health::Unhealthy, false));
+        let second = Snapshot::build(&model, &views, &mut carried);
+        assert!(second.listeners["web"].groups["www"]
+            .targets
+            .iter()
+            .all(|t| t.key != key("www", "10.0.1.11:80")));
+        let kept: Vec<_> = carried
+            .targets()
+            .map(|(k, c)| (k.addr.to_string(), c.read().requests))
+            .collect();
+        assert!(kept.contains(&("10.0.1.11:80".to_string(), 5)), "{kept:?}");
+        // Deregistered and gone from the views: forgotten.
+        views.remove(&key("www", "10.0.1.11:80"));
+        let without = MODEL.replace("{ address = \"10.0.1.11\", weight = 2 }, ", "");
+        assert_ne!(without, MODEL);
+        let model = Model::parse(&without, "t").unwrap();
+        Snapshot::build(&model, &views, &mut carried);
+        assert!(carried
+            .targets()
+            .all(|(k, _)| k.addr.to_string() != "10.0.1.11:80"));
     }
 
     #[test]

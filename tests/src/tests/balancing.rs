@@ -724,12 +724,25 @@ fn sluice_status(lb: &Balanced, json: bool) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Packets of every listener, from `sluice status --json`.
+fn packets_counted(lb: &Balanced) -> u64 {
+    let status: serde_json::Value = serde_json::from_str(&sluice_status(lb, true)).unwrap();
+    status["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["packets"].as_u64().unwrap())
+        .sum()
+}
+
 /// `sluice status --json` without the traffic numbers, which go on counting.
 fn state_of(lb: &Balanced) -> serde_json::Value {
     let mut state: serde_json::Value = serde_json::from_str(&sluice_status(lb, true)).unwrap();
     // Counters and the live connection-state counts move with traffic; the rest is state.
     state.as_object_mut().unwrap().remove("counters");
     state.as_object_mut().unwrap().remove("connection_tables");
+    // Health transitions are the running daemon's own news; a successor starts without.
+    state.as_object_mut().unwrap().remove("health_transitions");
     for list in ["listeners", "targets"] {
         for item in state[list].as_array_mut().unwrap() {
             let item = item.as_object_mut().unwrap();
@@ -786,6 +799,7 @@ fn restart_is_hitless_lb(mode: &'static str) -> Balanced {
             Ok((rounds, echo))
         })
     };
+    let counted = packets_counted(&lb);
     // Stop the daemon: forwarding goes on with the last state.
     lb.sluice.signal(libc::SIGTERM);
     lb.sluice.wait_timeout(TIMEOUT);
@@ -811,6 +825,13 @@ fn restart_is_hitless_lb(mode: &'static str) -> Balanced {
         "no target is new to the adopting daemon: {log}"
     );
     let after = state_of(&lb);
+    // The XDP counters live in pinned maps: they went on counting without a daemon and the
+    // new one reports them, not zeros (docs/OPERATING.md, "Metrics").
+    assert!(
+        packets_counted(&lb) > counted,
+        "listener packets {} after the restart, {counted} before",
+        packets_counted(&lb)
+    );
     assert_eq!(before, after, "the new daemon shows the same state");
     // The stream is an active flow of the echo listener, seen through the adopted table.
     let status: serde_json::Value = serde_json::from_str(&sluice_status(&lb, true)).unwrap();

@@ -29,5 +29,6 @@ mod nat_lifecycle;
 mod packet_harness;
 mod packets;
 mod run_cli;
+mod setup_warnings;
 mod stats_api;
 mod tunnel_decap;
