@@ -519,14 +519,18 @@ impl Bench {
             let _ = self.maps.flows.remove(key);
         }
         if self.mode == ForwardingMode::Nat {
-            let (known, _) = CLIENTS.flow(0);
+            // By address and port: new flows from NEW_FLOWS_FROM on reuse the known
+            // flow's source address every 65,536 flows.
+            let (known, known_port) = CLIENTS.flow(0);
             let known = ip_to_bytes(known.into()).0;
             let stale: Vec<FlowKey> = self
                 .maps
                 .nat_replies
                 .iter()
                 .filter_map(Result::ok)
-                .filter(|(_, origin)| origin.client != known)
+                .filter(|(_, origin)| {
+                    (origin.client, origin.client_port_be) != (known, known_port.to_be())
+                })
                 .map(|(k, _)| k)
                 .collect();
             for key in stale {
