@@ -181,6 +181,37 @@ pub fn measure(
     })
 }
 
+/// The size of sluice's XDP program as loaded and what verifying it cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ProgramFigures {
+    /// BPF instructions after the verifier's rewrites (`bytes_xlated` / 8).
+    pub instructions: u32,
+    pub jited_bytes: u32,
+    /// Instructions the verifier processed walking every path.
+    pub verifier_processed: Option<u32>,
+}
+
+/// Loads sluice's program (default map sizes) and reads its size and verification cost.
+pub fn program_figures() -> Result<ProgramFigures, BenchError> {
+    let mut ebpf = load::load_program_sized(
+        log::LevelFilter::Off,
+        MapSizes::default(),
+        &[],
+        PROGRAM_NAME,
+    )?;
+    let info = load::program_mut_named(&mut ebpf, PROGRAM_NAME)
+        .info()
+        .map_err(|e| BenchError::Netns {
+            name: "(none)".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    Ok(ProgramFigures {
+        instructions: info.size_translated().unwrap_or(0) / 8,
+        jited_bytes: info.size_jitted(),
+        verifier_processed: info.verified_instruction_count(),
+    })
+}
+
 /// Runs `f` on a thread in a fresh network namespace of its own, gone when the thread ends.
 fn in_private_netns<T: Send>(
     f: impl FnOnce() -> Result<T, BenchError> + Send,
@@ -400,9 +431,9 @@ impl Bench {
         time(self.program(), frame, &ctx)
     }
 
-    /// Sends SYNs of new flows through the program until `n` flows are live. A `nat` SYN
-    /// whose port probes all meet taken ports is refused; its flow is skipped, at most `n`
-    /// times in all.
+    /// Sends SYNs of new flows (in `nat` mode followed by the client's ACK) through the
+    /// program until `n` flows are live. A `nat` SYN whose port probes all meet taken ports is
+    /// refused; its flow is skipped, at most `n` times in all.
     fn fill(&mut self, n: u32) -> Result<(), BenchError> {
         let mut refused = 0;
         while (self.live.len() as u32) < n {
@@ -410,6 +441,14 @@ impl Bench {
             self.next_fill += 1;
             let frame = self.syn_frame(flow);
             if self.run(&frame)?.0 == XDP_TX {
+                if self.mode == ForwardingMode::Nat {
+                    // The handshake's ACK: an unanswered translation is reclaimable after
+                    // 10 s (`HALF_OPEN_TIMEOUT_NS`), and filling a large table takes longer,
+                    // so later SYNs would take earlier flows' ports.
+                    let (src, port) = CLIENTS.flow(flow);
+                    let ack = self.established.frame(src, port);
+                    self.run(&ack)?;
+                }
                 self.live.push(flow);
             } else {
                 refused += 1;

@@ -273,6 +273,17 @@ fn cost(args: CostArgs) -> anyhow::Result<()> {
         live_levels: args.live,
     };
     let quiet = args.json;
+    if !quiet {
+        let figures = cost::program_figures()?;
+        println!(
+            "program: {} instructions, {} bytes JITed, verifier processed {}",
+            figures.instructions,
+            figures.jited_bytes,
+            figures
+                .verifier_processed
+                .map_or("(not reported)".to_string(), |n| n.to_string())
+        );
+    }
     let costs = cost::measure(&options, &|what: &str| {
         if !quiet {
             eprintln!("measuring: {what}");
