@@ -26,6 +26,26 @@ pub struct ListenerKey {
 }
 assert_size!(ListenerKey, 20);
 
+impl ListenerKey {
+    /// The `ADDRESSES` class bits this entry needs in its address's bucket
+    /// (`crate::addr::CLASS_*`): every entry marks a listener address; a TCP/UDP entry also
+    /// says whether it is looked up by port or is the all-ports one (ICMP entries have port 0
+    /// and are found by the packet's own port, 0).
+    pub fn class(&self) -> u32 {
+        use crate::addr::{CLASS_ALL_PORTS, CLASS_LISTENER, CLASS_PORTS};
+        let icmp = matches!(
+            self.protocol,
+            crate::proto::IPPROTO_ICMP | crate::proto::IPPROTO_ICMPV6
+        );
+        CLASS_LISTENER
+            | match (icmp, self.port_be) {
+                (true, _) => 0,
+                (false, 0) => CLASS_ALL_PORTS,
+                (false, _) => CLASS_PORTS,
+            }
+    }
+}
+
 /// How packets for a listener reach their target.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,3 +97,29 @@ pub struct Listener {
 }
 assert_size!(Listener, 8);
 impl_aya_pod!(ListenerKey, Listener);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{CLASS_ALL_PORTS, CLASS_LISTENER, CLASS_PORTS};
+
+    #[test]
+    fn class_bits_follow_port_and_protocol() {
+        let key = |port: u16, protocol| ListenerKey {
+            addr: [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port_be: port.to_be(),
+            protocol,
+            family: crate::addr::FAMILY_V4,
+        };
+        assert_eq!(
+            key(80, crate::proto::IPPROTO_TCP).class(),
+            CLASS_LISTENER | CLASS_PORTS
+        );
+        assert_eq!(
+            key(0, crate::proto::IPPROTO_UDP).class(),
+            CLASS_LISTENER | CLASS_ALL_PORTS
+        );
+        assert_eq!(key(0, crate::proto::IPPROTO_ICMP).class(), CLASS_LISTENER);
+        assert_eq!(key(0, crate::proto::IPPROTO_ICMPV6).class(), CLASS_LISTENER);
+    }
+}

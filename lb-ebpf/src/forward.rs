@@ -131,12 +131,18 @@ fn lookup(
     let params = crate::FIB_SCRATCH
         .get_ptr_mut(0)
         .ok_or(Counter::DropRewriteFailed)?;
-    // SAFETY: this CPU's slot, used by this packet only; all-integer C struct, so zeroing it
-    // (every field the lookup reads must start at zero) gives a valid value.
-    let params: &mut FibParams = unsafe {
-        core::ptr::write_bytes(params, 0, 1);
-        &mut *params
-    };
+    // Every field the lookup reads must start at zero. Zeroed a word at a time: `write_bytes`
+    // becomes a call to a byte-loop memset. Volatile, so the stores are not merged back.
+    const WORDS: usize = core::mem::size_of::<FibParams>() / 8;
+    const _: () = assert!(core::mem::size_of::<FibParams>() == WORDS * 8);
+    let zeroed = params as *mut u64;
+    for i in 0..WORDS {
+        // SAFETY: this CPU's slot, used by this packet only, 8-byte aligned (a map value) and
+        // WORDS * 8 bytes long; all-integer C struct, so zero is a valid value.
+        unsafe { core::ptr::write_volatile(zeroed.add(i), 0) };
+    }
+    // SAFETY: as above, now zeroed.
+    let params: &mut FibParams = unsafe { &mut *params };
     // SAFETY: `ingress_ifindex` reads the xdp_md context.
     params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     if family == FAMILY_V4 {

@@ -1,6 +1,7 @@
-//! The flow hash that indexes Maglev tables (murmur3's 32-bit mixing).
+//! The flow hash that indexes Maglev tables (murmur3's 32-bit mixing), and the cheap one that
+//! spreads tunnelled flows over the outer source addresses.
 //!
-//! Only the XDP program computes it; userspace never needs to predict it.
+//! Only the XDP program computes them; userspace never needs to predict them.
 
 use lb_common::flow::FlowKey;
 
@@ -52,4 +53,18 @@ pub fn five_tuple(key: &FlowKey) -> u32 {
     h = mix(h, ((key.src_port_be as u32) << 16) | key.dst_port_be as u32);
     h = mix(h, key.protocol as u32);
     finish(h)
+}
+
+/// A cheap per-flow spread for `tunnel`'s outer source address, computed on every packet: the
+/// client's address folded by XOR with both ports (Katran's choice), then one multiply so
+/// that the varying low bytes of addresses and ports reach every bit. Only spread matters
+/// here (the target's RSS), not resistance to crafted input: Maglev uses [`five_tuple`].
+#[inline(always)]
+pub fn outer_source(key: &FlowKey) -> u32 {
+    let folded = word(&key.src, 0)
+        ^ word(&key.src, 4)
+        ^ word(&key.src, 8)
+        ^ word(&key.src, 12)
+        ^ (((key.src_port_be as u32) << 16) | key.dst_port_be as u32);
+    (folded ^ (folded >> 16)).wrapping_mul(0x9E37_79B1)
 }

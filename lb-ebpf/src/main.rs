@@ -32,6 +32,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
+    addr::ADDRESS_BUCKETS,
     config::Config,
     flow::{Flow, FlowKey, NatOrigin, DEFAULT_FLOWS},
     listener::{ForwardingMode, Listener, ListenerKey, MAX_LISTENERS},
@@ -54,6 +55,12 @@ static STATE: Array<[u8; STATE_CHUNK]> = Array::with_max_entries(STATE_ENTRIES, 
 /// Global settings, one entry.
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// The class bits of destination addresses by `lb_common::addr::address_bucket`: which of
+/// `LISTENERS` and `NAT_REPLIES` may hold anything for a packet. Written by userspace before
+/// the entries they announce, cleared after them.
+#[map]
+static ADDRESSES: Array<u32> = Array::with_max_entries(ADDRESS_BUCKETS, 0);
 
 /// Listener lookup. Twice the listener count: each listener address also has an ICMP entry
 /// (port 0, protocol ICMP/ICMPv6) so echo requests and ICMP errors to it are recognised.
@@ -128,10 +135,11 @@ pub fn sluice(ctx: XdpContext) -> u32 {
 /// Everything after parsing; returns the outcome counter and the XDP action.
 #[inline(always)]
 fn process(ctx: &XdpContext, packet: &Packet, len: u64) -> (Counter, u32) {
-    if let Some(done) = nat::reply(ctx, packet) {
+    let class = classify::address_class(packet);
+    if let Some(done) = nat::reply(ctx, packet, class) {
         return done;
     }
-    let Some(listener) = classify::listener(packet) else {
+    let Some(listener) = classify::listener(packet, class) else {
         return (Counter::PassNoListener, xdp_action::XDP_PASS);
     };
     if packet.vlan {

@@ -29,6 +29,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
+    addr::CLASS_NAT_SOURCE,
     flow::{next_state, reclaimable, FlowKey, NatOrigin, REFRESH_NS, STATE_ANSWERED, STATE_CLOSED},
     stats::Counter,
 };
@@ -53,11 +54,14 @@ const PROBES: u32 = 8;
 const E2BIG: i32 = -7;
 
 /// Translates a reply from a target back to the client, if the packet is one, and moves the
-/// connection's state. Runs for every packet the load balancer receives: anything that is not
-/// a translated reply costs one hash lookup.
+/// connection's state. Runs for every packet the load balancer receives: a packet to an
+/// address of `class` without `CLASS_NAT_SOURCE` (no target's source address) cannot be a
+/// reply and costs no lookup; anything else that is not a translated reply costs one.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, packet: &Packet) -> Option<(Counter, u32)> {
-    if packet.protocol != IPPROTO_TCP && packet.protocol != IPPROTO_UDP {
+pub fn reply(ctx: &XdpContext, packet: &Packet, class: u32) -> Option<(Counter, u32)> {
+    if class & CLASS_NAT_SOURCE == 0
+        || (packet.protocol != IPPROTO_TCP && packet.protocol != IPPROTO_UDP)
+    {
         return None;
     }
     // SAFETY: a value of this map, valid for this run (RCU); fields are written in place and

@@ -1,8 +1,8 @@
 //! `tunnel` mode, like Katran: the packet travels to the target untouched inside an outer IP
 //! header (IPIP, IP6IP6, and across families 4in6 / 6in4), whose destination is the target and
-//! whose source is the configured tunnel prefix with the flow hash in its low bits, so that the
-//! receiving NIC's RSS spreads flows over queues. Targets strip the outer header with
-//! `sluice_decap` (`decap.rs`) and hold the VIP on loopback.
+//! whose source is the configured tunnel prefix with a per-flow spread (`hash::outer_source`)
+//! in its low bits, so that the receiving NIC's RSS spreads flows over queues. Targets strip
+//! the outer header with `sluice_decap` (`decap.rs`) and hold the VIP on loopback.
 //!
 //! The outer family is the target's; the protocol in it is the inner packet's (4 for IPv4, 41
 //! for IPv6), so mixed families need nothing special here.
@@ -78,7 +78,7 @@ pub fn encapsulate(
     }
     let inner = inner(ctx, packet)?;
     let config = CONFIG.get(0).ok_or(Counter::DropRewriteFailed)?;
-    let hash = hash::five_tuple(flow).to_be_bytes();
+    let hash = hash::outer_source(flow).to_be_bytes();
     let outer_v4 = target.family == FAMILY_V4;
     let protocol = match packet.family {
         Family::V4 => IPPROTO_IPIP,

@@ -8,7 +8,7 @@
 //! neighbours are fixed so that every forwarded frame finds its next hop:
 //!
 //! ```text
-//!  lb0 (10.200.0.1/24) ── veth ── peer0        targets 10.200.0.10-17 (permanent neighbours)
+//!  lb0 (10.200.0.1/24) ── veth ── peer0        targets 10.200.0.10-41 (permanent neighbours)
 //!  clients 10.201.0.0/16 via 10.200.0.254      listener 10.210.0.1:80/tcp
 //! ```
 //! The namespace disappears with the thread; nothing is visible from the host's network.
@@ -53,7 +53,9 @@ const GATEWAY_MAC: [u8; 6] = [0x02, 0x5c, 0, 0, 0, 0xfe];
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 210, 0, 1);
 const NOT_A_VIP: Ipv4Addr = Ipv4Addr::new(10, 220, 0, 1);
 const PORT: u16 = 80;
-const TARGETS: u8 = 8;
+/// Enough targets that a full table of `nat` flows finds free ports: each target has its
+/// own range of 64,512 source ports, so 1,048,576 flows over 32 targets fill half of each.
+const TARGETS: u8 = 32;
 const CLIENTS: Sources = Sources {
     net: Ipv4Addr::new(10, 201, 0, 0),
     prefix: 16,
@@ -71,7 +73,9 @@ const XDP_TX: u32 = 3;
 pub enum Path {
     /// A packet to no listener: passed to the kernel.
     NonVip,
-    /// A packet of a flow in the flow table.
+    /// A packet of a flow in the flow table: with `distinct_flows` 1 always the same (hot)
+    /// flow, otherwise each frame belongs to another of that many live flows, in an order that
+    /// spreads them over the table as real traffic does.
     Established,
     /// A SYN whose 5-tuple is in the flow table (a client reconnecting, a retransmitted SYN).
     SynKnown,
@@ -88,6 +92,8 @@ pub struct PathCost {
     /// table and the table's size a full one (nothing is evicted: `nat` refuses the new flow,
     /// `dsr` and `tunnel` forward it without an entry).
     pub live_flows: u32,
+    /// How many different flows the timed frames belong to (1: one hot flow).
+    pub distinct_flows: u32,
     /// Median over runs of (path - empty program), nanoseconds.
     pub net_ns: f64,
     /// Median over runs of the path's own time and of the empty program's.
@@ -108,9 +114,15 @@ pub struct CostOptions {
     pub runs: usize,
     /// Frames timed per path and run (repeat=1 each).
     pub iterations: usize,
-    /// The flow table's size and the "many live flows" level.
+    /// The flow table's size and the "full table" level.
     pub table_size: u32,
+    /// Live-flow levels at which established flows are measured over that many distinct
+    /// flows (each at most `table_size`), in increasing order.
+    pub live_levels: Vec<u32>,
 }
+
+/// The default levels of distinct live flows for the established path.
+pub const LIVE_LEVELS: [u32; 3] = [1_000, 100_000, 1_000_000];
 
 pub fn mode_name(mode: ForwardingMode) -> &'static str {
     match mode {
@@ -143,25 +155,60 @@ pub fn measure(
                     Path::NewFlow,
                 ],
             )?);
-            progress(&format!(
-                "{} mode, filling the flow table with {} flows",
-                mode_name(mode),
-                options.table_size
-            ));
-            bench.fill(options.table_size)?;
-            progress(&format!(
-                "{} mode, {} live flows",
-                mode_name(mode),
-                options.table_size
-            ));
-            out.extend(bench.phase(
-                &mut pass,
-                options,
-                options.table_size,
-                &[Path::Established, Path::SynKnown, Path::NewFlow],
-            )?);
+            let mut levels: Vec<u32> = options
+                .live_levels
+                .iter()
+                .map(|&l| l.min(options.table_size))
+                .collect();
+            levels.push(options.table_size);
+            levels.dedup();
+            for &live in &levels {
+                progress(&format!(
+                    "{} mode, filling the flow table to {live} live flows",
+                    mode_name(mode)
+                ));
+                bench.fill(live)?;
+                progress(&format!("{} mode, {live} live flows", mode_name(mode)));
+                let paths: &[Path] = if live == options.table_size {
+                    &[Path::Established, Path::SynKnown, Path::NewFlow]
+                } else {
+                    &[Path::Established]
+                };
+                out.extend(bench.phase(&mut pass, options, live, paths)?);
+            }
         }
         Ok(out)
+    })
+}
+
+/// The size of sluice's XDP program as loaded and what verifying it cost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ProgramFigures {
+    /// BPF instructions after the verifier's rewrites (`bytes_xlated` / 8).
+    pub instructions: u32,
+    pub jited_bytes: u32,
+    /// Instructions the verifier processed walking every path.
+    pub verifier_processed: Option<u32>,
+}
+
+/// Loads sluice's program (default map sizes) and reads its size and verification cost.
+pub fn program_figures() -> Result<ProgramFigures, BenchError> {
+    let mut ebpf = load::load_program_sized(
+        log::LevelFilter::Off,
+        MapSizes::default(),
+        &[],
+        PROGRAM_NAME,
+    )?;
+    let info = load::program_mut_named(&mut ebpf, PROGRAM_NAME)
+        .info()
+        .map_err(|e| BenchError::Netns {
+            name: "(none)".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    Ok(ProgramFigures {
+        instructions: info.size_translated().unwrap_or(0) / 8,
+        jited_bytes: info.size_jitted(),
+        verifier_processed: info.verified_instruction_count(),
     })
 }
 
@@ -267,6 +314,12 @@ struct Bench {
     established: Template,
     non_vip: Vec<u8>,
     next_new_flow: u32,
+    /// Flow indexes whose SYN was forwarded with an entry (index 0, the known flow, first).
+    live: Vec<u32>,
+    /// The next flow index `fill` tries.
+    next_fill: u32,
+    /// Which live flow the next distinct-flow frame belongs to (see `Path::Established`).
+    cursor: u64,
 }
 
 impl Bench {
@@ -274,13 +327,15 @@ impl Bench {
         let sizes = MapSizes {
             flows: options.table_size,
             listeners: 4,
-            targets: 16,
+            targets: u32::from(TARGETS),
         };
         let mut ebpf = load::load_program_sized(log::LevelFilter::Off, sizes, &[], PROGRAM_NAME)?;
         let mut maps = Maps::take(&mut ebpf).map_err(maps_error)?;
-        // No flood gate: new flows must be inserted however fast they come.
+        // No flood gate: new flows must be inserted however fast they come. The whole port
+        // range, so that a full table of `nat` flows finds ports (see `TARGETS`).
         maps.set_config(&Config {
             max_new_flows_per_cpu: 0,
+            nat_port_max: u16::MAX,
             ..Config::default()
         })
         .map_err(maps_error)?;
@@ -322,7 +377,7 @@ impl Bench {
             });
         }
         let table = maglev::build(&table_targets, TableSize::DEFAULT)
-            .expect("eight equal targets fit the default table");
+            .expect("32 equal targets fit the default table");
         maps.set_maglev_table(0, &table).map_err(maps_error)?;
 
         let spec = |tcp, dst, protocol| FrameSpec {
@@ -352,10 +407,12 @@ impl Bench {
             established,
             non_vip,
             next_new_flow: NEW_FLOWS_FROM,
+            live: Vec::new(),
+            next_fill: 0,
+            cursor: 0,
         };
         // The known flow, index 0.
-        let frame = bench.syn_frame(0);
-        bench.run(&frame)?;
+        bench.fill(1)?;
         Ok(bench)
     }
 
@@ -374,13 +431,49 @@ impl Bench {
         time(self.program(), frame, &ctx)
     }
 
-    /// Adds flows 1..n (SYNs through the program), so n flows are live.
+    /// Sends SYNs of new flows (in `nat` mode followed by the client's ACK) through the
+    /// program until `n` flows are live. A `nat` SYN whose port probes all meet taken ports is
+    /// refused; its flow is skipped, at most `n` times in all.
     fn fill(&mut self, n: u32) -> Result<(), BenchError> {
-        for flow in 1..n {
+        let mut refused = 0;
+        while (self.live.len() as u32) < n {
+            let flow = self.next_fill;
+            self.next_fill += 1;
             let frame = self.syn_frame(flow);
-            self.run(&frame)?;
+            if self.run(&frame)?.0 == XDP_TX {
+                if self.mode == ForwardingMode::Nat {
+                    // The handshake's ACK: an unanswered translation is reclaimable after
+                    // 10 s (`HALF_OPEN_TIMEOUT_NS`), and filling a large table takes longer,
+                    // so later SYNs would take earlier flows' ports.
+                    let (src, port) = CLIENTS.flow(flow);
+                    let ack = self.established.frame(src, port);
+                    self.run(&ack)?;
+                }
+                self.live.push(flow);
+            } else {
+                refused += 1;
+                if refused > n {
+                    return Err(BenchError::Netns {
+                        name: "(private)".into(),
+                        source: std::io::Error::other(format!(
+                            "the flow table took only {} of {n} flows",
+                            self.live.len()
+                        )),
+                    });
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The next frame of the distinct-flow established path: live flows visited in a
+    /// multiplicative-hash order, so consecutive frames hit unrelated parts of the table.
+    fn distinct_established_frame(&mut self) -> Vec<u8> {
+        let i = self.cursor.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+        self.cursor += 1;
+        let flow = self.live[(i % self.live.len() as u64) as usize];
+        let (src, port) = CLIENTS.flow(flow);
+        self.established.frame(src, port)
     }
 
     /// Interleaved runs over the empty program and `paths`.
@@ -408,6 +501,7 @@ impl Bench {
                 let ns = mean_ns(options.iterations, |_| {
                     let frame = match path {
                         Path::NonVip => self.non_vip.clone(),
+                        Path::Established if live > 1 => self.distinct_established_frame(),
                         Path::Established => known_ack.clone(),
                         Path::SynKnown => known_syn.clone(),
                         Path::NewFlow => {
@@ -445,11 +539,8 @@ impl Bench {
                 PathCost {
                     mode: mode_name(self.mode).to_string(),
                     path,
-                    live_flows: if path == Path::NewFlow && live > 1 {
-                        options.table_size
-                    } else {
-                        live
-                    },
+                    live_flows: live,
+                    distinct_flows: if path == Path::Established { live } else { 1 },
                     net_ns: median(&net).unwrap_or(0.0),
                     gross_ns: median(&gross[i]).unwrap_or(0.0),
                     empty_ns: empty_median,
@@ -467,14 +558,18 @@ impl Bench {
             let _ = self.maps.flows.remove(key);
         }
         if self.mode == ForwardingMode::Nat {
-            let (known, _) = CLIENTS.flow(0);
+            // By address and port: new flows from NEW_FLOWS_FROM on reuse the known
+            // flow's source address every 65,536 flows.
+            let (known, known_port) = CLIENTS.flow(0);
             let known = ip_to_bytes(known.into()).0;
             let stale: Vec<FlowKey> = self
                 .maps
                 .nat_replies
                 .iter()
                 .filter_map(Result::ok)
-                .filter(|(_, origin)| origin.client != known)
+                .filter(|(_, origin)| {
+                    (origin.client, origin.client_port_be) != (known, known_port.to_be())
+                })
                 .map(|(k, _)| k)
                 .collect();
             for key in stale {
@@ -526,16 +621,4 @@ fn mean_ns(
         total += f(i)?;
     }
     Ok(total as f64 / n.max(1) as f64)
-}
-
-/// Katran's costs on this machine kind, net of its empty program, measured the same way
-/// (issue 6): the figures sluice is compared with.
-pub fn katran_ns(path: Path, live_flows: u32) -> f64 {
-    match path {
-        Path::NonVip => 67.0,
-        Path::Established => 147.0,
-        Path::SynKnown => 253.0,
-        Path::NewFlow if live_flows <= 1 => 560.0,
-        Path::NewFlow => 1090.0,
-    }
 }

@@ -142,9 +142,12 @@ impl Generator {
         })
     }
 
-    /// Sends `count` frames (at most `u32::MAX`) and returns when the kernel has sent them.
-    pub fn send(&mut self, count: u32) -> Result<(), BenchError> {
+    /// Sends `count` frames (at most `u32::MAX`) and returns when the kernel has sent them,
+    /// with the CPU time the calling thread spent on it (the rest of the call's wall time the
+    /// generator was idle inside the kernel: dead time that is not the balancer's).
+    pub fn send(&mut self, count: u32) -> Result<Duration, BenchError> {
         let program = load::program_mut_named(&mut self.ebpf, GENERATOR_PROGRAM);
+        let cpu_before = thread_cpu_time();
         program
             .test_run(TestRunOptions {
                 data_in: Some(&self.frame),
@@ -154,8 +157,19 @@ impl Generator {
                 ..TestRunOptions::default()
             })
             .map_err(BenchError::TestRun)?;
-        Ok(())
+        Ok(thread_cpu_time().saturating_sub(cpu_before))
     }
+}
+
+/// The calling thread's CPU time (user and system).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out pointer; CLOCK_THREAD_CPUTIME_ID always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// `[NETNS:]IFACE` as given to `--sink`.

@@ -22,6 +22,10 @@ pub struct Report {
     /// From the first frame sent to the last.
     #[serde(serialize_with = "seconds")]
     pub elapsed: Duration,
+    /// The generator thread's CPU time inside its sending calls; `elapsed` minus this is the
+    /// time it sat idle inside them (reported, since it slows every variant alike).
+    #[serde(serialize_with = "seconds")]
+    pub generator_cpu: Duration,
     pub sinks: Vec<SinkReport>,
 }
 
@@ -59,10 +63,20 @@ impl Report {
         (self.sent as f64 - self.received() as f64) / self.sent as f64
     }
 
+    /// Nanoseconds per frame the generator was idle while sending (wall time minus its CPU
+    /// time): dead time in every variant's figure, not the balancer's.
+    pub fn generator_idle_ns_per_frame(&self) -> f64 {
+        if self.sent == 0 {
+            return 0.0;
+        }
+        self.elapsed.saturating_sub(self.generator_cpu).as_nanos() as f64 / self.sent as f64
+    }
+
     /// The JSON form `--json` prints, with the derived figures.
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(self).expect("a report serialises");
         value["sent_mpps"] = self.sent_mpps().into();
+        value["generator_idle_ns_per_frame"] = self.generator_idle_ns_per_frame().into();
         if !self.sinks.is_empty() {
             value["received"] = self.received().into();
             value["received_mpps"] = self.received_mpps().into();
@@ -76,10 +90,11 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "sent {} packets in {:.3} s: {:.3} Mpps",
+            "sent {} packets in {:.3} s: {:.3} Mpps (generator idle {:.0} ns per frame)",
             self.sent,
             self.elapsed.as_secs_f64(),
-            self.sent_mpps()
+            self.sent_mpps(),
+            self.generator_idle_ns_per_frame()
         )?;
         if self.sinks.is_empty() {
             return Ok(());
@@ -131,6 +146,7 @@ mod tests {
         Report {
             sent: 1_000_000,
             elapsed: Duration::from_millis(500),
+            generator_cpu: Duration::from_millis(400),
             sinks: vec![
                 SinkReport {
                     name: "t0:eth0".into(),
@@ -163,7 +179,9 @@ mod tests {
         let r = report();
         let text = r.to_string();
         assert!(
-            text.contains("sent 1000000 packets in 0.500 s: 2.000 Mpps"),
+            text.contains(
+                "sent 1000000 packets in 0.500 s: 2.000 Mpps (generator idle 100 ns per frame)"
+            ),
             "{text}"
         );
         assert!(
@@ -173,6 +191,7 @@ mod tests {
         assert!(text.contains("loss 10.00%"), "{text}");
         let json = r.to_json();
         assert_eq!(json["received"], 900_000);
+        assert_eq!(json["generator_idle_ns_per_frame"], 100.0);
         assert_eq!(json["sinks"][1]["name"], "t1:eth0");
         assert_eq!(json["elapsed"], 0.5);
     }

@@ -106,9 +106,14 @@ struct CostArgs {
     /// Frames timed per path and run.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     iterations: u64,
-    /// Flow-table size, and the number of live flows of the "full table" measurements.
-    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(2..=16_777_216))]
+    /// Flow-table size (default: sluice run's), and the number of live flows of the "full
+    /// table" measurements.
+    #[arg(long, default_value_t = lb_common::flow::DEFAULT_FLOWS, value_parser = clap::value_parser!(u32).range(2..=16_777_216))]
     flows: u32,
+    /// Live-flow levels at which established flows are measured over that many distinct
+    /// flows (capped at --flows).
+    #[arg(long, value_delimiter = ',', default_values_t = cost::LIVE_LEVELS)]
+    live: Vec<u32>,
     #[arg(long)]
     json: bool,
 }
@@ -197,11 +202,12 @@ fn traffic(args: TrafficArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut sent = 0u64;
     let mut last_send_end = start;
+    let mut generator_cpu = Duration::ZERO;
     loop {
         match schedule.next(sent, start.elapsed()) {
             Step::Send(n) => {
                 let n = n.min(u64::from(u32::MAX)) as u32;
-                generator.send(n)?;
+                generator_cpu += generator.send(n)?;
                 sent += u64::from(n);
                 last_send_end = Instant::now();
             }
@@ -231,6 +237,7 @@ fn traffic(args: TrafficArgs) -> anyhow::Result<()> {
     let report = Report {
         sent,
         elapsed,
+        generator_cpu,
         sinks,
     };
     if args.json {
@@ -263,23 +270,27 @@ fn cost(args: CostArgs) -> anyhow::Result<()> {
         runs: args.runs as usize,
         iterations: args.iterations as usize,
         table_size: args.flows,
+        live_levels: args.live,
     };
     let quiet = args.json;
+    if !quiet {
+        let figures = cost::program_figures()?;
+        println!(
+            "program: {} instructions, {} bytes JITed, verifier processed {}",
+            figures.instructions,
+            figures.jited_bytes,
+            figures
+                .verifier_processed
+                .map_or("(not reported)".to_string(), |n| n.to_string())
+        );
+    }
     let costs = cost::measure(&options, &|what: &str| {
         if !quiet {
             eprintln!("measuring: {what}");
         }
     })?;
     if args.json {
-        let rows: Vec<serde_json::Value> = costs
-            .iter()
-            .map(|c| {
-                let mut v = serde_json::to_value(c).expect("serialisable");
-                v["katran_ns"] = cost::katran_ns(c.path, c.live_flows).into();
-                v
-            })
-            .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        println!("{}", serde_json::to_string(&costs)?);
         return Ok(());
     }
     println!(
@@ -289,20 +300,18 @@ fn cost(args: CostArgs) -> anyhow::Result<()> {
         options.iterations
     );
     println!(
-        "{:<7} {:<12} {:>10} {:>8} {:>14} {:>8} {:>7}",
-        "mode", "path", "live flows", "net ns", "min-max ns", "katran", "ratio"
+        "{:<7} {:<12} {:>10} {:>9} {:>8} {:>14}",
+        "mode", "path", "live flows", "distinct", "net ns", "min-max ns"
     );
     for c in &costs {
-        let katran = cost::katran_ns(c.path, c.live_flows);
         println!(
-            "{:<7} {:<12} {:>10} {:>8.0} {:>14} {:>8.0} {:>7.2}{}",
+            "{:<7} {:<12} {:>10} {:>9} {:>8.0} {:>14}{}",
             c.mode,
             serde_json::to_value(c.path)?.as_str().unwrap_or(""),
             c.live_flows,
+            c.distinct_flows,
             c.net_ns,
             format!("{:.0}-{:.0}", c.min_net_ns, c.max_net_ns),
-            katran,
-            c.net_ns / katran,
             if c.unexpected > 0 {
                 format!("  ({} frames took another path)", c.unexpected)
             } else {

@@ -98,6 +98,7 @@ pub const PINNED_MAPS: &[&str] = &[
     "CONFIG",
     "STATE",
     "LISTENERS",
+    "ADDRESSES",
     "MAGLEV",
     "TARGETS",
     "FLOWS",
@@ -111,7 +112,7 @@ pub const PINNED_MAPS: &[&str] = &[
 /// sizes. A pinned map of another layout is refused before the program is loaded (the
 /// verifier's complaint would not say what to do, and a map type change, LRU to plain hash,
 /// would not be noticed at all).
-fn pinned_layouts() -> [(&'static str, MapType, usize, usize); 11] {
+fn pinned_layouts() -> [(&'static str, MapType, usize, usize); 12] {
     use lb_common::{
         config::Config,
         flow::{Flow, FlowKey, NatOrigin},
@@ -137,6 +138,8 @@ fn pinned_layouts() -> [(&'static str, MapType, usize, usize); 11] {
             size_of::<ListenerKey>(),
             size_of::<Listener>(),
         ),
+        // Class bits (u32) by address bucket.
+        ("ADDRESSES", MapType::Array, INDEX, INDEX),
         ("MAGLEV", MapType::ArrayOfMaps, INDEX, INDEX),
         ("TARGETS", MapType::Array, INDEX, size_of::<Target>()),
         (

@@ -9,6 +9,7 @@ use aya::{
 use std::net::IpAddr;
 
 use lb_common::{
+    addr::{address_bucket, CLASS_NAT_SOURCE},
     config::Config,
     flow::{Flow, FlowKey, NatOrigin},
     listener::{Listener, ListenerKey},
@@ -42,6 +43,9 @@ fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 pub struct Maps {
     pub config: Array<MapData, Config>,
     pub listeners: HashMap<MapData, ListenerKey, Listener>,
+    /// Class bits by address bucket (`lb_common::addr`): kept in step with `listeners` and
+    /// `targets` by the writes below.
+    pub addresses: Array<MapData, u32>,
     pub maglev: ArrayOfMaps<MapData, Array<MapData, u32>>,
     pub targets: Array<MapData, Target>,
     pub flows: HashMap<MapData, FlowKey, Flow>,
@@ -62,9 +66,10 @@ impl Maps {
             let map = ebpf.take_map(name).ok_or(MapsError::Missing(name))?;
             T::try_from(map).map_err(err(name))
         }
-        Ok(Maps {
+        let mut maps = Maps {
             config: take(ebpf, "CONFIG")?,
             listeners: take(ebpf, "LISTENERS")?,
+            addresses: take(ebpf, "ADDRESSES")?,
             maglev: take(ebpf, "MAGLEV")?,
             targets: take(ebpf, "TARGETS")?,
             flows: take(ebpf, "FLOWS")?,
@@ -72,7 +77,63 @@ impl Maps {
             listener_stats: take(ebpf, "LISTENER_STATS")?,
             target_stats: take(ebpf, "TARGET_STATS")?,
             sweeper: super::sweep::Sweeper::default(),
-        })
+        };
+        maps.mark_adopted_addresses()?;
+        Ok(maps)
+    }
+
+    /// Marks the addresses of the listeners and `nat` sources already in the maps: maps pinned
+    /// by a daemon that had no `ADDRESSES` map (or an empty one) are taken over without
+    /// missing a listener or a reply. Bits are only added, so this is safe under traffic.
+    fn mark_adopted_addresses(&mut self) -> Result<(), MapsError> {
+        let keys: Vec<ListenerKey> = self.listeners.keys().filter_map(Result::ok).collect();
+        for key in keys {
+            self.mark_address(&key.addr, key.class())?;
+        }
+        let sources: Vec<[u8; 16]> = self
+            .targets
+            .iter()
+            .filter_map(Result::ok)
+            .map(|t| t.snat_addr)
+            .collect();
+        for addr in sources {
+            if addr != [0; 16] {
+                self.mark_address(&addr, CLASS_NAT_SOURCE)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `bits` to `addr`'s bucket.
+    fn mark_address(&mut self, addr: &[u8; 16], bits: u32) -> Result<(), MapsError> {
+        let bucket = address_bucket(addr);
+        let old = self.addresses.get(&bucket, 0).map_err(err("ADDRESSES"))?;
+        if old & bits != bits {
+            self.addresses
+                .set(bucket, old | bits, 0)
+                .map_err(err("ADDRESSES"))?;
+        }
+        Ok(())
+    }
+
+    /// Recomputes the listener bits of `addr`'s bucket from `LISTENERS` (after a removal),
+    /// keeping `CLASS_NAT_SOURCE`, which is never cleared.
+    fn unmark_listener_address(&mut self, addr: &[u8; 16]) -> Result<(), MapsError> {
+        let bucket = address_bucket(addr);
+        let old = self.addresses.get(&bucket, 0).map_err(err("ADDRESSES"))?;
+        let listeners = self
+            .listeners
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| address_bucket(&k.addr) == bucket)
+            .fold(0, |bits, k| bits | k.class());
+        let new = (old & CLASS_NAT_SOURCE) | listeners;
+        if new != old {
+            self.addresses
+                .set(bucket, new, 0)
+                .map_err(err("ADDRESSES"))?;
+        }
+        Ok(())
     }
 
     pub fn set_config(&mut self, config: &Config) -> Result<(), MapsError> {
@@ -84,6 +145,8 @@ impl Maps {
         key: &ListenerKey,
         listener: &Listener,
     ) -> Result<(), MapsError> {
+        // The class first: a packet that finds the entry must be let look for it.
+        self.mark_address(&key.addr, key.class())?;
         self.listeners
             .insert(key, listener, 0)
             .map_err(err("LISTENERS"))
@@ -91,12 +154,17 @@ impl Maps {
 
     pub fn remove_listener(&mut self, key: &ListenerKey) -> Result<(), MapsError> {
         match self.listeners.remove(key) {
-            Err(MapError::KeyNotFound) => Ok(()),
-            other => other.map_err(err("LISTENERS")),
+            Err(MapError::KeyNotFound) => return Ok(()),
+            other => other.map_err(err("LISTENERS"))?,
         }
+        self.unmark_listener_address(&key.addr)
     }
 
     pub fn set_target(&mut self, id: u32, target: &Target) -> Result<(), MapsError> {
+        // Replies to the source address must be looked for before the first translation to it.
+        if target.snat_addr != [0; 16] {
+            self.mark_address(&target.snat_addr, CLASS_NAT_SOURCE)?;
+        }
         self.targets.set(id, target, 0).map_err(err("TARGETS"))
     }
 

@@ -147,6 +147,50 @@ pub fn detach(pin_dir: &Path, iface: &str) -> Result<(), PinsError> {
     fs::remove_file(&path).map_err(|source| PinsError::Remove { path, source })
 }
 
+/// `BPF_OBJ_GET` and `BPF_LINK_DETACH`, which aya does not offer for a pinned link.
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// Detaches the XDP link pinned at `path` from its interface at once (`BPF_LINK_DETACH`); the
+/// link itself lives on until its last reference goes.
+fn detach_link_now(path: &Path) -> io::Result<()> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd, file_flags, path_fd.
+    let mut attr = [0u64; 4];
+    attr[0] = name.as_ptr() as u64;
+    // SAFETY: attr is a zeroed bpf_attr prefix of the size passed, naming a valid C string.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor the kernel just gave this process; closed when `link` drops.
+    let link = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    // union bpf_attr for BPF_LINK_DETACH: link_fd (u32).
+    let mut attr = [0u64; 4];
+    attr[0] = u64::from(std::os::fd::AsRawFd::as_raw_fd(&link) as u32);
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// What [`remove_all`] removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Removed {
@@ -176,6 +220,14 @@ impl Removed {
 pub fn remove_all(pin_dir: &Path) -> Result<Removed, PinsError> {
     let mut removed = Removed::default();
     for (iface, path) in pinned_links(pin_dir)? {
+        // Removing the pin alone frees the link (and detaches the program) later, from a
+        // kernel work queue: detach it first, so that "detached" is true when it is said.
+        if let Err(e) = detach_link_now(&path) {
+            log::debug!(
+                "{}: cannot detach the link before unpinning it: {e}",
+                path.display()
+            );
+        }
         fs::remove_file(&path).map_err(|source| PinsError::Remove { path, source })?;
         removed.detached.push(iface);
     }

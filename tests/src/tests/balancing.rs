@@ -763,7 +763,9 @@ fn state_of(lb: &Balanced) -> serde_json::Value {
 
 /// A client streams over a connection through the VIP while the daemon is stopped, traffic
 /// goes on without it, and a new daemon takes over: no byte lost, no reset, same state.
-fn restart_is_hitless_lb(mode: &'static str) -> Balanced {
+/// `without_addresses`: the stopped daemon's pins lack `ADDRESSES`, as a release before it
+/// pinned none: the new daemon rebuilds it from the adopted listeners and targets.
+fn restart_is_hitless_lb(mode: &'static str, without_addresses: bool) -> Balanced {
     let mut lb = Balanced::start(mode, &[0, 1, 2]);
     let before = state_of(&lb);
     let mut echo =
@@ -815,6 +817,9 @@ fn restart_is_hitless_lb(mode: &'static str) -> Balanced {
         "new connections are balanced without a daemon"
     );
 
+    if without_addresses {
+        std::fs::remove_file(lb.pin_dir.0.join("ADDRESSES")).unwrap();
+    }
     // A new daemon takes over.
     lb.sluice = spawn_sluice(&lb.topology, &lb.config, &lb.pin_dir, &lb.socket);
     let log = lb.sluice.stderr();
@@ -910,12 +915,21 @@ fn down(lb: &mut Balanced, daemon_running: bool) {
 
 #[test]
 fn nat_restart_is_hitless_and_down_detaches() {
-    let mut lb = restart_is_hitless_lb("nat");
+    let mut lb = restart_is_hitless_lb("nat", false);
     down(&mut lb, false);
 }
 
 #[test]
 fn dsr_restart_is_hitless_and_down_stops_the_daemon() {
-    let mut lb = restart_is_hitless_lb("dsr");
+    let mut lb = restart_is_hitless_lb("dsr", false);
     down(&mut lb, true);
+}
+
+/// Pins of a release without `ADDRESSES` (the address classes): the new daemon's program
+/// finds every listener and translates every `nat` reply of the stream that runs through the
+/// restart.
+#[test]
+fn nat_restart_over_pins_without_address_classes_is_hitless() {
+    let mut lb = restart_is_hitless_lb("nat", true);
+    down(&mut lb, false);
 }

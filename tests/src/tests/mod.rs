@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per area. They need root.
 
+mod address_classes;
 mod balancing;
 mod bench;
 mod bgp;

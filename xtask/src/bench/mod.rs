@@ -140,7 +140,7 @@ impl Plan {
                 forwarding_count: 1_000_000,
                 cost_runs: 30,
                 cost_iterations: 500,
-                cost_flows: 100_000,
+                cost_flows: 1 << 20,
                 cost_mode: None,
                 storm_syns: 1_000_000,
                 l7_connections: 64,
