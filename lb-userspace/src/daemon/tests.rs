@@ -84,7 +84,7 @@ fn started(config: &ConfigFile) -> Daemon<MemoryDataplane, MemoryStore> {
         state: MemoryStore::new(),
         key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
         inherited: Vec::new(),
-        max_connections: None,
+        proxy: Default::default(),
     });
     let model = Model::load(&config.0).unwrap();
     daemon.apply_model(&model, &Origin::Start).unwrap();
@@ -209,7 +209,7 @@ async fn a_reload_without_a_file_is_refused() {
         state: MemoryStore::new(),
         key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
         inherited: Vec::new(),
-        max_connections: None,
+        proxy: Default::default(),
     });
     let refused = daemon.reload(false).unwrap_err();
     assert_eq!(refused.status, StatusCode::CONFLICT);
