@@ -408,8 +408,12 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
     let scratch = WorkDir::new("l7-load")?;
     // 10,000 connections: wrk's, and the balancer's (two descriptors each).
     raise_nofile()?;
+    let mut balancers: Vec<&str> = BALANCERS.to_vec();
+    if plan.l7_before.is_some() {
+        balancers.insert(1, "sluice-before");
+    }
     for run in 1..=plan.runs {
-        for (b, &which) in BALANCERS.iter().enumerate() {
+        for (b, &which) in balancers.iter().enumerate() {
             progress.step(
                 "l7",
                 run,
@@ -420,7 +424,12 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
                 ),
             );
             let measured = (|| -> anyhow::Result<Vec<(String, Value)>> {
-                let balancer = Balancer::start(sluice, &topology, which, &targets, &lb_cpu)?;
+                let balancer = match (which, &plan.l7_before) {
+                    ("sluice-before", Some(before)) => {
+                        Balancer::start(before, &topology, "sluice", &targets, &lb_cpu)?
+                    }
+                    _ => Balancer::start(sluice, &topology, which, &targets, &lb_cpu)?,
+                };
                 let pid = balancer.pid();
                 check_round_robin(&topology.generator, targets.len())?;
                 if plan.l7_warmup_seconds > 0 {
@@ -508,7 +517,7 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
             .into_iter()
             .map(|((b, mode), runs)| {
                 json!({
-                    "balancer": BALANCERS[b],
+                    "balancer": balancers[b],
                     "mode": mode,
                     "median_rps": median(&figure(&runs, "rps")),
                     "median_p50_ms": median(&figure(&runs, "p50_ms")),

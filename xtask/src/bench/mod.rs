@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Measure nothing: re-write BENCHMARKS.md and the charts from an existing results.json.
     #[arg(long)]
     render: bool,
+    /// The L7 scenario also runs this `sluice` binary (e.g. one built from an earlier
+    /// commit), as the balancer `sluice-before`, interleaved with the others.
+    #[arg(long, value_name = "PATH")]
+    before: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -68,6 +72,7 @@ impl BenchArgs {
             scenario: Vec::new(),
             out: Some(out),
             render: false,
+            before: None,
         }
     }
 }
@@ -96,6 +101,8 @@ pub struct Plan {
     pub l7_many_connections: Vec<u32>,
     /// Idle keep-alive connections held open to measure memory and wake-ups.
     pub l7_idle_connections: usize,
+    /// `--before`: an earlier sluice, run as `sluice-before` in the L7 scenario.
+    pub l7_before: Option<PathBuf>,
     pub websocket_connections: usize,
     /// Sequential connections per churn variant (at least ten times the 1,024 nat ports).
     pub churn_connections: u64,
@@ -136,6 +143,7 @@ impl Plan {
                 l7_fixed_rate: (8, 50),
                 l7_many_connections: vec![100],
                 l7_idle_connections: 100,
+                l7_before: args.before.clone(),
                 websocket_connections: 100,
                 churn_connections: 2_048,
             }
@@ -159,6 +167,7 @@ impl Plan {
                 l7_fixed_rate: (64, 78),
                 l7_many_connections: vec![1_000, 10_000],
                 l7_idle_connections: 5_000,
+                l7_before: args.before.clone(),
                 websocket_connections: 10_000,
                 churn_connections: 20_480,
             }
