@@ -223,3 +223,84 @@ pub fn median_of(runs: &[Value], key: &str) -> Value {
     let values: Vec<f64> = runs.iter().filter_map(|r| r[key].as_f64()).collect();
     json!(median(&values))
 }
+
+/// BENCHMARKS.md's table of what `l7` measures beside wrk's req/s: CPU per request, latency
+/// at a fixed rate, many connections and idle cost, each balancer beside nginx.
+pub fn markdown(l7: &Value) -> String {
+    let Some(cells) = l7["cells"].as_array() else {
+        return String::new();
+    };
+    let cell = |balancer: &str, mode: &str| {
+        cells
+            .iter()
+            .find(|c| c["balancer"] == balancer && c["mode"] == mode)
+    };
+    let figure =
+        |balancer: &str, mode: &str, key: &str| cell(balancer, mode).and_then(|c| c[key].as_f64());
+    let shown = |v: Option<f64>, digits: usize| match v {
+        Some(v) => format!("{v:.digits$}"),
+        None => "–".to_string(),
+    };
+    let beside = |balancer: &str, mode: &str, key: &str, digits: usize| {
+        let v = figure(balancer, mode, key);
+        match (v, figure("nginx", mode, key)) {
+            (Some(v), Some(n)) if n > 0.0 => format!("{v:.digits$} ({:.2})", v / n),
+            _ => shown(v, digits),
+        }
+    };
+    let many: Vec<String> = cells
+        .iter()
+        .filter_map(|c| c["mode"].as_str())
+        .filter(|m| m.starts_with('c') && m[1..].parse::<u32>().is_ok())
+        .map(str::to_string)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut md = format!(
+        "The balancer's CPU time per request (all its threads, from `/proc/PID/stat`, over each measurement), with the ratio to nginx's in brackets; \
+         p99 at a fixed offered rate of {} req/s (h2load over HTTP/1.1, open loop, latency from its per-request log); \
+         wrk with many keep-alive connections (p99, and requests that timed out after 5 s); and {} idle keep-alive connections (each served one request) held open: \
+         the balancer's memory per connection (RSS growth) and its threads' wake-ups per second while they idle (from `/proc/PID/task/*/schedstat`; \
+         sluice's include its own health checks, every 200 ms per target here). Goals (issue 15): CPU per request and p99 ≤ nginx's, no timeouts, ≤ 2 KiB per idle connection, a few wake-ups per second.\n\n\
+         | balancer | CPU µs/req keep-alive | CPU µs/req conn. per req. | p99 ms at fixed rate |",
+        l7["fixed_rate_rps"], l7["idle_connections"],
+    );
+    for m in &many {
+        md.push_str(&format!(" {} conns: p99 ms, timeouts |", &m[1..]));
+    }
+    md.push_str(" KiB per idle conn. | wake-ups/s idle |\n|---|---:|---:|---:|");
+    for _ in &many {
+        md.push_str("---:|");
+    }
+    md.push_str("---:|---:|\n");
+    let mut balancers: Vec<&str> = Vec::new();
+    for c in cells {
+        if let Some(b) = c["balancer"].as_str() {
+            if !balancers.contains(&b) {
+                balancers.push(b);
+            }
+        }
+    }
+    for b in balancers {
+        md.push_str(&format!(
+            "| {b} | {} | {} | {} |",
+            beside(b, "keepalive", "median_cpu_us_per_request", 1),
+            beside(b, "close", "median_cpu_us_per_request", 1),
+            beside(b, "fixed_rate", "median_p99_ms", 2),
+        ));
+        for m in &many {
+            md.push_str(&format!(
+                " {}, {} |",
+                beside(b, m, "median_p99_ms", 0),
+                shown(figure(b, m, "median_timeouts"), 0)
+            ));
+        }
+        md.push_str(&format!(
+            " {} | {} |\n",
+            shown(figure(b, "idle", "median_kib_per_connection"), 2),
+            shown(figure(b, "idle", "median_wakeups_per_s"), 1),
+        ));
+    }
+    md.push('\n');
+    md
+}
