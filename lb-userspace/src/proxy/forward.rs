@@ -232,7 +232,7 @@ pub async fn handle(
                 record.target_group = Some(name.to_string());
             }
             let host = match authority {
-                Some(authority) => authority.header_value(),
+                Some(authority) => authority.into_header_value(),
                 // HTTP/1.0 without Host: targets are spoken to in HTTP/1.1, which needs one.
                 None => routes.address.to_string(),
             };
@@ -494,8 +494,12 @@ async fn forward(
     );
     // The authority the rules matched, whatever the client put in Host (absolute-form,
     // HTTP/2's :authority) or listed in Connection.
-    if let Ok(value) = HeaderValue::from_str(&host) {
-        headers.insert(header::HOST, value);
+    // (Usually what the client sent already: then it stays as it is.)
+    let sent = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    if sent != Some(host.as_bytes()) {
+        if let Ok(value) = HeaderValue::from_str(&host) {
+            headers.insert(header::HOST, value);
+        }
     }
     // Origin-form: the path and query as the client sent them (HTTP/2's too).
     let mut uri = hyper::http::uri::Parts::default();
