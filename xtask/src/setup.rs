@@ -32,7 +32,7 @@ pub const TEST_PACKAGES: &[&str] = &[
 pub const BENCH_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl"];
 
 /// ... the L7 scenarios' baselines and load generator.
-pub const L7_BENCH_PACKAGES: &[&str] = &["nginx", "haproxy", "wrk"];
+pub const L7_BENCH_PACKAGES: &[&str] = &["nginx", "haproxy", "wrk", "nghttp2-client"];
 
 /// bpf-linker version known to build against LLVM 22 (see shared FACTS).
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -119,6 +119,18 @@ pub struct RunArgs {
         requires = "bird_routes"
     )]
     bird_socket: PathBuf,
+    /// Worker threads of the L7 proxy, each serving its connections start to end. Default:
+    /// one per CPU sluice may run on (its CPU affinity, e.g. from `taskset` or systemd's
+    /// CPUAffinity=).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=1024))]
+    proxy_workers: Option<u64>,
+    /// The accept queue of each http/https listening socket: connections the kernel completes
+    /// and holds for the proxy to accept. Default: net.core.somaxconn, the kernel's ceiling
+    /// (a larger value is capped at it).
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    listen_backlog: Option<u32>,
 }
 
 /// How long `sluice down` waits for BIRD to withdraw the listener addresses.
@@ -286,7 +298,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         state,
         key_file: args.stickiness_keys.clone(),
         inherited,
-        max_connections: args.max_connections.map(|n| n as usize),
+        proxy: sluice::proxy::Settings {
+            max_connections: args.max_connections.map(|n| n as usize),
+            workers: args.proxy_workers.map(|n| n as usize),
+            listen_backlog: args.listen_backlog,
+        },
         node,
     }));
     // Applied and saved before anything is attached: from the moment the pins forward, a

@@ -67,9 +67,9 @@ pub struct Parts<D: Dataplane, S: Store> {
     pub key_file: PathBuf,
     /// Listening sockets a predecessor handed over, for the first model's listeners.
     pub inherited: Vec<std::net::TcpListener>,
-    /// The proxy's limit on client connections over all listeners (`sluice run
-    /// --max-connections`); None: derived from the open-files limit when the proxy starts.
-    pub max_connections: Option<usize>,
+    /// The proxy's connection limit, workers and listen backlog (`sluice run
+    /// --max-connections`, `--proxy-workers`, `--listen-backlog`).
+    pub proxy: crate::proxy::Settings,
     /// Serving or draining (`sluice node drain`), as the previous daemon left it.
     pub node: NodeState,
 }
@@ -95,7 +95,7 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     inherited: RefCell<Vec<std::net::TcpListener>>,
     /// The connection-state tables as the last complete sweep counted them.
     tables: RefCell<Option<crate::api::ConnectionTables>>,
-    max_connections: Option<usize>,
+    proxy_settings: crate::proxy::Settings,
     /// Keeps BIRD announcing the listener addresses this node serves (`--bird-routes`).
     announcer: RefCell<Option<Announcer>>,
     node: Cell<NodeState>,
@@ -159,7 +159,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             state,
             key_file,
             inherited,
-            max_connections,
+            proxy: proxy_settings,
             node,
         } = parts;
         checker.adopt(
@@ -181,7 +181,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             key_file,
             inherited: RefCell::new(inherited),
             tables: RefCell::new(None),
-            max_connections,
+            proxy_settings,
             announcer: RefCell::new(None),
             node: Cell::new(node),
             transitions: RefCell::default(),
@@ -380,10 +380,16 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     fn stage_proxy(&self, model: &Model, reread: bool) -> Result<Staged, ProxyError> {
         let mut proxy = self.proxy.borrow_mut();
         let inherited = self.inherited.take();
-        let staged =
-            Proxy::stage_inheriting(proxy.as_ref(), model, reread, &self.key_file, inherited)?;
+        let staged = Proxy::stage_inheriting(
+            proxy.as_ref(),
+            model,
+            reread,
+            &self.key_file,
+            inherited,
+            &self.proxy_settings,
+        )?;
         if staged.serves() && proxy.is_none() {
-            *proxy = Some(Proxy::start(self.max_connections)?);
+            *proxy = Some(Proxy::start(&self.proxy_settings)?);
         }
         Ok(staged)
     }

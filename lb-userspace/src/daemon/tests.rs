@@ -84,7 +84,7 @@ fn started(config: &ConfigFile) -> Daemon<MemoryDataplane, MemoryStore> {
         state: MemoryStore::new(),
         key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
         inherited: Vec::new(),
-        max_connections: None,
+        proxy: Default::default(),
         node: Default::default(),
     });
     let model = Model::load(&config.0).unwrap();
@@ -210,7 +210,7 @@ async fn a_reload_without_a_file_is_refused() {
         state: MemoryStore::new(),
         key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
         inherited: Vec::new(),
-        max_connections: None,
+        proxy: Default::default(),
         node: Default::default(),
     });
     let refused = daemon.reload(false).unwrap_err();

@@ -39,15 +39,20 @@ impl Sink {
         }
     }
 
+    /// Whether a line would be written: what a request builds for its record is built only
+    /// then.
+    pub fn enabled(&self) -> bool {
+        match self {
+            Sink::Log => log::log_enabled!(target: "sluice::access", log::Level::Info),
+            Sink::File(_) => true,
+        }
+    }
+
     /// Writes `record`'s line, unless nobody would read it: the line is only built when the
     /// `sluice::access` log target is enabled (`RUST_LOG=...,sluice::access=off` turns the
     /// access log off at no cost per request) or a file is configured.
     pub fn record(&self, record: &Record) {
-        let enabled = match self {
-            Sink::Log => log::log_enabled!(target: "sluice::access", log::Level::Info),
-            Sink::File(_) => true,
-        };
-        if enabled {
+        if self.enabled() {
             self.write(&record.line());
         }
     }

@@ -26,6 +26,14 @@ impl Authority {
             None => self.host.clone(),
         }
     }
+
+    /// [`Authority::header_value`], reusing `host`'s allocation when there is no port.
+    pub fn into_header_value(self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host,
+        }
+    }
 }
 
 /// Why a request's authority is refused (400).
@@ -48,16 +56,14 @@ pub fn of_request(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Option<Authority>, AuthorityError> {
-    let hosts: Vec<&[u8]> = headers
-        .get_all(header::HOST)
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
-    if hosts.len() > 1 {
-        return Err(AuthorityError::Duplicate(hosts.len()));
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let first = hosts.next();
+    let more = hosts.count();
+    if more > 0 {
+        return Err(AuthorityError::Duplicate(more + 1));
     }
-    let host = match hosts.first() {
-        Some(bytes) => Some(parse(bytes)?),
+    let host = match first {
+        Some(value) => Some(parse(value.as_bytes())?),
         None => None,
     };
     let target = match uri.authority() {

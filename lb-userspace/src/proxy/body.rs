@@ -173,76 +173,6 @@ impl Body for Uploading {
     }
 }
 
-/// A request body that stays with the proxy until the target's connection first asks for
-/// data. When the connection to a target fails before that (refused, unreachable), nothing
-/// of the request was sent: [`Reclaim::take_back`] returns the body, and the request, whatever
-/// its method, can go to another target.
-pub fn reclaimable(inner: ProxyBody) -> (ProxyBody, Reclaim) {
-    let end_stream = inner.is_end_stream();
-    let size_hint = inner.size_hint();
-    let slot = Arc::new(std::sync::Mutex::new(Some(inner)));
-    let body = Deferred {
-        slot: Arc::clone(&slot),
-        taken: None,
-        end_stream,
-        size_hint,
-    };
-    (body.boxed_unsync(), Reclaim(slot))
-}
-
-/// The proxy's claim on a [`reclaimable`] body.
-pub struct Reclaim(Arc<std::sync::Mutex<Option<ProxyBody>>>);
-
-impl Reclaim {
-    /// The body, if no connection has read from it yet.
-    pub fn take_back(&self) -> Option<ProxyBody> {
-        self.0.lock().ok()?.take()
-    }
-}
-
-struct Deferred {
-    slot: Arc<std::sync::Mutex<Option<ProxyBody>>>,
-    taken: Option<ProxyBody>,
-    end_stream: bool,
-    size_hint: SizeHint,
-}
-
-impl Body for Deferred {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.taken.is_none() {
-            let taken = self.slot.lock().ok().and_then(|mut slot| slot.take());
-            match taken {
-                Some(body) => self.taken = Some(body),
-                // Taken back for another target: this request is abandoned.
-                None => {
-                    return Poll::Ready(Some(Err("the request body went to another target".into())))
-                }
-            }
-        }
-        Pin::new(self.taken.as_mut().expect("taken above")).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.taken {
-            Some(body) => body.is_end_stream(),
-            None => self.end_stream,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.taken {
-            Some(body) => body.size_hint(),
-            None => self.size_hint,
-        }
-    }
-}
-
 /// Waits for `response` until neither it nor the request body has moved for `idle`:
 /// `None` then. A slow upload that keeps sending is never cut short.
 pub async fn until_idle<F: std::future::Future>(
@@ -264,18 +194,6 @@ pub async fn until_idle<F: std::future::Future>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn an_unread_body_is_taken_back_whole_and_a_read_one_is_not() {
-        let (body, reclaim) = reclaimable(full("payload"));
-        drop(body);
-        let back = reclaim.take_back().expect("never read");
-        assert_eq!(back.collect().await.unwrap().to_bytes(), "payload");
-
-        let (body, reclaim) = reclaimable(full("payload"));
-        assert_eq!(body.collect().await.unwrap().to_bytes(), "payload");
-        assert!(reclaim.take_back().is_none(), "a connection read it");
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_moving_upload_is_waited_for_and_a_still_one_times_out() {

@@ -151,6 +151,36 @@ impl ConnState {
         )
     }
 
+    /// When the watchdog should look at this connection next: the earliest moment
+    /// [`ConnState::verdict`] could change from `Continue` without the watchdog being told.
+    /// A head that has started: its header read timeout. Otherwise the idle timeout, or the
+    /// header read timeout if shorter (a head can start with any read, and its timeout ends
+    /// no earlier than that from the last activity). Never before `after`: a connection
+    /// waiting for its target stays `Continue` however long it is idle, and is looked at
+    /// again a period later. Rounded up to [`CHECK_GRID`], so that the deadlines of many idle
+    /// connections fall together and wake the proxy a few times a second at most.
+    pub fn next_check(
+        &self,
+        header_read_timeout: Duration,
+        idle_timeout: Duration,
+        after: Instant,
+    ) -> Instant {
+        let started = self.head_started.load(Relaxed);
+        let at = if started != 0 {
+            self.epoch + Duration::from_millis(started - 1) + header_read_timeout
+        } else {
+            self.epoch
+                + Duration::from_millis(self.last_activity.load(Relaxed))
+                + header_read_timeout.min(idle_timeout)
+        };
+        let at = if at <= after {
+            after + header_read_timeout.min(idle_timeout).max(CHECK_GRID)
+        } else {
+            at
+        };
+        on_grid(at)
+    }
+
     pub fn verdict(&self, header_read_timeout: Duration, idle_timeout: Duration) -> Verdict {
         let now = self.now_ms();
         let started = self.head_started.load(Relaxed);
@@ -171,6 +201,20 @@ impl ConnState {
             Verdict::Continue
         }
     }
+}
+
+/// What the watchdog's deadlines are rounded up to.
+pub const CHECK_GRID: Duration = Duration::from_millis(250);
+
+/// `at` rounded up to the next multiple of [`CHECK_GRID`] since a moment shared by the
+/// whole process.
+pub fn on_grid(at: Instant) -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let since = at.saturating_duration_since(origin).as_nanos();
+    let grid = CHECK_GRID.as_nanos();
+    let rounded = since.div_ceil(grid) * grid;
+    origin + Duration::from_nanos(rounded as u64)
 }
 
 impl Default for ConnState {
@@ -310,6 +354,31 @@ mod tests {
         assert_eq!(state.pending_bytes(), (42, 75));
         state.request_started();
         assert_eq!(state.pending_bytes(), (0, 0));
+    }
+
+    #[test]
+    fn the_watchdog_is_due_at_the_deadline_that_can_change_its_verdict() {
+        let state = ConnState::new();
+        let (header, idle) = (Duration::from_secs(5), Duration::from_secs(60));
+        let now = Instant::now();
+        // Idle: due once the shorter timeout has passed since the last activity, not sooner.
+        let due = state.next_check(header, idle, now);
+        assert!(due >= state.epoch + header, "{due:?}");
+        assert!(due <= state.epoch + header + CHECK_GRID, "{due:?}");
+        assert_eq!(on_grid(due), due);
+        // A head started: due at its header read timeout.
+        state.read(b"GET / HTTP/1.1\r\n");
+        let started = state.epoch + Duration::from_millis(state.head_started.load(Relaxed) - 1);
+        let due = state.next_check(header, idle, now);
+        assert!(due >= started + header && due <= started + header + CHECK_GRID);
+        // A deadline already passed (a request waiting for its target): a period later.
+        let later = now + Duration::from_secs(100);
+        let due = state.next_check(header, idle, later);
+        assert!(due >= later + header && due <= later + header + CHECK_GRID);
+        // With a long idle timeout and no head, a quiet connection is due only after it.
+        let state = ConnState::new();
+        let due = state.next_check(Duration::from_secs(600), Duration::from_secs(300), now);
+        assert!(due >= state.epoch + Duration::from_secs(300));
     }
 
     #[test]

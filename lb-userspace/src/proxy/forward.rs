@@ -22,7 +22,6 @@ use hyper::{
     header::{self, HeaderValue},
     Method, Request, Response, StatusCode, Version,
 };
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use super::{
     access_log::Record,
@@ -34,14 +33,12 @@ use super::{
     cookie_keys::CookieKeys,
     headers,
     outlier::Outcome,
-    redirect,
+    pool, redirect,
     rules::{RequestView, RuleAction},
     snapshot::{GroupRoutes, ListenerRoutes, RoutedTarget},
     sticky, upgrade, Shared,
 };
 use crate::model::{Algorithm, Stickiness};
-
-pub type TargetClient = Client<HttpConnector, ProxyBody>;
 
 /// Decrements a counter when dropped.
 struct Outstanding(Arc<std::sync::atomic::AtomicUsize>);
@@ -72,38 +69,48 @@ pub async fn handle(
     let listener = conn.listener();
     listener.counters.requests.fetch_add(1, Relaxed);
     let authority = authority::of_request(request.version(), request.uri(), request.headers());
-    let shown_host = match &authority {
-        Ok(Some(authority)) => authority.header_value(),
-        _ => "-".to_string(),
+    let kind = if request.version() == Version::HTTP_2 {
+        "h2"
+    } else {
+        conn.proto()
     };
-    let mut record = Record {
-        kind: if request.version() == Version::HTTP_2 {
-            "h2"
-        } else {
-            conn.proto()
-        },
-        time: Some(SystemTime::now()),
-        listener: listener.name.clone(),
-        client: Some(conn.peer),
-        request: format!(
-            "{} {}://{}{} {:?}",
-            request.method(),
-            conn.proto(),
-            shown_host,
-            request.uri().path_and_query().map_or("/", |p| p.as_str()),
-            request.version()
-        ),
-        user_agent: request
-            .headers()
-            .get(header::USER_AGENT)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string),
-        ssl_cipher: conn.tls.as_ref().map(|t| t.0.clone()),
-        ssl_protocol: conn.tls.as_ref().map(|t| t.1.clone()),
-        action: "forward",
-        ..Record::default()
+    // Nothing is built for the access log unless a line will be written.
+    let mut record = if listener.sink.enabled() {
+        let shown_host = match &authority {
+            Ok(Some(authority)) => authority.header_value(),
+            _ => "-".to_string(),
+        };
+        Record {
+            kind,
+            time: Some(SystemTime::now()),
+            listener: listener.name.clone(),
+            client: Some(conn.peer),
+            request: format!(
+                "{} {}://{}{} {:?}",
+                request.method(),
+                conn.proto(),
+                shown_host,
+                request.uri().path_and_query().map_or("/", |p| p.as_str()),
+                request.version()
+            ),
+            user_agent: request
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            ssl_cipher: conn.tls.as_ref().map(|t| t.0.clone()),
+            ssl_protocol: conn.tls.as_ref().map(|t| t.1.clone()),
+            action: "forward",
+            ..Record::default()
+        }
+    } else {
+        Record {
+            kind,
+            action: "forward",
+            ..Record::default()
+        }
     };
-    let snapshot = shared.snapshot.load_full();
+    let snapshot = shared.snapshot.load();
     let Some(routes) = snapshot.listeners.get(&listener.name).cloned() else {
         record.error_reason = Some("ListenerRemoved");
         return Ok(finish_elb(
@@ -165,7 +172,6 @@ pub async fn handle(
     };
     let (matched, action) = routes.rules.choose(&view);
     record.rule = matched;
-    let action = action.clone();
     match action {
         RuleAction::FixedResponse(fixed) => {
             record.action = "fixed-response";
@@ -183,7 +189,7 @@ pub async fn handle(
             let local = routes.address;
             let host_text = host.map_or_else(|| local.ip().to_string(), str::to_string);
             let location = redirect::location(
-                &rule,
+                rule,
                 &redirect::Original {
                     protocol: conn.proto(),
                     host: &host_text,
@@ -202,17 +208,17 @@ pub async fn handle(
             Ok(finish_with(&conn, record, in_flight, response, None, None))
         }
         RuleAction::Forward(groups) => {
-            let name = match (groups.len(), matched) {
-                (1, _) | (_, None) => groups[0].0.clone(),
-                (_, Some(priority)) => match sticky_group(&shared, &routes, &groups, &request) {
+            let name: &str = match (groups.len(), matched) {
+                (1, _) | (_, None) => &groups[0].0,
+                (_, Some(priority)) => match sticky_group(&shared, &routes, groups, &request) {
                     Some(pinned) => pinned,
                     None => match routes.group_choice.get(&priority) {
-                        Some((names, choice)) => names[choice.pick().unwrap_or(0)].clone(),
-                        None => groups[0].0.clone(),
+                        Some((names, choice)) => &names[choice.pick().unwrap_or(0)],
+                        None => &groups[0].0,
                     },
                 },
             };
-            let Some(group) = routes.groups.get(&name).cloned() else {
+            let Some(group) = routes.groups.get(name).cloned() else {
                 record.error_reason = Some("NoTargetGroup");
                 return Ok(finish_elb(
                     &conn,
@@ -222,9 +228,11 @@ pub async fn handle(
                     "no target group\n",
                 ));
             };
-            record.target_group = Some(name);
+            if listener.sink.enabled() {
+                record.target_group = Some(name.to_string());
+            }
             let host = match authority {
-                Some(authority) => authority.header_value(),
+                Some(authority) => authority.into_header_value(),
                 // HTTP/1.0 without Host: targets are spoken to in HTTP/1.1, which needs one.
                 None => routes.address.to_string(),
             };
@@ -272,12 +280,12 @@ fn sticky_cookie<'a>(
 /// Of a forward to several groups, the sticky group the request's cookie pins (the first in
 /// the rule's order with weight above 0): a client stays on the group it was sent to, as
 /// with ALB's target group stickiness, even when that group's target must be picked afresh.
-fn sticky_group(
+fn sticky_group<'a>(
     shared: &Shared,
     routes: &ListenerRoutes,
-    groups: &[(String, u32)],
+    groups: &'a [(String, u32)],
     request: &Request<Incoming>,
-) -> Option<String> {
+) -> Option<&'a str> {
     let keys = shared.keys.load();
     groups
         .iter()
@@ -288,7 +296,7 @@ fn sticky_group(
                     .is_some_and(|value| keys.verify(value, name, unix_now()).is_ok())
             })
         })
-        .map(|(name, _)| name.clone())
+        .map(|(name, _)| name.as_str())
 }
 
 /// The target index a request goes to: its sticky target if the cookie is authentic and
@@ -296,10 +304,12 @@ fn sticky_group(
 fn choose_target(
     shared: &Shared,
     group: &GroupRoutes,
-    request_headers: &hyper::HeaderMap,
+    sticky: &StickyRequest,
     exclude: Option<usize>,
 ) -> Option<usize> {
-    let pinned = sticky_cookie(group, request_headers)
+    let pinned = sticky
+        .cookie
+        .as_deref()
         .and_then(|value| verify(&shared.keys.load(), value, &group.name))
         .and_then(|addr| group.by_addr.get(&addr).copied())
         .filter(|i| Some(*i) != exclude);
@@ -356,6 +366,97 @@ fn verify(keys: &CookieKeys, value: &str, group: &str) -> Option<SocketAddr> {
     }
 }
 
+/// What stickiness needs of a request's cookies, read before its headers go to the target
+/// (a client may list `Cookie` in `Connection`, which removes it from what is forwarded).
+#[derive(Default)]
+struct StickyRequest {
+    /// The stickiness cookie for the group's kind of stickiness.
+    cookie: Option<String>,
+    /// app_cookie: whether the request carries the application's own cookie.
+    app_cookie: bool,
+}
+
+impl StickyRequest {
+    fn of(group: &GroupRoutes, headers: &hyper::HeaderMap) -> StickyRequest {
+        let Some(stickiness) = &group.stickiness else {
+            return StickyRequest::default();
+        };
+        let app_cookie = match stickiness {
+            Stickiness::AppCookie { cookie_name, .. } => sticky::find_cookie(
+                headers
+                    .get_all(header::COOKIE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+                cookie_name,
+            )
+            .is_some(),
+            Stickiness::LbCookie { .. } => false,
+        };
+        StickyRequest {
+            cookie: sticky_cookie(group, headers).map(str::to_string),
+            app_cookie,
+        }
+    }
+}
+
+/// How a request fared with one target.
+enum Attempt {
+    Answered(Response<Incoming>, pool::Lease),
+    /// No connection could be opened: nothing was sent, another target may be tried.
+    NoConnection(pool::ConnectError, Request<ProxyBody>),
+    /// Sent (or partly), then the connection failed.
+    Failed(hyper::Error),
+    /// No response head within the idle timeout.
+    TimedOut,
+}
+
+/// Sends `request` to `target` on a pooled connection (or a new one). A reused connection
+/// that could not take the request (the target closed it while it was idle) gave the
+/// request back unsent: it goes again on a new connection, whatever its method.
+async fn attempt(
+    target: SocketAddr,
+    request: Request<ProxyBody>,
+    upload: &body::Upload,
+    idle_timeout: Duration,
+) -> Attempt {
+    let mut request = request;
+    let mut fresh = false;
+    loop {
+        let lease = if fresh {
+            pool::connect(target).await
+        } else {
+            pool::checkout(target).await
+        };
+        let mut lease = match lease {
+            Ok(lease) => lease,
+            Err(e) => return Attempt::NoConnection(e, request),
+        };
+        // ALB's idle timeout: inactivity, so an upload that keeps moving is never cut.
+        let sent = lease.sender().try_send_request(request);
+        match body::until_idle(sent, upload, idle_timeout).await {
+            Some(Ok(response)) => return Attempt::Answered(response, lease),
+            Some(Err(mut e)) => {
+                lease.discard();
+                match e.take_message() {
+                    Some(unsent) if lease.reused && !fresh => {
+                        log::debug!(
+                            "target {target}: a kept-alive connection was closed; sending again on a new one: {}",
+                            e.error()
+                        );
+                        request = unsent;
+                        fresh = true;
+                    }
+                    _ => return Attempt::Failed(e.into_error()),
+                }
+            }
+            None => {
+                lease.discard();
+                return Attempt::TimedOut;
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn forward(
     shared: &Arc<Shared>,
@@ -371,19 +472,19 @@ async fn forward(
     let upgrade = headers::wants_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (parts, incoming) = request.into_parts();
+    let sticky = StickyRequest::of(group, &parts.headers);
     let received = Arc::new(AtomicU64::new(0));
     let upload = Arc::new(body::Upload::new());
-    let mut request_body = Some(
-        upload.watch(
-            body::Tracked::new(
-                incoming.map_err(Into::into).boxed_unsync(),
-                Arc::clone(&received),
-                || {},
-            )
-            .boxed_unsync(),
-        ),
+    let request_body = upload.watch(
+        body::Tracked::new(
+            incoming.map_err(Into::into).boxed_unsync(),
+            Arc::clone(&received),
+            || {},
+        )
+        .boxed_unsync(),
     );
-    let mut headers = parts.headers.clone();
+    // The client's head, rewritten in place for the target.
+    let mut headers = parts.headers;
     headers::remove_hop_by_hop(&mut headers, upgrade);
     headers::add_forwarded(
         &mut headers,
@@ -393,19 +494,31 @@ async fn forward(
     );
     // The authority the rules matched, whatever the client put in Host (absolute-form,
     // HTTP/2's :authority) or listed in Connection.
-    if let Ok(value) = HeaderValue::from_str(&host) {
-        headers.insert(header::HOST, value);
+    // (Usually what the client sent already: then it stays as it is.)
+    let sent = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    if sent != Some(host.as_bytes()) {
+        if let Ok(value) = HeaderValue::from_str(&host) {
+            headers.insert(header::HOST, value);
+        }
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+    // Origin-form: the path and query as the client sent them (HTTP/2's too).
+    let mut uri = hyper::http::uri::Parts::default();
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")),
+    );
+    let mut outgoing = Request::new(request_body);
+    *outgoing.method_mut() = parts.method;
+    *outgoing.uri_mut() = hyper::Uri::from_parts(uri).expect("a path alone is a valid URI");
+    *outgoing.headers_mut() = headers;
 
     let mut exclude = None;
     let mut retried = false;
-    let (response, target, sent_at, outstanding) = loop {
-        let Some(index) = choose_target(shared, group, &parts.headers, exclude) else {
+    let (response, lease, index, sent_at, outstanding) = loop {
+        let Some(index) = choose_target(shared, group, &sticky, exclude) else {
             record.error_reason = Some(if retried {
                 "TargetConnectionError"
             } else {
@@ -430,44 +543,49 @@ async fn forward(
         };
         let target = &group.targets[index];
         record.target = Some(target.key.addr);
-        // Kept until the target's connection reads it: a connection that fails first sent
-        // nothing, so the request goes to another target whatever its method.
-        let (outgoing_body, reclaim) =
-            body::reclaimable(request_body.take().unwrap_or_else(body::empty));
-        let mut outgoing = Request::new(outgoing_body);
-        *outgoing.method_mut() = parts.method.clone();
-        *outgoing.uri_mut() = match format!("http://{}{path}", target.key.addr).parse() {
-            Ok(uri) => uri,
-            Err(_) => {
-                record.error_reason = Some("BadUri");
-                return finish_elb(
-                    conn,
-                    record,
-                    in_flight,
-                    StatusCode::BAD_REQUEST,
-                    "bad request target\n",
-                );
-            }
-        };
-        *outgoing.headers_mut() = headers.clone();
         target.outstanding.fetch_add(1, Relaxed);
         target.counters.requests.fetch_add(1, Relaxed);
         let outstanding = Outstanding(Arc::clone(&target.outstanding));
         let sent_at = Instant::now();
         record.request_processing = Some(sent_at - started);
         conn.state.awaiting_target(true);
-        // ALB's idle timeout: inactivity, so an upload that keeps moving is never cut.
-        let answered = body::until_idle(
-            shared.client.request(outgoing),
-            &upload,
-            routes.idle_timeout,
-        )
-        .await
-        .ok_or(());
+        let attempted = attempt(target.key.addr, outgoing, &upload, routes.idle_timeout).await;
         conn.state.awaiting_target(false);
-        match answered {
-            Ok(Ok(response)) => break (response, target.key.clone(), sent_at, outstanding),
-            Ok(Err(_)) if upload.is_broken() => {
+        match attempted {
+            Attempt::Answered(response, lease) => {
+                break (response, lease, index, sent_at, outstanding)
+            }
+            Attempt::NoConnection(e, unsent) => {
+                group
+                    .counters
+                    .target_connection_errors
+                    .fetch_add(1, Relaxed);
+                target.counters.errors.fetch_add(1, Relaxed);
+                note_outcome(group, target, Outcome::ConnectionError);
+                if !upgrade && !retried {
+                    // Nothing was sent: another target, whatever the method.
+                    log::debug!(
+                        "target {} of '{}': no connection; retrying on another target: {e}",
+                        target.key.addr,
+                        group.name
+                    );
+                    outgoing = unsent;
+                    exclude = Some(index);
+                    retried = true;
+                    continue;
+                }
+                log::debug!("target {} of '{}': {e}", target.key.addr, group.name);
+                record.error_reason = Some("TargetConnectionError");
+                record.target_processing = Some(sent_at.elapsed());
+                return finish_elb(
+                    conn,
+                    record,
+                    in_flight,
+                    StatusCode::BAD_GATEWAY,
+                    "bad gateway\n",
+                );
+            }
+            Attempt::Failed(_) if upload.is_broken() => {
                 // The client's body broke (a malformed chunk, a reset): its error, not the
                 // target's.
                 record.error_reason = Some("ClientBodyError");
@@ -480,35 +598,11 @@ async fn forward(
                     "bad request: the request body is malformed or was cut\n",
                 );
             }
-            Ok(Err(e)) => {
-                let connect = e.is_connect();
-                if connect {
-                    group
-                        .counters
-                        .target_connection_errors
-                        .fetch_add(1, Relaxed);
-                }
+            Attempt::Failed(e) => {
                 target.counters.errors.fetch_add(1, Relaxed);
                 note_outcome(group, target, Outcome::ConnectionError);
-                if connect && !upgrade && !retried {
-                    if let Some(body) = reclaim.take_back() {
-                        log::debug!(
-                            "target {} of '{}': no connection; retrying on another target: {e:?}",
-                            target.key.addr,
-                            group.name
-                        );
-                        request_body = Some(body);
-                        exclude = Some(index);
-                        retried = true;
-                        continue;
-                    }
-                }
                 log::debug!("target {} of '{}': {e:?}", target.key.addr, group.name);
-                record.error_reason = Some(if e.is_connect() {
-                    "TargetConnectionError"
-                } else {
-                    "TargetResponseError"
-                });
+                record.error_reason = Some("TargetResponseError");
                 record.target_processing = Some(sent_at.elapsed());
                 return finish_elb(
                     conn,
@@ -518,7 +612,7 @@ async fn forward(
                     "bad gateway\n",
                 );
             }
-            Err(_) => {
+            Attempt::TimedOut => {
                 target.counters.errors.fetch_add(1, Relaxed);
                 record.error_reason = Some("TargetTimeout");
                 record.target_processing = Some(sent_at.elapsed());
@@ -532,29 +626,31 @@ async fn forward(
             }
         }
     };
+    let routed = &group.targets[index];
     let target_time = sent_at.elapsed();
     record.target_processing = Some(target_time);
     let status = response.status();
     record.target_status = Some(status.as_u16());
     group.counters.target_response(status.as_u16(), target_time);
-    if let Some(routed) = group.targets.iter().find(|t| t.key == target) {
-        routed
-            .counters
-            .responses
-            .target_response(status.as_u16(), target_time);
-        note_outcome(group, routed, Outcome::Response(status.as_u16()));
-    }
+    routed
+        .counters
+        .responses
+        .target_response(status.as_u16(), target_time);
+    note_outcome(group, routed, Outcome::Response(status.as_u16()));
 
     let mut response = response;
+    let mut lease = lease;
     let upgraded = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {
+        // The connection is the tunnel's now.
+        lease.discard();
         if let Some(client_upgrade) = client_upgrade {
             let target_upgrade = hyper::upgrade::on(&mut response);
             record.action = "forward-upgrade";
             tokio::spawn(upgrade::tunnel(
                 Arc::clone(shared),
                 Arc::clone(conn),
-                target.clone(),
+                routed.key.clone(),
                 client_upgrade,
                 target_upgrade,
                 routes.idle_timeout,
@@ -563,14 +659,7 @@ async fn forward(
     }
     let (mut head, target_body) = response.into_parts();
     headers::remove_hop_by_hop(&mut head.headers, upgraded);
-    set_sticky_cookies(
-        shared,
-        conn,
-        group,
-        &target,
-        &parts.headers,
-        &mut head.headers,
-    );
+    set_sticky_cookies(shared, conn, group, &routed.key, &sticky, &mut head.headers);
     let response = Response::from_parts(head, target_body.map_err(Into::into).boxed_unsync());
     record.received_bytes = received.load(Relaxed);
     finish_with(
@@ -578,7 +667,7 @@ async fn forward(
         record,
         in_flight,
         response,
-        Some(outstanding),
+        Some((outstanding, lease)),
         Some(received),
     )
 }
@@ -590,7 +679,7 @@ fn set_sticky_cookies(
     conn: &ConnCtx,
     group: &GroupRoutes,
     target: &crate::model::TargetKey,
-    request_headers: &hyper::HeaderMap,
+    request: &StickyRequest,
     headers: &mut hyper::HeaderMap,
 ) {
     let Some(stickiness) = &group.stickiness else {
@@ -601,7 +690,9 @@ fn set_sticky_cookies(
     let value = || {
         let keys = shared.keys.load();
         let now = unix_now();
-        let held = sticky_cookie(group, request_headers)
+        let held = request
+            .cookie
+            .as_deref()
             .map(|value| keys.pins(value, now))
             .unwrap_or_default();
         keys.signing().seal(&held.with(sticky::Pin {
@@ -643,16 +734,8 @@ fn set_sticky_cookies(
                 ));
             }
         }
-        Stickiness::AppCookie { cookie_name, .. } => {
-            let carried = sticky::find_cookie(
-                request_headers
-                    .get_all(header::COOKIE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
-                cookie_name,
-            )
-            .is_some();
-            if sticky::app_cookie_due(app_cookie_set, carried) {
+        Stickiness::AppCookie { .. } => {
+            if sticky::app_cookie_due(app_cookie_set, request.app_cookie) {
                 let https = conn.https();
                 add(sticky::set_cookie(
                     sticky::APP_COOKIE,
@@ -701,7 +784,7 @@ fn finish_with(
     mut record: Record,
     in_flight: InFlight,
     response: Response<ProxyBody>,
-    outstanding: Option<Outstanding>,
+    target: Option<(Outstanding, pool::Lease)>,
     received: Option<Arc<AtomicU64>>,
 ) -> Response<ProxyBody> {
     let status = response.status().as_u16();
@@ -721,24 +804,9 @@ fn finish_with(
         }
         record.response_processing = Some(head_at.elapsed());
         sink.record(&record);
-        drop(outstanding);
+        // The target's connection goes back to the pool once its response has ended.
+        drop(target);
         drop(in_flight);
     });
     Response::from_parts(head, body.boxed_unsync())
-}
-
-/// How long the target client keeps idle connections: shorter than common application
-/// keep-alive timeouts (Node's 5 s is the shortest usual one), so a pooled connection is
-/// rarely reused just as the target closes it (that case is retried by the client anyway).
-pub const POOL_IDLE: Duration = Duration::from_secs(4);
-
-pub fn target_client() -> TargetClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(10)));
-    Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .set_host(false)
-        .build(connector)
 }

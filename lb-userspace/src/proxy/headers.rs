@@ -13,36 +13,48 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 
-/// Headers that describe one connection, not the message.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one connection, not the message: names made once, so that removing
+/// them costs no parsing per request.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers. With `upgrade` (a protocol upgrade being passed through),
 /// `Upgrade` stays and `Connection` becomes just `upgrade`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    let listed: Vec<HeaderName> = headers
+    // Names listed in Connection that are not hop-by-hop anyway (rare: `Connection:
+    // keep-alive` and `close` need no allocation).
+    let mut listed: Vec<HeaderName> = Vec::new();
+    for token in headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        if !(upgrade && name == header::UPGRADE) {
-            headers.remove(&name);
+        .map(str::trim)
+    {
+        let known = token.eq_ignore_ascii_case("close")
+            || HOP_BY_HOP
+                .iter()
+                .any(|name| token.eq_ignore_ascii_case(name.as_str()));
+        if !known {
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                listed.push(name);
+            }
         }
     }
-    for name in HOP_BY_HOP {
-        if !(upgrade && name == "upgrade") {
+    for name in &listed {
+        headers.remove(name);
+    }
+    for name in &HOP_BY_HOP {
+        if !(upgrade && name == header::UPGRADE) {
             headers.remove(name);
         }
     }
@@ -67,7 +79,7 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// line) and sets `X-Forwarded-Proto` and `X-Forwarded-Port` to this listener's, replacing
 /// what the client sent.
 pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &str, port: u16) {
-    let client = client.to_canonical().to_string();
+    let client = client.to_canonical();
     let earlier: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
         .iter()
@@ -76,17 +88,25 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &str, port:
         .filter(|v| !v.is_empty())
         .collect();
     let value = if earlier.is_empty() {
-        client
+        // The usual case: the address alone, written on the stack (an IPv6 address is at
+        // most 45 characters).
+        let mut text = [0u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{client}"));
+        let end = cursor.position() as usize;
+        HeaderValue::from_bytes(&text[..end])
     } else {
-        format!("{}, {client}", earlier.join(", "))
+        HeaderValue::from_str(&format!("{}, {client}", earlier.join(", ")))
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_str(proto).expect("http or https"),
-    );
+    let proto = match proto {
+        "https" => HeaderValue::from_static("https"),
+        "http" => HeaderValue::from_static("http"),
+        other => HeaderValue::from_str(other).expect("a scheme is a valid header value"),
+    };
+    headers.insert(X_FORWARDED_PROTO, proto);
     headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
 }
 

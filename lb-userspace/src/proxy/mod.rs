@@ -7,8 +7,9 @@
 //! built from the model), [`access_log`] and [`metrics`].
 //!
 //! I/O: [`server`] (accept, hyper, limits), [`forward`] (one request to its target),
-//! [`upgrade`] (WebSocket tunnels), all on the proxy's own multi-thread runtime, reading the
-//! snapshot the daemon swaps in after every change ([`Proxy::commit`], [`Proxy::update_routes`]).
+//! [`upgrade`] (WebSocket tunnels), all on the proxy's [`workers`] (one current-thread runtime
+//! per CPU, each accepting on every listening socket), reading the snapshot the daemon swaps
+//! in after every change ([`Proxy::commit`], [`Proxy::update_routes`]).
 
 pub mod access_log;
 pub mod admission;
@@ -23,6 +24,7 @@ pub mod handover;
 pub mod headers;
 pub mod metrics;
 mod outlier;
+pub mod pool;
 pub mod redirect;
 pub mod resets;
 pub mod rules;
@@ -32,6 +34,7 @@ pub mod sticky;
 pub mod tls;
 pub mod upgrade;
 pub mod wildcard;
+pub mod workers;
 
 use std::{
     collections::BTreeMap,
@@ -78,7 +81,6 @@ pub struct Shared {
     pub snapshot: ArcSwap<Snapshot>,
     /// Sign and verify stickiness cookies; from the key file once a model has stickiness.
     pub keys: ArcSwap<cookie_keys::CookieKeys>,
-    pub client: forward::TargetClient,
     /// Bumped after every swap, so upgraded connections re-check their target.
     pub changed: tokio::sync::watch::Sender<u64>,
     /// Rotates where least-outstanding ties start.
@@ -165,10 +167,37 @@ impl Staged {
     }
 }
 
-/// A listening socket and the task accepting on it.
+/// What `sluice run` sets for the proxy; None derives each from the machine.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    /// The limit on client connections over all listeners (`--max-connections`); None
+    /// derives it from the open-files limit and the descriptors open when the proxy starts
+    /// ([`admission::default_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// Worker threads (`--proxy-workers`); None: one per CPU the process may run on.
+    pub workers: Option<usize>,
+    /// The accept queue of each listening socket (`--listen-backlog`); None: the kernel's
+    /// ceiling, `net.core.somaxconn`.
+    pub listen_backlog: Option<u32>,
+}
+
+impl Settings {
+    /// The listen backlog to ask for: the setting, or `net.core.somaxconn` (the kernel caps
+    /// any larger request at it), or 4096 (its default since Linux 5.4) when unreadable.
+    pub fn backlog(&self) -> u32 {
+        self.listen_backlog.unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(4096)
+        })
+    }
+}
+
+/// A listening socket and the tasks accepting on it, one per worker.
 struct Bound {
     slot: Arc<context::ListenerSlot>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The listening socket itself (a duplicate of the task's): it stays open when the task
     /// stops accepting, for a successor to take over.
     socket: OwnedFd,
@@ -177,13 +206,15 @@ struct Bound {
 impl Drop for Bound {
     fn drop(&mut self) {
         // Stops accepting; connections already accepted carry on.
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
 /// The running proxy. Dropping it stops everything.
 pub struct Proxy {
-    runtime: Option<tokio::runtime::Runtime>,
+    workers: workers::Workers,
     shared: Arc<Shared>,
     carried: snapshot::Carried,
     /// By address: a listener keeps its socket across renames and option changes.
@@ -196,12 +227,9 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts the proxy's runtime (its own worker threads), with nothing to serve yet.
-    /// `max_connections`: the limit on client connections over all listeners; None derives
-    /// it from the open-files limit and the descriptors open now
-    /// ([`admission::default_max_connections`]).
-    pub fn start(max_connections: Option<usize>) -> Result<Proxy, ProxyError> {
-        let max_connections = match max_connections {
+    /// Starts the proxy's worker threads, with nothing to serve yet.
+    pub fn start(settings: &Settings) -> Result<Proxy, ProxyError> {
+        let max_connections = match settings.max_connections {
             Some(max) => max,
             None => {
                 let (limit, open) = admission::open_files().map_err(ProxyError::Runtime)?;
@@ -210,21 +238,17 @@ impl Proxy {
                 max
             }
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .thread_name("sluice-proxy")
-            .enable_all()
-            .build()
-            .map_err(ProxyError::Runtime)?;
-        let client = {
-            let _entered = runtime.enter();
-            forward::target_client()
-        };
+        let count = settings.workers.unwrap_or_else(workers::cpus);
+        let workers = workers::Workers::start(count).map_err(ProxyError::Runtime)?;
+        log::info!(
+            "the L7 proxy runs {count} worker thread(s) (sluice run --proxy-workers sets it)"
+        );
+        workers.spawn_each(pool::sweep_forever);
         let (changed, _) = tokio::sync::watch::channel(0);
         let (draining, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             keys: ArcSwap::from_pointee(cookie_keys::CookieKeys::ephemeral()?),
-            client,
             changed,
             rotation: AtomicU64::new(0),
             connections: Arc::new(AtomicUsize::new(0)),
@@ -235,7 +259,7 @@ impl Proxy {
             reset_abuse_log: admission::Throttle::new(admission::LOG_INTERVAL),
         });
         Ok(Proxy {
-            runtime: Some(runtime),
+            workers,
             shared,
             carried: snapshot::Carried::default(),
             bound: BTreeMap::new(),
@@ -258,19 +282,29 @@ impl Proxy {
         reread: bool,
         key_file: &std::path::Path,
     ) -> Result<Staged, ProxyError> {
-        Proxy::stage_inheriting(current, model, reread, key_file, Vec::new())
+        Proxy::stage_inheriting(
+            current,
+            model,
+            reread,
+            key_file,
+            Vec::new(),
+            &Settings::default(),
+        )
     }
 
     /// [`Proxy::stage`], taking the listening sockets a predecessor handed over
     /// ([`handover`]) for the addresses they listen on, instead of binding new ones (so a
     /// connection waiting in their accept queues is served). Those no listener wants close.
+    /// New and inherited sockets get `settings`' listen backlog.
     pub fn stage_inheriting(
         current: Option<&Proxy>,
         model: &Model,
         reread: bool,
         key_file: &std::path::Path,
         inherited: Vec<std::net::TcpListener>,
+        settings: &Settings,
     ) -> Result<Staged, ProxyError> {
+        let backlog = settings.backlog();
         let mut inherited: BTreeMap<SocketAddr, std::net::TcpListener> = inherited
             .into_iter()
             .filter_map(|socket| Some((socket.local_addr().ok()?, socket)))
@@ -304,8 +338,11 @@ impl Proxy {
             let socket = match (kept, inherited.remove(&addr)) {
                 (Some(_), _) => None,
                 (None, Some(socket)) => {
+                    // listen() again on a listening socket only resizes its accept queue
+                    // (connections waiting in it stay).
                     socket
                         .set_nonblocking(true)
+                        .and_then(|()| socket2::SockRef::from(&socket).listen(backlog as i32))
                         .map_err(|source| ProxyError::Bind {
                             name: name.clone(),
                             addr,
@@ -314,7 +351,7 @@ impl Proxy {
                     log::info!("listener '{name}': took over the listening socket on {addr}");
                     Some(socket)
                 }
-                (None, None) => Some(listen(addr).map_err(|source| ProxyError::Bind {
+                (None, None) => Some(listen(addr, backlog).map_err(|source| ProxyError::Bind {
                     name: name.clone(),
                     addr,
                     source,
@@ -356,7 +393,6 @@ impl Proxy {
     ) {
         // Routes first: a renamed listener's connections find their routes by the new name.
         self.update_routes(model, views);
-        let runtime = self.runtime.as_ref().expect("running until dropped");
         let mut old = std::mem::take(&mut self.bound);
         for (addr, StagedListener { ctx, socket }) in staged.listeners {
             let ctx = Arc::new(ctx);
@@ -373,12 +409,20 @@ impl Proxy {
                     bound
                 }
                 (Some(socket), _) => {
-                    let _entered = runtime.enter();
-                    let kept = socket.as_fd().try_clone_to_owned();
-                    let registered = kept
-                        .and_then(|kept| Ok((kept, tokio::net::TcpListener::from_std(socket)?)));
-                    let (kept, socket) = match registered {
-                        Ok(both) => both,
+                    let slot = Arc::new(ArcSwap::new(Arc::clone(&ctx)));
+                    let shared = Arc::clone(&self.shared);
+                    // One listener limit over all workers.
+                    let counted = Arc::new(server::Accepting::default());
+                    let accepting = self.workers.serve(socket.as_fd(), |socket| {
+                        server::accept_loop(
+                            socket,
+                            Arc::clone(&shared),
+                            Arc::clone(&slot),
+                            Arc::clone(&counted),
+                        )
+                    });
+                    let (kept, tasks) = match accepting {
+                        Ok(tasks) => (OwnedFd::from(socket), tasks),
                         // Duplicating a descriptor or registering a socket with epoll fails
                         // only without memory or descriptors; the listener stays unserved
                         // then, and says so.
@@ -387,12 +431,6 @@ impl Proxy {
                             continue;
                         }
                     };
-                    let slot = Arc::new(ArcSwap::new(Arc::clone(&ctx)));
-                    let task = runtime.spawn(server::accept_loop(
-                        socket,
-                        Arc::clone(&self.shared),
-                        Arc::clone(&slot),
-                    ));
                     log::info!(
                         "listener '{}' ({}) serving on {addr}",
                         ctx.name,
@@ -400,7 +438,7 @@ impl Proxy {
                     );
                     Bound {
                         slot,
-                        task,
+                        tasks,
                         socket: kept,
                     }
                 }
@@ -437,7 +475,9 @@ impl Proxy {
     /// the request in flight and closes; upgraded connections go on.
     pub fn drain(&mut self) {
         for bound in self.bound.values() {
-            bound.task.abort();
+            for task in &bound.tasks {
+                task.abort();
+            }
         }
         self.shared.draining.send_replace(true);
     }
@@ -494,16 +534,14 @@ impl Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        // The workers stop when `workers` drops, after this.
         self.bound.clear();
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 
 /// A listening socket on `addr` with IP_FREEBIND, so the proxy can start before the
 /// address is configured on an interface (or while it moves between hosts).
-fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -519,7 +557,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
     Ok(socket.into())
 }
 
@@ -605,7 +643,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-proxy-keep-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
-        let mut proxy = Proxy::start(None).unwrap();
+        let mut proxy = Proxy::start(&Settings::default()).unwrap();
         let first = http_model("web", port, "one", None);
         let staged = Proxy::stage(None, &first, true, Path::new("/nonexistent")).unwrap();
         assert!(staged.serves());
@@ -641,7 +679,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-proxy-refuse-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
-        let mut proxy = Proxy::start(None).unwrap();
+        let mut proxy = Proxy::start(&Settings::default()).unwrap();
         serve(Some(&mut proxy), &http_model("web", port, "one", None)).unwrap();
 
         // Another program holds the port a second listener wants.

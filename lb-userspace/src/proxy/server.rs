@@ -39,14 +39,38 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub const REQUEST_TIMEOUT_RESPONSE: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\nContent-Length: 16\r\nConnection: close\r\n\r\nrequest timeout\n";
 
-/// Accepts connections on `listener` for as long as the task runs; each is served by the
-/// listener in `slot` at the time it was accepted, if the connection limits admit it (else it
-/// is reset at once and counted).
-pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, slot: Arc<ListenerSlot>) {
-    // Per listening socket: its connections, and what is logged about it.
-    let open = Arc::new(admission::Gate::default());
-    let refusals = admission::Throttle::new(admission::LOG_INTERVAL);
-    let failures = admission::Throttle::new(admission::LOG_INTERVAL);
+/// What the workers accepting on one listening socket share: its connections (for the
+/// listener's `max_connections`), and what is logged about it.
+pub struct Accepting {
+    open: Arc<admission::Gate>,
+    refusals: admission::Throttle,
+    failures: admission::Throttle,
+}
+
+impl Default for Accepting {
+    fn default() -> Self {
+        Accepting {
+            open: Arc::default(),
+            refusals: admission::Throttle::new(admission::LOG_INTERVAL),
+            failures: admission::Throttle::new(admission::LOG_INTERVAL),
+        }
+    }
+}
+
+/// Accepts connections on `listener` (one worker's registration of a listening socket) for
+/// as long as the task runs; each is served by the listener in `slot` at the time it was
+/// accepted, if the connection limits admit it (else it is reset at once and counted).
+pub async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    slot: Arc<ListenerSlot>,
+    accepting: Arc<Accepting>,
+) {
+    let Accepting {
+        open,
+        refusals,
+        failures,
+    } = &*accepting;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -54,7 +78,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, slot: Arc<L
                 match admission::admit(
                     &shared.admitted,
                     shared.max_connections,
-                    &open,
+                    open,
                     ctx.max_connections,
                 ) {
                     Ok(permit) => {
@@ -254,8 +278,10 @@ async fn watch<C, F>(
         ..
     } = limits;
     let peer = conn.peer;
-    let check = (header_timeout.min(idle_timeout) / 5)
-        .clamp(Duration::from_millis(20), Duration::from_secs(1));
+    // A deadline, not a period: an idle connection wakes nobody until its verdict can change.
+    let mut due = conn
+        .state
+        .next_check(header_timeout, idle_timeout, std::time::Instant::now());
     loop {
         tokio::select! {
             done = &mut connection => {
@@ -291,8 +317,10 @@ async fn watch<C, F>(
                     stop(connection.as_mut());
                 }
             }
-            _ = tokio::time::sleep(check) => match conn.state.verdict(header_timeout, idle_timeout) {
-                Verdict::Continue => {}
+            _ = tokio::time::sleep_until(due.into()) => match conn.state.verdict(header_timeout, idle_timeout) {
+                Verdict::Continue => {
+                    due = conn.state.next_check(header_timeout, idle_timeout, std::time::Instant::now());
+                }
                 Verdict::HeaderTimeout => {
                     log::debug!("connection from {peer}: no complete request head within {header_timeout:?}: 408");
                     let (received, _) = conn.state.pending_bytes();

@@ -80,11 +80,13 @@ impl Fixture {
             })
             .collect();
         let drain = DRAIN_SECS.to_string();
+        // Several workers accept on each listening socket, whatever the CPUs of the
+        // machine; the successors run another number (see `hitless`).
         let lb = L7Sluice::start_with(
             &topology,
             &model(&topology),
             6,
-            &["--drain-timeout", &drain],
+            &["--drain-timeout", &drain, "--proxy-workers", "3"],
         );
         lb.wait_forwarding(&topology, WEB, "target");
         lb.wait_forwarding(&topology, SOCKETIO, "target");
@@ -252,14 +254,19 @@ fn hitless(successor: Successor) {
     });
 
     let copy;
-    let (binary, extra): (PathBuf, &[&str]) = match successor {
+    assert!(f
+        .lb
+        .sluice
+        .stderr()
+        .contains("the L7 proxy runs 3 worker thread(s)"));
+    let (binary, extra, workers): (PathBuf, &[&str], usize) = match successor {
         Successor::Restart => {
             f.lb.sluice.signal(libc::SIGTERM);
-            (sluice_binary(), &[])
+            (sluice_binary(), &["--proxy-workers", "2"], 2)
         }
         Successor::Upgrade => {
             copy = BinaryCopy::new(&f.topology);
-            (copy.0.clone(), &["--take-over"])
+            (copy.0.clone(), &["--take-over", "--proxy-workers", "1"], 1)
         }
     };
     let old_started = Instant::now();
@@ -281,6 +288,12 @@ fn hitless(successor: Successor) {
         "{}",
         old.stderr()
     );
+    // One socket per listener whatever the workers on either side: none is left unserved.
+    wait_until(TIMEOUT, "the next daemon's proxy to start", || {
+        f.lb.sluice
+            .stderr()
+            .contains(&format!("the L7 proxy runs {workers} worker thread(s)"))
+    });
     // The loop goes on through the new daemon.
     requests.wait_for(40);
 

@@ -24,6 +24,7 @@ mod l7_sticky;
 mod l7_support;
 mod l7_tls;
 mod l7_websocket;
+mod l7_workers;
 mod metrics;
 mod namespaces;
 mod nat_lifecycle;

@@ -36,6 +36,7 @@ use sluice_tests::{
 
 use super::{
     figures::median,
+    l7_load,
     lineup::BALANCERS,
     scenarios::rss_kib,
     topology::{Daemon, Topology, TIMEOUT},
@@ -312,6 +313,7 @@ fn wrk_duration_ms(text: &str) -> Option<f64> {
 pub fn parse_wrk(out: &str) -> anyhow::Result<Value> {
     let mut figures = serde_json::Map::new();
     let mut socket_errors = 0u64;
+    let mut timeouts = 0u64;
     let mut non_2xx = 0u64;
     for line in out.lines().map(str::trim) {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -332,6 +334,11 @@ pub fn parse_wrk(out: &str) -> anyhow::Result<Value> {
                     .iter()
                     .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
                     .sum();
+                timeouts = rest
+                    .windows(2)
+                    .find(|w| w[0] == "timeout")
+                    .and_then(|w| w[1].trim_end_matches(',').parse().ok())
+                    .unwrap_or(0);
             }
             ["Non-2xx", "or", "3xx", "responses:", n] => non_2xx = n.parse()?,
             _ => {}
@@ -343,6 +350,7 @@ pub fn parse_wrk(out: &str) -> anyhow::Result<Value> {
         }
     }
     figures.insert("socket_errors".into(), json!(socket_errors));
+    figures.insert("timeouts".into(), json!(timeouts));
     figures.insert("non_2xx".into(), json!(non_2xx));
     Ok(Value::Object(figures))
 }
@@ -394,9 +402,18 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
         .iter()
         .map(|t| SocketAddr::from((*t, TARGET_PORT)))
         .collect();
-    let mut cells: BTreeMap<(usize, &str), Vec<Value>> = BTreeMap::new();
+    let mut cells: BTreeMap<(usize, String), Vec<Value>> = BTreeMap::new();
+    let url = format!("http://{LISTEN}:{LISTEN_PORT}/");
+    let vip = SocketAddr::from((LISTEN, LISTEN_PORT));
+    let scratch = WorkDir::new("l7-load")?;
+    // 10,000 connections: wrk's, and the balancer's (two descriptors each).
+    raise_nofile()?;
+    let mut balancers: Vec<&str> = BALANCERS.to_vec();
+    if plan.l7_before.is_some() {
+        balancers.insert(1, "sluice-before");
+    }
     for run in 1..=plan.runs {
-        for (b, &which) in BALANCERS.iter().enumerate() {
+        for (b, &which) in balancers.iter().enumerate() {
             progress.step(
                 "l7",
                 run,
@@ -406,8 +423,14 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
                     plan.l7_connections, plan.l7_seconds
                 ),
             );
-            let measured = (|| -> anyhow::Result<Vec<Value>> {
-                let _balancer = Balancer::start(sluice, &topology, which, &targets, &lb_cpu)?;
+            let measured = (|| -> anyhow::Result<Vec<(String, Value)>> {
+                let balancer = match (which, &plan.l7_before) {
+                    ("sluice-before", Some(before)) => {
+                        Balancer::start(before, &topology, "sluice", &targets, &lb_cpu)?
+                    }
+                    _ => Balancer::start(sluice, &topology, which, &targets, &lb_cpu)?,
+                };
+                let pid = balancer.pid();
                 check_round_robin(&topology.generator, targets.len())?;
                 if plan.l7_warmup_seconds > 0 {
                     wrk(
@@ -418,28 +441,62 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
                         false,
                     )?;
                 }
-                Ok([false, true]
+                let mut runs: Vec<(String, Value)> = [("keepalive", false), ("close", true)]
                     .into_iter()
-                    .map(|close| {
-                        wrk(
-                            &topology.generator,
-                            &client_cpu,
-                            plan.l7_connections,
-                            plan.l7_seconds,
-                            close,
-                        )
-                        .unwrap_or_else(|e| json!({ "error": format!("{e:#}") }))
+                    .map(|(mode, close)| {
+                        let figures = l7_load::with_cpu(pid, || {
+                            wrk(
+                                &topology.generator,
+                                &client_cpu,
+                                plan.l7_connections,
+                                plan.l7_seconds,
+                                close,
+                            )
+                        });
+                        (mode.to_string(), figures)
                     })
-                    .collect())
+                    .collect();
+                let (clients, rate) = plan.l7_fixed_rate;
+                let figures = l7_load::with_cpu(pid, || {
+                    l7_load::fixed_rate(
+                        &topology.generator,
+                        &client_cpu,
+                        &url,
+                        clients,
+                        rate,
+                        plan.l7_seconds,
+                        &scratch.0,
+                    )
+                });
+                runs.push(("fixed_rate".to_string(), figures));
+                for &n in &plan.l7_many_connections {
+                    let figures = l7_load::with_cpu(pid, || {
+                        wrk(&topology.generator, &client_cpu, n, plan.l7_seconds, false)
+                    });
+                    runs.push((format!("c{n}"), figures));
+                }
+                let idle = l7_load::idle(
+                    &topology.generator,
+                    pid,
+                    vip,
+                    plan.l7_idle_connections,
+                    Duration::from_secs(plan.l7_seconds.clamp(1, 5)),
+                )
+                .unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+                runs.push(("idle".to_string(), idle));
+                Ok(runs)
             })();
             let runs = match measured {
                 Ok(runs) => runs,
                 Err(e) => {
                     eprintln!("bench: l7 {which}: {e:#}");
-                    vec![json!({ "error": format!("{e:#}") }); 2]
+                    vec![(
+                        "keepalive".to_string(),
+                        json!({ "error": format!("{e:#}") }),
+                    )]
                 }
             };
-            for (mode, value) in ["keepalive", "close"].into_iter().zip(runs) {
+            for (mode, value) in runs {
                 cells.entry((b, mode)).or_default().push(value);
             }
         }
@@ -452,17 +509,24 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
         "connections": plan.l7_connections,
         "seconds": plan.l7_seconds,
         "warmup_seconds": plan.l7_warmup_seconds,
+        "fixed_rate_rps": plan.l7_fixed_rate.0 * plan.l7_fixed_rate.1,
+        "idle_connections": plan.l7_idle_connections,
         "balancer_cpu": lb_cpu,
         "client_cpu": client_cpu,
         "cells": cells
             .into_iter()
             .map(|((b, mode), runs)| {
                 json!({
-                    "balancer": BALANCERS[b],
+                    "balancer": balancers[b],
                     "mode": mode,
                     "median_rps": median(&figure(&runs, "rps")),
                     "median_p50_ms": median(&figure(&runs, "p50_ms")),
                     "median_p99_ms": median(&figure(&runs, "p99_ms")),
+                    "median_cpu_us_per_request": l7_load::median_of(&runs, "cpu_us_per_request"),
+                    "median_timeouts": l7_load::median_of(&runs, "timeouts"),
+                    "median_errors": l7_load::median_of(&runs, "errors"),
+                    "median_kib_per_connection": l7_load::median_of(&runs, "kib_per_connection"),
+                    "median_wakeups_per_s": l7_load::median_of(&runs, "wakeups_per_s"),
                     "runs": runs,
                 })
             })

@@ -9,6 +9,7 @@ mod churn;
 mod figures;
 mod forwarding;
 mod l7;
+mod l7_load;
 mod lineup;
 mod report;
 mod scenarios;
@@ -56,6 +57,10 @@ pub struct BenchArgs {
     /// Measure nothing: re-write BENCHMARKS.md and the charts from an existing results.json.
     #[arg(long)]
     render: bool,
+    /// The L7 scenario also runs this `sluice` binary (e.g. one built from an earlier
+    /// commit), as the balancer `sluice-before`, interleaved with the others.
+    #[arg(long, value_name = "PATH")]
+    before: Option<PathBuf>,
 }
 
 impl BenchArgs {
@@ -67,6 +72,7 @@ impl BenchArgs {
             scenario: Vec::new(),
             out: Some(out),
             render: false,
+            before: None,
         }
     }
 }
@@ -89,6 +95,14 @@ pub struct Plan {
     pub l7_connections: u32,
     pub l7_seconds: u64,
     pub l7_warmup_seconds: u64,
+    /// h2load's open-loop run: connections, and requests per second each.
+    pub l7_fixed_rate: (u32, u32),
+    /// wrk runs with many keep-alive connections (p99, timeouts).
+    pub l7_many_connections: Vec<u32>,
+    /// Idle keep-alive connections held open to measure memory and wake-ups.
+    pub l7_idle_connections: usize,
+    /// `--before`: an earlier sluice, run as `sluice-before` in the L7 scenario.
+    pub l7_before: Option<PathBuf>,
     pub websocket_connections: usize,
     /// Sequential connections per churn variant (at least ten times the 1,024 nat ports).
     pub churn_connections: u64,
@@ -126,6 +140,10 @@ impl Plan {
                 l7_connections: 8,
                 l7_seconds: 1,
                 l7_warmup_seconds: 0,
+                l7_fixed_rate: (8, 50),
+                l7_many_connections: vec![100],
+                l7_idle_connections: 100,
+                l7_before: args.before.clone(),
                 websocket_connections: 100,
                 churn_connections: 2_048,
             }
@@ -146,6 +164,10 @@ impl Plan {
                 l7_connections: 64,
                 l7_seconds: 10,
                 l7_warmup_seconds: 2,
+                l7_fixed_rate: (64, 78),
+                l7_many_connections: vec![1_000, 10_000],
+                l7_idle_connections: 5_000,
+                l7_before: args.before.clone(),
                 websocket_connections: 10_000,
                 churn_connections: 20_480,
             }

@@ -257,6 +257,7 @@ pub fn markdown(results: &Value) -> String {
 
     md.push_str("## 5. L7\n\n");
     md.push_str(&l7_markdown(&s["l7"]));
+    md.push_str(&super::l7_load::markdown(&s["l7"]));
 
     let control = &s["control"];
     md.push_str("## 6. Control plane\n\n");
