@@ -39,6 +39,7 @@ use crate::{
 
 pub mod diff;
 pub mod edit;
+pub mod export;
 pub mod files;
 mod l7;
 mod lines;
@@ -133,7 +134,7 @@ impl Mode {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HashKey {
     #[default]
@@ -141,7 +142,7 @@ pub enum HashKey {
     SourceIp,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
@@ -160,11 +161,19 @@ pub struct Listener {
     /// how long a target may take to answer (then 504). Default 60 s.
     /// tcp/udp: a flow with no packet either way for this long expires (its flow entry and
     /// `nat` port are freed). Default NLB's: 350 s for tcp, 120 s for udp.
-    #[serde(default, deserialize_with = "crate::health::spec::optional_duration")]
+    #[serde(
+        default,
+        deserialize_with = "crate::health::spec::optional_duration",
+        serialize_with = "crate::health::spec::serialize_optional_duration"
+    )]
     pub idle_timeout: Option<Duration>,
     /// http/https only: a request head must arrive within this (slowloris); else 408.
     /// Default 10 s.
-    #[serde(default, deserialize_with = "crate::health::spec::optional_duration")]
+    #[serde(
+        default,
+        deserialize_with = "crate::health::spec::optional_duration",
+        serialize_with = "crate::health::spec::serialize_optional_duration"
+    )]
     pub header_read_timeout: Option<Duration>,
     /// http/https only: the largest request head (request line and headers); larger gets 431.
     /// Default 16384.
@@ -176,14 +185,14 @@ pub struct Listener {
     #[serde(default)]
     pub max_connections: Option<usize>,
     /// https only: at least one; the first is the default when SNI matches none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateFiles>,
     /// http/https only: append access log lines to this file instead of the log target
     /// `sluice::access`.
     #[serde(default)]
     pub access_log: Option<PathBuf>,
     /// http/https only: evaluated by ascending priority; no match: the default target group.
-    #[serde(default, rename = "rule")]
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
 }
 
@@ -261,7 +270,7 @@ impl Listener {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetGroup {
     pub name: String,
@@ -317,7 +326,7 @@ impl Default for OutlierDetection {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub address: IpAddr,
@@ -331,7 +340,7 @@ fn default_weight() -> u32 {
 }
 
 /// Data-plane settings (`[data_plane]`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataPlane {
     /// `nat` source ports, inclusive; keep it disjoint from net.ipv4.ip_local_port_range.
@@ -351,7 +360,7 @@ impl Default for DataPlane {
 }
 
 /// A validated model.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
     #[serde(default, rename = "listener")]
