@@ -11,6 +11,7 @@
 //! | `POST /v1/listeners` | adds a listener ([`ListenerSpec`]) |
 //! | `DELETE /v1/listeners` | removes a listener ([`ListenerRef`]) |
 //! | `POST /v1/down`  | detaches, removes the pins and stops the daemon (`sluice down`) |
+//! | `GET /v1/config` | 200, a [`RunningConfig`]: the running model as TOML, run-time changes included |
 //!
 //! Changes edit the daemon's model, which is validated as a whole like the file and applied
 //! like a reload; they last until the next reload, which re-reads the file.
@@ -56,6 +57,18 @@ pub const TARGETS_PATH: &str = "/v1/targets";
 pub const DOWN_PATH: &str = "/v1/down";
 /// Listeners: `POST` adds, `DELETE` removes.
 pub const LISTENERS_PATH: &str = "/v1/listeners";
+/// The running model as configuration text.
+pub const CONFIG_PATH: &str = "/v1/config";
+
+/// The answer to `GET /v1/config`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunningConfig {
+    /// The configuration file the daemon reloads (`sluice run --config`), if any.
+    pub file: Option<std::path::PathBuf>,
+    /// The running model as TOML, which reads back into the same model
+    /// ([`Model::to_toml`](crate::model::Model::to_toml)).
+    pub toml: String,
+}
 
 /// The body of `PATCH /v1/targets`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

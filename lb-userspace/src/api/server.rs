@@ -25,8 +25,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    CollectError, ListenerRef, StatsReport, TargetWeight, DOWN_PATH, LISTENERS_PATH, RELOAD_PATH,
-    STATS_PATH, TARGETS_PATH,
+    CollectError, ListenerRef, RunningConfig, StatsReport, TargetWeight, CONFIG_PATH, DOWN_PATH,
+    LISTENERS_PATH, RELOAD_PATH, STATS_PATH, TARGETS_PATH,
 };
 use crate::{
     controller::Changes,
@@ -55,6 +55,10 @@ pub trait Backend {
     /// down`), instead of leaving forwarding running as a plain stop does.
     fn down(&self) -> Result<(), ControlError> {
         Err(ControlError::conflict("this daemon cannot be taken down"))
+    }
+    /// The running model as TOML, and the file it would be saved to (`sluice config show`).
+    fn config(&self) -> Result<RunningConfig, ControlError> {
+        Err(ControlError::conflict("this daemon cannot show its model"))
     }
 }
 
@@ -277,6 +281,7 @@ const ENDPOINTS: &[(&str, &[Method])] = &[
     (TARGETS_PATH, &[Method::POST, Method::PATCH, Method::DELETE]),
     (LISTENERS_PATH, &[Method::POST, Method::DELETE]),
     (DOWN_PATH, &[Method::POST]),
+    (CONFIG_PATH, &[Method::GET]),
 ];
 
 /// The answer to `method path` with `body`.
@@ -316,6 +321,10 @@ pub fn respond(
                 ),
             }
         }
+        (CONFIG_PATH, &Method::GET) => match backend.config() {
+            Ok(config) => json(StatusCode::OK, &config),
+            Err(e) => error(e.status, e.message),
+        },
         (DOWN_PATH, &Method::POST) => match backend.down() {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({ "stopping": true })),
             Err(e) => error(e.status, e.message),

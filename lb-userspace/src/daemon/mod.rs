@@ -10,6 +10,7 @@
 //! The daemon is generic over the data plane ([`Dataplane`]) and the saved state's store
 //! ([`Store`]), so its logic is unit-tested without root (`tests.rs`).
 
+pub mod check;
 pub mod handover;
 mod report;
 pub mod restart;
@@ -455,6 +456,19 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
             let message = format!("{origin} refused, running configuration kept: {e}");
             log::error!("control API: {message}");
             refused(&e, message)
+        })
+    }
+
+    fn config(&self) -> Result<crate::api::RunningConfig, ControlError> {
+        let toml = self
+            .controller
+            .borrow()
+            .model()
+            .to_toml()
+            .map_err(|e| ControlError::internal(e.to_string()))?;
+        Ok(crate::api::RunningConfig {
+            file: self.config.clone(),
+            toml,
         })
     }
 
