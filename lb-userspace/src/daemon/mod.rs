@@ -16,6 +16,7 @@ mod report;
 pub mod restart;
 mod serve;
 pub mod signals;
+pub mod systemd;
 #[cfg(test)]
 mod tests;
 
@@ -416,6 +417,7 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
     /// comments-only file, a file truncated by a careless edit) while listeners run, unless
     /// `allow_empty`.
     fn reload(&self, allow_empty: bool) -> Result<Changes, ControlError> {
+        let _reloading = systemd::Reloading::begin();
         let Some(path) = &self.config else {
             let message = "sluice run was started without --config: there is no file to reload";
             log::warn!("{message}");
