@@ -24,6 +24,7 @@ mod l7_websocket;
 mod metrics;
 mod namespaces;
 mod nat_lifecycle;
+mod ops_run;
 mod packet_harness;
 mod packets;
 mod run_cli;
