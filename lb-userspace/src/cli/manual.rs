@@ -1,8 +1,9 @@
-//! `sluice completions SHELL` and `sluice man`: shell completions and the man page, generated
+//! `sluice completions SHELL` and `sluice man`: shell completions and man pages, generated
 //! from the same clap definitions that parse the arguments, so they cannot drift from them.
 
-use std::io::Write;
+use std::{io::Write, path::PathBuf};
 
+use anyhow::Context;
 use clap::CommandFactory;
 use clap_complete::Shell;
 
@@ -11,6 +12,14 @@ pub struct CompletionsArgs {
     /// The shell to complete for.
     #[arg(value_enum)]
     shell: Shell,
+}
+
+#[derive(clap::Args)]
+pub struct ManArgs {
+    /// Write sluice.1 and a page for every subcommand (sluice-run.1, sluice-config-show.1,
+    /// ...) into this directory, instead of printing sluice.1.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
 }
 
 pub fn completions(args: CompletionsArgs) -> anyhow::Result<()> {
@@ -22,10 +31,15 @@ pub fn completions(args: CompletionsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// sluice(1) in roff, on standard output.
-pub fn man() -> anyhow::Result<()> {
-    let mut page = Vec::new();
-    clap_mangen::Man::new(super::Cli::command()).render(&mut page)?;
-    std::io::stdout().write_all(&page)?;
-    Ok(())
+pub fn man(args: ManArgs) -> anyhow::Result<()> {
+    match args.dir {
+        Some(dir) => clap_mangen::generate_to(super::Cli::command(), &dir)
+            .with_context(|| format!("writing man pages into {}", dir.display())),
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(super::Cli::command()).render(&mut page)?;
+            std::io::stdout().write_all(&page)?;
+            Ok(())
+        }
+    }
 }

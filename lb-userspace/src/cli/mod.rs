@@ -68,8 +68,8 @@ enum Command {
     Config(config::ConfigArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell) for sluice.
     Completions(manual::CompletionsArgs),
-    /// Print the man page sluice(1) (roff).
-    Man,
+    /// Print the man page sluice(1) (roff), or write every page with --dir.
+    Man(manual::ManArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -87,7 +87,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Check(args) => check::check(args),
         Command::Config(args) => config::config(args),
         Command::Completions(args) => manual::completions(args),
-        Command::Man => manual::man(),
+        Command::Man(args) => manual::man(args),
     }
 }
 

@@ -25,6 +25,7 @@ mod metrics;
 mod namespaces;
 mod nat_lifecycle;
 mod ops_run;
+mod package;
 mod packet_harness;
 mod packets;
 mod run_cli;

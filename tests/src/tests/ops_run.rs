@@ -279,9 +279,12 @@ fn targets(status: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Listeners as (name, id) and targets as (address, id, weight, state).
+type Identity = (Vec<(Value, Value)>, Vec<(Value, Value, Value, Value)>);
+
 /// Listener names and ids, and targets with their ids, weights and states: what a reload
 /// that changes nothing must leave as it was.
-fn identity(status: &Value) -> (Vec<(Value, Value)>, Vec<(Value, Value, Value, Value)>) {
+fn identity(status: &Value) -> Identity {
     let listeners = status["listeners"]
         .as_array()
         .unwrap()
