@@ -15,7 +15,7 @@ use std::{
 use serde_json::Value;
 
 use super::namespaces::{start_sluice, ApiSocket, PinDir, TIMEOUT};
-use crate::netns::{require_root, sluice_binary, veth, wait_until, ChildGuard, Namespace};
+use crate::netns::{require_root, sluice_binary, veth, wait_until, Namespace};
 
 /// `nobody` on Debian-like systems.
 const UNPRIVILEGED: u32 = 65534;
@@ -385,6 +385,16 @@ fn config_show_after_cli_edits_round_trips_through_check_and_reload() {
     let _ = sluice(&socket, &["down", "--pin-dir", pin_dir.arg()]);
 }
 
+/// A daemon killed when the test ends, also when it fails.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The datagrams a daemon sends to `$NOTIFY_SOCKET`, as systemd receives them.
 struct NotifySocket {
     socket: UnixDatagram,
@@ -450,16 +460,29 @@ fn systemd_hears_ready_once_listeners_accept_and_reloading_around_reloads() {
         // Pings every second (half the interval).
         .env("WATCHDOG_USEC", "2000000")
         .env_remove("RUST_LOG");
-    let mut daemon: ChildGuard = ns.spawn(cmd);
+    // Standard error is a file standing for the journal's stream: $JOURNAL_STREAM names it.
+    let log_path = dir.0.join("journal");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let stream = {
+        use std::os::unix::fs::MetadataExt;
+        let meta = log.metadata().unwrap();
+        format!("{}:{}", meta.dev(), meta.ino())
+    };
+    cmd.env("JOURNAL_STREAM", stream)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    let mut daemon = Killed(cmd.spawn().unwrap());
+    let journal = || std::fs::read_to_string(&log_path).unwrap();
     let mut pings = 0;
 
     let ready = notify.next_state(&mut pings);
     // As soon as systemd hears it, the listener and the control API answer.
     let listener: SocketAddr = "127.0.0.1:8088".parse().unwrap();
     let connected = ns.run_in(|| TcpStream::connect_timeout(&listener, Duration::from_secs(1)));
-    assert!(connected.is_ok(), "{connected:?}: {}", daemon.stderr());
+    assert!(connected.is_ok(), "{connected:?}: {}", journal());
     assert!(sluice(&socket, &["status"]).status.success());
-    assert_eq!(ready, format!("READY=1\nMAINPID={}\n", daemon.pid()));
+    assert_eq!(ready, format!("READY=1\nMAINPID={}\n", daemon.0.id()));
 
     ok(&socket, &["reload"]);
     let reloading = notify.next_state(&mut pings);
@@ -485,9 +508,29 @@ fn systemd_hears_ready_once_listeners_accept_and_reloading_around_reloads() {
     });
     notify.socket.set_nonblocking(false).unwrap();
 
-    daemon.signal(libc::SIGINT);
+    // SAFETY: kill only sends a signal to the daemon this test started.
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGINT) };
     assert_eq!(notify.next_state(&mut pings), "STOPPING=1\n");
-    let status = daemon.wait_timeout(TIMEOUT);
-    assert!(status.success(), "{status}: {}", daemon.stderr());
+    let mut status = None;
+    wait_until(TIMEOUT, "the daemon to exit", || {
+        status = daemon.0.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "{status:?}: {}", journal());
+    // Lines for the journal: a syslog priority, no timestamp, no colour.
+    let lines = journal();
+    assert!(
+        lines.contains("<6>INFO sluice::daemon::serve: stopping\n"),
+        "{lines}"
+    );
+    for line in lines.lines() {
+        let level = line.get(..3).unwrap_or_default();
+        assert!(["<3>", "<4>", "<6>", "<7>"].contains(&level), "{line:?}");
+        // env_logger's own format starts with "[" and the time.
+        assert!(
+            !line.contains('\x1b') && !line[3..].starts_with('['),
+            "{line:?}"
+        );
+    }
     let _ = sluice(&socket, &["down", "--pin-dir", pin_dir.arg()]);
 }
