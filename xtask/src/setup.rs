@@ -15,7 +15,8 @@ use anyhow::{bail, Context};
 use crate::cmd::{output, run};
 
 /// Debian packages the tests and the demo use (besides what a fresh machine has).
-pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl"];
+// systemd: `systemd-analyze verify` for the packaged unit (nothing is started).
+pub const TEST_PACKAGES: &[&str] = &["iproute2", "ethtool", "curl", "systemd"];
 
 /// What every `cargo xtask bench` run uses; the scenarios add theirs (see `bench::Plan`):
 /// nftables, the kernel baseline of the forwarding scenario, and
