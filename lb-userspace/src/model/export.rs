@@ -1,8 +1,9 @@
 //! The model as configuration text again (`sluice config show`, `GET /v1/config`): the running
 //! model, run-time edits included, in the file's own format. Invariant: parsing the text gives
 //! back an equal model, so a daemon reloading it changes nothing. Comments and the order of
-//! keys in the original file are not kept; fields left out of the file stay left out (a
-//! default is not written out), so a default that changes in a later sluice still applies.
+//! keys in the original file are not kept. Optional settings left out of the file stay out, so
+//! their defaults still apply in a later sluice; settings the model fills in as it reads
+//! (weights, deregistration delays, hash keys, the data plane's) are written with their values.
 
 use super::Model;
 
