@@ -282,8 +282,9 @@ fn targets(status: &Value) -> Vec<String> {
 /// Listeners as (name, id) and targets as (address, id, weight, state).
 type Identity = (Vec<(Value, Value)>, Vec<(Value, Value, Value, Value)>);
 
-/// Listener names and ids, and targets with their ids, weights and states: what a reload
-/// that changes nothing must leave as it was.
+/// Listener names and ids, and registered targets with their ids, weights and states: what a
+/// reload that changes nothing must leave as it was. (Draining targets end their drain on
+/// their own clock.)
 fn identity(status: &Value) -> Identity {
     let listeners = status["listeners"]
         .as_array()
@@ -295,6 +296,7 @@ fn identity(status: &Value) -> Identity {
         .as_array()
         .unwrap()
         .iter()
+        .filter(|t| t["state"] != "draining")
         .map(|t| {
             (
                 t["address"].clone(),

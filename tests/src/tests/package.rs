@@ -187,6 +187,12 @@ fn the_package_installs_a_working_sluice_with_unit_completions_man_page_and_lice
         bash.contains("complete -F _sluice") && bash.contains("check"),
         "{bash}"
     );
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(root.join("usr/share/bash-completion/completions/sluice"))
+        .output()
+        .unwrap();
+    assert!(syntax.status.success(), "bash -n: {syntax:?}");
     let licence =
         std::fs::read_to_string(root.join("usr/share/doc/sluice/LICENSE-APACHE")).unwrap();
     assert!(licence.contains("Apache License"));
