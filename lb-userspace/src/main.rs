@@ -8,15 +8,57 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if logs_to_journal() {
+        // The journal stamps each line itself and reads the level from a `<N>` prefix
+        // (sd-daemon(3)); colours would show as escape codes.
+        logger
+            .write_style(env_logger::WriteStyle::Never)
+            .format(|buf, record| {
+                use std::io::Write;
+                writeln!(
+                    buf,
+                    "<{}>{} {}: {}",
+                    syslog_priority(record.level()),
+                    record.level(),
+                    record.target(),
+                    record.args()
+                )
+            });
+    } else {
+        logger.format_timestamp_millis();
+    }
+    logger.init();
     match cli::dispatch(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Whether standard error is the journal's stream: systemd sets `$JOURNAL_STREAM` to its
+/// device and inode, which a process started from a shell inside the service does not share.
+fn logs_to_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    stream.to_string_lossy() == format!("{}:{}", stderr.dev(), stderr.ino())
+}
+
+/// syslog's priority for a log level, which the journal keeps with each line.
+fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
     }
 }
 

@@ -4,6 +4,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod demo_nodes;
+mod package;
 mod setup;
 
 use std::{
@@ -59,6 +60,9 @@ enum Task {
     /// Benchmarks in network namespaces: writes bench/results.json, docs/BENCHMARKS.md and
     /// docs/bench.svg.
     Bench(bench::BenchArgs),
+    /// Build the Debian package (target/debian/sluice_VERSION_ARCH.deb): binary, systemd
+    /// unit, completions, man page, licences and an example configuration.
+    Package(package::PackageArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,17 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
             setup::debian_packages(setup::TEST_PACKAGES)?;
             let sluice = build(true)?;
             demo::demo(&sluice, args)
+        }
+        Task::Package(args) => {
+            let sluice = match args.sluice {
+                Some(path) => path,
+                None => build(true)?,
+            };
+            let out = args.out.unwrap_or_else(|| target_dir().join("debian"));
+            std::fs::create_dir_all(&out)?;
+            let deb = package::package(&sluice, &out, workspace_root())?;
+            println!("{}", deb.display());
+            Ok(())
         }
         Task::Bench(args) if bench::is_render(&args) => bench::render(&args),
         Task::Bench(args) => {

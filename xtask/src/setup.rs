@@ -25,6 +25,8 @@ pub const TEST_PACKAGES: &[&str] = &[
     // Prometheus and checks with promtool.
     "chromium",
     "prometheus",
+    // `systemd-analyze verify` for the packaged unit (nothing is started).
+    "systemd",
 ];
 
 /// What every `cargo xtask bench` run uses; the scenarios add theirs (see `bench::Plan`):

@@ -14,6 +14,7 @@
 //! | `POST /v1/node`  | `{"state": "draining"}` withdraws every address (`sluice node drain`), `"serving"` announces again; 200, the status |
 //! | `GET /v1/tables` | 200, every tcp/udp listener's Maglev table ([`MaglevTable`]) by name |
 //! | `POST /v1/down`  | detaches, removes the pins and stops the daemon (`sluice down`) |
+//! | `GET /v1/config` | 200, a [`RunningConfig`]: the running model as TOML, run-time changes included |
 //!
 //! Changes edit the daemon's model, which is validated as a whole like the file and applied
 //! like a reload; they last until the next reload, which re-reads the file.
@@ -105,6 +106,19 @@ impl MaglevTable {
 #[serde(deny_unknown_fields)]
 pub struct NodeRequest {
     pub state: crate::announce::NodeState,
+}
+
+/// The running model as configuration text.
+pub const CONFIG_PATH: &str = "/v1/config";
+
+/// The answer to `GET /v1/config`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunningConfig {
+    /// The configuration file the daemon reloads (`sluice run --config`), if any.
+    pub file: Option<std::path::PathBuf>,
+    /// The running model as TOML, which reads back into the same model
+    /// ([`Model::to_toml`](crate::model::Model::to_toml)).
+    pub toml: String,
 }
 
 /// The body of `PATCH /v1/targets`.

@@ -25,8 +25,9 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    CollectError, ListenerRef, MaglevTable, NodeRequest, StatsReport, TargetWeight, DOWN_PATH,
-    LISTENERS_PATH, NODE_PATH, RELOAD_PATH, STATS_PATH, TABLES_PATH, TARGETS_PATH,
+    CollectError, ListenerRef, MaglevTable, NodeRequest, RunningConfig, StatsReport, TargetWeight,
+    CONFIG_PATH, DOWN_PATH, LISTENERS_PATH, NODE_PATH, RELOAD_PATH, STATS_PATH, TABLES_PATH,
+    TARGETS_PATH,
 };
 use crate::{
     controller::Changes,
@@ -67,6 +68,10 @@ pub trait Backend {
         _state: Option<crate::announce::NodeState>,
     ) -> Result<crate::announce::AnnounceStatus, ControlError> {
         Err(ControlError::conflict("this daemon announces nothing"))
+    }
+    /// The running model as TOML, and the file it would be saved to (`sluice config show`).
+    fn config(&self) -> Result<RunningConfig, ControlError> {
+        Err(ControlError::conflict("this daemon cannot show its model"))
     }
 }
 
@@ -291,6 +296,7 @@ const ENDPOINTS: &[(&str, &[Method])] = &[
     (DOWN_PATH, &[Method::POST]),
     (NODE_PATH, &[Method::GET, Method::POST]),
     (TABLES_PATH, &[Method::GET]),
+    (CONFIG_PATH, &[Method::GET]),
 ];
 
 /// The answer to `method path` with `body`.
@@ -344,6 +350,10 @@ pub fn respond(
                 StatusCode::BAD_REQUEST,
                 format!("the body of POST {NODE_PATH}: {e} (expected {{\"state\": \"draining\"}} or {{\"state\": \"serving\"}})"),
             ),
+        },
+        (CONFIG_PATH, &Method::GET) => match backend.config() {
+            Ok(config) => json(StatusCode::OK, &config),
+            Err(e) => error(e.status, e.message),
         },
         (DOWN_PATH, &Method::POST) => match backend.down() {
             Ok(()) => json(StatusCode::OK, &serde_json::json!({ "stopping": true })),

@@ -1,9 +1,12 @@
 //! Command-line interface: one module per subcommand.
 
 mod bench;
+mod check;
+mod config;
 mod decap;
 mod down;
 mod listener;
+mod manual;
 mod node;
 mod reload;
 mod run;
@@ -66,6 +69,15 @@ enum Command {
     /// Generate traffic from inside the kernel and count it at sinks; `cost`, `maglev` and
     /// `floor` for the other measurements.
     Bench(bench::BenchArgs),
+    /// Validate a configuration file as `sluice run` and `sluice reload` would, without loading
+    /// or attaching anything; exits 1 with the daemon's own sentence if it would be refused.
+    Check(check::CheckArgs),
+    /// The running daemon's model: `sluice config show [--save]`.
+    Config(config::ConfigArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) for sluice.
+    Completions(manual::CompletionsArgs),
+    /// Print the man page sluice(1) (roff), or write every page with --dir.
+    Man(manual::ManArgs),
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
@@ -82,6 +94,10 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Stickiness(args) => stickiness::stickiness(args),
         Command::Decap(args) => decap::decap(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Check(args) => check::check(args),
+        Command::Config(args) => config::config(args),
+        Command::Completions(args) => manual::completions(args),
+        Command::Man(args) => manual::man(args),
     }
 }
 

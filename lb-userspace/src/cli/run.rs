@@ -338,9 +338,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         socket = args.socket.display()
     );
     fresh.armed = false;
-    // Under systemd (Type=notify): ready, and the service's main process (a successor started
-    // by SIGUSR2 takes that role from its predecessor).
-    daemon::restart::notify(&format!("READY=1\nMAINPID={}", std::process::id()));
     // A LocalSet, so the API's connection tasks can share the daemon without locks.
     let served = tokio::task::LocalSet::new().block_on(&runtime, async {
         let api_listener = tokio::net::UnixListener::from_std(api_listener)
@@ -366,6 +363,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let mut successors = Successors::listen(&handover_path, handover_listener, handover_file)
             .context("listening for a successor on the hand-over socket")?;
+        // Under systemd (Type=notify): ready, now that the http/https listeners, the control
+        // API and metrics accept, and the service's main process (a successor started by
+        // SIGUSR2 takes that role from its predecessor).
+        daemon::systemd::ready_as_main();
         let served = daemon::serve(
             &daemon,
             &mut signals,

@@ -10,12 +10,14 @@
 //! The daemon is generic over the data plane ([`Dataplane`]) and the saved state's store
 //! ([`Store`]), so its logic is unit-tested without root (`tests.rs`).
 
+pub mod check;
 pub mod handover;
 pub mod preflight;
 mod report;
 pub mod restart;
 mod serve;
 pub mod signals;
+pub mod systemd;
 #[cfg(test)]
 mod tests;
 
@@ -530,6 +532,7 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
     /// comments-only file, a file truncated by a careless edit) while listeners run, unless
     /// `allow_empty`.
     fn reload(&self, allow_empty: bool) -> Result<Changes, ControlError> {
+        let _reloading = systemd::Reloading::begin();
         let Some(path) = &self.config else {
             let message = "sluice run was started without --config: there is no file to reload";
             log::warn!("{message}");
@@ -604,6 +607,19 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
         Ok(self
             .announce_status()
             .expect("checked above; the announcer stays until down"))
+    }
+
+    fn config(&self) -> Result<crate::api::RunningConfig, ControlError> {
+        let toml = self
+            .controller
+            .borrow()
+            .model()
+            .to_toml()
+            .map_err(|e| ControlError::internal(e.to_string()))?;
+        Ok(crate::api::RunningConfig {
+            file: self.config.clone(),
+            toml,
+        })
     }
 
     fn down(&self) -> Result<(), ControlError> {

@@ -3,8 +3,8 @@
 //! `--take-over`; the successor takes the listening sockets and the data plane over, and the
 //! old daemon drains ([`super::handover`]). If the successor fails to start, the old daemon
 //! has not stepped down and runs on. Under systemd the successor tells the service manager
-//! it is the service's main process now ([`notify`]), so `ExecReload=kill -USR2 $MAINPID`
-//! makes `systemctl reload` a hitless restart.
+//! it is the service's main process now ([`super::systemd::ready_as_main`]), so
+//! `systemctl kill -s USR2 sluice` upgrades the service without a gap.
 
 use std::{
     ffi::OsString,
@@ -59,45 +59,9 @@ impl Successor {
     }
 }
 
-/// Tells the service manager `state` (`READY=1`, `MAINPID=...`) when sluice runs under
-/// systemd with `Type=notify` (`$NOTIFY_SOCKET` set); does nothing otherwise.
-pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    if let Err(e) = send_notification(&path, state) {
-        log::warn!("telling systemd {state:?}: {e}");
-    }
-}
-
-fn send_notification(path: &std::ffi::OsStr, state: &str) -> io::Result<()> {
-    use std::os::{linux::net::SocketAddrExt, unix::net::SocketAddr};
-    let socket = std::os::unix::net::UnixDatagram::unbound()?;
-    let bytes = path.as_encoded_bytes();
-    // A name starting with '@' is in the abstract namespace.
-    let addr = match bytes.strip_prefix(b"@") {
-        Some(name) => SocketAddr::from_abstract_name(name)?,
-        None => SocketAddr::from_pathname(path)?,
-    };
-    socket.send_to_addr(state.as_bytes(), &addr)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn notifications_reach_the_socket_systemd_names() {
-        let path = std::env::temp_dir().join(format!("sluice-notify-{}", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
-        send_notification(path.as_os_str(), "READY=1\nMAINPID=42").unwrap();
-        let mut buf = [0u8; 64];
-        let n = socket.recv(&mut buf).unwrap();
-        assert_eq!(&buf[..n], b"READY=1\nMAINPID=42");
-        let _ = std::fs::remove_file(&path);
-    }
 
     #[test]
     fn the_successor_takes_over_with_the_same_arguments() {

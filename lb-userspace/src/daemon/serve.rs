@@ -10,7 +10,7 @@ use super::{
     handover::{self, Successors},
     restart::Successor,
     signals::{Request, Signals},
-    Daemon, TICK,
+    systemd, Daemon, TICK,
 };
 use crate::{
     api::Backend,
@@ -62,6 +62,7 @@ pub async fn serve<D: Dataplane, S: Store>(
         None => None,
     };
     let mut tick = tokio::time::interval(TICK);
+    let mut watchdog = systemd::Watchdog::from_env();
     let ending = loop {
         tokio::select! {
             () = daemon.down_requested() => break Ending::Down,
@@ -85,7 +86,10 @@ pub async fn serve<D: Dataplane, S: Store>(
                 },
             },
             Some(event) = health_events.recv() => daemon.health_changed(&event),
-            _ = tick.tick() => daemon.tick(Instant::now()),
+            _ = tick.tick() => {
+                daemon.tick(Instant::now());
+                watchdog.tick(Instant::now());
+            }
             ready = async { logs.as_mut().expect("guarded").readable_mut().await }, if logs.is_some() => {
                 let mut guard = ready.map_err(ServeError::Logs)?;
                 guard.get_inner_mut().flush();
@@ -94,5 +98,6 @@ pub async fn serve<D: Dataplane, S: Store>(
         }
     };
     log::info!("stopping");
+    systemd::stopping();
     Ok(ending)
 }

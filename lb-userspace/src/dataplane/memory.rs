@@ -2,6 +2,8 @@
 //! in order, so the controller's ordering rules (a table never names a target that `TARGETS`
 //! does not have as active, listeners only after their tables, ...) are checked by unit tests
 //! without root. It can also be told that a target has no route or that flows name an id.
+//! `sluice check` plans on one too ([`MemoryDataplane::with_host_routes`]), so that it
+//! refuses what the daemon's controller would refuse without writing any kernel map.
 //! [`MemoryStore`] stands for the pinned `STATE` map the same way.
 
 use std::{
@@ -52,6 +54,9 @@ pub struct MemoryDataplane {
     /// Target addresses this host has no route to.
     pub unreachable: BTreeSet<IpAddr>,
     pub listener_capacity: u32,
+    /// Source addresses from this host's routing table (`sluice check`) instead of
+    /// [`SOURCE`] for every target not in `unreachable`.
+    pub host_routes: bool,
 }
 
 /// The source address the memory data plane reports for every routable target.
@@ -68,6 +73,16 @@ impl MemoryDataplane {
             flows: Vec::new(),
             unreachable: BTreeSet::new(),
             listener_capacity,
+            host_routes: false,
+        }
+    }
+
+    /// A memory data plane that asks this host's routing table for source addresses, as the
+    /// kernel's does: a target the host has no route to is refused the same way.
+    pub fn with_host_routes(listener_capacity: u32, target_capacity: u32) -> MemoryDataplane {
+        MemoryDataplane {
+            host_routes: true,
+            ..MemoryDataplane::new(listener_capacity, target_capacity)
         }
     }
 
@@ -164,6 +179,9 @@ impl Dataplane for MemoryDataplane {
     fn source_for(&self, target: IpAddr) -> io::Result<IpAddr> {
         if self.unreachable.contains(&target) {
             return Err(io::Error::from_raw_os_error(libc::ENETUNREACH));
+        }
+        if self.host_routes {
+            return super::snat::source_for(target);
         }
         Ok(SOURCE)
     }

@@ -9,8 +9,7 @@ pub mod counters;
 pub mod interface;
 pub mod load;
 pub mod maps;
-#[cfg(test)]
-pub(crate) mod memory;
+pub mod memory;
 pub(crate) mod neighbors;
 pub mod pin_lock;
 pub mod pins;

@@ -3,7 +3,7 @@
 
 use std::{fmt, ops::RangeInclusive, str::FromStr, time::Duration};
 
-use serde::{de, Deserialize, Deserializer};
+use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
 
 /// Shortest interval accepted. AWS's floor is 5 s, a cost control for a shared fleet; here
 /// one host checks its own targets, and fast failover (and fast tests) need sub-second
@@ -66,7 +66,7 @@ impl fmt::Display for ShowDuration {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CheckProtocol {
     /// Passes when a TCP connection is established.
@@ -108,16 +108,24 @@ impl CheckProtocol {
 /// unhealthy_threshold = 2     # default 2; 2 to 10
 /// matcher = "200-299"         # http only; default "200"; lists like "200,202"
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckSpec {
     #[serde(default)]
     pub protocol: CheckProtocol,
     pub port: Option<u16>,
     pub path: Option<String>,
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(
+        default,
+        deserialize_with = "optional_duration",
+        serialize_with = "serialize_optional_duration"
+    )]
     pub interval: Option<Duration>,
-    #[serde(default, deserialize_with = "optional_duration")]
+    #[serde(
+        default,
+        deserialize_with = "optional_duration",
+        serialize_with = "serialize_optional_duration"
+    )]
     pub timeout: Option<Duration>,
     pub healthy_threshold: Option<u32>,
     pub unhealthy_threshold: Option<u32>,
@@ -338,6 +346,12 @@ impl fmt::Display for Matcher {
     }
 }
 
+impl Serialize for Matcher {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl<'de> Deserialize<'de> for Matcher {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
@@ -406,6 +420,19 @@ pub(crate) fn optional_duration<'de, D: Deserializer<'de>>(
         }
     }
     deserializer.deserialize_any(Visitor).map(Some)
+}
+
+/// The inverse of [`optional_duration`]: whole seconds as a number, anything finer in
+/// milliseconds (`"500ms"`), the finest unit [`parse_duration`] reads.
+pub(crate) fn serialize_optional_duration<S: Serializer>(
+    duration: &Option<Duration>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match duration {
+        None => serializer.serialize_none(),
+        Some(d) if d.subsec_nanos() == 0 => serializer.serialize_u64(d.as_secs()),
+        Some(d) => serializer.collect_str(&format_args!("{}ms", d.as_millis())),
+    }
 }
 
 #[cfg(test)]

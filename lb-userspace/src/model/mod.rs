@@ -39,6 +39,7 @@ use crate::{
 
 pub mod diff;
 pub mod edit;
+pub mod export;
 pub mod files;
 mod l7;
 mod lines;
@@ -154,7 +155,7 @@ impl WhenUnhealthy {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HashKey {
     #[default]
@@ -162,7 +163,7 @@ pub enum HashKey {
     SourceIp,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
@@ -181,11 +182,19 @@ pub struct Listener {
     /// how long a target may take to answer (then 504). Default 60 s.
     /// tcp/udp: a flow with no packet either way for this long expires (its flow entry and
     /// `nat` port are freed). Default NLB's: 350 s for tcp, 120 s for udp.
-    #[serde(default, deserialize_with = "crate::health::spec::optional_duration")]
+    #[serde(
+        default,
+        deserialize_with = "crate::health::spec::optional_duration",
+        serialize_with = "crate::health::spec::serialize_optional_duration"
+    )]
     pub idle_timeout: Option<Duration>,
     /// http/https only: a request head must arrive within this (slowloris); else 408.
     /// Default 10 s.
-    #[serde(default, deserialize_with = "crate::health::spec::optional_duration")]
+    #[serde(
+        default,
+        deserialize_with = "crate::health::spec::optional_duration",
+        serialize_with = "crate::health::spec::serialize_optional_duration"
+    )]
     pub header_read_timeout: Option<Duration>,
     /// http/https only: the largest request head (request line and headers); larger gets 431.
     /// Default 16384.
@@ -197,14 +206,14 @@ pub struct Listener {
     #[serde(default)]
     pub max_connections: Option<usize>,
     /// https only: at least one; the first is the default when SNI matches none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<CertificateFiles>,
     /// http/https only: append access log lines to this file instead of the log target
     /// `sluice::access`.
     #[serde(default)]
     pub access_log: Option<PathBuf>,
     /// http/https only: evaluated by ascending priority; no match: the default target group.
-    #[serde(default, rename = "rule")]
+    #[serde(default, rename = "rule", skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
     /// With `sluice run --bird-routes`: what happens to the announcement of the listener's
     /// address when none of its targets is healthy. Default `fail_open`.
@@ -291,7 +300,7 @@ impl Listener {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetGroup {
     pub name: String,
@@ -347,7 +356,7 @@ impl Default for OutlierDetection {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
     pub address: IpAddr,
@@ -361,7 +370,7 @@ fn default_weight() -> u32 {
 }
 
 /// Data-plane settings (`[data_plane]`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataPlane {
     /// `nat` source ports, inclusive; keep it disjoint from net.ipv4.ip_local_port_range.
@@ -381,7 +390,7 @@ impl Default for DataPlane {
 }
 
 /// A validated model.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
     #[serde(default, rename = "listener")]

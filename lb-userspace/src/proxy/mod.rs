@@ -16,6 +16,7 @@ pub mod admission;
 mod authority;
 pub mod balance;
 pub mod body;
+pub mod check;
 pub mod conn;
 pub mod context;
 pub mod cookie_keys;

@@ -395,6 +395,9 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The old daemon's drain in the SIGUSR2 test.
+const SIGUSR2_DRAIN: Duration = Duration::from_secs(15);
+
 #[test]
 fn sigusr2_restarts_in_place_with_the_binary_now_at_the_daemons_path() {
     let topology = LbTopology::new(3);
@@ -412,12 +415,14 @@ fn sigusr2_restarts_in_place_with_the_binary_now_at_the_daemons_path() {
         super::l7_support::all_targets(&topology),
     );
     let installed = BinaryCopy::new(&topology);
+    // The drain must outlast the successor's start, whose XDP program load took 5-7 s on a
+    // busy 2-core machine: the WebSocket is checked on the old daemon after the successor serves.
     let lb = L7Sluice::start_from(
         &topology,
         &model,
         3,
         &installed.0,
-        &["--drain-timeout", "5"],
+        &["--drain-timeout", &SIGUSR2_DRAIN.as_secs().to_string()],
     );
     lb.wait_forwarding(&topology, WEB, "target");
     let fixture = Fixture {
@@ -460,11 +465,9 @@ fn sigusr2_restarts_in_place_with_the_binary_now_at_the_daemons_path() {
     assert!(report.failed.is_empty(), "{report:?}");
     // The old daemon drains, closes the WebSocket at its deadline and exits; the successor
     // serves on, and `sluice status` answers from it.
-    wait_until(
-        Duration::from_secs(5) + TIMEOUT,
-        "the old daemon to exit",
-        || f.lb.sluice.try_status().is_some(),
-    );
+    wait_until(SIGUSR2_DRAIN + TIMEOUT, "the old daemon to exit", || {
+        f.lb.sluice.try_status().is_some()
+    });
     assert!(
         f.lb.sluice.try_status().unwrap().success(),
         "{}",

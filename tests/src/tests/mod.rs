@@ -28,6 +28,8 @@ mod l7_workers;
 mod metrics;
 mod namespaces;
 mod nat_lifecycle;
+mod ops_run;
+mod package;
 mod packet_harness;
 mod packets;
 mod run_cli;
