@@ -14,10 +14,11 @@
 use std::{
     collections::BTreeSet,
     fmt::Write as _,
-    io::Write as _,
     net::IpAddr,
     path::{Path, PathBuf},
 };
+
+use crate::model::files;
 
 /// Where BIRD is and the file it includes.
 #[derive(Clone, Debug)]
@@ -95,12 +96,13 @@ impl Bird {
 
     /// Makes BIRD announce exactly `routes`: the file rewritten, then `configure`.
     pub async fn announce(&self, routes: &BTreeSet<IpAddr>) -> Result<(), BirdError> {
-        write_atomically(&self.routes_file, render(routes).as_bytes()).map_err(|source| {
-            BirdError::Write {
+        // Readable by BIRD, which Debian runs as its own user.
+        files::replace(&self.routes_file, render(routes).as_bytes(), Some(0o644)).map_err(
+            |source| BirdError::Write {
                 path: self.routes_file.display().to_string(),
                 source,
-            }
-        })?;
+            },
+        )?;
         self.configure().await
     }
 
@@ -130,27 +132,6 @@ impl Bird {
             None => Ok(()),
         }
     }
-}
-
-/// Replaces `path` with `bytes` in one step: a temporary file in the same directory, synced,
-/// then renamed over it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::other("the path names no file"))?;
-    let mut temporary = name.to_os_string();
-    temporary.push(format!(".sluice-{}.tmp", std::process::id()));
-    let temporary = path.with_file_name(temporary);
-    let written = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temporary);
-    }
-    written
 }
 
 #[cfg(test)]
@@ -210,8 +191,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-bird-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("sluice.conf");
-        write_atomically(&path, b"one").unwrap();
-        write_atomically(&path, b"two").unwrap();
+        files::replace(&path, b"one", Some(0o644)).unwrap();
+        files::replace(&path, b"two", Some(0o644)).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(left.len(), 1, "no temporary file stays behind");

@@ -2,18 +2,13 @@
 //! changes included; `--save` writes it over the daemon's configuration file in one step, so
 //! that a reload keeps those changes.
 
-use std::{
-    fs,
-    io::Write,
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
-    path::Path,
-};
+use std::path::Path;
 
 use anyhow::Context;
 use hyper::Method;
 use sluice::{
     api::{self, RunningConfig},
-    model::Model,
+    model::{files, Model},
 };
 
 use super::SocketArg;
@@ -73,46 +68,20 @@ fn show(args: ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replaces `path` with `contents` in one step: a temporary file in the same directory, with
-/// the mode and owner of the file it replaces, written and synced, then renamed over it. A
-/// symbolic link is followed, so the file it names is replaced and the link stays.
+/// Replaces the configuration file in one step (see [`files::replace`]); a missing file is
+/// named, not created.
 fn replace_file(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    let path = fs::canonicalize(path).with_context(|| format!("cannot find {}", path.display()))?;
-    let meta = fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let temp = dir.join(format!(".{name}.sluice-{}", std::process::id()));
-    let written = (|| -> std::io::Result<()> {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        // The owner first: chown clears set-id bits, which the mode then restores.
-        std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
-        file.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temp, &path)?;
-        // The rename itself is durable once the directory is.
-        fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&temp);
-        return Err(e).with_context(|| {
-            format!(
-                "cannot replace {} (through {}); it is unchanged",
-                path.display(),
-                temp.display()
-            )
-        });
-    }
-    Ok(())
+    files::replace(path, contents, None)
+        .with_context(|| format!("cannot replace {}; it is unchanged", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
+    use std::{
+        fs,
+        os::unix::fs::{MetadataExt, PermissionsExt},
+        path::PathBuf,
+    };
 
     use super::*;
 

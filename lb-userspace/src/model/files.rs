@@ -107,6 +107,53 @@ fn set_blocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Replaces `path` with `contents` in one step: a temporary file in the same directory, with
+/// the mode and owner of the file it replaces, written and synced, then renamed over it (and
+/// the directory synced). A symbolic link is followed, so the file it names is replaced and
+/// the link stays. A missing file is created with mode `mode_if_new` if given; without it,
+/// a missing file is an error (`NotFound`) and nothing is created.
+pub fn replace(path: &Path, contents: &[u8], mode_if_new: Option<u32>) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (path, owner, mode) = match std::fs::canonicalize(path) {
+        Ok(real) => {
+            let meta = std::fs::metadata(&real)?;
+            (real, Some((meta.uid(), meta.gid())), meta.mode() & 0o7777)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match mode_if_new {
+            Some(mode) => (path.to_path_buf(), None, mode),
+            None => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temp = dir.join(format!(".{name}.sluice-{}", std::process::id()));
+    let written = (|| -> io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        // The owner first: chown clears set-id bits, which the mode then restores.
+        if let Some((uid, gid)) = owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        io::Write::write_all(&mut file, contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, &path)?;
+        // The rename itself is durable once the directory is.
+        File::open(dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -60,11 +60,13 @@ pub fn check(model: &Model, key_file: &Path) -> Result<Vec<ProxyError>, ProxyErr
         if !tried.insert(addr) {
             continue;
         }
-        let bound = listen(addr, 1).map(drop).map_err(|source| ProxyError::Bind {
-            name: listener.name.clone(),
-            addr,
-            source,
-        });
+        let bound = listen(addr, 1)
+            .map(drop)
+            .map_err(|source| ProxyError::Bind {
+                name: listener.name.clone(),
+                addr,
+                source,
+            });
         match bound {
             // Perhaps by the running daemon itself, whose reload keeps its socket.
             Err(e) if in_use(&e) => notes.push(e),
