@@ -12,6 +12,7 @@
 
 pub mod handover;
 mod report;
+pub mod resolve;
 pub mod restart;
 mod serve;
 pub mod signals;
@@ -40,7 +41,11 @@ use crate::{
         Dataplane, Maps,
     },
     health::{HealthChecker, HealthEvent},
-    model::{edit::Edit, Model, TargetKey},
+    model::{
+        edit::Edit,
+        resolve::{KeepingLast, SystemResolver},
+        Model, TargetKey,
+    },
     proxy::{Proxy, ProxyError, Staged},
     rates::Rates,
 };
@@ -109,6 +114,8 @@ pub enum Origin {
     Reload(PathBuf),
     /// A change through the control API (`sluice target|listener ...`).
     Edit(Edit),
+    /// Host-name targets resolved again to other addresses.
+    Resolve,
 }
 
 impl fmt::Display for Origin {
@@ -117,6 +124,7 @@ impl fmt::Display for Origin {
             Origin::Start => write!(f, "the configuration"),
             Origin::Reload(path) => write!(f, "reload of {}", path.display()),
             Origin::Edit(edit) => write!(f, "{edit}"),
+            Origin::Resolve => write!(f, "new addresses of host-name targets"),
         }
     }
 }
@@ -191,6 +199,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             }
             Origin::Reload(path) => log::info!("reloaded {}", path.display()),
             Origin::Edit(edit) => log::info!("control API: {edit}, until the next reload"),
+            Origin::Resolve => {}
         }
         log_changes(&changes);
         Ok(changes)
@@ -426,7 +435,12 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
                 path.display()
             )
         };
-        let model = Model::load(path).map_err(|e| {
+        // A name that stopped resolving keeps the address it has now (as the refresh does).
+        let keeping = KeepingLast {
+            resolver: &SystemResolver,
+            last: self.controller.borrow().model().resolved_hosts(),
+        };
+        let model = Model::load_with(path, &keeping).map_err(|e| {
             let message = refused(&e);
             log::error!("{message}");
             ControlError::invalid(message)

@@ -107,11 +107,11 @@ impl Edit {
                         group.name
                     )));
                 }
-                group.targets.push(Target {
-                    address: spec.address,
-                    port: spec.port,
-                    weight: spec.weight.unwrap_or(1),
-                });
+                group.targets.push(Target::at(
+                    spec.address,
+                    spec.port,
+                    spec.weight.unwrap_or(1),
+                ));
             }
             Edit::RemoveTarget(target) => {
                 let group = group_mut(&mut next, &target.group)?;

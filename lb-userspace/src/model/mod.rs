@@ -37,11 +37,13 @@ use crate::{
     maglev::TableSize,
 };
 
+mod address;
 pub mod diff;
 pub mod edit;
 pub mod files;
 mod l7;
 mod lines;
+pub mod resolve;
 mod target;
 mod validate;
 pub use l7::{
@@ -145,6 +147,9 @@ pub enum HashKey {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
+    /// tcp/udp: the virtual IP. http/https: the address to listen on; 0.0.0.0 or :: for
+    /// every address of the host.
+    #[serde(deserialize_with = "address::listener_address")]
     pub address: IpAddr,
     /// 0 = every port.
     pub port: u16,
@@ -317,17 +322,37 @@ impl Default for OutlierDetection {
     }
 }
 
+/// A target: an IP address, or a host name (`address = "app1"`, a compose service name)
+/// resolved when the model is loaded and again while it runs (`resolve`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "address::TargetSpec")]
 pub struct Target {
+    /// The address given, or the one `host` resolved to.
     pub address: IpAddr,
+    /// The host name the model gives, if it gives one rather than an address.
+    pub host: Option<String>,
     pub port: Option<u16>,
-    #[serde(default = "default_weight")]
     pub weight: u32,
 }
 
-fn default_weight() -> u32 {
-    1
+impl Target {
+    /// A target at an IP address.
+    pub fn at(address: IpAddr, port: Option<u16>, weight: u32) -> Target {
+        Target {
+            address,
+            host: None,
+            port,
+            weight,
+        }
+    }
+
+    /// As the model names it: `app1 (10.0.0.5)` for a host name, else the address.
+    pub fn shown(&self) -> String {
+        match &self.host {
+            Some(host) => format!("{host} ({})", self.address),
+            None => self.address.to_string(),
+        }
+    }
 }
 
 /// Data-plane settings (`[data_plane]`).
@@ -360,6 +385,8 @@ pub struct Model {
     pub target_groups: Vec<TargetGroup>,
     #[serde(default)]
     pub data_plane: DataPlane,
+    #[serde(default)]
+    pub resolver: resolve::ResolverSettings,
 }
 
 impl Model {
@@ -373,18 +400,58 @@ impl Model {
         Model::parse(&text, &shown)
     }
 
-    /// Parses and validates model text; `origin` names it in errors.
+    /// Parses and validates model text; `origin` names it in errors. Host-name targets are
+    /// resolved with the system's resolver (a model without them asks nothing).
     pub fn parse(text: &str, origin: &str) -> Result<Model, ModelError> {
-        let model: Model = toml::from_str(text).map_err(|e| ModelError::Syntax {
+        Model::parse_with(text, origin, &resolve::SystemResolver)
+    }
+
+    /// [`Model::parse`] with host names resolved by `resolver`.
+    pub fn parse_with(
+        text: &str,
+        origin: &str,
+        resolver: &dyn resolve::Resolve,
+    ) -> Result<Model, ModelError> {
+        let mut model: Model = toml::from_str(text).map_err(|e| ModelError::Syntax {
             path: origin.to_string(),
             message: one_line(&e.to_string()),
         })?;
-        model.validate().map_err(|error| ModelError::Invalid {
+        let invalid = |error: Invalid| ModelError::Invalid {
             path: origin.to_string(),
             line: lines::locate(text, &error),
             error,
-        })?;
+        };
+        let names = model.host_names();
+        if !names.is_empty() {
+            let answers = resolver.resolve(&names);
+            model.fill_addresses(&answers).map_err(|unresolved| {
+                let group = &model.target_groups[unresolved.group].name;
+                invalid(Subject::Target { group: unresolved.group, index: unresolved.index }.invalid(
+                    Some("address"),
+                    format!(
+                        "target group '{group}': target {} does not resolve ({}); check the name (compose service names resolve inside their compose network, and only while the service runs) or give an IP address",
+                        unresolved.host, unresolved.why
+                    ),
+                ))
+            })?;
+        }
+        model.validate().map_err(invalid)?;
         Ok(model)
+    }
+
+    /// Reads and validates a model file, resolving host names with `resolver`.
+    pub fn load_with(path: &Path, resolver: &dyn resolve::Resolve) -> Result<Model, ModelError> {
+        let shown = path.display().to_string();
+        let text = files::read_regular_text(path).map_err(|source| ModelError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Model::parse_with(&text, &shown, resolver)
+    }
+
+    /// Whether any listener is served by XDP (tcp/udp), which needs `sluice run --iface`.
+    pub fn has_l4_listeners(&self) -> bool {
+        self.listeners.iter().any(|l| !l.protocol.is_l7())
     }
 
     pub fn target_group(&self, name: &str) -> Option<&TargetGroup> {
@@ -708,6 +775,73 @@ targets = [ { address = "10.0.1.10" } ]
             "port = 3000\nhealth_check = { port = 8080 }\n",
         );
         Model::parse(&checked, "sluice.toml").unwrap();
+    }
+
+    #[test]
+    fn http_listeners_may_listen_on_every_address_and_l4_ones_are_told_why_not() {
+        let http = GOOD
+            .replace("protocol = \"tcp\"", "protocol = \"http\"")
+            .replace("192.0.2.10", "0.0.0.0");
+        Model::parse(&http, "sluice.toml").unwrap();
+        Model::parse(
+            &http.replace("0.0.0.0", "::").replace("10.0.1.1", "fd00::1"),
+            "t",
+        )
+        .unwrap();
+        let e = invalid(&GOOD.replace("192.0.2.10", "0.0.0.0"));
+        assert!(
+            e.contains("line 4: listener 'web' (tcp): address 0.0.0.0 is not an address packets are sent to; a tcp/udp listener takes its virtual IP")
+                && e.contains("http/https listeners may use 0.0.0.0"),
+            "{e}"
+        );
+        // Every address includes loopback: a target there on the same port is the proxy.
+        let e = invalid(&http.replace(
+            "{ address = \"10.0.1.10\" }",
+            "{ address = \"127.0.0.1\", port = 80 }",
+        ));
+        assert!(
+            e.contains("target 127.0.0.1:80 is listener 'web' itself"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_listener_address_with_a_port_says_to_use_port() {
+        let e = invalid(&GOOD.replace("\"192.0.2.10\"", "\"192.0.2.10:80\""));
+        assert!(
+            e.starts_with("sluice.toml: TOML parse error at line 4"),
+            "{e}"
+        );
+        assert!(
+            e.contains("listener address '192.0.2.10:80' has a port; write address = \"192.0.2.10\" and port = 80"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_target_may_give_its_port_in_the_address() {
+        let model = Model::parse(
+            &GOOD.replace(
+                "{ address = \"10.0.1.10\" }",
+                "{ address = \"10.0.1.10:3005\" }",
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(model.target_groups[0].targets[0].port, Some(3005));
+        let e = invalid(&GOOD.replace(
+            "\"10.0.1.11\", port = 3001",
+            "\"10.0.1.11:3002\", port = 3001",
+        ));
+        assert!(
+            e.contains("names port 3002 but port = 3001; give the port once"),
+            "{e}"
+        );
+        let e = invalid(&GOOD.replace("\"10.0.1.10\"", "\"10.0.1.10:http\""));
+        assert!(
+            e.contains("target address '10.0.1.10:http': 'http' is not a port"),
+            "{e}"
+        );
     }
 
     #[test]
