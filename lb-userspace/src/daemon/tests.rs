@@ -69,6 +69,14 @@ fn key(addr: &str) -> TargetKey {
 
 /// A daemon started on `config`'s current text.
 fn started(config: &ConfigFile) -> Daemon<MemoryDataplane, MemoryStore> {
+    started_with(config, &crate::model::resolve::SystemResolver)
+}
+
+/// [`started`] with host names resolved by `resolver`.
+fn started_with(
+    config: &ConfigFile,
+    resolver: &dyn crate::model::resolve::Resolve,
+) -> Daemon<MemoryDataplane, MemoryStore> {
     let counters = Counters(
         Counter::ALL
             .iter()
@@ -86,7 +94,7 @@ fn started(config: &ConfigFile) -> Daemon<MemoryDataplane, MemoryStore> {
         inherited: Vec::new(),
         max_connections: None,
     });
-    let model = Model::load(&config.0).unwrap();
+    let model = Model::load_with(&config.0, resolver).unwrap();
     daemon.apply_model(&model, &Origin::Start).unwrap();
     daemon
 }
@@ -347,4 +355,44 @@ async fn a_reload_whose_http_listener_cannot_be_served_writes_nothing_to_the_dat
     // The listener still serves on its socket.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
     drop(taken);
+}
+
+#[tokio::test]
+async fn host_names_that_move_are_applied_and_those_that_fail_keep_their_address() {
+    use crate::model::resolve::{Resolve, Table};
+    use std::collections::{BTreeMap, BTreeSet};
+    let config = ConfigFile::new("host-names");
+    config.write(&text(&["app1"], 60));
+    let daemon = started_with(
+        &config,
+        &Table(BTreeMap::from([("app1", vec!["127.0.0.1"])])),
+    );
+    assert_eq!(
+        daemon.controller().model().target_groups[0].targets[0].address,
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    let names = daemon.controller().model().host_names();
+    let mut failing = BTreeSet::new();
+
+    let moved = Table(BTreeMap::from([("app1", vec!["127.0.0.2"])])).resolve(&names);
+    daemon.refresh_addresses(&moved, &mut failing);
+    let targets = daemon.controller().model().target_groups[0].targets.clone();
+    assert_eq!(targets[0].address.to_string(), "127.0.0.2");
+    assert_eq!(targets[0].host.as_deref(), Some("app1"));
+    // Applied like any change: the new address saved for the next daemon, the old one
+    // draining for its deregistration delay.
+    let saved: Vec<String> = saved_targets(&daemon).into_iter().map(|t| t.0).collect();
+    assert!(saved.contains(&"127.0.0.2:1".to_string()), "{saved:?}");
+    let views = daemon.controller().target_views();
+    assert!(views[&key("127.0.0.1")].draining, "the old address drains");
+    assert!(!views[&key("127.0.0.2")].draining);
+
+    let gone = Table(BTreeMap::new()).resolve(&names);
+    daemon.refresh_addresses(&gone, &mut failing);
+    assert_eq!(failing, BTreeSet::from(["app1".to_string()]));
+    let targets = daemon.controller().model().target_groups[0].targets.clone();
+    assert_eq!(targets[0].address.to_string(), "127.0.0.2");
+
+    daemon.refresh_addresses(&moved, &mut failing);
+    assert!(failing.is_empty());
 }

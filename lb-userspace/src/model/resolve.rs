@@ -149,7 +149,9 @@ pub async fn resolve_system(names: &BTreeSet<String>) -> Answers {
                 Err(e) if e.is_no_records_found() || e.is_nx_domain() => {
                     Err("no address found".to_string())
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(format!(
+                    "not in /etc/hosts, and no DNS server of /etc/resolv.conf answered: {e}"
+                )),
             };
             (name, answer)
         });
@@ -268,8 +270,10 @@ impl Model {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Refresh {
     pub model: Option<Model>,
-    /// Sentences for the log; `true` for warnings.
-    pub notes: Vec<(bool, String)>,
+    /// Sentences for the log: addresses that changed.
+    pub moved: Vec<String>,
+    /// Names without an answer, each with a sentence saying so.
+    pub unresolved: BTreeMap<String, String>,
     /// When to ask again.
     pub next: Duration,
 }
@@ -279,8 +283,8 @@ pub struct Refresh {
 pub fn refresh(model: &Model, answers: &Answers) -> Refresh {
     let mut next = model.resolver.refresh();
     let mut changed = model.clone();
-    let mut notes = Vec::new();
-    let mut warned = BTreeSet::new();
+    let mut moved = Vec::new();
+    let mut unresolved = BTreeMap::new();
     for group in &mut changed.target_groups {
         for target in &mut group.targets {
             let Some(host) = target.host.clone() else {
@@ -295,26 +299,20 @@ pub fn refresh(model: &Model, answers: &Answers) -> Refresh {
                         continue;
                     };
                     if address != target.address {
-                        notes.push((
-                            false,
-                            format!(
-                                "target group '{}': {host} now resolves to {address} (was {}); the old address drains",
-                                group.name, target.address
-                            ),
+                        moved.push(format!(
+                            "target group '{}': {host} now resolves to {address} (was {}); the old address drains",
+                            group.name, target.address
                         ));
                         target.address = address;
                     }
                 }
                 Some(Err(why)) => {
-                    if warned.insert(host.clone()) {
-                        notes.push((
-                            true,
-                            format!(
-                                "{host} does not resolve ({why}); its targets keep their last address {}",
-                                target.address
-                            ),
-                        ));
-                    }
+                    unresolved.entry(host.clone()).or_insert_with(|| {
+                        format!(
+                            "{host} does not resolve ({why}); its targets keep their last address {}",
+                            target.address
+                        )
+                    });
                 }
                 None => {}
             }
@@ -322,7 +320,8 @@ pub fn refresh(model: &Model, answers: &Answers) -> Refresh {
     }
     Refresh {
         model: (changed != *model).then_some(changed),
-        notes,
+        moved,
+        unresolved,
         next,
     }
 }
@@ -430,7 +429,7 @@ mod tests {
         let same = before.resolve(&running.host_names());
         let unchanged = refresh(&running, &same);
         assert_eq!(unchanged.model, None);
-        assert!(unchanged.notes.is_empty());
+        assert!(unchanged.moved.is_empty() && unchanged.unresolved.is_empty());
         assert_eq!(unchanged.next, DEFAULT_REFRESH);
 
         let mut answers = table(&[("app1", &["10.0.0.7"])]).resolve(&running.host_names());
@@ -440,11 +439,15 @@ mod tests {
         assert_eq!(model.target_groups[0].targets[0].address, ip("10.0.0.7"));
         assert_eq!(model.target_groups[0].targets[1].address, ip("10.0.0.2"));
         assert_eq!(
-            refreshed.notes,
-            [
-                (false, "target group 'apps': app1 now resolves to 10.0.0.7 (was 10.0.0.1); the old address drains".to_string()),
-                (true, "app2 does not resolve (no address found); its targets keep their last address 10.0.0.2".to_string()),
-            ]
+            refreshed.moved,
+            ["target group 'apps': app1 now resolves to 10.0.0.7 (was 10.0.0.1); the old address drains"]
+        );
+        assert_eq!(
+            refreshed.unresolved,
+            BTreeMap::from([(
+                "app2".to_string(),
+                "app2 does not resolve (no address found); its targets keep their last address 10.0.0.2".to_string()
+            )])
         );
         // A shorter TTL is honoured, down to a second.
         assert_eq!(refreshed.next, Duration::from_secs(5));

@@ -8,6 +8,7 @@ mod decap;
 mod forwarding_dsr;
 mod forwarding_nat;
 mod forwarding_tunnel;
+mod host_names;
 mod icmp;
 mod l4_fixture;
 mod l7_connection_limits;
