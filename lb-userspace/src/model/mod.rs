@@ -46,6 +46,7 @@ mod lines;
 pub mod resolve;
 mod target;
 mod validate;
+pub use address::{parse_listener_address, parse_target_address, TargetAddress};
 pub use l7::{
     Action, Algorithm, CertificateFiles, Cidr, FixedResponse, Forward, HeaderCondition,
     QueryCondition, Redirect, Rule, Stickiness, WeightedGroup, CONTENT_TYPES,

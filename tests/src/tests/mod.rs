@@ -22,6 +22,7 @@ mod l7_sticky;
 mod l7_support;
 mod l7_tls;
 mod l7_websocket;
+mod listener_add;
 mod metrics;
 mod namespaces;
 mod nat_lifecycle;
