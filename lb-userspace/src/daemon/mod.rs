@@ -192,6 +192,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         self.commit_proxy(staged);
         self.recheck();
         self.save();
+        warn_unheld_addresses(model);
         match origin {
             Origin::Start => {}
             Origin::Reload(path) if changes.is_empty() => {
@@ -508,6 +509,22 @@ impl<D: Dataplane, S: Store> metrics::Source for Daemon<D, S> {
             latencies,
             proxy,
         })
+    }
+}
+
+/// Warns of http/https listeners on addresses this host does not hold (they bind, but get
+/// no traffic).
+fn warn_unheld_addresses(model: &Model) {
+    if !model.listeners.iter().any(|l| l.protocol.is_l7()) {
+        return;
+    }
+    match crate::dataplane::interface::host_addresses() {
+        Ok(held) => {
+            for warning in model.l7_listeners_not_held(&held) {
+                log::warn!("{warning}");
+            }
+        }
+        Err(e) => log::debug!("cannot list the host's addresses: {e}"),
     }
 }
 

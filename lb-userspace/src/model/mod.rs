@@ -450,6 +450,29 @@ impl Model {
         Model::parse_with(&text, &shown, resolver)
     }
 
+    /// http/https listeners on an address that is not among `held` (the host's addresses):
+    /// the proxy binds them anyway (IP_FREEBIND) but gets no traffic until the address is
+    /// added. One sentence each, with the fix.
+    pub fn l7_listeners_not_held(&self, held: &[IpAddr]) -> Vec<String> {
+        self.listeners
+            .iter()
+            .filter(|l| {
+                l.protocol.is_l7() && !l.address.is_unspecified() && !held.contains(&l.address)
+            })
+            .map(|l| {
+                let prefix = if l.address.is_ipv4() { 32 } else { 128 };
+                format!(
+                    "listener '{}' ({}) listens on {}, which no interface of this host holds: it gets no traffic until the address is added (e.g. `ip addr add {}/{prefix} dev IF`), or use address = \"{}\" for every address",
+                    l.name,
+                    l.protocol.name(),
+                    l.address,
+                    l.address,
+                    if l.address.is_ipv4() { "0.0.0.0" } else { "::" }
+                )
+            })
+            .collect()
+    }
+
     /// Whether any listener is served by XDP (tcp/udp), which needs `sluice run --iface`.
     pub fn has_l4_listeners(&self) -> bool {
         self.listeners.iter().any(|l| !l.protocol.is_l7())
@@ -804,6 +827,30 @@ targets = [ { address = "10.0.1.10" } ]
             e.contains("target 127.0.0.1:80 is listener 'web' itself"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn http_listeners_on_addresses_the_host_lacks_are_named() {
+        let http = GOOD.replace("protocol = \"tcp\"", "protocol = \"http\"");
+        let model = Model::parse(&http, "t").unwrap();
+        let held: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+        let warnings = model.l7_listeners_not_held(&held);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("listener 'web' (http) listens on 192.0.2.10, which no interface of this host holds")
+                && warnings[0].contains("ip addr add 192.0.2.10/32 dev IF"),
+            "{warnings:?}"
+        );
+        assert!(model
+            .l7_listeners_not_held(&["192.0.2.10".parse().unwrap()])
+            .is_empty());
+        let every = Model::parse(&http.replace("192.0.2.10", "0.0.0.0"), "t").unwrap();
+        assert!(every.l7_listeners_not_held(&held).is_empty());
+        // tcp listeners' virtual IPs are XDP's, which the host need not hold.
+        assert!(Model::parse(GOOD, "t")
+            .unwrap()
+            .l7_listeners_not_held(&held)
+            .is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `sluice listener add` for the L7 proxy: an https listener with its certificate added to a
-//! running daemon serves TLS at once; what is missing or misplaced is refused with the fix.
+//! running daemon serves TLS at once; what is missing or misplaced is refused with the fix;
+//! one on an address the host does not hold is warned about.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -99,5 +100,32 @@ fn an_https_listener_added_with_its_certificate_serves_tls() {
     .unwrap();
     assert_eq!((answer.status, answer.body.trim()), (200, "target0"));
     assert_eq!(answer.http_version, "2");
+
+    // An http listener on an address the lb namespace does not hold is served (the proxy
+    // binds it) but gets no traffic: the daemon says so.
+    let out = lb.cli(&[
+        "listener",
+        "add",
+        "elsewhere",
+        "--address",
+        "10.111.100.2",
+        "--port",
+        "80",
+        "--protocol",
+        "http",
+        "--target-group",
+        "www",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    crate::netns::wait_until(Duration::from_secs(10), "the warning", || {
+        lb.sluice.stderr().contains("listener 'elsewhere' (http) listens on 10.111.100.2, which no interface of this host holds")
+    });
+    assert!(
+        !lb.sluice
+            .stderr()
+            .contains("listener 'secure' (https) listens on"),
+        "{}",
+        lb.sluice.stderr()
+    );
     lb.check_running();
 }
