@@ -43,6 +43,8 @@ pub mod edit;
 pub mod files;
 mod l7;
 mod lines;
+#[cfg(test)]
+mod quick_start;
 pub mod resolve;
 mod target;
 mod validate;
