@@ -262,6 +262,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // daemon taking over finds the state that goes with them. An http/https listener that
     // cannot be served (its address taken, a file it names unusable) stops sluice here, as a
     // broken model would (a fresh start then removes its pins again: `fresh`).
+    if args.ifaces.is_empty() {
+        daemon.serve_l7_only();
+    }
     daemon.apply_model(&model, &Origin::Start)?;
 
     for (iface, &ifindex) in args.ifaces.iter().zip(&ifindexes) {

@@ -96,6 +96,8 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     /// The connection-state tables as the last complete sweep counted them.
     tables: RefCell<Option<crate::api::ConnectionTables>>,
     max_connections: Option<usize>,
+    /// XDP is attached to no interface: models with tcp/udp listeners are refused.
+    l7_only: Cell<bool>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -138,6 +140,10 @@ pub enum ApplyModelError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// A tcp/udp listener, while XDP is attached to no interface (`sluice run` without
+    /// `--iface`).
+    #[error("listener(s) {0} are served by XDP, which this daemon attached to no interface (it runs without --iface); restart it with --iface IF to serve tcp/udp listeners")]
+    NoInterface(String),
 }
 
 impl<D: Dataplane, S: Store> Daemon<D, S> {
@@ -175,6 +181,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             inherited: RefCell::new(inherited),
             tables: RefCell::new(None),
             max_connections,
+            l7_only: Cell::new(false),
         }
     }
 
@@ -186,6 +193,17 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     /// with nothing changed when a listener cannot be served or the data plane cannot take the
     /// model.
     pub fn apply_model(&self, model: &Model, origin: &Origin) -> Result<Changes, ApplyModelError> {
+        if self.l7_only.get() {
+            let l4: Vec<String> = model
+                .listeners
+                .iter()
+                .filter(|l| !l.protocol.is_l7())
+                .map(|l| format!("'{}' ({})", l.name, l.protocol.name()))
+                .collect();
+            if !l4.is_empty() {
+                return Err(ApplyModelError::NoInterface(l4.join(", ")));
+            }
+        }
         let reread = !matches!(origin, Origin::Edit(_));
         let staged = self.stage_proxy(model, reread)?;
         let changes = self.controller.borrow_mut().apply(model, Instant::now())?;
@@ -263,6 +281,12 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     }
 
     /// `sluice down` asked for this daemon to stop, detach and remove its pins.
+    /// This daemon serves http/https listeners only (no `--iface`): from now on a model with
+    /// a tcp/udp listener is refused.
+    pub fn serve_l7_only(&self) {
+        self.l7_only.set(true);
+    }
+
     pub fn going_down(&self) -> bool {
         self.going_down.get()
     }
@@ -400,6 +424,7 @@ fn refused(e: &ApplyModelError, message: String) -> ControlError {
         ApplyModelError::Proxy(ProxyError::Bind { .. }) => ControlError::conflict(message),
         ApplyModelError::Proxy(ProxyError::Runtime(_)) => ControlError::internal(message),
         ApplyModelError::Proxy(_) => ControlError::invalid(message),
+        ApplyModelError::NoInterface(_) => ControlError::conflict(message),
     }
 }
 

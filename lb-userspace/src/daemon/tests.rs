@@ -396,3 +396,27 @@ async fn host_names_that_move_are_applied_and_those_that_fail_keep_their_address
     daemon.refresh_addresses(&moved, &mut failing);
     assert!(failing.is_empty());
 }
+
+#[tokio::test]
+async fn a_daemon_without_interfaces_refuses_tcp_listeners_and_keeps_its_model() {
+    let config = ConfigFile::new("l7-only");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    config.write(&text(&["127.0.0.1"], 0).replace(
+        "192.0.2.10\"\nport = 80\nprotocol = \"tcp\"",
+        &format!("127.0.0.1\"\nport = {port}\nprotocol = \"http\""),
+    ));
+    let daemon = started(&config);
+    daemon.serve_l7_only();
+    let before = daemon.controller().model().clone();
+    config.write(&text(&["127.0.0.1"], 0));
+    let refused = daemon.reload(false).unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert!(
+        refused.message.contains("listener(s) 'web' (tcp) are served by XDP, which this daemon attached to no interface (it runs without --iface); restart it with --iface IF"),
+        "{}",
+        refused.message
+    );
+    assert_eq!(daemon.controller().model(), &before);
+}
