@@ -44,7 +44,7 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), BpffsError> {
 
 /// Whether `path` lives on a BPF filesystem.
 pub fn is_bpffs(path: &Path) -> bool {
-    rustix::fs::statfs(path).is_ok_and(|fs| fs.f_type as i64 == BPF_FS_MAGIC)
+    rustix::fs::statfs(path).is_ok_and(|fs| fs.f_type == BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs unless another process just did. Two daemons starting together must not both

@@ -65,7 +65,7 @@ pub fn manage_all(targets: &[IpAddr]) -> Vec<(IpAddr, Result<NextHop, NeighborEr
                 .collect();
         }
     };
-    let routes: Vec<(IpAddr, Result<(u32, NextHop), NeighborError>)> =
+    let routes: Vec<(IpAddr, Result<Route, NeighborError>)> =
         targets.iter().map(|&t| (t, rtnl.route_to(t))).collect();
     let hops: BTreeSet<(u32, IpAddr)> = routes
         .iter()
@@ -86,6 +86,9 @@ pub fn manage_all(targets: &[IpAddr]) -> Vec<(IpAddr, Result<NextHop, NeighborEr
         .map(|(t, route)| (t, route.map(|(_, hop)| hop)))
         .collect()
 }
+
+/// A route's outgoing interface (index) and next hop.
+type Route = (u32, NextHop);
 
 /// A route netlink socket that asks one thing at a time.
 struct Rtnl {
@@ -110,7 +113,7 @@ impl Rtnl {
     }
 
     /// `ip route get TARGET`: the interface index and the next hop.
-    fn route_to(&mut self, target: IpAddr) -> Result<(u32, NextHop), NeighborError> {
+    fn route_to(&mut self, target: IpAddr) -> Result<Route, NeighborError> {
         let answer = self
             .ask(RouteNetlinkMessage::GetRoute(route_query(target)), 0)
             .map_err(|e| match e.raw_os_error() {
