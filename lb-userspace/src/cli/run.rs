@@ -393,16 +393,9 @@ fn check_interfaces(model: &Model, ifaces: &[String]) -> anyhow::Result<()> {
     if !ifaces.is_empty() {
         return Ok(());
     }
-    let l4: Vec<String> = model
-        .listeners
-        .iter()
-        .filter(|l| !l.protocol.is_l7())
-        .map(|l| format!("'{}' ({})", l.name, l.protocol.name()))
-        .collect();
-    if !l4.is_empty() {
+    if let Some(l4) = model.l4_listeners_shown() {
         anyhow::bail!(
-            "listener(s) {} are served by XDP, which needs the interface(s) their traffic arrives on: add --iface IF (e.g. --iface eth0); only http/https listeners run without --iface",
-            l4.join(", ")
+            "listener(s) {l4} are served by XDP, which needs the interface(s) their traffic arrives on: add --iface IF (e.g. --iface eth0); only http/https listeners run without --iface"
         );
     }
     log::info!("no --iface: serving http/https listeners only; tcp/udp listeners need --iface");

@@ -194,14 +194,8 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     /// model.
     pub fn apply_model(&self, model: &Model, origin: &Origin) -> Result<Changes, ApplyModelError> {
         if self.l7_only.get() {
-            let l4: Vec<String> = model
-                .listeners
-                .iter()
-                .filter(|l| !l.protocol.is_l7())
-                .map(|l| format!("'{}' ({})", l.name, l.protocol.name()))
-                .collect();
-            if !l4.is_empty() {
-                return Err(ApplyModelError::NoInterface(l4.join(", ")));
+            if let Some(l4) = model.l4_listeners_shown() {
+                return Err(ApplyModelError::NoInterface(l4));
             }
         }
         let reread = !matches!(origin, Origin::Edit(_));

@@ -480,6 +480,17 @@ impl Model {
         self.listeners.iter().any(|l| !l.protocol.is_l7())
     }
 
+    /// The listeners XDP serves, for sentences: `'vip' (tcp), 'dns' (udp)`; None if none.
+    pub fn l4_listeners_shown(&self) -> Option<String> {
+        let shown: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|l| !l.protocol.is_l7())
+            .map(|l| format!("'{}' ({})", l.name, l.protocol.name()))
+            .collect();
+        (!shown.is_empty()).then(|| shown.join(", "))
+    }
+
     pub fn target_group(&self, name: &str) -> Option<&TargetGroup> {
         self.target_groups.iter().find(|g| g.name == name)
     }
