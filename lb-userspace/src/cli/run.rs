@@ -44,8 +44,8 @@ use sluice::{
 pub struct RunArgs {
     /// Interface to attach the XDP program to; repeat for several (e.g. the client side and
     /// the target side, so `nat` replies are translated too). Needed for tcp/udp listeners;
-    /// a model with only http/https listeners runs without.
-    #[arg(long = "iface", value_name = "IF")]
+    /// a --config with only http/https listeners runs without.
+    #[arg(long = "iface", value_name = "IF", required_unless_present = "config")]
     ifaces: Vec<String>,
     /// The model: listeners, target groups, targets (TOML). Without it nothing is balanced
     /// and all traffic passes to the kernel.
