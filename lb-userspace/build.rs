@@ -34,8 +34,13 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SLUICE_REQUIRE_EBPF");
     println!("cargo:rerun-if-env-changed=PATH");
 
+    println!(
+        "cargo:rerun-if-changed={}",
+        ebpf_dir.join("rust-toolchain.toml").display()
+    );
     let required = env::var("SLUICE_REQUIRE_EBPF").is_ok_and(|v| v == "1");
-    if let Err(missing) = toolchain_present() {
+    let nightly = pinned_nightly(&ebpf_dir);
+    if let Err(missing) = toolchain_present(&nightly) {
         if required {
             panic!(
                 "cannot build the XDP program: {missing}; run `cargo xtask build` to install it"
@@ -52,7 +57,7 @@ fn main() {
     let debug_build = env::var("PROFILE").is_ok_and(|p| p == "debug");
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--release", "--locked"])
+    cmd.args(["run", &nightly, "cargo", "build", "--release", "--locked"])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -82,7 +87,7 @@ fn main() {
         cmd.env_remove(key);
     }
     let status = cmd.status().unwrap_or_else(|e| {
-        panic!("failed to run `rustup run nightly cargo build` for lb-ebpf: {e}")
+        panic!("failed to run `rustup run {nightly} cargo build` for lb-ebpf: {e}")
     });
     assert!(
         status.success(),
@@ -96,19 +101,38 @@ fn main() {
         .unwrap_or_else(|e| panic!("copying {} to {}: {e}", built.display(), object.display()));
 }
 
-/// Checks for the nightly toolchain's `rust-src` and for `bpf-linker` on `PATH`.
-fn toolchain_present() -> Result<(), String> {
+/// The toolchain `lb-ebpf/rust-toolchain.toml` pins (made by `cargo xtask setup`).
+fn pinned_nightly(ebpf_dir: &Path) -> String {
+    let path = ebpf_dir.join("rust-toolchain.toml");
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| panic!("{} names no channel", path.display()))
+}
+
+/// Checks for the pinned nightly, its `rust-src`, and `bpf-linker` on `PATH`.
+fn toolchain_present(nightly: &str) -> Result<(), String> {
     let sysroot = Command::new("rustup")
-        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .args(["run", nightly, "rustc", "--print", "sysroot"])
         .env_remove("RUSTUP_TOOLCHAIN")
         .output()
         .map_err(|e| format!("cannot run rustup: {e}"))?;
     if !sysroot.status.success() {
-        return Err("the nightly toolchain is not installed".into());
+        return Err(format!(
+            "the pinned nightly {nightly} is not set up (`cargo xtask setup` links it)"
+        ));
     }
     let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
-        return Err("the nightly toolchain has no rust-src component".into());
+        return Err(format!("the nightly {nightly} has no rust-src component"));
     }
     let on_path = env::var_os("PATH")
         .map(|p| env::split_paths(&p).any(|d| is_executable(&d.join("bpf-linker"))))

@@ -138,7 +138,7 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
-fn unique_name(role: &str) -> String {
+pub fn unique_name(role: &str) -> String {
     let seq = NEXT_SEQ.fetch_add(1, Ordering::Relaxed);
     format!("{NAME_PREFIX}{}-{seq}-{role}", std::process::id())
 }

@@ -148,14 +148,15 @@ fn lint() -> anyhow::Result<()> {
     // The eBPF crate is its own workspace built with nightly for bpfel-unknown-none
     // (lb-ebpf/.cargo/config.toml sets the target and build-std).
     let ebpf_dir = workspace_root().join("lb-ebpf");
+    let nightly = setup::PinnedNightly::read(workspace_root())?.name;
     run(Command::new("rustup")
-        .args(["run", "nightly", "cargo", "fmt", "--check"])
+        .args(["run", &nightly, "cargo", "fmt", "--check"])
         .current_dir(&ebpf_dir)
         .env_remove("RUSTUP_TOOLCHAIN"))?;
     run(Command::new("rustup")
         .args([
             "run",
-            "nightly",
+            &nightly,
             "cargo",
             "clippy",
             "--release",

@@ -39,23 +39,139 @@ pub const L7_BENCH_PACKAGES: &[&str] = &["nginx", "haproxy", "wrk", "nghttp2-cli
 /// bpf-linker version known to build against LLVM 22 (see shared FACTS).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Everything needed to build the XDP program.
+/// Everything needed to build the XDP program: the pinned nightly, its `rust-src`, and
+/// bpf-linker built against its libLLVM.
 pub fn ebpf_toolchain() -> anyhow::Result<()> {
-    let sysroot = nightly_sysroot()?;
+    let pin = PinnedNightly::read(crate::workspace_root())?;
+    let source = pin.ensure_linked()?;
+    let sysroot = toolchain_sysroot(&pin.name)?;
     if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
-        eprintln!("xtask: adding the nightly rust-src component (needed for -Z build-std=core)");
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        let Some(source) = source else {
+            bail!(
+                "{} has no rust-src component, and it is linked from a toolchain rustup did not install; add rust-src to the toolchain at {}",
+                pin.name,
+                sysroot.display()
+            );
+        };
+        eprintln!("xtask: adding rust-src to {source} (needed for -Z build-std=core)");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", &source]))?;
     }
     if !bpf_linker_works() {
         install_bpf_linker(&sysroot)?;
     }
     Ok(())
+}
+
+/// The nightly the XDP program is built with, as `lb-ebpf/rust-toolchain.toml` names it:
+/// `sluice-nightly-YYYY-MM-DD`, a name `rustup toolchain link` gives to an installed nightly
+/// of that date (rustup refuses to link under an official name such as `nightly-2026-05-19`,
+/// and cannot download one here).
+pub struct PinnedNightly {
+    pub name: String,
+    /// YYYY-MM-DD: the nightly's commit date (`rustc -vV`).
+    pub date: String,
+}
+
+const PIN_PREFIX: &str = "sluice-nightly-";
+
+impl PinnedNightly {
+    pub fn read(workspace_root: &Path) -> anyhow::Result<PinnedNightly> {
+        let path = workspace_root.join("lb-ebpf/rust-toolchain.toml");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        PinnedNightly::parse(&text).with_context(|| {
+            format!(
+                "{}: expected channel = \"{PIN_PREFIX}YYYY-MM-DD\"",
+                path.display()
+            )
+        })
+    }
+
+    fn parse(text: &str) -> Option<PinnedNightly> {
+        let name = text.lines().find_map(|line| {
+            let value = line
+                .trim()
+                .strip_prefix("channel")?
+                .trim()
+                .strip_prefix('=')?;
+            Some(value.trim().trim_matches('"').to_string())
+        })?;
+        let date = name.strip_prefix(PIN_PREFIX)?.to_string();
+        let valid = date.len() == 10
+            && date.char_indices().all(|(i, c)| {
+                if i == 4 || i == 7 {
+                    c == '-'
+                } else {
+                    c.is_ascii_digit()
+                }
+            });
+        valid.then_some(PinnedNightly { name, date })
+    }
+
+    /// Makes sure `self.name` runs the nightly of `self.date`, linking it from an installed
+    /// one if needed; returns the rustup toolchain it was linked from, when this call or an
+    /// earlier one can tell (for adding components). Fast when already done: one `rustc -vV`.
+    fn ensure_linked(&self) -> anyhow::Result<Option<String>> {
+        let candidates = [format!("nightly-{}", self.date), "nightly".to_string()];
+        let linked = commit_date(&self.name);
+        if linked.as_deref() == Some(self.date.as_str()) {
+            let sysroot = toolchain_sysroot(&self.name)?;
+            let source = candidates.into_iter().find(|c| {
+                toolchain_sysroot(c)
+                    .is_ok_and(|s| fs::canonicalize(&s).ok() == fs::canonicalize(&sysroot).ok())
+            });
+            return Ok(source);
+        }
+        let mut found = Vec::new();
+        for candidate in &candidates {
+            match commit_date(candidate) {
+                Some(date) if date == self.date => {
+                    let sysroot = toolchain_sysroot(candidate)?;
+                    if linked.is_some() {
+                        // Linked to another nightly before (an update): link again.
+                        run(Command::new("rustup").args(["toolchain", "uninstall", &self.name]))?;
+                    }
+                    eprintln!(
+                        "xtask: linking {} to {candidate} ({}), the nightly the XDP program is pinned to",
+                        self.name,
+                        sysroot.display()
+                    );
+                    run(Command::new("rustup")
+                        .args(["toolchain", "link", &self.name])
+                        .arg(&sysroot))?;
+                    return Ok(Some(candidate.clone()));
+                }
+                Some(date) => found.push(format!("{candidate} is from {date}")),
+                None => {}
+            }
+        }
+        let found = if found.is_empty() {
+            "no nightly is installed".to_string()
+        } else {
+            found.join(", ")
+        };
+        bail!(
+            "the XDP program is built with the nightly of {date} ({name} in lb-ebpf/rust-toolchain.toml), but {found}; install it with `rustup toolchain install nightly-{date} --component rust-src` and run `cargo xtask setup` again (it links {name} to it). To move to another nightly, change the date in lb-ebpf/rust-toolchain.toml and check that the eBPF build and tests pass with it.",
+            date = self.date,
+            name = self.name
+        )
+    }
+}
+
+/// The commit date of a toolchain's rustc (YYYY-MM-DD), if the toolchain runs.
+fn commit_date(toolchain: &str) -> Option<String> {
+    let out = Command::new("rustup")
+        .args(["run", toolchain, "rustc", "-vV"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        l.strip_prefix("commit-date: ")
+            .map(|d| d.trim().to_string())
+    })
 }
 
 /// Installs missing Debian packages with apt-get (root only).
@@ -116,13 +232,13 @@ fn debian_package_installed(package: &str) -> bool {
         })
 }
 
-fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+fn toolchain_sysroot(toolchain: &str) -> anyhow::Result<PathBuf> {
     let out = output(
         Command::new("rustup")
-            .args(["run", "nightly", "rustc", "--print", "sysroot"])
+            .args(["run", toolchain, "rustc", "--print", "sysroot"])
             .env_remove("RUSTUP_TOOLCHAIN"),
     )
-    .context("the nightly toolchain is needed to build the XDP program (rustup toolchain install nightly)")?;
+    .with_context(|| format!("the toolchain {toolchain} does not run"))?;
     Ok(PathBuf::from(out.trim()))
 }
 
@@ -197,4 +313,28 @@ fn cargo_home() -> anyhow::Result<PathBuf> {
     }
     let home = env::var_os("HOME").context("neither CARGO_HOME nor HOME is set")?;
     Ok(PathBuf::from(home).join(".cargo"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pin_is_a_dated_sluice_nightly() {
+        let pin =
+            PinnedNightly::parse("[toolchain]\nchannel = \"sluice-nightly-2026-05-19\"\n").unwrap();
+        assert_eq!(
+            (pin.name.as_str(), pin.date.as_str()),
+            ("sluice-nightly-2026-05-19", "2026-05-19")
+        );
+        for bad in [
+            "channel = \"nightly\"",
+            "channel = \"sluice-nightly-2026-5-19\"",
+            "components = []",
+        ] {
+            assert!(PinnedNightly::parse(bad).is_none(), "{bad}");
+        }
+        // The file in the repository is such a pin.
+        PinnedNightly::read(crate::workspace_root()).unwrap();
+    }
 }

@@ -44,8 +44,9 @@ use sluice::{
 #[derive(clap::Args)]
 pub struct RunArgs {
     /// Interface to attach the XDP program to; repeat for several (e.g. the client side and
-    /// the target side, so `nat` replies are translated too).
-    #[arg(long = "iface", value_name = "IF", required = true)]
+    /// the target side, so `nat` replies are translated too). Needed for tcp/udp listeners;
+    /// a --config with only http/https listeners runs without.
+    #[arg(long = "iface", value_name = "IF", required_unless_present = "config")]
     ifaces: Vec<String>,
     /// The model: listeners, target groups, targets (TOML). Without it nothing is balanced
     /// and all traffic passes to the kernel.
@@ -162,6 +163,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => Model::load(path)?,
         None => Model::default(),
     };
+    check_interfaces(&model, &args.ifaces)?;
     // A daemon stopping on the same socket (or running, with --take-over) hands over its
     // listening sockets first, and stops writing the data plane, which this one then adopts.
     let handover_path = handover::path_for(&args.socket);
@@ -309,6 +311,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // daemon taking over finds the state that goes with them. An http/https listener that
     // cannot be served (its address taken, a file it names unusable) stops sluice here, as a
     // broken model would (a fresh start then removes its pins again: `fresh`).
+    if args.ifaces.is_empty() {
+        daemon.serve_l7_only();
+    }
     daemon.apply_model(&model, &Origin::Start)?;
     daemon.check_setup(args.ifaces.clone());
 
@@ -361,6 +366,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             daemon.start_announcing(bird);
         }
+        let resolving =
+            tokio::task::spawn_local(daemon::resolve::keep_resolved(Rc::clone(&daemon)));
         let mut successors = Successors::listen(&handover_path, handover_listener, handover_file)
             .context("listening for a successor on the hand-over socket")?;
         // Under systemd (Type=notify): ready, now that the http/https listeners, the control
@@ -378,6 +385,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         .await;
         // Awaited, so their sockets are closed before a successor binds the same metrics
         // address (the hand-over below blocks this thread while the successor starts).
+        resolving.abort();
         api.abort();
         let _ = api.await;
         if let Some(metrics) = metrics {
@@ -441,25 +449,38 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A model with tcp/udp listeners needs an interface for XDP; an L7-only one runs without.
+fn check_interfaces(model: &Model, ifaces: &[String]) -> anyhow::Result<()> {
+    if !ifaces.is_empty() {
+        return Ok(());
+    }
+    if let Some(l4) = model.l4_listeners_shown() {
+        anyhow::bail!(
+            "listener(s) {l4} are served by XDP, which needs the interface(s) their traffic arrives on: add --iface IF (e.g. --iface eth0); only http/https listeners run without --iface"
+        );
+    }
+    log::info!("no --iface: serving http/https listeners only; tcp/udp listeners need --iface");
+    Ok(())
+}
+
 /// Raises the soft limit on open files to the hard limit: the L7 proxy holds two descriptors
 /// per proxied connection, and the usual soft limit of 1024 would cap it near 500.
 fn raise_open_file_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write `limit`.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            let before = limit.rlim_cur;
-            limit.rlim_cur = limit.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                log::debug!(
-                    "open files limit raised from {before} to {}",
-                    limit.rlim_max
-                );
-            }
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let before = limit.current;
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => log::debug!(
+                "open files limit raised from {} to {}",
+                before.map_or("unlimited".into(), |n| n.to_string()),
+                limit.maximum.map_or("unlimited".into(), |n| n.to_string())
+            ),
+            Err(e) => log::debug!("open files limit not raised: {e}"),
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod check;
 pub mod handover;
 pub mod preflight;
 mod report;
+pub mod resolve;
 pub mod restart;
 mod serve;
 pub mod signals;
@@ -45,7 +46,11 @@ use crate::{
         Dataplane, Maps,
     },
     health::{HealthChecker, HealthEvent},
-    model::{edit::Edit, Model, TargetKey},
+    model::{
+        edit::Edit,
+        resolve::{KeepingLast, SystemResolver},
+        Model, TargetKey,
+    },
     proxy::{Proxy, ProxyError, Staged},
     rates::Rates,
 };
@@ -107,6 +112,8 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     warnings: RefCell<Vec<String>>,
     /// The interfaces the set-up checks look at; none until [`Daemon::check_setup`].
     checked_ifaces: RefCell<Option<Vec<String>>>,
+    /// XDP is attached to no interface: models with tcp/udp listeners are refused.
+    l7_only: Cell<bool>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -125,6 +132,8 @@ pub enum Origin {
     Reload(PathBuf),
     /// A change through the control API (`sluice target|listener ...`).
     Edit(Edit),
+    /// Host-name targets resolved again to other addresses.
+    Resolve,
 }
 
 impl fmt::Display for Origin {
@@ -133,6 +142,7 @@ impl fmt::Display for Origin {
             Origin::Start => write!(f, "the configuration"),
             Origin::Reload(path) => write!(f, "reload of {}", path.display()),
             Origin::Edit(edit) => write!(f, "{edit}"),
+            Origin::Resolve => write!(f, "new addresses of host-name targets"),
         }
     }
 }
@@ -146,6 +156,10 @@ pub enum ApplyModelError {
     Proxy(#[from] ProxyError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    /// A tcp/udp listener, while XDP is attached to no interface (`sluice run` without
+    /// `--iface`).
+    #[error("listener(s) {0} are served by XDP, which this daemon attached to no interface (it runs without --iface); restart it with --iface IF to serve tcp/udp listeners")]
+    NoInterface(String),
 }
 
 impl<D: Dataplane, S: Store> Daemon<D, S> {
@@ -189,6 +203,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             transitions: RefCell::default(),
             warnings: RefCell::default(),
             checked_ifaces: RefCell::default(),
+            l7_only: Cell::new(false),
         }
     }
 
@@ -244,6 +259,11 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     /// with nothing changed when a listener cannot be served or the data plane cannot take the
     /// model.
     pub fn apply_model(&self, model: &Model, origin: &Origin) -> Result<Changes, ApplyModelError> {
+        if self.l7_only.get() {
+            if let Some(l4) = model.l4_listeners_shown() {
+                return Err(ApplyModelError::NoInterface(l4));
+            }
+        }
         let reread = !matches!(origin, Origin::Edit(_));
         let staged = self.stage_proxy(model, reread)?;
         let changes = self.controller.borrow_mut().apply(model, Instant::now())?;
@@ -252,6 +272,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         self.save();
         self.announce();
         self.recheck_setup(model);
+        warn_unheld_addresses(model);
         match origin {
             Origin::Start => {}
             Origin::Reload(path) if changes.is_empty() => {
@@ -259,6 +280,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             }
             Origin::Reload(path) => log::info!("reloaded {}", path.display()),
             Origin::Edit(edit) => log::info!("control API: {edit}, until the next reload"),
+            Origin::Resolve => {}
         }
         log_changes(&changes);
         Ok(changes)
@@ -359,6 +381,12 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     }
 
     /// `sluice down` asked for this daemon to stop, detach and remove its pins.
+    /// This daemon serves http/https listeners only (no `--iface`): from now on a model with
+    /// a tcp/udp listener is refused.
+    pub fn serve_l7_only(&self) {
+        self.l7_only.set(true);
+    }
+
     pub fn going_down(&self) -> bool {
         self.going_down.get()
     }
@@ -507,6 +535,7 @@ fn refused(e: &ApplyModelError, message: String) -> ControlError {
         ApplyModelError::Proxy(ProxyError::Bind { .. }) => ControlError::conflict(message),
         ApplyModelError::Proxy(ProxyError::Runtime(_)) => ControlError::internal(message),
         ApplyModelError::Proxy(_) => ControlError::invalid(message),
+        ApplyModelError::NoInterface(_) => ControlError::conflict(message),
     }
 }
 
@@ -544,7 +573,12 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
                 path.display()
             )
         };
-        let model = Model::load(path).map_err(|e| {
+        // A name that stopped resolving keeps the address it has now (as the refresh does).
+        let keeping = KeepingLast {
+            resolver: &SystemResolver,
+            last: self.controller.borrow().model().resolved_hosts(),
+        };
+        let model = Model::load_with(path, &keeping).map_err(|e| {
             let message = refused(&e);
             log::error!("{message}");
             ControlError::invalid(message)
@@ -662,6 +696,22 @@ impl<D: Dataplane, S: Store> metrics::Source for Daemon<D, S> {
 
     fn status(&self) -> Result<StatsReport, CollectError> {
         self.report(false)
+    }
+}
+
+/// Warns of http/https listeners on addresses this host does not hold (they bind, but get
+/// no traffic).
+fn warn_unheld_addresses(model: &Model) {
+    if !model.listeners.iter().any(|l| l.protocol.is_l7()) {
+        return;
+    }
+    match crate::dataplane::interface::host_addresses() {
+        Ok(held) => {
+            for warning in model.l7_listeners_not_held(&held) {
+                log::warn!("{warning}");
+            }
+        }
+        Err(e) => log::debug!("cannot list the host's addresses: {e}"),
     }
 }
 

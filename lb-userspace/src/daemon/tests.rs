@@ -69,6 +69,14 @@ fn key(addr: &str) -> TargetKey {
 
 /// A daemon started on `config`'s current text.
 fn started(config: &ConfigFile) -> Daemon<MemoryDataplane, MemoryStore> {
+    started_with(config, &crate::model::resolve::SystemResolver)
+}
+
+/// [`started`] with host names resolved by `resolver`.
+fn started_with(
+    config: &ConfigFile,
+    resolver: &dyn crate::model::resolve::Resolve,
+) -> Daemon<MemoryDataplane, MemoryStore> {
     let counters = Counters(
         Counter::ALL
             .iter()
@@ -87,7 +95,7 @@ fn started(config: &ConfigFile) -> Daemon<MemoryDataplane, MemoryStore> {
         proxy: Default::default(),
         node: Default::default(),
     });
-    let model = Model::load(&config.0).unwrap();
+    let model = Model::load_with(&config.0, resolver).unwrap();
     daemon.apply_model(&model, &Origin::Start).unwrap();
     daemon
 }
@@ -486,4 +494,68 @@ async fn status_keeps_the_latest_transitions_and_shows_draining() {
         .find(|t| t.address == key("127.0.0.2").addr)
         .unwrap();
     assert_eq!(kept.health, "initial");
+}
+
+#[tokio::test]
+async fn host_names_that_move_are_applied_and_those_that_fail_keep_their_address() {
+    use crate::model::resolve::{Resolve, Table};
+    use std::collections::{BTreeMap, BTreeSet};
+    let config = ConfigFile::new("host-names");
+    config.write(&text(&["app1"], 60));
+    let daemon = started_with(
+        &config,
+        &Table(BTreeMap::from([("app1", vec!["127.0.0.1"])])),
+    );
+    assert_eq!(
+        daemon.controller().model().target_groups[0].targets[0].address,
+        "127.0.0.1".parse::<std::net::IpAddr>().unwrap()
+    );
+    let names = daemon.controller().model().host_names();
+    let mut failing = BTreeSet::new();
+
+    let moved = Table(BTreeMap::from([("app1", vec!["127.0.0.2"])])).resolve(&names);
+    daemon.refresh_addresses(&moved, &mut failing);
+    let targets = daemon.controller().model().target_groups[0].targets.clone();
+    assert_eq!(targets[0].address.to_string(), "127.0.0.2");
+    assert_eq!(targets[0].host.as_deref(), Some("app1"));
+    // Applied like any change: the new address saved for the next daemon, the old one
+    // draining for its deregistration delay.
+    let saved: Vec<String> = saved_targets(&daemon).into_iter().map(|t| t.0).collect();
+    assert!(saved.contains(&"127.0.0.2:1".to_string()), "{saved:?}");
+    let views = daemon.controller().target_views();
+    assert!(views[&key("127.0.0.1")].draining, "the old address drains");
+    assert!(!views[&key("127.0.0.2")].draining);
+
+    let gone = Table(BTreeMap::new()).resolve(&names);
+    daemon.refresh_addresses(&gone, &mut failing);
+    assert_eq!(failing, BTreeSet::from(["app1".to_string()]));
+    let targets = daemon.controller().model().target_groups[0].targets.clone();
+    assert_eq!(targets[0].address.to_string(), "127.0.0.2");
+
+    daemon.refresh_addresses(&moved, &mut failing);
+    assert!(failing.is_empty());
+}
+
+#[tokio::test]
+async fn a_daemon_without_interfaces_refuses_tcp_listeners_and_keeps_its_model() {
+    let config = ConfigFile::new("l7-only");
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = free.local_addr().unwrap().port();
+    drop(free);
+    config.write(&text(&["127.0.0.1"], 0).replace(
+        "192.0.2.10\"\nport = 80\nprotocol = \"tcp\"",
+        &format!("127.0.0.1\"\nport = {port}\nprotocol = \"http\""),
+    ));
+    let daemon = started(&config);
+    daemon.serve_l7_only();
+    let before = daemon.controller().model().clone();
+    config.write(&text(&["127.0.0.1"], 0));
+    let refused = daemon.reload(false).unwrap_err();
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert!(
+        refused.message.contains("listener(s) 'web' (tcp) are served by XDP, which this daemon attached to no interface (it runs without --iface); restart it with --iface IF"),
+        "{}",
+        refused.message
+    );
+    assert_eq!(daemon.controller().model(), &before);
 }

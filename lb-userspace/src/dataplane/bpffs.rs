@@ -2,7 +2,6 @@
 //! restarted daemon) can find them.
 
 use std::{
-    ffi::CString,
     fs, io,
     path::{Path, PathBuf},
 };
@@ -45,53 +44,29 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> Result<(), BpffsError> {
 
 /// Whether `path` lives on a BPF filesystem.
 pub fn is_bpffs(path: &Path) -> bool {
-    let Ok(c_path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs only writes into `buf`; c_path is NUL-terminated.
-    unsafe {
-        let mut buf: libc::statfs = std::mem::zeroed();
-        libc::statfs(c_path.as_ptr(), &mut buf) == 0 && buf.f_type as i64 == BPF_FS_MAGIC
-    }
+    rustix::fs::statfs(path).is_ok_and(|fs| fs.f_type == BPF_FS_MAGIC)
 }
 
 /// Mounts bpffs unless another process just did. Two daemons starting together must not both
 /// mount: the second mount would hide the pins made below the first. The lock is on the mount
-/// point directory itself (the underlying directory, which both processes open).
+/// point directory itself (the underlying directory, which both processes open); it is
+/// released when `dir` is closed.
 fn mount_bpffs_once(mount_point: &Path) -> Result<(), BpffsError> {
     fs::create_dir_all(mount_point).map_err(|source| BpffsError::Mount { source })?;
     let dir = fs::File::open(mount_point).map_err(|source| BpffsError::Mount { source })?;
-    // SAFETY: flock on a descriptor we own; released when `dir` is closed.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&dir), libc::LOCK_EX) } != 0 {
-        return Err(BpffsError::Mount {
-            source: io::Error::last_os_error(),
-        });
-    }
+    dir.lock().map_err(|source| BpffsError::Mount { source })?;
     if is_bpffs(mount_point) {
         return Ok(());
     }
-    mount_bpffs(mount_point)?;
+    rustix::mount::mount(
+        "bpf",
+        mount_point,
+        "bpf",
+        rustix::mount::MountFlags::empty(),
+        None,
+    )
+    .map_err(|e| BpffsError::Mount { source: e.into() })?;
     log::info!("mounted bpffs at {MOUNT_POINT}");
-    Ok(())
-}
-
-fn mount_bpffs(mount_point: &Path) -> Result<(), BpffsError> {
-    let target = CString::new(mount_point.as_os_str().as_encoded_bytes()).expect("no NUL in path");
-    // SAFETY: all pointers are valid NUL-terminated strings; data may be null.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(BpffsError::Mount {
-            source: io::Error::last_os_error(),
-        });
-    }
     Ok(())
 }
 

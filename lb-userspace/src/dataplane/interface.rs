@@ -1,6 +1,6 @@
-//! Network interfaces by name.
+//! Network interfaces by name, and the addresses they hold.
 
-use std::ffi::CString;
+use std::net::IpAddr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InterfaceError {
@@ -19,13 +19,22 @@ pub fn index(name: &str) -> Result<u32, InterfaceError> {
     {
         return Err(InterfaceError::InvalidName(name.to_string()));
     }
-    let c_name = CString::new(name).map_err(|_| InterfaceError::InvalidName(name.to_string()))?;
-    // SAFETY: c_name is a valid NUL-terminated string for the duration of the call.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if index == 0 {
-        return Err(InterfaceError::NotFound(name.to_string()));
-    }
-    Ok(index)
+    nix::net::if_::if_nametoindex(name).map_err(|_| InterfaceError::NotFound(name.to_string()))
+}
+
+/// Every address an interface of this network namespace holds.
+pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let addresses = nix::ifaddrs::getifaddrs().map_err(std::io::Error::from)?;
+    Ok(addresses
+        .filter_map(|a| {
+            let address = a.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -35,6 +44,12 @@ mod tests {
     #[test]
     fn loopback_exists() {
         assert!(index("lo").unwrap() > 0);
+    }
+
+    #[test]
+    fn the_host_holds_loopback() {
+        let held = host_addresses().unwrap();
+        assert!(held.contains(&IpAddr::from([127, 0, 0, 1])), "{held:?}");
     }
 
     #[test]

@@ -5,9 +5,8 @@
 //! exits, so a crashed daemon never leaves a stale lock.
 
 use std::{
-    fs::File,
+    fs::{File, TryLockError},
     io,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
@@ -33,18 +32,15 @@ impl PinDirLock {
             path: dir.to_path_buf(),
             source,
         })?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Some(PinDirLock { _dir: file }));
+        // std's file locks are flock(2) on Linux: the lock `sluice down` tests for.
+        match file.try_lock() {
+            Ok(()) => Ok(Some(PinDirLock { _dir: file })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(source)) => Err(PinLockError::Lock {
+                path: dir.to_path_buf(),
+                source,
+            }),
         }
-        let source = io::Error::last_os_error();
-        if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Ok(None);
-        }
-        Err(PinLockError::Lock {
-            path: dir.to_path_buf(),
-            source,
-        })
     }
 }
 

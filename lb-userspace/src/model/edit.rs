@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Listener, Mode, Model, Protocol, Target, TargetGroup};
+use crate::model::{CertificateFiles, Listener, Mode, Model, Protocol, Target, TargetGroup};
 
 /// One change to the model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +55,9 @@ pub struct ListenerSpec {
     pub target_group: String,
     #[serde(default)]
     pub maglev_table_size: Option<u32>,
+    /// https only: at least one; the first is the default when SNI matches none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertificateFiles>,
 }
 
 impl From<ListenerSpec> for Listener {
@@ -62,6 +65,7 @@ impl From<ListenerSpec> for Listener {
         Listener {
             mode: spec.mode,
             maglev_table_size: spec.maglev_table_size,
+            certificates: spec.certificates,
             ..Listener::l4(
                 &spec.name,
                 spec.address,
@@ -107,11 +111,11 @@ impl Edit {
                         group.name
                     )));
                 }
-                group.targets.push(Target {
-                    address: spec.address,
-                    port: spec.port,
-                    weight: spec.weight.unwrap_or(1),
-                });
+                group.targets.push(Target::at(
+                    spec.address,
+                    spec.port,
+                    spec.weight.unwrap_or(1),
+                ));
             }
             Edit::RemoveTarget(target) => {
                 let group = group_mut(&mut next, &target.group)?;

@@ -196,6 +196,7 @@ mod tests {
             back.target_groups[0].targets,
             vec![Target {
                 address: "10.0.1.10".parse().unwrap(),
+                host: None,
                 port: None,
                 weight: 7
             }]

@@ -24,6 +24,7 @@ pub fn locate(text: &str, error: &Invalid) -> Option<usize> {
             item(table(item(root, "listener", listener)?)?, "rule", index)?
         }
         Subject::DataPlane => root.iter().find(|(k, _)| k.get_ref() == "data_plane")?.1,
+        Subject::Resolver => root.iter().find(|(k, _)| k.get_ref() == "resolver")?.1,
     };
     let start = error
         .field

@@ -37,14 +37,19 @@ use crate::{
     maglev::TableSize,
 };
 
+mod address;
 pub mod diff;
 pub mod edit;
 pub mod export;
 pub mod files;
 mod l7;
 mod lines;
+#[cfg(test)]
+mod quick_start;
+pub mod resolve;
 mod target;
 mod validate;
+pub use address::{parse_listener_address, parse_target_address, TargetAddress};
 pub use l7::{
     Action, Algorithm, CertificateFiles, Cidr, FixedResponse, Forward, HeaderCondition,
     QueryCondition, Redirect, Rule, Stickiness, WeightedGroup, CONTENT_TYPES,
@@ -167,6 +172,9 @@ pub enum HashKey {
 #[serde(deny_unknown_fields)]
 pub struct Listener {
     pub name: String,
+    /// tcp/udp: the virtual IP. http/https: the address to listen on; 0.0.0.0 or :: for
+    /// every address of the host.
+    #[serde(deserialize_with = "address::listener_address")]
     pub address: IpAddr,
     /// 0 = every port.
     pub port: u16,
@@ -356,17 +364,38 @@ impl Default for OutlierDetection {
     }
 }
 
+/// A target: an IP address, or a host name (`address = "app1"`, a compose service name)
+/// resolved when the model is loaded and again while it runs (`resolve`). Written back as it
+/// was given: the host name if there is one (`sluice config show`).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "address::TargetSpec", into = "address::TargetSpec")]
 pub struct Target {
+    /// The address given, or the one `host` resolved to.
     pub address: IpAddr,
+    /// The host name the model gives, if it gives one rather than an address.
+    pub host: Option<String>,
     pub port: Option<u16>,
-    #[serde(default = "default_weight")]
     pub weight: u32,
 }
 
-fn default_weight() -> u32 {
-    1
+impl Target {
+    /// A target at an IP address.
+    pub fn at(address: IpAddr, port: Option<u16>, weight: u32) -> Target {
+        Target {
+            address,
+            host: None,
+            port,
+            weight,
+        }
+    }
+
+    /// As the model names it: `app1 (10.0.0.5)` for a host name, else the address.
+    pub fn shown(&self) -> String {
+        match &self.host {
+            Some(host) => format!("{host} ({})", self.address),
+            None => self.address.to_string(),
+        }
+    }
 }
 
 /// Data-plane settings (`[data_plane]`).
@@ -399,6 +428,8 @@ pub struct Model {
     pub target_groups: Vec<TargetGroup>,
     #[serde(default)]
     pub data_plane: DataPlane,
+    #[serde(default)]
+    pub resolver: resolve::ResolverSettings,
 }
 
 impl Model {
@@ -412,18 +443,92 @@ impl Model {
         Model::parse(&text, &shown)
     }
 
-    /// Parses and validates model text; `origin` names it in errors.
+    /// Parses and validates model text; `origin` names it in errors. Host-name targets are
+    /// resolved with the system's resolver (a model without them asks nothing).
     pub fn parse(text: &str, origin: &str) -> Result<Model, ModelError> {
-        let model: Model = toml::from_str(text).map_err(|e| ModelError::Syntax {
+        Model::parse_with(text, origin, &resolve::SystemResolver)
+    }
+
+    /// [`Model::parse`] with host names resolved by `resolver`.
+    pub fn parse_with(
+        text: &str,
+        origin: &str,
+        resolver: &dyn resolve::Resolve,
+    ) -> Result<Model, ModelError> {
+        let mut model: Model = toml::from_str(text).map_err(|e| ModelError::Syntax {
             path: origin.to_string(),
             message: one_line(&e.to_string()),
         })?;
-        model.validate().map_err(|error| ModelError::Invalid {
+        let invalid = |error: Invalid| ModelError::Invalid {
             path: origin.to_string(),
             line: lines::locate(text, &error),
             error,
-        })?;
+        };
+        let names = model.host_names();
+        if !names.is_empty() {
+            let answers = resolver.resolve(&names);
+            model.fill_addresses(&answers).map_err(|unresolved| {
+                let group = &model.target_groups[unresolved.group].name;
+                invalid(Subject::Target { group: unresolved.group, index: unresolved.index }.invalid(
+                    Some("address"),
+                    format!(
+                        "target group '{group}': target {} does not resolve ({}); check the name (compose service names resolve inside their compose network, and only while the service runs) or give an IP address",
+                        unresolved.host, unresolved.why
+                    ),
+                ))
+            })?;
+        }
+        model.validate().map_err(invalid)?;
         Ok(model)
+    }
+
+    /// Reads and validates a model file, resolving host names with `resolver`.
+    pub fn load_with(path: &Path, resolver: &dyn resolve::Resolve) -> Result<Model, ModelError> {
+        let shown = path.display().to_string();
+        let text = files::read_regular_text(path).map_err(|source| ModelError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Model::parse_with(&text, &shown, resolver)
+    }
+
+    /// http/https listeners on an address that is not among `held` (the host's addresses):
+    /// the proxy binds them anyway (IP_FREEBIND) but gets no traffic until the address is
+    /// added. One sentence each, with the fix.
+    pub fn l7_listeners_not_held(&self, held: &[IpAddr]) -> Vec<String> {
+        self.listeners
+            .iter()
+            .filter(|l| {
+                l.protocol.is_l7() && !l.address.is_unspecified() && !held.contains(&l.address)
+            })
+            .map(|l| {
+                let prefix = if l.address.is_ipv4() { 32 } else { 128 };
+                format!(
+                    "listener '{}' ({}) listens on {}, which no interface of this host holds: it gets no traffic until the address is added (e.g. `ip addr add {}/{prefix} dev IF`), or use address = \"{}\" for every address",
+                    l.name,
+                    l.protocol.name(),
+                    l.address,
+                    l.address,
+                    if l.address.is_ipv4() { "0.0.0.0" } else { "::" }
+                )
+            })
+            .collect()
+    }
+
+    /// Whether any listener is served by XDP (tcp/udp), which needs `sluice run --iface`.
+    pub fn has_l4_listeners(&self) -> bool {
+        self.listeners.iter().any(|l| !l.protocol.is_l7())
+    }
+
+    /// The listeners XDP serves, for sentences: `'vip' (tcp), 'dns' (udp)`; None if none.
+    pub fn l4_listeners_shown(&self) -> Option<String> {
+        let shown: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|l| !l.protocol.is_l7())
+            .map(|l| format!("'{}' ({})", l.name, l.protocol.name()))
+            .collect();
+        (!shown.is_empty()).then(|| shown.join(", "))
     }
 
     pub fn target_group(&self, name: &str) -> Option<&TargetGroup> {
@@ -747,6 +852,97 @@ targets = [ { address = "10.0.1.10" } ]
             "port = 3000\nhealth_check = { port = 8080 }\n",
         );
         Model::parse(&checked, "sluice.toml").unwrap();
+    }
+
+    #[test]
+    fn http_listeners_may_listen_on_every_address_and_l4_ones_are_told_why_not() {
+        let http = GOOD
+            .replace("protocol = \"tcp\"", "protocol = \"http\"")
+            .replace("192.0.2.10", "0.0.0.0");
+        Model::parse(&http, "sluice.toml").unwrap();
+        Model::parse(
+            &http.replace("0.0.0.0", "::").replace("10.0.1.1", "fd00::1"),
+            "t",
+        )
+        .unwrap();
+        let e = invalid(&GOOD.replace("192.0.2.10", "0.0.0.0"));
+        assert!(
+            e.contains("line 4: listener 'web' (tcp): address 0.0.0.0 is not an address packets are sent to; a tcp/udp listener takes its virtual IP")
+                && e.contains("http/https listeners may use 0.0.0.0"),
+            "{e}"
+        );
+        // Every address includes loopback: a target there on the same port is the proxy.
+        let e = invalid(&http.replace(
+            "{ address = \"10.0.1.10\" }",
+            "{ address = \"127.0.0.1\", port = 80 }",
+        ));
+        assert!(
+            e.contains("target 127.0.0.1:80 is listener 'web' itself"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn http_listeners_on_addresses_the_host_lacks_are_named() {
+        let http = GOOD.replace("protocol = \"tcp\"", "protocol = \"http\"");
+        let model = Model::parse(&http, "t").unwrap();
+        let held: Vec<IpAddr> = vec!["127.0.0.1".parse().unwrap()];
+        let warnings = model.l7_listeners_not_held(&held);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("listener 'web' (http) listens on 192.0.2.10, which no interface of this host holds")
+                && warnings[0].contains("ip addr add 192.0.2.10/32 dev IF"),
+            "{warnings:?}"
+        );
+        assert!(model
+            .l7_listeners_not_held(&["192.0.2.10".parse().unwrap()])
+            .is_empty());
+        let every = Model::parse(&http.replace("192.0.2.10", "0.0.0.0"), "t").unwrap();
+        assert!(every.l7_listeners_not_held(&held).is_empty());
+        // tcp listeners' virtual IPs are XDP's, which the host need not hold.
+        assert!(Model::parse(GOOD, "t")
+            .unwrap()
+            .l7_listeners_not_held(&held)
+            .is_empty());
+    }
+
+    #[test]
+    fn a_listener_address_with_a_port_says_to_use_port() {
+        let e = invalid(&GOOD.replace("\"192.0.2.10\"", "\"192.0.2.10:80\""));
+        assert!(
+            e.starts_with("sluice.toml: TOML parse error at line 4"),
+            "{e}"
+        );
+        assert!(
+            e.contains("listener address '192.0.2.10:80' has a port; write address = \"192.0.2.10\" and port = 80"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_target_may_give_its_port_in_the_address() {
+        let model = Model::parse(
+            &GOOD.replace(
+                "{ address = \"10.0.1.10\" }",
+                "{ address = \"10.0.1.10:3005\" }",
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(model.target_groups[0].targets[0].port, Some(3005));
+        let e = invalid(&GOOD.replace(
+            "\"10.0.1.11\", port = 3001",
+            "\"10.0.1.11:3002\", port = 3001",
+        ));
+        assert!(
+            e.contains("names port 3002 but port = 3001; give the port once"),
+            "{e}"
+        );
+        let e = invalid(&GOOD.replace("\"10.0.1.10\"", "\"10.0.1.10:http\""));
+        assert!(
+            e.contains("target address '10.0.1.10:http': 'http' is not a port"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     time::Duration,
 };
 
@@ -25,6 +25,7 @@ pub enum Subject {
     Target { group: usize, index: usize },
     Rule { listener: usize, index: usize },
     DataPlane,
+    Resolver,
 }
 
 /// A model that parses but breaks a rule.
@@ -39,7 +40,7 @@ pub struct Invalid {
 }
 
 impl Subject {
-    fn invalid(self, field: Option<&'static str>, message: String) -> Invalid {
+    pub(super) fn invalid(self, field: Option<&'static str>, message: String) -> Invalid {
         Invalid {
             subject: self,
             field,
@@ -51,6 +52,14 @@ impl Subject {
 impl Model {
     /// Every rule that involves more than one field: names, references, ports per mode.
     pub(crate) fn validate(&self) -> Result<(), Invalid> {
+        if let Some(refresh) = self.resolver.refresh {
+            if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&refresh) {
+                return Err(Subject::Resolver.invalid(
+                    Some("refresh"),
+                    format!("resolver.refresh {refresh:?} must be 1 s to 3600 s"),
+                ));
+            }
+        }
         let mut names = BTreeSet::new();
         let mut groups = BTreeMap::new();
         for (gi, group) in self.target_groups.iter().enumerate() {
@@ -67,7 +76,7 @@ impl Model {
             let mut seen = BTreeSet::new();
             for (ti, target) in group.targets.iter().enumerate() {
                 let port = target.port.or(group.port);
-                let shown = show_target(target.address, port);
+                let shown = show_target(target, port);
                 if !(1..=MAX_WEIGHT).contains(&target.weight) {
                     return Err(Subject::Target { group: gi, index: ti }.invalid(Some("weight"), format!(
                         "target group '{}': target {shown} has weight {}; weights are 1 to {MAX_WEIGHT}",
@@ -96,7 +105,8 @@ impl Model {
                         Some("address"),
                         format!(
                             "target group '{}': target address {} is not a unicast address",
-                            group.name, target.address
+                            group.name,
+                            target.shown()
                         ),
                     ));
                 }
@@ -158,11 +168,24 @@ impl Model {
                     )
                 }));
             }
-            if listener.address.is_unspecified() || listener.address.is_multicast() {
+            if listener.address.is_multicast() {
                 return Err(Subject::Listener { index: li }.invalid(
                     Some("address"),
                     format!(
                         "listener '{l}': address {} is not a unicast address",
+                        listener.address
+                    ),
+                ));
+            }
+            // The proxy can listen on every address of the host; XDP matches packets by
+            // their destination, which is never 0.0.0.0.
+            if listener.address.is_unspecified() && !listener.protocol.is_l7() {
+                return Err(Subject::Listener { index: li }.invalid(
+                    Some("address"),
+                    format!(
+                        "listener '{l}' ({}): address {} is not an address packets are sent to; a tcp/udp listener takes its virtual IP (the address clients connect to), while http/https listeners may use {} for every address of the host",
+                        listener.protocol.name(),
+                        listener.address,
                         listener.address
                     ),
                 ));
@@ -319,11 +342,16 @@ impl Model {
             // The proxy would connect to itself, again and again, until descriptors run out.
             let own = SocketAddr::new(listener.address, listener.port);
             for (ti, target) in group.targets.iter().enumerate() {
-                if SocketAddr::new(target.address, target.port_for(group, listener)) == own {
+                let to = SocketAddr::new(target.address, target.port_for(group, listener));
+                // A listener on every address also takes loopback.
+                let every = listener.address.is_unspecified()
+                    && to.port() == own.port()
+                    && (to.ip().is_loopback() || to.ip().is_unspecified());
+                if to == own || every {
                     return Err(Subject::Target { group: gi, index: ti }.invalid(
                         Some("address"),
                         format!(
-                            "target group '{name}': target {own} is listener '{l}' itself, so requests would loop through the proxy; name the application's own address and port"
+                            "target group '{name}': target {to} is listener '{l}' itself, so requests would loop through the proxy; name the application's own address and port"
                         ),
                     ));
                 }
@@ -415,7 +443,7 @@ fn validate_l4_listener(
     let mode = listener.mode();
     for (ti, target) in group.targets.iter().enumerate() {
         let port = target.port.or(group.port);
-        let shown = show_target(target.address, port);
+        let shown = show_target(target, port);
         if target.address.is_ipv4() != listener.address.is_ipv4() && mode != Mode::Tunnel {
             return Err(Subject::Target { group: gi, index: ti }.invalid(Some("address"), format!(
                 "listener '{l}' ({}) cannot forward to target {shown} of '{}' in {} mode: address families differ (only tunnel mode carries one family inside the other)",
@@ -445,9 +473,15 @@ fn validate_l4_listener(
     Ok(())
 }
 
-fn show_target(address: IpAddr, port: Option<u16>) -> String {
-    match port {
-        Some(port) => SocketAddr::new(address, port).to_string(),
-        None => address.to_string(),
+/// `10.0.0.5:80`, or `app1:80 (10.0.0.5)` for a host-name target.
+fn show_target(target: &super::Target, port: Option<u16>) -> String {
+    let at = |address: String| match port {
+        Some(port) if target.host.is_some() => format!("{address}:{port}"),
+        Some(port) => SocketAddr::new(target.address, port).to_string(),
+        None => address,
+    };
+    match &target.host {
+        Some(host) => format!("{} ({})", at(host.clone()), target.address),
+        None => at(target.address.to_string()),
     }
 }

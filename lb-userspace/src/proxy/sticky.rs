@@ -142,11 +142,11 @@ impl StickyKey {
                 &mut sealed,
             )
             .expect("a cookie is far below ChaCha20-Poly1305's limit");
-        let mut out = String::with_capacity((1 + nonce.len() + sealed.len()) * 2);
-        for b in [SEALED_VERSION].iter().chain(&nonce).chain(&sealed) {
-            out.push_str(&format!("{b:02x}"));
-        }
-        out
+        let mut cookie = Vec::with_capacity(1 + nonce.len() + sealed.len());
+        cookie.push(SEALED_VERSION);
+        cookie.extend_from_slice(&nonce);
+        cookie.extend_from_slice(&sealed);
+        hex::encode(cookie)
     }
 
     /// A cookie value with one pin: `target` of `group` until `expires`.
@@ -161,7 +161,7 @@ impl StickyKey {
     /// The unexpired pins of a cookie value, if this key sealed it (or signed it in the
     /// previous format).
     pub fn open(&self, value: &str, now: u64) -> Result<Pins, StickyError> {
-        let bytes = hex_decode(value).ok_or(StickyError::Malformed)?;
+        let bytes = hex::decode(value).map_err(|_| StickyError::Malformed)?;
         let pins = match bytes.split_first() {
             Some((&SEALED_VERSION, rest)) => self.open_sealed(rest)?,
             Some((b'1', _)) => self.open_legacy(&bytes)?,
@@ -228,38 +228,12 @@ impl StickyKey {
     }
 }
 
-/// Fills `bytes` from the kernel's random source.
+/// Fills `bytes` from the kernel's random source (ring's `SystemRandom`: getrandom(2)).
 fn fill_random(bytes: &mut [u8]) -> std::io::Result<()> {
-    let mut filled = 0;
-    while filled < bytes.len() {
-        // SAFETY: the pointer and length describe the unfilled rest of `bytes`.
-        let n = unsafe {
-            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
-            }
-        } else {
-            filled += n as usize;
-        }
-    }
-    Ok(())
-}
-
-fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(2) {
-        return None;
-    }
-    bytes
-        .chunks(2)
-        .map(|pair| {
-            let digit = |b: u8| (b as char).to_digit(16);
-            Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
-        })
-        .collect()
+    use ring::rand::SecureRandom;
+    ring::rand::SystemRandom::new()
+        .fill(bytes)
+        .map_err(|_| std::io::Error::other("the kernel's random source failed"))
 }
 
 /// A `Set-Cookie` value. `cors` adds `SameSite=None; Secure` (https only: browsers refuse
@@ -345,7 +319,7 @@ mod tests {
     #[test]
     fn a_sealed_cookie_reveals_no_group_and_no_target() {
         let value = key().sign("canary-group", target(), 1000);
-        let bytes = hex_decode(&value).unwrap();
+        let bytes = hex::decode(&value).unwrap();
         for secret in [&b"canary-group"[..], b"10.0.1.10", b"3000", &[10, 0, 1, 10]] {
             assert!(
                 !bytes.windows(secret.len()).any(|w| w == secret),

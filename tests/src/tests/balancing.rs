@@ -131,7 +131,10 @@ fn spawn_sluice(
     .arg("--socket")
     .arg(socket)
     .args(["--flows", "65536", "--metrics-address", "off"])
-    .env("RUST_LOG", "info");
+    .env("RUST_LOG", "info")
+    // Nothing sluice needs is a program on PATH: the targets' next hops are managed over
+    // rtnetlink (checked in `balances_and_survives_changes`), not with iproute2's `ip`.
+    .env("PATH", "/nonexistent");
     let sluice = topology.lb.spawn(cmd);
     wait_until(
         TIMEOUT,
@@ -320,7 +323,8 @@ fn assert_balanced(seen: &BTreeMap<String, usize>, names: &[&str], n: usize) {
 fn balances_and_survives_changes(mode: &'static str) {
     let mut lb = Balanced::start(mode, &[0, 1, 2]);
 
-    // sluice keeps every target's next hop resolved: kernel-managed neighbour entries.
+    // sluice keeps every target's next hop resolved: kernel-managed neighbour entries, made
+    // over rtnetlink (the daemon runs without `ip` on its PATH).
     let neighbours = lb
         .topology
         .lb
