@@ -159,8 +159,8 @@ impl Cluster {
     }
 
     /// Node `i` dies as a host does: its links go first (nothing it sends gets out, not even
-    /// the FIN of its BGP session, so the router notices only when the hold time ends), then
-    /// its processes (SIGKILL) with its namespace.
+    /// the FIN of its BGP session, so the router notices only when BFD or the hold time says
+    /// so), then its processes (SIGKILL) with its namespace.
     pub fn kill_node(&mut self, i: usize) {
         let node = self.nodes[i].take().expect("a running node");
         self.fabric.ns.ip(&["link", "del", &format!("n{i}")]);
@@ -182,6 +182,26 @@ impl Cluster {
             .collect();
         hops.sort();
         hops
+    }
+
+    /// Waits until the router's BFD sessions with `nodes` are up, so that losing one of them
+    /// is noticed by BFD (`bird::BFD_MULTIPLIER` missed packets), not by the hold time.
+    pub fn wait_bfd_up(&self, nodes: &[usize], timeout: std::time::Duration) {
+        let bird = self.router_bird.as_ref().expect("the router's BIRD runs");
+        wait_until(
+            timeout,
+            &format!("BFD sessions up with nodes {nodes:?}"),
+            || {
+                let sessions = bird.birdc(&["show", "bfd", "sessions"]);
+                nodes.iter().all(|&i| {
+                    let address = Self::node_fabric(i).to_string();
+                    sessions.lines().any(|line| {
+                        let mut words = line.split_whitespace();
+                        words.next() == Some(address.as_str()) && words.any(|w| w == "Up")
+                    })
+                })
+            },
+        );
     }
 
     /// Waits until the router's route to `prefix` goes through exactly `nodes`.

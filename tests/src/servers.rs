@@ -653,6 +653,33 @@ impl EchoClient {
         Ok(answer)
     }
 
+    /// Sends `payload` without waiting for the answer (see [`EchoClient::receive`]), so that
+    /// many connections can be checked against one deadline.
+    pub fn send(&mut self, payload: &[u8]) -> Result<(), ClientError> {
+        let (addr, timeout) = (self.peer, self.timeout);
+        self.stream
+            .write_all(payload)
+            .map_err(|e| ClientError::from_io(addr, timeout, e))
+    }
+
+    /// Reads `len` bytes, waiting until `deadline` at most.
+    pub fn receive(&mut self, len: usize, deadline: Instant) -> Result<Vec<u8>, ClientError> {
+        let addr = self.peer;
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let io_err = |e| ClientError::from_io(addr, timeout, e);
+        self.stream
+            .set_read_timeout(Some(timeout))
+            .map_err(io_err)?;
+        let mut answer = vec![0u8; len];
+        let read = self.stream.read_exact(&mut answer).map_err(io_err);
+        self.stream
+            .set_read_timeout(Some(self.timeout))
+            .map_err(io_err)?;
+        read.map(|()| answer)
+    }
+
     /// The connection's local address (as the client sees it).
     pub fn local_addr(&self) -> SocketAddr {
         self.stream
