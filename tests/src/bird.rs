@@ -103,7 +103,9 @@ pub const HOLD_TIME_S: u32 = 6;
 
 /// BFD on every BGP session: control packets every [`BFD_INTERVAL_MS`], a peer is down after
 /// [`BFD_MULTIPLIER`] missed ones (1.5 s), which is what failover takes when a node dies. Long
-/// enough that a busy 2-core machine does not miss five in a row.
+/// enough that a busy 2-core machine does not miss five in a row. A session that BFD (or
+/// anything else) took down is retried after 1-5 s (`error wait time`; BIRD's default, 60-300 s,
+/// would keep a restarted node out for a minute).
 pub const BFD_INTERVAL_MS: u32 = 300;
 pub const BFD_MULTIPLIER: u32 = 5;
 
@@ -126,7 +128,7 @@ pub fn router_config(router_id: &str, local_as: u32, peers: &[(&str, &str, u32)]
     let keepalive = HOLD_TIME_S / 3;
     for (name, neighbour, peer_as) in peers {
         text += &format!(
-            "protocol bgp {name} {{\n  local as {local_as};\n  neighbor {neighbour} as {peer_as};\n  hold time {HOLD_TIME_S};\n  keepalive time {keepalive};\n  bfd on;\n  connect retry time 1;\n  ipv4 {{ import all; export none; }};\n}}\n"
+            "protocol bgp {name} {{\n  local as {local_as};\n  neighbor {neighbour} as {peer_as};\n  hold time {HOLD_TIME_S};\n  keepalive time {keepalive};\n  bfd on;\n  connect retry time 1;\n  error wait time 1, 5;\n  ipv4 {{ import all; export none; }};\n}}\n"
         );
     }
     text
@@ -143,7 +145,7 @@ pub fn node_config(
 ) -> String {
     let keepalive = HOLD_TIME_S / 3;
     format!(
-        "router id {router_id};\nprotocol device {{ scan time 1; }}\n{}include \"{}\";\nprotocol bgp uplink {{\n  local as {local_as};\n  neighbor {router} as {router_as};\n  hold time {HOLD_TIME_S};\n  keepalive time {keepalive};\n  bfd on;\n  connect retry time 1;\n  ipv4 {{ import none; export where proto = \"sluice4\"; }};\n}}\n",
+        "router id {router_id};\nprotocol device {{ scan time 1; }}\n{}include \"{}\";\nprotocol bgp uplink {{\n  local as {local_as};\n  neighbor {router} as {router_as};\n  hold time {HOLD_TIME_S};\n  keepalive time {keepalive};\n  bfd on;\n  connect retry time 1;\n  error wait time 1, 5;\n  ipv4 {{ import none; export where proto = \"sluice4\"; }};\n}}\n",
         bfd(),
         routes_file.display()
     )

@@ -1,6 +1,7 @@
 //! Test harnesses for sluice, shared by the integration tests (`src/tests/`, root only) and by
 //! `cargo xtask demo`:
 //! - [`bird`]: BIRD 2 (BGP) routers and node daemons in namespaces;
+//! - [`browser`]: headless Chromium loading a page inside a namespace;
 //! - [`multinode`]: several sluice nodes behind a BGP/ECMP router, with targets;
 //! - [`netns`]: named network namespaces joined by veth pairs or a bridge, processes and
 //!   threads inside them, teardown on drop and on panic;
@@ -13,6 +14,7 @@
 //!   WebSocket frames its tests speak.
 
 pub mod bird;
+pub mod browser;
 pub mod checksum;
 pub mod http_servers;
 pub mod multinode;

@@ -126,8 +126,9 @@ impl Node {
             "eth1",
             "--config",
             self.config.to_str().unwrap(),
+            // Inside the node's namespace: the status page shows the announcements.
             "--metrics-address",
-            "off",
+            METRICS,
         ];
         args.extend(extra);
         start_sluice(
@@ -175,6 +176,9 @@ impl Node {
     }
 }
 
+/// The status page of the node (on its namespace's loopback).
+const METRICS: &str = "127.0.0.1:8489";
+
 #[test]
 fn the_vip_is_announced_while_served_and_withdrawn_when_not() {
     let mut node = Node::new("when_unhealthy = \"withdraw\"");
@@ -203,6 +207,16 @@ fn the_vip_is_announced_while_served_and_withdrawn_when_not() {
     assert!(
         shown.contains("withheld 10.111.100.7: no healthy target for listener(s) web"),
         "{shown}"
+    );
+    // The status page says so too.
+    let dom =
+        crate::browser::Browser::new(&node.topology.lb).dump_dom(&format!("http://{METRICS}/"));
+    let section = &dom[dom.find("BGP announcements").expect("a BGP section")..];
+    assert!(
+        section.contains(">10.111.100.7<")
+            && section.contains(">withheld<")
+            && section.contains("no healthy target for listener(s) web"),
+        "{section}"
     );
     // ... and announced again when one recovers.
     let any = IpAddr::from(Ipv6Addr::UNSPECIFIED);

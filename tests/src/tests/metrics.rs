@@ -557,8 +557,6 @@ fn sluice_status(run: &Running, json: bool) -> serde_json::Value {
 }
 
 /// How long one headless Chromium run may take.
-const CHROMIUM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(90);
-
 /// Headless Chromium (Debian's) loads the status page from the daemon, runs its script, and
 /// shows listeners, targets with health and the reason of the one that failed, its health
 /// transition, the drops with their meaning and a set-up warning; the screenshot goes to
@@ -609,40 +607,9 @@ fn the_status_page_shows_the_daemon_live_in_chromium() {
         ) == 1.0
     });
 
-    let scratch = Scratch::new("chromium");
     let url = format!("http://{}/", run.metrics);
-    let chromium = |extra: &[String]| {
-        let mut cmd = run.topology.lb.command("chromium");
-        cmd.args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            // Scripts run and the first fetch completes within this much virtual time.
-            "--virtual-time-budget=5000",
-        ])
-        .arg(format!(
-            "--user-data-dir={}",
-            scratch.0.join("profile").display()
-        ))
-        .args(extra)
-        .arg(&url);
-        let mut browser = run.topology.lb.spawn(cmd);
-        // A cold start on a busy machine takes seconds; bounded all the same.
-        let status = browser.wait_timeout(CHROMIUM_TIMEOUT);
-        assert!(
-            status.success(),
-            "chromium {extra:?} ({status}; Debian's chromium, which cargo xtask setup installs): {}",
-            browser.stderr()
-        );
-        browser.stdout()
-    };
-    let dom = chromium(&["--dump-dom".to_string()]);
+    let browser = crate::browser::Browser::new(&run.topology.lb);
+    let dom = browser.dump_dom(&url);
     let target1 = format!("{}:{HEALTH}", run.topology.targets[1].link.v4);
     for expected in [
         "sluice status",
@@ -656,6 +623,7 @@ fn the_status_page_shows_the_daemon_live_in_chromium() {
         ">drop_no_target<",
         &format!(">{DATAGRAMS}<"),
         "the listener has no target to send new flows to",
+        "not announcing: sluice run was started without --bird-routes",
     ] {
         assert!(dom.contains(expected), "{expected} not on the page:\n{dom}");
     }
@@ -670,12 +638,7 @@ fn the_status_page_shows_the_daemon_live_in_chromium() {
         "{transitions}"
     );
 
-    let shot = scratch.0.join("status-page.png");
-    chromium(&[
-        format!("--screenshot={}", shot.display()),
-        "--window-size=1280,1100".to_string(),
-    ]);
-    let png = std::fs::read(&shot).unwrap();
+    let png = browser.screenshot(&url, 1280, 1100);
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "{} bytes",
