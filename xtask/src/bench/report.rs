@@ -219,7 +219,7 @@ pub fn markdown(results: &Value) -> String {
         md.push_str(&e);
     } else if storm.is_object() {
         md.push_str(&format!(
-            "{} long-lived TCP flows (dsr, two targets), then a third target joins (Maglev moves about a third of all hashes to it), then {} SYNs from distinct sources ({} Mpps sent, {} received), then the long-lived flows send again. \
+            "{} long-lived TCP connections (dsr, two targets; each a SYN and the handshake ACK, so established), then a third target joins (Maglev moves about a third of all hashes to it), then {} SYNs from distinct sources ({} Mpps sent, {} received), then the long-lived flows send again. \
              Flow table: {} entries, flood gate at its default.\n\n\
              - **Misrouted long-lived flows: {}** (goal 0); not seen after the storm: {}\n\
              - flow-table entries created: {}; new flows kept out of the table by the flood gate: {}\n\n",
