@@ -373,6 +373,30 @@ pub fn families(scrape: &Scrape) -> Vec<MetricFamily> {
         );
     }
 
+    if let Some(store) = report.store.as_ref() {
+        out.family(
+            "sluice_store_applied_revision",
+            MetricType::GAUGE,
+            "The revision of the shared store's model this node runs (sluice run --store); compare across nodes.",
+        )
+        .gauge(&[("store", &store.store)], store.applied_revision.unwrap_or(0) as f64);
+        out.family(
+            "sluice_store_latest_revision",
+            MetricType::GAUGE,
+            "The newest revision of the shared store's model this node has seen.",
+        )
+        .gauge(
+            &[("store", &store.store)],
+            store.latest_revision.unwrap_or(0) as f64,
+        );
+        out.family(
+            "sluice_store_reachable",
+            MetricType::GAUGE,
+            "1 while the shared store answers, 0 while this node forwards with its last model without it.",
+        )
+        .gauge(&[("store", &store.store)], f64::from(u8::from(store.reachable)));
+    }
+
     if let Some(tables) = report.connection_tables.as_ref() {
         out.family(
             "sluice_flow_table_entries",
@@ -642,6 +666,7 @@ mod tests {
         let report = StatsReport {
             connection_tables: None,
             announcement: None,
+            store: None,
             counters: [
                 ("forward_nat", 7),
                 ("drop_nat_ports_exhausted", 3),

@@ -34,7 +34,11 @@ impl EtcdKv {
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE_TIMEOUT)
             .with_keep_alive_while_idle(true);
-        let endpoints: Vec<String> = url.endpoints.iter().map(|e| format!("http://{e}")).collect();
+        let endpoints: Vec<String> = url
+            .endpoints
+            .iter()
+            .map(|e| format!("http://{e}"))
+            .collect();
         let client = Client::connect(&endpoints, Some(options))
             .await
             .map_err(|e| error(url, e))?;
@@ -43,7 +47,6 @@ impl EtcdKv {
             client,
         })
     }
-
 }
 
 fn error(url: &StoreUrl, e: impl std::fmt::Display) -> StoreError {
@@ -135,9 +138,7 @@ impl Kv for EtcdKv {
     ) -> LocalFuture<'_, Result<mpsc::UnboundedReceiver<WatchMessage>, StoreError>> {
         Box::pin(async move {
             let mut client = self.client.clone();
-            let options = WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(from);
+            let options = WatchOptions::new().with_prefix().with_start_revision(from);
             let mut stream = bounded(&self.url, client.watch(prefix, Some(options))).await?;
             let (tx, rx) = mpsc::unbounded_channel();
             let url = self.url.clone();
@@ -149,12 +150,17 @@ impl Kv for EtcdKv {
                         () = tx.closed() => return,
                     };
                     let message = match message {
-                        Ok(Some(response)) if response.canceled() && response.compact_revision() > 0 => {
-                            WatchMessage::Compacted { oldest: response.compact_revision() }
+                        Ok(Some(response))
+                            if response.canceled() && response.compact_revision() > 0 =>
+                        {
+                            WatchMessage::Compacted {
+                                oldest: response.compact_revision(),
+                            }
                         }
-                        Ok(Some(response)) if response.canceled() => {
-                            WatchMessage::Ended(format!("the store cancelled the watch: {}", response.cancel_reason()))
-                        }
+                        Ok(Some(response)) if response.canceled() => WatchMessage::Ended(format!(
+                            "the store cancelled the watch: {}",
+                            response.cancel_reason()
+                        )),
                         Ok(Some(response)) => {
                             let changes: Vec<Change> = response
                                 .events()

@@ -198,7 +198,11 @@ mod tests {
         assert_eq!(follow.status().latest_revision, Some(7));
         assert!(follow.offer(9));
         follow.applied(9);
-        assert_eq!(follow.status().refused, None, "a newer applied revision ends the refusal");
+        assert_eq!(
+            follow.status().refused,
+            None,
+            "a newer applied revision ends the refusal"
+        );
         assert_eq!(follow.report().applied_revision, Some(9));
         // The latest seen never goes back.
         follow.offer(2);
@@ -210,7 +214,10 @@ mod tests {
         let mut follow = Follow::new("etcd://e:2379/s".into(), "n1".into());
         assert!(follow.reachable());
         assert!(follow.lost(1_000, "connection refused".into()));
-        assert!(!follow.lost(2_000, "timed out".into()), "one warning per outage");
+        assert!(
+            !follow.lost(2_000, "timed out".into()),
+            "one warning per outage"
+        );
         let status = follow.status();
         assert!(!status.reachable);
         assert_eq!(status.unreachable_since_ms, Some(1_000));

@@ -60,8 +60,20 @@ fn losing_every_attempt_refuses_and_writes_nothing() {
         let e = compare_and_swap(&kv, "/s/model", |_| Ok::<_, String>(b"mine".to_vec()))
             .await
             .unwrap_err();
-        assert!(matches!(e, CasError::Lost { attempts: CAS_ATTEMPTS, .. }), "{e}");
-        assert!(e.to_string().contains("nothing was written, try again"), "{e}");
+        assert!(
+            matches!(
+                e,
+                CasError::Lost {
+                    attempts: CAS_ATTEMPTS,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("nothing was written, try again"),
+            "{e}"
+        );
         assert_ne!(kv.value("/s/model").unwrap(), b"mine");
     });
 }
@@ -84,7 +96,8 @@ fn an_edit_refused_or_a_store_down_or_a_missing_key_writes_nothing() {
             .await
             .unwrap_err();
         assert!(
-            e.to_string().contains("the store etcd://memory/test cannot be reached"),
+            e.to_string()
+                .contains("the store etcd://memory/test cannot be reached"),
             "{e}"
         );
         kv.set_down(false);
@@ -126,7 +139,10 @@ fn a_watch_resumed_from_a_listing_misses_nothing_and_a_compacted_one_says_so() {
             Ok(WatchMessage::Compacted { .. })
         ));
         // An outage ends watches.
-        let mut watch = kv.watch(keys.all(), kv.get(keys.model()).await.unwrap().revision + 1).await.unwrap();
+        let mut watch = kv
+            .watch(keys.all(), kv.get(keys.model()).await.unwrap().revision + 1)
+            .await
+            .unwrap();
         kv.set_down(true);
         assert!(matches!(watch.try_recv(), Ok(WatchMessage::Ended(_))));
     });

@@ -83,7 +83,9 @@ mod tests {
 
     #[test]
     fn endpoints_and_prefix() {
-        let url: StoreUrl = "etcd://10.0.0.5:2379,10.0.0.6:2380/sluice/".parse().unwrap();
+        let url: StoreUrl = "etcd://10.0.0.5:2379,10.0.0.6:2380/sluice/"
+            .parse()
+            .unwrap();
         assert_eq!(url.endpoints, ["10.0.0.5:2379", "10.0.0.6:2380"]);
         assert_eq!(url.prefix, "/sluice");
         assert_eq!(url.to_string(), "etcd://10.0.0.5:2379,10.0.0.6:2380/sluice");
