@@ -1,6 +1,7 @@
 //! Test harnesses for sluice, shared by the integration tests (`src/tests/`, root only) and by
 //! `cargo xtask demo`:
 //! - [`bird`]: BIRD 2 (BGP) routers and node daemons in namespaces;
+//! - [`etcd`]: etcd in a namespace, for the shared model of several nodes;
 //! - [`multinode`]: several sluice nodes behind a BGP/ECMP router, with targets;
 //! - [`netns`]: named network namespaces joined by veth pairs or a bridge, processes and
 //!   threads inside them, teardown on drop and on panic;
@@ -14,6 +15,7 @@
 
 pub mod bird;
 pub mod checksum;
+pub mod etcd;
 pub mod http_servers;
 pub mod multinode;
 pub mod netns;

@@ -457,13 +457,19 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             .map(|(_, o)| o);
         drop(outcomes);
         match outcome {
-            Some(Ok(changes)) => Ok(changes),
+            Some(Ok(changes)) => Ok(Changes {
+                stored: Some((store, revision)),
+                ..changes
+            }),
             Some(Err(reason)) => Err(ControlError::conflict(format!(
                 "{edit} was written to {store} as revision {revision}, but this node refused it and keeps revision {}: {reason}",
                 running()
             ))),
             // A newer revision came first (after a compaction): it includes this edit.
-            None => Ok(Changes::default()),
+            None => Ok(Changes {
+                stored: Some((store, revision)),
+                ..Changes::default()
+            }),
         }
     }
 

@@ -141,6 +141,10 @@ async fn an_edit_on_one_node_reaches_every_node_and_answers_once_applied_here() 
         let changes = nodes[1].submit(add("127.0.0.2")).await.unwrap();
         assert_eq!(changes.targets_added.len(), 1, "{changes:?}");
         let revision = kv_revision(&kv, &Keys::new(PREFIX).model());
+        assert_eq!(
+            changes.stored,
+            Some(("etcd://memory/test".into(), revision))
+        );
         // Answered once applied on the node that was asked.
         assert_eq!(applied(&nodes[1]), Some(revision));
         until("every node applies the edit", || {
