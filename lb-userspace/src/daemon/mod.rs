@@ -139,6 +139,8 @@ pub enum Origin {
     Resolve,
     /// A revision of the model in the shared store (`sluice run --store`).
     Store { revision: i64 },
+    /// The running model again, for new stickiness keys from the shared store.
+    StoreKeys,
 }
 
 impl fmt::Display for Origin {
@@ -149,6 +151,7 @@ impl fmt::Display for Origin {
             Origin::Edit(edit) => write!(f, "{edit}"),
             Origin::Resolve => write!(f, "new addresses of host-name targets"),
             Origin::Store { revision } => write!(f, "revision {revision} of the shared model"),
+            Origin::StoreKeys => write!(f, "the shared store's new stickiness keys"),
         }
     }
 }
@@ -291,6 +294,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             Origin::Store { revision } => {
                 log::info!("applied revision {revision} of the shared model")
             }
+            Origin::StoreKeys => log::info!("stickiness keys from the shared store taken up"),
         }
         log_changes(&changes);
         Ok(changes)

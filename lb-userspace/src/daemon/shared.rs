@@ -268,9 +268,10 @@ async fn share_stickiness_keys(
     Ok(())
 }
 
-fn write_key_file(kv: &dyn Kv, key_file: &Path, text: &[u8]) -> Result<(), StartError> {
+/// Makes `key_file` hold `text`: whether it changed.
+fn write_key_file(kv: &dyn Kv, key_file: &Path, text: &[u8]) -> Result<bool, StartError> {
     if files::read_regular(key_file, 1 << 20).is_ok_and(|own| own == text) {
-        return Ok(());
+        return Ok(false);
     }
     if let Some(dir) = key_file.parent() {
         let _ = std::fs::create_dir_all(dir);
@@ -284,7 +285,7 @@ fn write_key_file(kv: &dyn Kv, key_file: &Path, text: &[u8]) -> Result<(), Start
         "stickiness keys: {} holds the store's keys",
         key_file.display()
     );
-    Ok(())
+    Ok(true)
 }
 
 /// The model in `entry`, validated as a file is.
@@ -358,8 +359,10 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         match change {
             Change::Put(entry) if entry.key == shared.keys.model() => self.apply_stored(entry),
             Change::Put(entry) if entry.key == shared.keys.stickiness_keys() => {
-                if let Err(e) = write_key_file(&*shared.kv, &self.key_file, &entry.value) {
-                    log::error!("{e}");
+                match write_key_file(&*shared.kv, &self.key_file, &entry.value) {
+                    Ok(true) => self.take_up_keys(),
+                    Ok(false) => {}
+                    Err(e) => log::error!("{e}"),
                 }
             }
             Change::Put(entry) => {
@@ -394,6 +397,15 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         shared.follow.borrow_mut().nodes(reports);
         for entry in entries.iter().filter(|e| !e.key.starts_with(&nodes)) {
             self.stored_change(&Change::Put(entry.clone()));
+        }
+    }
+
+    /// New keys in the key file: the proxy reads them with the running model applied again
+    /// (a model whose keys cannot be used is refused, and the keys before stay in use).
+    fn take_up_keys(&self) {
+        let model = self.controller.borrow().model().clone();
+        if let Err(e) = self.apply_model(&model, &Origin::StoreKeys) {
+            log::error!("the shared store's new stickiness keys are not used: {e}");
         }
     }
 

@@ -471,7 +471,7 @@ fn a_stickiness_cookie_minted_by_one_node_is_honoured_by_another() {
             )
         })
         .collect();
-    let (_etcd_ns, _etcd) = start_etcd(&cluster);
+    let (etcd_ns, etcd) = start_etcd(&cluster);
     let targets = (0..3)
         .map(|j| format!("{{ address = \"10.112.2.{}\" }}", 100 + j))
         .collect::<Vec<_>>()
@@ -556,6 +556,40 @@ fn a_stickiness_cookie_minted_by_one_node_is_honoured_by_another() {
             let (answered, _) = get(1, Some(cookie));
             assert_eq!(&answered, target, "node 1 did not honour node 0's cookie");
         }
+    }
+
+    // New keys written into the store (none of the old ones kept): both nodes take them up at
+    // once, so an old cookie no longer verifies (the client is pinned afresh) and a new one
+    // minted by node 0 is honoured by node 1.
+    let fresh = std::env::temp_dir().join(format!("{}-fresh.keys", cluster.router.name()));
+    let _fresh = RemoveOnDrop(fresh.clone());
+    let out = sluice_output(&[
+        "stickiness",
+        "rotate-key",
+        "--key-file",
+        fresh.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let fresh_text = std::fs::read_to_string(&fresh).unwrap();
+    etcd.put(&etcd_ns, &format!("{PREFIX}/stickiness-keys"), &fresh_text);
+    wait_until(TIMEOUT, "both key files to hold the new keys", || {
+        (0..2).all(|i| std::fs::read_to_string(key_file(i)).is_ok_and(|t| t == fresh_text))
+    });
+    // A cookie no key verifies is pinned afresh, like no cookie: requests spread again.
+    let (old_target, old_cookie) = pinned.iter().next().unwrap();
+    wait_until(
+        TIMEOUT,
+        "node 1 to stop honouring a cookie of the old keys",
+        || (0..20).any(|_| get(1, Some(old_cookie)).0 != *old_target),
+    );
+    let (target, cookie) = get(0, None);
+    let cookie = cookie.expect("node 0 sets a cookie");
+    for _ in 0..10 {
+        let (answered, _) = get(1, Some(&cookie));
+        assert_eq!(
+            answered, target,
+            "node 1 did not honour a cookie of the new keys"
+        );
     }
     drop(nodes);
     for i in 0..2 {
