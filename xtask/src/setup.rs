@@ -33,8 +33,10 @@ pub const TEST_PACKAGES: &[&str] = &[
     "etcd-client",
 ];
 
-/// Debian packages building `sluice` needs: `protoc` for etcd-client's gRPC code.
-pub const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
+/// Debian packages building `sluice` needs: `protoc` for etcd-client's gRPC code, and the
+/// well-known types it imports (`google/protobuf/descriptor.proto`, ...), which Debian ships
+/// apart from the compiler.
+pub const BUILD_PACKAGES: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
 
 /// Everything a build of `sluice` needs: the eBPF toolchain and [`BUILD_PACKAGES`] (so a clean
 /// machine with only Rust, cargo and gcc builds).

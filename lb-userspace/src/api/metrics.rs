@@ -867,6 +867,30 @@ mod tests {
     }
 
     #[test]
+    fn store_mode_shows_revisions_and_reachability() {
+        let mut scrape = scrape();
+        assert!(lines_of(&render(&scrape), "sluice_store_reachable").is_empty());
+        let mut store = crate::store::Follow::new("etcd://e:2379/s".into(), "n1".into());
+        store.offer(9);
+        store.applied(7);
+        store.lost(1, "connection refused".into());
+        scrape.report.store = Some(store.status().clone());
+        let text = render(&scrape);
+        assert_eq!(
+            lines_of(&text, "sluice_store_applied_revision"),
+            ["sluice_store_applied_revision{store=\"etcd://e:2379/s\"} 7"]
+        );
+        assert_eq!(
+            lines_of(&text, "sluice_store_latest_revision"),
+            ["sluice_store_latest_revision{store=\"etcd://e:2379/s\"} 9"]
+        );
+        assert_eq!(
+            lines_of(&text, "sluice_store_reachable"),
+            ["sluice_store_reachable{store=\"etcd://e:2379/s\"} 0"]
+        );
+    }
+
+    #[test]
     fn order_is_stable() {
         let a = families(&scrape());
         assert_eq!(a, families(&scrape()));

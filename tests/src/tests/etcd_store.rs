@@ -95,16 +95,21 @@ fn run_node(
     pin_dir: &PinDir,
     extra: &[&str],
 ) -> ChildGuard {
+    let args = node_args(node, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    start_sluice(&node.ns, "eth0", pin_dir, socket, &args)
+}
+
+/// `sluice run`'s arguments for `node` besides its interface, pin directory and socket.
+fn node_args(node: &crate::multinode::Node, extra: &[&str]) -> Vec<String> {
     let keys = std::env::temp_dir().join(format!("{}-stickiness.keys", node.ns.name()));
-    let name = format!("node{}", node.index);
-    let url = store_url();
-    let mut args = vec![
+    let mut args: Vec<String> = [
         "--iface",
         "eth1",
         "--store",
-        &url,
+        &store_url(),
         "--node-name",
-        &name,
+        &format!("node{}", node.index),
         "--metrics-address",
         "off",
         "--stickiness-keys",
@@ -113,9 +118,12 @@ fn run_node(
         node.routes_file.to_str().unwrap(),
         "--bird-socket",
         node.bird.socket.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    start_sluice(&node.ns, "eth0", pin_dir, socket, &args)
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
 }
 
 fn status(node: &Node) -> serde_json::Value {
@@ -488,9 +496,51 @@ fn a_stickiness_cookie_minted_by_one_node_is_honoured_by_another() {
     )
     .unwrap();
     let _config = RemoveOnDrop(config.clone());
-    let nodes: Vec<Node> = (0..2)
-        .map(|i| start_node(&mut cluster, i, &["--config", config.to_str().unwrap()]))
+    // Both nodes start at once on an empty store, each with --config: exactly one seeds it.
+    cluster.add_node(0);
+    cluster.add_node(1);
+    let config_arg = config.to_str().unwrap();
+    // Spawned together, then waited for: their start-ups overlap.
+    let mut nodes: Vec<Node> = (0..2)
+        .map(|i| {
+            let node = cluster.nodes[i].as_ref().unwrap();
+            let socket = ApiSocket::new();
+            let pin_dir = PinDir::new();
+            let mut cmd = node.ns.command(crate::netns::sluice_binary());
+            cmd.args(["run", "--iface", "eth0", "--pin-dir", pin_dir.arg()])
+                .args(["--socket", socket.arg()])
+                .args(node_args(node, &["--config", config_arg]))
+                .env_remove("RUST_LOG");
+            Node {
+                child: Some(node.ns.spawn(cmd)),
+                socket,
+                pin_dir,
+            }
+        })
         .collect();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let child = node.child.as_ref().unwrap();
+        wait_until(TIMEOUT, &format!("node {i} to start"), || {
+            if let Some(status) = child.try_status() {
+                panic!("node {i} exited ({status}): {}", child.stderr());
+            }
+            child.stderr().contains("listener(s) from")
+        });
+    }
+    let logs: Vec<String> = nodes
+        .iter()
+        .map(|n| n.child.as_ref().unwrap().stderr())
+        .collect();
+    let seeders = logs
+        .iter()
+        .filter(|l| l.contains("held no model: seeded it from"))
+        .count();
+    assert_eq!(seeders, 1, "{logs:#?}");
+    assert_eq!(
+        applied(&nodes[0]),
+        applied(&nodes[1]),
+        "the nodes started on different revisions"
+    );
     // Each node's key file now holds the store's keys.
     let key_file = |i: usize| {
         let ns = cluster.nodes[i].as_ref().unwrap().ns.name().to_string();
