@@ -24,3 +24,4 @@ pub mod maglev;
 pub mod model;
 pub mod proxy;
 pub mod rates;
+pub mod store;

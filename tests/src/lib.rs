@@ -2,6 +2,7 @@
 //! `cargo xtask demo`:
 //! - [`bird`]: BIRD 2 (BGP) routers and node daemons in namespaces;
 //! - [`browser`]: headless Chromium loading a page inside a namespace;
+//! - [`etcd`]: etcd in a namespace, for the shared model of several nodes;
 //! - [`multinode`]: several sluice nodes behind a BGP/ECMP router, with targets;
 //! - [`netns`]: named network namespaces joined by veth pairs or a bridge, processes and
 //!   threads inside them, teardown on drop and on panic;
@@ -16,6 +17,7 @@
 pub mod bird;
 pub mod browser;
 pub mod checksum;
+pub mod etcd;
 pub mod http_servers;
 pub mod multinode;
 pub mod netns;

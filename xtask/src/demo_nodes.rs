@@ -7,9 +7,14 @@
 //!                                                                └─ node2 ─┘
 //! ```
 //! Each node runs sluice (`dsr`, so replies go from the targets through the router) and its
-//! own BIRD, which sluice tells what to announce. The demo prints the router's route to the
-//! VIP (one next hop per node), which target answered each request, and what each node
-//! forwarded; Ctrl-C (or `--duration`) stops everything and removes every namespace.
+//! own BIRD, which sluice tells what to announce. The nodes share one model in etcd (in a
+//! namespace of its own on the fabric, `sluice run --store etcd://...`): the first node seeds
+//! it from the demo's configuration, which holds every target but the last; once traffic flows,
+//! the demo adds the last target with the CLI on node 1 (the second node) and prints the
+//! revision each node runs. The demo prints the router's route to the VIP (one next hop per
+//! node), which target answered each request, and what each node forwarded; Ctrl-C (or
+//! `--duration`) stops everything and removes every namespace. With `--check`, the added target
+//! must answer too: the change reached the nodes through the store.
 
 use std::{
     collections::BTreeMap,
@@ -23,8 +28,9 @@ use std::{
 
 use anyhow::{bail, Context};
 use sluice_tests::{
+    etcd::Etcd,
     multinode::Cluster,
-    netns::{unique_pin_dir, unique_socket_path},
+    netns::{unique_pin_dir, unique_socket_path, Namespace},
     servers::HttpServer,
 };
 
@@ -37,6 +43,14 @@ const VIP: Ipv4Addr = Ipv4Addr::new(10, 112, 100, 1);
 const PORT: u16 = 80;
 /// A node's first announcement: sluice starts, health checks pass, BGP converges.
 const ANNOUNCED: Duration = Duration::from_secs(60);
+/// etcd's address, on the fabric beside the nodes.
+const ETCD_IP: Ipv4Addr = Ipv4Addr::new(10, 112, 1, 250);
+/// Where the nodes keep their model in etcd.
+const PREFIX: &str = "/sluice-demo";
+/// A change made on one node runs on every node within this (measured well under a second).
+const CONVERGED: Duration = Duration::from_secs(10);
+/// The round after which the demo adds the last target on node 1.
+const CHANGE_ROUND: u64 = 2;
 
 struct RunningNode {
     daemon: Daemon,
@@ -66,8 +80,18 @@ pub fn demo_nodes(sluice: &Path, args: &DemoArgs) -> anyhow::Result<()> {
         .collect();
 
     let config = std::env::temp_dir().join(format!("{}-demo.toml", cluster.router.name()));
-    let targets: Vec<String> = cluster
-        .targets
+    if n_targets < 2 {
+        bail!("several nodes need at least two targets: the demo adds the last one with the CLI");
+    }
+    let (etcd_ns, etcd) = start_etcd(&cluster)?;
+    let store = format!("etcd://{}{PREFIX}", etcd.endpoint);
+    println!(
+        "demo: etcd runs in namespace {}; every node follows the model at {store}",
+        etcd_ns.name()
+    );
+    // The last target joins later, through the CLI of one node and the store.
+    let added = cluster.targets[n_targets - 1].v4;
+    let targets: Vec<String> = cluster.targets[..n_targets - 1]
         .iter()
         .map(|t| format!("{{ address = \"{}\" }}", t.v4))
         .collect();
@@ -80,7 +104,7 @@ pub fn demo_nodes(sluice: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     std::fs::write(&config, &model).with_context(|| format!("writing {}", config.display()))?;
     let _config_file = RemoveOnDrop(config.clone());
     println!(
-        "demo: every node's configuration ({}):\n{model}",
+        "demo: the model the first node seeds the store with ({}):\n{model}",
         config.display()
     );
 
@@ -97,6 +121,7 @@ pub fn demo_nodes(sluice: &Path, args: &DemoArgs) -> anyhow::Result<()> {
                 .arg(&pin_dir)
                 .arg("--socket")
                 .arg(&socket)
+                .args(["--store", &store, "--node-name", &format!("node{i}")])
                 .arg("--config")
                 .arg(&config)
                 .args(["--metrics-address", "off", "--bird-routes"])
@@ -138,33 +163,31 @@ pub fn demo_nodes(sluice: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     );
 
     let forwarded = |socket: &Path| -> anyhow::Result<u64> {
-        let out = std::process::Command::new(sluice)
-            .args(["stats", "--json", "--socket"])
-            .arg(socket)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "sluice stats failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let stats: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let stats: serde_json::Value =
+            serde_json::from_str(&cli(sluice, socket, &["stats", "--json"])?)?;
         Ok(stats["counters"]["forward_dsr"]["packets"]
             .as_u64()
             .unwrap_or(0))
     };
+    let applied = |socket: &Path| -> anyhow::Result<Option<i64>> {
+        let status: serde_json::Value =
+            serde_json::from_str(&cli(sluice, socket, &["status", "--json"])?)?;
+        Ok(status["store"]["applied_revision"].as_i64())
+    };
+    let mut changed = false;
 
     let end = Instant::now() + Duration::from_secs(args.duration);
     let mut totals: BTreeMap<String, usize> = BTreeMap::new();
     let mut per_node = vec![0u64; nodes];
     let mut round = 0u64;
-    let done = |totals: &BTreeMap<String, usize>, per_node: &[u64]| {
-        (0..n_targets).all(|j| totals.contains_key(&format!("target{j}")))
+    let done = |totals: &BTreeMap<String, usize>, per_node: &[u64], changed: bool| {
+        changed
+            && (0..n_targets).all(|j| totals.contains_key(&format!("target{j}")))
             && per_node.iter().all(|&p| p > 0)
     };
     while !STOP.load(Ordering::SeqCst)
         && (Instant::now() < end
-            || (args.check && round < CHECK_MAX_ROUNDS && !done(&totals, &per_node)))
+            || (args.check && round < CHECK_MAX_ROUNDS && !done(&totals, &per_node, changed)))
     {
         round += 1;
         let answers: Vec<String> = (0..REQUESTS_PER_ROUND)
@@ -186,6 +209,41 @@ pub fn demo_nodes(sluice: &Path, args: &DemoArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        if round == CHANGE_ROUND && nodes > 1 {
+            let node = &running[1];
+            let answer = cli(
+                sluice,
+                &node.socket,
+                &["target", "add", "web", &added.to_string()],
+            )?;
+            println!(
+                "demo: node1$ sluice target add web {added}\n{}",
+                answer.trim_end()
+            );
+            let issued = Instant::now();
+            let revision = applied(&node.socket)?;
+            loop {
+                let revisions = running
+                    .iter()
+                    .map(|n| applied(&n.socket))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                if revisions.iter().all(|r| *r == revision) {
+                    println!(
+                        "demo: every node runs revision {} of the model, {} ms after the change",
+                        revision.unwrap_or_default(),
+                        issued.elapsed().as_millis()
+                    );
+                    break;
+                }
+                if issued.elapsed() > CONVERGED || STOP.load(Ordering::SeqCst) {
+                    bail!(
+                        "the nodes did not all run revision {revision:?} within {CONVERGED:?}: {revisions:?}"
+                    );
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            changed = true;
+        }
         for _ in 0..10 {
             if STOP.load(Ordering::SeqCst) {
                 break;
@@ -200,15 +258,50 @@ pub fn demo_nodes(sluice: &Path, args: &DemoArgs) -> anyhow::Result<()> {
     }
     drop(running);
     drop(servers);
+    drop(etcd);
+    drop(etcd_ns);
     drop(cluster);
     println!("demo: done");
     if args.check {
-        if !done(&totals, &per_node) || totals.keys().any(|k| !k.starts_with("target")) {
+        if !done(&totals, &per_node, changed) || totals.keys().any(|k| !k.starts_with("target")) {
             bail!(
-                "demo check failed: expected answers from all {n_targets} targets through all {nodes} nodes, got {totals:?}, packets per node {per_node:?}"
+                "demo check failed: expected answers from all {n_targets} targets (the last added on node1 through the store) through all {nodes} nodes, got {totals:?}, packets per node {per_node:?}"
             );
         }
         println!("demo: check passed, every target answered and every node forwarded");
     }
     Ok(())
+}
+
+/// etcd in a namespace of its own on the fabric.
+fn start_etcd(cluster: &Cluster) -> anyhow::Result<(Namespace, Etcd)> {
+    if !Path::new(sluice_tests::etcd::ETCD).exists() {
+        bail!(
+            "{} is missing: install Debian's etcd-server (cargo xtask setup does)",
+            sluice_tests::etcd::ETCD
+        );
+    }
+    let ns = Namespace::new("etcd");
+    cluster.fabric.connect("etcd", &ns, "eth0");
+    ns.add_addr("eth0", &format!("{ETCD_IP}/24"));
+    let etcd = Etcd::start(&ns, ETCD_IP);
+    Ok((ns, etcd))
+}
+
+/// `sluice ARGS --socket SOCKET`: its standard output, or its error as a sentence.
+fn cli(sluice: &Path, socket: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(sluice)
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .with_context(|| format!("running sluice {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "sluice {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -78,7 +78,7 @@ fn main() -> ExitCode {
 fn dispatch(task: Task) -> anyhow::Result<()> {
     match task {
         Task::Setup => {
-            setup::ebpf_toolchain()?;
+            setup::build_tools()?;
             setup::debian_packages(setup::TEST_PACKAGES)?;
             setup::socketio_packages(workspace_root())
         }
@@ -123,7 +123,7 @@ fn dispatch(task: Task) -> anyhow::Result<()> {
 
 /// Builds `sluice` and returns the binary's path.
 fn build(release: bool) -> anyhow::Result<PathBuf> {
-    setup::ebpf_toolchain()?;
+    setup::build_tools()?;
     let mut args = vec!["build", "--package", "lb-userspace", "--bin", "sluice"];
     if release {
         args.push("--release");
@@ -135,7 +135,7 @@ fn build(release: bool) -> anyhow::Result<PathBuf> {
 }
 
 fn lint() -> anyhow::Result<()> {
-    setup::ebpf_toolchain()?;
+    setup::build_tools()?;
     run(&mut cargo(&["fmt", "--all", "--check"]))?;
     run(&mut cargo(&[
         "clippy",
@@ -171,7 +171,7 @@ fn lint() -> anyhow::Result<()> {
 }
 
 fn test(with_lint: bool, filter: Option<&str>) -> anyhow::Result<()> {
-    setup::ebpf_toolchain()?;
+    setup::build_tools()?;
     setup::debian_packages(setup::TEST_PACKAGES)?;
     setup::socketio_packages(workspace_root())?;
     if with_lint {

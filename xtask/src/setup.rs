@@ -27,7 +27,23 @@ pub const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     // `systemd-analyze verify` for the packaged unit (nothing is started).
     "systemd",
+    // The shared store of several nodes (`sluice run --store etcd://...`): the tests start
+    // etcd 3.4 in a namespace and write into it with etcdctl.
+    "etcd-server",
+    "etcd-client",
 ];
+
+/// Debian packages building `sluice` needs: `protoc` for etcd-client's gRPC code, and the
+/// well-known types it imports (`google/protobuf/descriptor.proto`, ...), which Debian ships
+/// apart from the compiler.
+pub const BUILD_PACKAGES: &[&str] = &["protobuf-compiler", "libprotobuf-dev"];
+
+/// Everything a build of `sluice` needs: the eBPF toolchain and [`BUILD_PACKAGES`] (so a clean
+/// machine with only Rust, cargo and gcc builds).
+pub fn build_tools() -> anyhow::Result<()> {
+    ebpf_toolchain()?;
+    debian_packages(BUILD_PACKAGES)
+}
 
 /// What every `cargo xtask bench` run uses; the scenarios add theirs (see `bench::Plan`):
 /// nftables, the kernel baseline of the forwarding scenario, and

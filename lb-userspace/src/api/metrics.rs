@@ -373,6 +373,30 @@ pub fn families(scrape: &Scrape) -> Vec<MetricFamily> {
         );
     }
 
+    if let Some(store) = report.store.as_ref() {
+        out.family(
+            "sluice_store_applied_revision",
+            MetricType::GAUGE,
+            "The revision of the shared store's model this node runs (sluice run --store); compare across nodes.",
+        )
+        .gauge(&[("store", &store.store)], store.applied_revision.unwrap_or(0) as f64);
+        out.family(
+            "sluice_store_latest_revision",
+            MetricType::GAUGE,
+            "The newest revision of the shared store's model this node has seen.",
+        )
+        .gauge(
+            &[("store", &store.store)],
+            store.latest_revision.unwrap_or(0) as f64,
+        );
+        out.family(
+            "sluice_store_reachable",
+            MetricType::GAUGE,
+            "1 while the shared store answers, 0 while this node forwards with its last model without it.",
+        )
+        .gauge(&[("store", &store.store)], f64::from(u8::from(store.reachable)));
+    }
+
     if let Some(tables) = report.connection_tables.as_ref() {
         out.family(
             "sluice_flow_table_entries",
@@ -642,6 +666,7 @@ mod tests {
         let report = StatsReport {
             connection_tables: None,
             announcement: None,
+            store: None,
             counters: [
                 ("forward_nat", 7),
                 ("drop_nat_ports_exhausted", 3),
@@ -839,6 +864,30 @@ mod tests {
                 assert_eq!(Some(family), current, "{line} outside its family");
             }
         }
+    }
+
+    #[test]
+    fn store_mode_shows_revisions_and_reachability() {
+        let mut scrape = scrape();
+        assert!(lines_of(&render(&scrape), "sluice_store_reachable").is_empty());
+        let mut store = crate::store::Follow::new("etcd://e:2379/s".into(), "n1".into());
+        store.offer(9);
+        store.applied(7);
+        store.lost(1, "connection refused".into());
+        scrape.report.store = Some(store.status().clone());
+        let text = render(&scrape);
+        assert_eq!(
+            lines_of(&text, "sluice_store_applied_revision"),
+            ["sluice_store_applied_revision{store=\"etcd://e:2379/s\"} 7"]
+        );
+        assert_eq!(
+            lines_of(&text, "sluice_store_latest_revision"),
+            ["sluice_store_latest_revision{store=\"etcd://e:2379/s\"} 9"]
+        );
+        assert_eq!(
+            lines_of(&text, "sluice_store_reachable"),
+            ["sluice_store_reachable{store=\"etcd://e:2379/s\"} 0"]
+        );
     }
 
     #[test]

@@ -17,7 +17,10 @@
 //! | `GET /v1/config` | 200, a [`RunningConfig`]: the running model as TOML, run-time changes included |
 //!
 //! Changes edit the daemon's model, which is validated as a whole like the file and applied
-//! like a reload; they last until the next reload, which re-reads the file.
+//! like a reload; they last until the next reload, which re-reads the file. In store mode
+//! (`sluice run --store`) they are written to the shared store instead and answered once this
+//! node applied them (their answer's `stored` names the store and revision); 503 when the
+//! store cannot be reached.
 //!
 //! Errors are `{"error": "..."}`: 400 for a body or change that does not validate (or a file
 //! that does not, on reload), 404 for an unknown path, target group, target or listener, 405

@@ -52,6 +52,12 @@ pub trait Backend {
     fn reload(&self, allow_empty: bool) -> Result<Changes, ControlError>;
     /// Changes the running model (until the next reload).
     fn change(&self, edit: Edit) -> Result<Changes, ControlError>;
+    /// Changes the model, awaiting what that takes: in store mode, the write to the store and
+    /// this node applying it. By default [`Backend::change`].
+    fn submit(&self, edit: Edit) -> crate::store::LocalFuture<'_, Result<Changes, ControlError>> {
+        let changed = self.change(edit);
+        Box::pin(async move { changed })
+    }
     /// Stops the daemon after detaching the XDP program and removing its pins (`sluice
     /// down`), instead of leaving forwarding running as a plain stop does.
     fn down(&self) -> Result<(), ControlError> {
@@ -96,6 +102,14 @@ impl ControlError {
     pub fn invalid(message: impl Into<String>) -> ControlError {
         ControlError {
             status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    /// Something the daemon depends on cannot be reached, such as the shared store (503).
+    pub fn unavailable(message: impl Into<String>) -> ControlError {
+        ControlError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
             message: message.into(),
         }
     }
@@ -266,7 +280,7 @@ pub async fn serve<B: Backend + 'static>(listener: tokio::net::UnixListener, bac
                     // runs to completion between two awaits.
                     let response = match Limited::new(body, MAX_BODY).collect().await {
                         Ok(body) => {
-                            respond(&*backend, &head.method, head.uri.path(), &body.to_bytes())
+                            answer(&*backend, &head.method, head.uri.path(), &body.to_bytes()).await
                         }
                         Err(e) => error(
                             StatusCode::BAD_REQUEST,
@@ -298,6 +312,20 @@ const ENDPOINTS: &[(&str, &[Method])] = &[
     (TABLES_PATH, &[Method::GET]),
     (CONFIG_PATH, &[Method::GET]),
 ];
+
+/// The answer to `method path` with `body`, changes awaited through [`Backend::submit`].
+pub async fn answer(
+    backend: &impl Backend,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Response<Full<Bytes>> {
+    match edit_of(method, path, body) {
+        Some(Ok(edit)) => changed(backend.submit(edit).await),
+        Some(Err(message)) => error(StatusCode::BAD_REQUEST, message),
+        None => respond(backend, method, path, body),
+    }
+}
 
 /// The answer to `method path` with `body`.
 pub fn respond(
@@ -359,21 +387,11 @@ pub fn respond(
             Ok(()) => json(StatusCode::OK, &serde_json::json!({ "stopping": true })),
             Err(e) => error(e.status, e.message),
         },
-        (TARGETS_PATH, &Method::POST) => change(backend, body, Edit::AddTarget),
-        (TARGETS_PATH, &Method::DELETE) => change(backend, body, Edit::RemoveTarget),
-        (TARGETS_PATH, &Method::PATCH) => change(backend, body, |w: TargetWeight| {
-            let target = TargetRef {
-                group: w.group,
-                address: w.address,
-                port: w.port,
-            };
-            Edit::SetWeight(target, w.weight)
-        }),
-        (LISTENERS_PATH, &Method::POST) => change(backend, body, |spec: ListenerSpec| {
-            Edit::AddListener(spec.into())
-        }),
-        (LISTENERS_PATH, &Method::DELETE) => {
-            change(backend, body, |r: ListenerRef| Edit::RemoveListener(r.name))
+        (TARGETS_PATH | LISTENERS_PATH, _) if edit_of(method, path, body).is_some() => {
+            match edit_of(method, path, body).expect("checked") {
+                Ok(edit) => changed(backend.change(edit)),
+                Err(message) => error(StatusCode::BAD_REQUEST, message),
+            }
         }
         _ => {
             let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
@@ -389,19 +407,34 @@ pub fn respond(
     }
 }
 
-/// Parses `body` as `T` and asks the backend for the change it describes.
-fn change<T: DeserializeOwned>(
-    backend: &impl Backend,
-    body: &[u8],
-    edit: impl FnOnce(T) -> Edit,
-) -> Response<Full<Bytes>> {
-    match serde_json::from_slice::<T>(body) {
-        Ok(request) => changed(backend.change(edit(request))),
-        Err(e) => error(
-            StatusCode::BAD_REQUEST,
-            format!("the request body is not what this endpoint takes: {e}"),
-        ),
-    }
+/// The change `method path` asks for, if it is one, or why its body does not parse.
+fn edit_of(method: &Method, path: &str, body: &[u8]) -> Option<Result<Edit, String>> {
+    Some(match (path, method) {
+        (TARGETS_PATH, &Method::POST) => parse(body, Edit::AddTarget),
+        (TARGETS_PATH, &Method::DELETE) => parse(body, Edit::RemoveTarget),
+        (TARGETS_PATH, &Method::PATCH) => parse(body, |w: TargetWeight| {
+            let target = TargetRef {
+                group: w.group,
+                address: w.address,
+                port: w.port,
+            };
+            Edit::SetWeight(target, w.weight)
+        }),
+        (LISTENERS_PATH, &Method::POST) => {
+            parse(body, |spec: ListenerSpec| Edit::AddListener(spec.into()))
+        }
+        (LISTENERS_PATH, &Method::DELETE) => {
+            parse(body, |r: ListenerRef| Edit::RemoveListener(r.name))
+        }
+        _ => return None,
+    })
+}
+
+/// Parses `body` as `T`, the change it describes.
+fn parse<T: DeserializeOwned>(body: &[u8], edit: impl FnOnce(T) -> Edit) -> Result<Edit, String> {
+    serde_json::from_slice::<T>(body)
+        .map(edit)
+        .map_err(|e| format!("the request body is not what this endpoint takes: {e}"))
 }
 
 fn changed(result: Result<Changes, ControlError>) -> Response<Full<Bytes>> {
@@ -480,6 +513,7 @@ mod tests {
             Ok(StatsReport {
                 connection_tables: None,
                 announcement: None,
+                store: None,
                 counters: [(
                     "forward_nat".to_string(),
                     CounterStats {

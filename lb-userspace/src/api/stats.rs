@@ -54,6 +54,9 @@ pub struct StatsReport {
     /// The latest health transitions, oldest first (at most [`HEALTH_TRANSITIONS_KEPT`]).
     #[serde(default)]
     pub health_transitions: Vec<HealthTransition>,
+    /// The shared store the model comes from (`sluice run --store`), as this node sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::store::StoreStatus>,
 }
 
 /// How many health transitions the daemon keeps for `status` and the status page.
@@ -231,6 +234,7 @@ mod tests {
         let mut report = StatsReport {
             connection_tables: None,
             announcement: None,
+            store: None,
             counters: [(
                 "forward_nat".to_string(),
                 CounterStats {

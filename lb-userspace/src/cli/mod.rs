@@ -140,7 +140,14 @@ fn change(
     let answer = ask(socket, method, path, Some(body))?;
     let changes: Changes = serde_json::from_slice(&answer)
         .context("the daemon's answer is not the changes this sluice expects")?;
-    println!("{done} until the next reload (to keep it, write it to the configuration file)");
+    match &changes.stored {
+        Some((store, revision)) => {
+            println!("{done}: revision {revision} of the model in {store}, applied here; every node follows")
+        }
+        None => println!(
+            "{done} until the next reload (to keep it, write it to the configuration file)"
+        ),
+    }
     print!("{}", describe(&changes));
     Ok(())
 }

@@ -39,6 +39,7 @@ use sluice::{
     health::HealthChecker,
     model::Model,
     proxy::{cookie_keys, handover},
+    store::StoreUrl,
 };
 
 #[derive(clap::Args)]
@@ -46,12 +47,25 @@ pub struct RunArgs {
     /// Interface to attach the XDP program to; repeat for several (e.g. the client side and
     /// the target side, so `nat` replies are translated too). Needed for tcp/udp listeners;
     /// a --config with only http/https listeners runs without.
-    #[arg(long = "iface", value_name = "IF", required_unless_present = "config")]
+    #[arg(long = "iface", value_name = "IF", required_unless_present_any = ["config", "store"])]
     ifaces: Vec<String>,
     /// The model: listeners, target groups, targets (TOML). Without it nothing is balanced
-    /// and all traffic passes to the kernel.
+    /// and all traffic passes to the kernel. With --store, it only seeds a store that holds
+    /// no model yet.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Share one model among several nodes through etcd (v3): the model is the store's
+    /// (`<prefix>/model`); every node applies each new revision, CLI edits on any node are
+    /// written there (compare-and-swap), `sluice reload` and SIGHUP are refused, and the
+    /// stickiness keys are the store's too. A node that loses the store keeps forwarding
+    /// with its last model. Refuses to start if the store cannot be reached within 10 s, or
+    /// holds no model and no --config seeds it. See docs/OPERATING.md, "Several nodes".
+    #[arg(long, value_name = "etcd://HOST:PORT[,HOST:PORT...]/PREFIX")]
+    store: Option<StoreUrl>,
+    /// This node's name in the store (`<prefix>/nodes/<name>`, shown by `sluice status` on
+    /// every node). Default: the host name.
+    #[arg(long, value_name = "NAME", requires = "store")]
+    node_name: Option<String>,
     /// XDP attach mode: `auto` tries native and falls back to generic with a warning.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: AttachMode,
@@ -158,10 +172,34 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(bird) = &bird {
         bird.check()?;
     }
-    // The model is read before anything is loaded: a broken file changes nothing.
-    let model = match &args.config {
-        Some(path) => Model::load(path)?,
-        None => Model::default(),
+    // The store's client runs on this runtime; in file mode it starts with the daemon.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    // The model is read before anything is loaded: a broken file (or store) changes nothing.
+    let mut shared = match &args.store {
+        Some(url) => {
+            let node = match &args.node_name {
+                Some(name) => name.clone(),
+                None => host_name()?,
+            };
+            let started = runtime
+                .block_on(daemon::shared::start(
+                    url,
+                    args.config.as_deref(),
+                    &node,
+                    &args.stickiness_keys,
+                ))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(started)
+        }
+        None => None,
+    };
+    let model = match (&shared, &args.config) {
+        (Some(started), _) => started.model.clone(),
+        (None, Some(path)) => Model::load(path)?,
+        (None, None) => Model::default(),
     };
     check_interfaces(&model, &args.ifaces)?;
     // A daemon stopping on the same socket (or running, with --take-over) hands over its
@@ -199,10 +237,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     raise_open_file_limit();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
     // Signal handlers, health checks and the proxy's tasks belong to this runtime.
     let _runtime = runtime.enter();
     let mut signals = Signals::install()?;
@@ -314,7 +348,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.ifaces.is_empty() {
         daemon.serve_l7_only();
     }
-    daemon.apply_model(&model, &Origin::Start)?;
+    let following = match shared.take() {
+        Some(started) => {
+            daemon.share(started.shared);
+            daemon.apply_first(&model, started.revision)?;
+            Some(started.revision + 1)
+        }
+        None => {
+            daemon.apply_model(&model, &Origin::Start)?;
+            None
+        }
+    };
     daemon.check_setup(args.ifaces.clone());
 
     for (iface, &ifindex) in args.ifaces.iter().zip(&ifindexes) {
@@ -337,9 +381,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     log::info!(
         "{} listener(s) from {}; control API on {socket} (sluice stats --socket {socket})",
         daemon.controller().model().listeners.len(),
-        args.config
-            .as_ref()
-            .map_or("no configuration".into(), |p| p.display().to_string()),
+        match (&args.store, &args.config) {
+            (Some(url), _) => url.to_string(),
+            (None, Some(path)) => path.display().to_string(),
+            (None, None) => "no configuration".into(),
+        },
         socket = args.socket.display()
     );
     fresh.armed = false;
@@ -368,6 +414,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         let resolving =
             tokio::task::spawn_local(daemon::resolve::keep_resolved(Rc::clone(&daemon)));
+        let following = following.map(|from| {
+            tokio::task::spawn_local(daemon::shared::follow(Rc::clone(&daemon), from))
+        });
         let mut successors = Successors::listen(&handover_path, handover_listener, handover_file)
             .context("listening for a successor on the hand-over socket")?;
         // Under systemd (Type=notify): ready, now that the http/https listeners, the control
@@ -386,6 +435,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         // Awaited, so their sockets are closed before a successor binds the same metrics
         // address (the hand-over below blocks this thread while the successor starts).
         resolving.abort();
+        if let Some(following) = following {
+            following.abort();
+        }
         api.abort();
         let _ = api.await;
         if let Some(metrics) = metrics {
@@ -447,6 +499,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The host's name, this node's default name in the store.
+fn host_name() -> anyhow::Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the host name (give the node a name with --node-name)")?;
+    Ok(name.trim().to_string())
 }
 
 /// A model with tcp/udp listeners needs an interface for XDP; an L7-only one runs without.

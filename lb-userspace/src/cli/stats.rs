@@ -189,6 +189,7 @@ mod tests {
         StatsReport {
             connection_tables: None,
             announcement: None,
+            store: None,
             counters,
             listeners: vec![
                 ListenerStats {
@@ -383,6 +384,7 @@ mod tests {
         let report = StatsReport {
             connection_tables: None,
             announcement: None,
+            store: None,
             listeners: Vec::new(),
             targets: Vec::new(),
             ..report()
@@ -396,6 +398,7 @@ mod tests {
         let report = StatsReport {
             connection_tables: None,
             announcement: None,
+            store: None,
             http_listeners: vec![sluice::api::HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),

@@ -35,6 +35,49 @@ pub fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The shared store's part of status: what this node runs, what it refused, every node.
+fn describe_store(store: &sluice::store::StoreStatus) -> String {
+    let revision = |r: Option<i64>| r.map_or("none".to_string(), |r| r.to_string());
+    let mut out = format!(
+        "\nstore {} (this node: {}): serving revision {}, latest seen {}\n",
+        store.store,
+        store.node,
+        revision(store.applied_revision),
+        revision(store.latest_revision)
+    );
+    if !store.reachable {
+        let since = store.unreachable_since_ms.map_or("?".into(), |ms| {
+            let ago = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+                .saturating_sub(ms);
+            format!("{:.0} s", ago as f64 / 1000.0)
+        });
+        out.push_str(&format!(
+            "  store unreachable for {since}, serving revision {} (changes are refused until it answers): {}\n",
+            revision(store.applied_revision),
+            store.last_error.as_deref().unwrap_or("")
+        ));
+    }
+    if let Some(refused) = &store.refused {
+        out.push_str(&format!(
+            "  revision {} refused: {}\n",
+            refused.revision, refused.reason
+        ));
+    }
+    for (name, node) in &store.nodes {
+        out.push_str(&format!(
+            "  node {name}: revision {}{}\n",
+            revision(node.applied_revision),
+            node.refused.as_ref().map_or(String::new(), |r| format!(
+                ", refused revision {}",
+                r.revision
+            ))
+        ));
+    }
+    out
+}
+
 fn render(report: &StatsReport) -> String {
     let mut out = String::new();
     if !report.warnings.is_empty() {
@@ -168,6 +211,9 @@ fn render(report: &StatsReport) -> String {
         out.push_str(&format!(
             "refused new connections: {full} flow table full, {gated} flood gate, {ports} no nat port\n"
         ));
+    }
+    if let Some(store) = &report.store {
+        out.push_str(&describe_store(store));
     }
     if let Some(announcement) = &report.announcement {
         out.push_str(&format!(
@@ -329,6 +375,7 @@ mod tests {
         let report = StatsReport {
             connection_tables: None,
             announcement: None,
+            store: None,
             listeners: vec![ListenerStats {
                 name: "web".into(),
                 address: "192.0.2.10".parse().unwrap(),
@@ -422,6 +469,7 @@ mod tests {
         let with_http = render(&StatsReport {
             connection_tables: None,
             announcement: None,
+            store: None,
             http_listeners: vec![HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),
@@ -461,6 +509,7 @@ mod tests {
         let only_http = render(&StatsReport {
             connection_tables: None,
             announcement: None,
+            store: None,
             http_listeners: vec![HttpListenerStats {
                 name: "site".into(),
                 address: "192.0.2.10".parse().unwrap(),

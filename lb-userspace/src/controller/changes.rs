@@ -18,6 +18,10 @@ pub struct Changes {
     /// each, see [`crate::model::diff`]).
     #[serde(default)]
     pub settings: Vec<String>,
+    /// In store mode (`sluice run --store`): the store and the revision of the model that
+    /// carries this change (every node applies it; a reload does not undo it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<(String, i64)>,
 }
 
 /// One change, in a sentence.
@@ -99,6 +103,7 @@ mod tests {
             failing_open: vec!["web".into()],
             failing_closed: vec!["api".into()],
             settings: vec!["listener 'web' (http) added on 192.0.2.10:80".into()],
+            stored: None,
         };
         let lines = changes.lines();
         let texts: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();

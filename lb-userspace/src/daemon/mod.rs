@@ -17,6 +17,7 @@ mod report;
 pub mod resolve;
 pub mod restart;
 mod serve;
+pub mod shared;
 pub mod signals;
 pub mod systemd;
 #[cfg(test)]
@@ -114,6 +115,8 @@ pub struct Daemon<D: Dataplane = Maps, S: Store = StateMap> {
     checked_ifaces: RefCell<Option<Vec<String>>>,
     /// XDP is attached to no interface: models with tcp/udp listeners are refused.
     l7_only: Cell<bool>,
+    /// The shared store the model comes from (`sluice run --store`), if any.
+    shared: std::cell::OnceCell<shared::Shared>,
 }
 
 /// Whose traffic a rate is: ids included, so an id given to something new starts over.
@@ -134,6 +137,10 @@ pub enum Origin {
     Edit(Edit),
     /// Host-name targets resolved again to other addresses.
     Resolve,
+    /// A revision of the model in the shared store (`sluice run --store`).
+    Store { revision: i64 },
+    /// The running model again, for new stickiness keys from the shared store.
+    StoreKeys,
 }
 
 impl fmt::Display for Origin {
@@ -143,6 +150,8 @@ impl fmt::Display for Origin {
             Origin::Reload(path) => write!(f, "reload of {}", path.display()),
             Origin::Edit(edit) => write!(f, "{edit}"),
             Origin::Resolve => write!(f, "new addresses of host-name targets"),
+            Origin::Store { revision } => write!(f, "revision {revision} of the shared model"),
+            Origin::StoreKeys => write!(f, "the shared store's new stickiness keys"),
         }
     }
 }
@@ -204,6 +213,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             warnings: RefCell::default(),
             checked_ifaces: RefCell::default(),
             l7_only: Cell::new(false),
+            shared: std::cell::OnceCell::new(),
         }
     }
 
@@ -281,6 +291,10 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             Origin::Reload(path) => log::info!("reloaded {}", path.display()),
             Origin::Edit(edit) => log::info!("control API: {edit}, until the next reload"),
             Origin::Resolve => {}
+            Origin::Store { revision } => {
+                log::info!("applied revision {revision} of the shared model")
+            }
+            Origin::StoreKeys => log::info!("stickiness keys from the shared store taken up"),
         }
         log_changes(&changes);
         Ok(changes)
@@ -502,6 +516,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         report.announcement = self.announce_status();
         fill_requests(&mut report, &proxy);
         report.warnings = self.warnings.borrow().clone();
+        report.store = self.store_status();
         report.health_transitions = self.transitions.borrow().iter().cloned().collect();
         let checker = self.checker.borrow();
         let rates = self.rates.borrow();
@@ -562,6 +577,9 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
     /// `allow_empty`.
     fn reload(&self, allow_empty: bool) -> Result<Changes, ControlError> {
         let _reloading = systemd::Reloading::begin();
+        if let Some(shared) = self.shared() {
+            return Err(self.reload_refused(shared));
+        }
         let Some(path) = &self.config else {
             let message = "sluice run was started without --config: there is no file to reload";
             log::warn!("{message}");
@@ -608,6 +626,15 @@ impl<D: Dataplane, S: Store> Backend for Daemon<D, S> {
             log::error!("control API: {message}");
             refused(&e, message)
         })
+    }
+
+    /// In store mode, through the store ([`Daemon::submit_to_store`]).
+    fn submit(&self, edit: Edit) -> crate::store::LocalFuture<'_, Result<Changes, ControlError>> {
+        if self.shared().is_some() {
+            return Box::pin(self.submit_to_store(edit));
+        }
+        let changed = self.change(edit);
+        Box::pin(async move { changed })
     }
 
     fn tables(&self) -> std::collections::BTreeMap<String, crate::api::MaglevTable> {

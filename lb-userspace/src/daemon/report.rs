@@ -147,6 +147,7 @@ pub fn stats_report<D: Dataplane>(
         http_listeners: Vec::new(),
         warnings: Vec::new(),
         health_transitions: Vec::new(),
+        store: None,
     })
 }
 
