@@ -29,6 +29,18 @@ pub fn bytes_to_ip(bytes: &[u8; 16], family: u8) -> IpAddr {
     }
 }
 
+/// The four 32-bit words of a map address, in memory order.
+#[inline(always)]
+pub fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let (chunks, _) = addr.as_chunks::<4>();
+    [
+        u32::from_ne_bytes(chunks[0]),
+        u32::from_ne_bytes(chunks[1]),
+        u32::from_ne_bytes(chunks[2]),
+        u32::from_ne_bytes(chunks[3]),
+    ]
+}
+
 /// Buckets of `ADDRESSES`, the address classes: what the program may find for a
 /// destination address, so that most packets skip the hash lookups that cannot match.
 pub const ADDRESS_BUCKETS: u32 = 4096;
@@ -49,8 +61,14 @@ pub const CLASS_NAT_SOURCE: u32 = 1 << 3;
 /// bucket: a class bit says "may", and the lookup it guards decides.
 #[inline(always)]
 pub fn address_bucket(addr: &[u8; 16]) -> u32 {
-    let w = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
-    let folded = w(0) ^ w(4) ^ w(8) ^ w(12);
+    bucket_of_words(words(addr))
+}
+
+/// [`address_bucket`] of an address given as its words in memory order ([`words`],
+/// `FlowKey::dst_words`).
+#[inline(always)]
+pub fn bucket_of_words([a, b, c, d]: [u32; 4]) -> u32 {
+    let folded = a ^ b ^ c ^ d;
     // ADDRESS_BUCKETS is 2^12: the top 12 bits of the product.
     folded.wrapping_mul(0x9E37_79B1) >> 20
 }

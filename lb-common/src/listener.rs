@@ -11,8 +11,9 @@ pub const MAX_LISTENERS: u32 = 512;
 /// What a packet is matched against: destination address, port and protocol.
 ///
 /// A listener with `port_be == 0` matches every port of its address; the program looks up the
-/// exact port first, then port 0.
-#[repr(C)]
+/// exact port first, then port 0. Aligned to 4 (same 20-byte layout), so that the program
+/// copies the address into it a word at a time.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ListenerKey {
     /// See `addr`: network order, IPv4 in the first 4 bytes.

@@ -16,7 +16,9 @@ pub const TARGET_DRAINING: u8 = 2;
 /// Removed or unhealthy: flows that still name it are re-hashed.
 pub const TARGET_GONE: u8 = 3;
 
-#[repr(C)]
+/// Aligned to 8 (same 40-byte layout) so that the XDP program handles the addresses a word
+/// at a time ([`Target::addr_words`]), as for `FlowKey`.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct Target {
     /// The target's address (network order, IPv4 in the first 4 bytes).
@@ -34,6 +36,15 @@ pub struct Target {
     pub _pad: [u8; 4],
 }
 assert_size!(Target, 40);
+
+impl Target {
+    /// The target's address as four words in memory order.
+    #[inline(always)]
+    pub fn addr_words(&self) -> [u32; 4] {
+        // SAFETY: `addr` is at offset 0 of an 8-aligned struct; integers only.
+        unsafe { *(self.addr.as_ptr() as *const [u32; 4]) }
+    }
+}
 
 /// Per-target and per-listener traffic, per CPU (`TARGET_STATS`, `LISTENER_STATS`).
 #[repr(C)]

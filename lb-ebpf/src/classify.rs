@@ -1,7 +1,7 @@
 //! Classify: which listener, if any, a packet is for.
 
 use lb_common::{
-    addr::{address_bucket, CLASS_ALL_PORTS, CLASS_LISTENER, CLASS_PORTS},
+    addr::{bucket_of_words, CLASS_ALL_PORTS, CLASS_LISTENER, CLASS_PORTS},
     listener::{Listener, ListenerKey},
 };
 
@@ -13,7 +13,7 @@ use crate::{parse::Packet, ADDRESSES, LISTENERS};
 #[inline(always)]
 pub fn address_class(packet: &Packet) -> u32 {
     ADDRESSES
-        .get(address_bucket(&packet.key.dst))
+        .get(bucket_of_words(packet.key.dst_words()))
         .copied()
         .unwrap_or(0)
 }

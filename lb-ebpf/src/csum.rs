@@ -30,17 +30,14 @@ pub fn replace32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     !fold(sum)
 }
 
-/// The checksum of a 20-byte IPv4 header without options, whose checksum field (bytes
-/// 10-11) must be zero or is skipped here.
+/// The checksum of a 20-byte IPv4 header without options given as its nine 16-bit words
+/// other than the checksum (bytes 0-9 and 12-19, in order, each as the `u16` of its memory
+/// bytes).
 #[inline(always)]
-pub fn ipv4_header(header: &[u8; 20]) -> u16 {
+pub fn ipv4_header_words(words: &[u16; 9]) -> u16 {
     let mut sum = 0u32;
-    let mut i = 0;
-    while i < 20 {
-        if i != 10 {
-            sum += u32::from(u16::from_ne_bytes([header[i], header[i + 1]]));
-        }
-        i += 2;
+    for word in words {
+        sum += u32::from(*word);
     }
     !fold(sum)
 }

@@ -34,7 +34,8 @@ pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
 /// and receiving interface (a target id may be reused for another address).
 #[repr(C)]
 pub struct NextHop {
-    dst: [u8; 16],
+    /// `Target::addr_words` of the target looked up.
+    dst: [u32; 4],
     /// `bpf_ktime_get_coarse_ns` of the lookup.
     checked_ns: u64,
     ingress_ifindex: u32,
@@ -67,7 +68,7 @@ pub fn to_target(
     if now.wrapping_sub(hop.checked_ns) < NEXT_HOP_TTL_NS
         && hop.ingress_ifindex == ingress
         && hop.family == target.family
-        && hop.dst == target.addr
+        && hop.dst == target.addr_words()
     {
         return send(ctx, ingress, hop.ifindex, &hop.smac, &hop.dmac, forwarded);
     }
@@ -75,7 +76,7 @@ pub fn to_target(
     let Some(params) = params else {
         return Ok((Counter::PassNeighborUnresolved, xdp_action::XDP_PASS));
     };
-    hop.dst = target.addr;
+    hop.dst = target.addr_words();
     hop.checked_ns = now;
     hop.ingress_ifindex = ingress;
     hop.ifindex = params.ifindex;

@@ -26,30 +26,27 @@ fn finish(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-#[inline(always)]
-fn word(bytes: &[u8; 16], i: usize) -> u32 {
-    u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]])
-}
-
 /// Hash of the source address only (`source_ip` stickiness).
 #[inline(always)]
 pub fn source(key: &FlowKey) -> u32 {
+    let [a, b, c, d] = key.src_words();
     let mut h = 0x5c1c_e000 ^ key.family as u32;
-    h = mix(h, word(&key.src, 0));
-    h = mix(h, word(&key.src, 4));
-    h = mix(h, word(&key.src, 8));
-    h = mix(h, word(&key.src, 12));
+    h = mix(h, a);
+    h = mix(h, b);
+    h = mix(h, c);
+    h = mix(h, d);
     finish(h)
 }
 
 /// Hash of the 5-tuple.
 #[inline(always)]
 pub fn five_tuple(key: &FlowKey) -> u32 {
+    let [a, b, c, d] = key.dst_words();
     let mut h = source(key);
-    h = mix(h, word(&key.dst, 0));
-    h = mix(h, word(&key.dst, 4));
-    h = mix(h, word(&key.dst, 8));
-    h = mix(h, word(&key.dst, 12));
+    h = mix(h, a);
+    h = mix(h, b);
+    h = mix(h, c);
+    h = mix(h, d);
     h = mix(h, ((key.src_port_be as u32) << 16) | key.dst_port_be as u32);
     h = mix(h, key.protocol as u32);
     finish(h)
@@ -61,10 +58,7 @@ pub fn five_tuple(key: &FlowKey) -> u32 {
 /// here (the target's RSS), not resistance to crafted input: Maglev uses [`five_tuple`].
 #[inline(always)]
 pub fn outer_source(key: &FlowKey) -> u32 {
-    let folded = word(&key.src, 0)
-        ^ word(&key.src, 4)
-        ^ word(&key.src, 8)
-        ^ word(&key.src, 12)
-        ^ (((key.src_port_be as u32) << 16) | key.dst_port_be as u32);
+    let [a, b, c, d] = key.src_words();
+    let folded = a ^ b ^ c ^ d ^ (((key.src_port_be as u32) << 16) | key.dst_port_be as u32);
     (folded ^ (folded >> 16)).wrapping_mul(0x9E37_79B1)
 }

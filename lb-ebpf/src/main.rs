@@ -98,6 +98,10 @@ static LISTENER_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_
 #[map]
 static TARGET_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
 
+/// Per-CPU slot for the packet's flow key (`parse::Packet::key`).
+#[map]
+static PACKET_KEY: PerCpuArray<FlowKey> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU scratch space for `nat`'s keys, kept off the 512-byte BPF stack.
 #[map]
 static NAT_SCRATCH: PerCpuArray<nat::Scratch> = PerCpuArray::with_max_entries(1, 0);
@@ -160,7 +164,7 @@ fn process(ctx: &XdpContext, packet: &Packet, len: u64) -> (Counter, u32) {
     };
     match forwarded {
         Ok((outcome, action)) => {
-            if !select::commit(ctx, &packet.key, &selected) {
+            if !select::commit(ctx, packet.key, &selected) {
                 if listener.mode == ForwardingMode::Nat as u8 {
                     nat::abandon(packet, &selected);
                     return (Counter::DropFlowTableFull, xdp_action::XDP_DROP);

@@ -66,7 +66,7 @@ pub fn reply(ctx: &XdpContext, packet: &Packet, class: u32) -> Option<(Counter, 
     }
     // SAFETY: a value of this map, valid for this run (RCU); fields are written in place and
     // a concurrent replacement (a reclaimed port) replaces the element whole.
-    let found = unsafe { &mut *NAT_REPLIES.get_ptr_mut(&packet.key)? };
+    let found = unsafe { &mut *NAT_REPLIES.get_ptr_mut(packet.key)? };
     if packet.vlan {
         // Like requests for a listener: sluice translates untagged frames only.
         return Some((Counter::PassVlanListener, xdp_action::XDP_PASS));
@@ -125,7 +125,7 @@ pub fn reply(ctx: &XdpContext, packet: &Packet, class: u32) -> Option<(Counter, 
 /// `packet`'s) and the client's flow entry, whose key is built in `key`.
 #[inline(always)]
 fn forget(packet: &Packet, origin: &NatOrigin, key: &mut FlowKey) {
-    let _ = NAT_REPLIES.remove(&packet.key);
+    let _ = NAT_REPLIES.remove(packet.key);
     key.src = origin.client;
     key.dst = origin.vip;
     key.src_port_be = origin.client_port_be;
@@ -252,7 +252,7 @@ fn track(ctx: &XdpContext, packet: &Packet, port_be: u16, key: &mut FlowKey, now
     };
     // SAFETY: as above.
     let found = unsafe { &mut *found };
-    if !is_origin(found, &packet.key) {
+    if !is_origin(found, packet.key) {
         return 0;
     }
     let state = if packet.protocol == IPPROTO_TCP {
@@ -263,7 +263,7 @@ fn track(ctx: &XdpContext, packet: &Packet, port_be: u16, key: &mut FlowKey, now
     if state & STATE_CLOSED != 0 {
         // This packet (the last ACK, or a RST) is still forwarded, by the port returned.
         stats::observe(ctx, Counter::ConnectionClosed);
-        let _ = FLOWS.remove(&packet.key);
+        let _ = FLOWS.remove(packet.key);
         let _ = NAT_REPLIES.remove(&*key);
     } else if state != found.state || now.wrapping_sub(found.last_seen_ns) > REFRESH_NS {
         found.state = state;
@@ -312,7 +312,7 @@ fn allocate(
         return Err(Counter::DropNatPortsExhausted);
     }
     let range = max - min + 1;
-    let h = hash::five_tuple(&packet.key);
+    let h = hash::five_tuple(packet.key);
     let mut port_be = 0;
     let mut i = 0;
     while i < PROBES && i < range {
@@ -327,7 +327,7 @@ fn allocate(
         }
         // SAFETY: read in place, as in `reply`.
         if let Some(found) = unsafe { NAT_REPLIES.get(&*key) } {
-            let own = is_origin(found, &packet.key);
+            let own = is_origin(found, packet.key);
             if own
                 || reclaimable(
                     found.state,
@@ -399,7 +399,7 @@ fn release(packet: &Packet, old_target_id: u32, old_port_be: u16, key: &mut Flow
     key._pad = [0; 2];
     // SAFETY: read in place, as in `reply`.
     if let Some(found) = unsafe { NAT_REPLIES.get(&*key) } {
-        if is_origin(found, &packet.key) {
+        if is_origin(found, packet.key) {
             let _ = NAT_REPLIES.remove(&*key);
         }
     }
@@ -436,7 +436,7 @@ fn rewrite(
         return Err(Counter::DropRewriteFailed);
     }
     let l3_offset = EthHdr::LEN;
-    let key = &packet.key;
+    let key = packet.key;
     // IPv6: the addresses' difference, for the TCP/UDP pseudo-header.
     let (l4_offset, v6_addresses) = match packet.family {
         Family::V4 => {
@@ -453,8 +453,8 @@ fn rewrite(
         }
         Family::V6 => {
             let ip: *mut Ipv6Hdr = header_mut(ctx, l3_offset)?;
-            // SAFETY: `header_mut` checked the bounds; the key (initialised, on the stack) and
-            // the header both hold source then destination address, 32 contiguous bytes.
+            // SAFETY: `header_mut` checked the bounds; the key (initialised, in `PACKET_KEY`)
+            // and the header both hold source then destination address, 32 contiguous bytes.
             unsafe {
                 (*ip).src_addr = *src;
                 (*ip).dst_addr = *dst;

@@ -7,7 +7,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    addr::{FAMILY_V4, FAMILY_V6},
+    addr::{words, FAMILY_V4, FAMILY_V6},
     flow::FlowKey,
     stats::Counter,
 };
@@ -54,8 +54,9 @@ pub struct Packet {
     pub vlan: bool,
     /// TCP flags byte (byte 13 of the header); 0 for other protocols.
     pub tcp_flags: u8,
-    /// Addresses and ports as they arrived; ports are 0 for ICMP.
-    pub key: FlowKey,
+    /// Addresses and ports as they arrived; ports are 0 for ICMP. In this CPU's `PACKET_KEY`
+    /// slot, written by [`parse`] only.
+    pub key: &'static FlowKey,
 }
 
 #[allow(dead_code)]
@@ -74,6 +75,47 @@ pub fn header<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
         return None;
     }
     Some((start + offset) as *const T)
+}
+
+/// This CPU's `PACKET_KEY` slot. The key lives in map memory rather than on the stack: a
+/// stack copy of its 16-byte address arrays is taken apart into 32 byte-sized values that
+/// spill and are put together again for every lookup (and the verifier gives up on the
+/// program). Index 0 of a one-entry array is always there: the `None` arm is the verifier's.
+#[inline(always)]
+fn key_slot() -> Result<&'static mut FlowKey, Counter> {
+    let slot = crate::PACKET_KEY
+        .get_ptr_mut(0)
+        .ok_or(Counter::DropRewriteFailed)?;
+    // SAFETY: this CPU's slot; XDP runs to completion with preemption off, so this packet is
+    // its only user until the program returns.
+    Ok(unsafe { &mut *slot })
+}
+
+/// Writes all of `key`, addresses given as words in memory order and ports 0, with ten 4-byte
+/// stores. Volatile: LLVM would merge the zero words of an IPv4 key into calls to a byte-loop
+/// `memset`.
+#[inline(always)]
+fn fill_key(key: &mut FlowKey, src: [u32; 4], dst: [u32; 4], protocol: u8, family: u8) {
+    const WORDS: usize = core::mem::size_of::<FlowKey>() / 4;
+    const _: () = assert!(WORDS == 10 && core::mem::align_of::<FlowKey>() >= 4);
+    let values: [u32; WORDS] = [
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+        // Both ports, set by `parse_l4`.
+        0,
+        u32::from_ne_bytes([protocol, family, 0, 0]),
+    ];
+    let words = key as *mut FlowKey as *mut u32;
+    for (i, value) in values.into_iter().enumerate() {
+        // SAFETY: `key` is WORDS * 4 bytes, aligned to 4 (checked above), all integers.
+        unsafe { core::ptr::write_volatile(words.add(i), value) };
+    }
 }
 
 /// Parses the frame down to its L4 header. `Err` carries the outcome counter for frames
@@ -111,14 +153,12 @@ pub fn parse(ctx: &XdpContext, len: u64) -> Result<Packet, Counter> {
 fn parse_ipv4(ctx: &XdpContext, l3_offset: usize, len: u64) -> Result<Packet, Counter> {
     let ip: *const Ipv4Hdr = header(ctx, l3_offset).ok_or(Counter::MalformedIpv4)?;
     // SAFETY: `header` checked the bounds of the fixed 20-byte header.
-    let (vihl, tot_len, frags, protocol, src, dst) = unsafe {
+    let (vihl, tot_len, frags, protocol) = unsafe {
         (
             (*ip).vihl,
             u16::from_be_bytes((*ip).tot_len),
             u16::from_be_bytes((*ip).frags),
             (*ip).proto,
-            (*ip).src_addr,
-            (*ip).dst_addr,
         )
     };
     if vihl >> 4 != 4 {
@@ -143,13 +183,17 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize, len: u64) -> Result<Packet, Co
     let ip_end = l3_offset + tot_len as usize;
     match protocol {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMP => {
-            let mut key = FlowKey {
+            let key = key_slot()?;
+            // SAFETY: as above. Read here, not with the fields above: read early, the eight
+            // address bytes stay live (spilled) through the checks.
+            let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+            fill_key(
+                key,
+                [u32::from_ne_bytes(src), 0, 0, 0],
+                [u32::from_ne_bytes(dst), 0, 0, 0],
                 protocol,
-                family: FAMILY_V4,
-                ..FlowKey::default()
-            };
-            key.src[..4].copy_from_slice(&src);
-            key.dst[..4].copy_from_slice(&dst);
+                FAMILY_V4,
+            );
             parse_l4(ctx, Family::V4, l3_offset, l4_offset, ip_end, key)
         }
         _ => Err(Counter::PassOtherProtocol),
@@ -160,13 +204,11 @@ fn parse_ipv4(ctx: &XdpContext, l3_offset: usize, len: u64) -> Result<Packet, Co
 fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> Result<Packet, Counter> {
     let ip: *const Ipv6Hdr = header(ctx, l3_offset).ok_or(Counter::MalformedIpv6)?;
     // SAFETY: `header` checked the bounds of the fixed 40-byte header.
-    let (version, payload_len, next_header, src, dst) = unsafe {
+    let (version, payload_len, next_header) = unsafe {
         (
             (*ip).vcf[0] >> 4,
             u16::from_be_bytes((*ip).payload_len),
             (*ip).next_hdr,
-            (*ip).src_addr,
-            (*ip).dst_addr,
         )
     };
     if version != 6 {
@@ -180,13 +222,10 @@ fn parse_ipv6(ctx: &XdpContext, l3_offset: usize) -> Result<Packet, Counter> {
     let ip_end = l4_offset + payload_len as usize;
     match next_header {
         IPPROTO_TCP | IPPROTO_UDP | IPPROTO_ICMPV6 => {
-            let key = FlowKey {
-                src,
-                dst,
-                protocol: next_header,
-                family: FAMILY_V6,
-                ..FlowKey::default()
-            };
+            let key = key_slot()?;
+            // SAFETY: as above; read late for the reason given in `parse_ipv4`.
+            let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+            fill_key(key, words(&src), words(&dst), next_header, FAMILY_V6);
             parse_l4(ctx, Family::V6, l3_offset, l4_offset, ip_end, key)
         }
         _ if IPV6_EXTENSION_HEADERS.contains(&next_header) => Err(Counter::PassIpv6ExtensionHeader),
@@ -201,7 +240,7 @@ fn parse_l4(
     l3_offset: usize,
     l4_offset: usize,
     ip_end: usize,
-    mut key: FlowKey,
+    key: &'static mut FlowKey,
 ) -> Result<Packet, Counter> {
     let protocol = key.protocol;
     let mut tcp_flags = 0;

@@ -76,7 +76,7 @@ pub fn select(
     let tcp = packet.protocol == IPPROTO_TCP;
     let starts = starts_connection(packet);
     let mut rehashed_from = None;
-    if let Some(entry) = FLOWS.get_ptr_mut(&packet.key) {
+    if let Some(entry) = FLOWS.get_ptr_mut(packet.key) {
         // SAFETY: copied out; the fields written below are written in place, a concurrent
         // update on another CPU replaces the element whole (a lost refresh is harmless).
         let flow = unsafe { *entry };
@@ -126,9 +126,9 @@ pub fn select(
     }
 
     let hash = if listener.hash_key == HashKey::SourceIp as u8 {
-        hash::source(&packet.key)
+        hash::source(packet.key)
     } else {
-        hash::five_tuple(&packet.key)
+        hash::five_tuple(packet.key)
     };
     let table = MAGLEV.get(listener.id).ok_or(Counter::DropNoTarget)?;
     let size = *table.get(0).ok_or(Counter::DropNoTarget)?;

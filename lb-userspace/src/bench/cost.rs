@@ -119,6 +119,20 @@ pub struct CostOptions {
     /// Live-flow levels at which established flows are measured over that many distinct
     /// flows (each at most `table_size`), in increasing order.
     pub live_levels: Vec<u32>,
+    /// Only these paths (all when empty): to profile one path alone (`perf record` beside
+    /// `sluice bench cost --path established`).
+    pub paths: Vec<Path>,
+}
+
+impl CostOptions {
+    /// `paths` without those the options leave out.
+    fn chosen(&self, paths: &[Path]) -> Vec<Path> {
+        paths
+            .iter()
+            .copied()
+            .filter(|p| self.paths.is_empty() || self.paths.contains(p))
+            .collect()
+    }
 }
 
 /// The default levels of distinct live flows for the established path.
@@ -144,17 +158,15 @@ pub fn measure(
         for &mode in &options.modes {
             let mut bench = Bench::new(mode, options, ifindex)?;
             progress(&format!("{} mode, 1 live flow", mode_name(mode)));
-            out.extend(bench.phase(
-                &mut pass,
-                options,
-                1,
-                &[
-                    Path::NonVip,
-                    Path::Established,
-                    Path::SynKnown,
-                    Path::NewFlow,
-                ],
-            )?);
+            let first = options.chosen(&[
+                Path::NonVip,
+                Path::Established,
+                Path::SynKnown,
+                Path::NewFlow,
+            ]);
+            if !first.is_empty() {
+                out.extend(bench.phase(&mut pass, options, 1, &first)?);
+            }
             let mut levels: Vec<u32> = options
                 .live_levels
                 .iter()
@@ -163,18 +175,21 @@ pub fn measure(
             levels.push(options.table_size);
             levels.dedup();
             for &live in &levels {
+                let paths = options.chosen(if live == options.table_size {
+                    &[Path::Established, Path::SynKnown, Path::NewFlow]
+                } else {
+                    &[Path::Established]
+                });
+                if paths.is_empty() {
+                    continue;
+                }
                 progress(&format!(
                     "{} mode, filling the flow table to {live} live flows",
                     mode_name(mode)
                 ));
                 bench.fill(live)?;
                 progress(&format!("{} mode, {live} live flows", mode_name(mode)));
-                let paths: &[Path] = if live == options.table_size {
-                    &[Path::Established, Path::SynKnown, Path::NewFlow]
-                } else {
-                    &[Path::Established]
-                };
-                out.extend(bench.phase(&mut pass, options, live, paths)?);
+                out.extend(bench.phase(&mut pass, options, live, &paths)?);
             }
         }
         Ok(out)

@@ -114,6 +114,9 @@ struct CostArgs {
     /// flows (capped at --flows).
     #[arg(long, value_delimiter = ',', default_values_t = cost::LIVE_LEVELS)]
     live: Vec<u32>,
+    /// Only these paths (default: all), e.g. to profile one with `perf record`.
+    #[arg(long, value_parser = ["non-vip", "established", "syn-known", "new-flow"], value_delimiter = ',')]
+    path: Vec<String>,
     #[arg(long)]
     json: bool,
 }
@@ -271,6 +274,16 @@ fn cost(args: CostArgs) -> anyhow::Result<()> {
         iterations: args.iterations as usize,
         table_size: args.flows,
         live_levels: args.live,
+        paths: args
+            .path
+            .iter()
+            .map(|p| match p.as_str() {
+                "non-vip" => cost::Path::NonVip,
+                "established" => cost::Path::Established,
+                "syn-known" => cost::Path::SynKnown,
+                _ => cost::Path::NewFlow,
+            })
+            .collect(),
     };
     let quiet = args.json;
     if !quiet {
