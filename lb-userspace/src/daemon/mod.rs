@@ -302,15 +302,6 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
 
     /// A target's health changed: tables and target states follow.
     pub fn health_changed(&self, event: &HealthEvent<TargetKey>) {
-        // Every transition is news an operator wants to see (ELB emits an event for each).
-        log::warn!(
-            "target {} of '{}': {} -> {}: {}",
-            event.target.addr,
-            event.target.group,
-            event.from.name(),
-            event.to.name(),
-            event.reason
-        );
         let mut transitions = self.transitions.borrow_mut();
         if transitions.len() == HEALTH_TRANSITIONS_KEPT {
             transitions.pop_front();
@@ -330,6 +321,16 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             self.controller
                 .borrow_mut()
                 .set_health(&event.target, event.to, Instant::now());
+        // Every transition is news an operator wants to see (ELB emits an event for each).
+        // Logged once the tables follow it: from this line on, traffic does too.
+        log::warn!(
+            "target {} of '{}': {} -> {}: {}",
+            event.target.addr,
+            event.target.group,
+            event.from.name(),
+            event.to.name(),
+            event.reason
+        );
         match applied {
             Ok(changes) => log_changes(&changes),
             Err(e) => log::error!("applying the health of {}: {e}", event.target.addr),
