@@ -93,6 +93,57 @@ impl<F: FnOnce() + Send> Body for Tracked<F> {
     }
 }
 
+/// A body that runs `on_read` once it has been read to its end (not when dropped before).
+pub struct ReadToEnd<B, F: FnOnce()> {
+    inner: B,
+    on_read: Option<F>,
+}
+
+impl<B, F: FnOnce()> ReadToEnd<B, F> {
+    pub fn new(inner: B, on_read: F) -> ReadToEnd<B, F> {
+        ReadToEnd {
+            inner,
+            on_read: Some(on_read),
+        }
+    }
+}
+
+// `on_read` is never pinned: it is only moved out and called.
+impl<B: Unpin, F: FnOnce()> Unpin for ReadToEnd<B, F> {}
+
+impl<B: Body + Unpin, F: FnOnce()> Body for ReadToEnd<B, F> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // A body with a length ends with its last byte, which its reader may not poll past.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            if let Some(on_read) = this.on_read.take() {
+                on_read();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// How a request body is doing on its way to the target: when it last moved, and whether
 /// the client broke it (a malformed chunk, a reset). The wait for the target's response
 /// counts inactivity from the last move, as ALB's idle timeout does, and a broken upload is
@@ -219,5 +270,33 @@ mod tests {
         let never = std::future::pending::<()>();
         assert_eq!(until_idle(never, &still, idle).await, None);
         assert_eq!(started.elapsed(), idle);
+    }
+
+    #[tokio::test]
+    async fn a_body_read_to_its_end_says_so_and_one_dropped_before_does_not() {
+        let read = Arc::new(AtomicU64::new(0));
+        let counting = || {
+            let read = Arc::clone(&read);
+            move || {
+                read.fetch_add(1, Relaxed);
+            }
+        };
+        // A body with a length ends with its last byte, whether or not polled again.
+        let mut full = ReadToEnd::new(Full::new(Bytes::from_static(b"abc")), counting());
+        let frame = full.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().unwrap().as_ref(), b"abc");
+        assert_eq!(read.load(Relaxed), 1);
+        assert!(full.frame().await.is_none());
+        assert_eq!(read.load(Relaxed), 1, "once");
+        // An empty one at its first poll.
+        let mut empty = ReadToEnd::new(Empty::<Bytes>::new(), counting());
+        assert!(empty.frame().await.is_none());
+        assert_eq!(read.load(Relaxed), 2);
+        // Dropped before its end: not read.
+        drop(ReadToEnd::new(
+            Full::new(Bytes::from_static(b"abc")),
+            counting(),
+        ));
+        assert_eq!(read.load(Relaxed), 2);
     }
 }

@@ -6,7 +6,7 @@
 use std::{
     io,
     pin::Pin,
-    sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -33,6 +33,16 @@ pub struct ConnState {
     /// `max_request_line` gets 414, any other 431.
     line_length: AtomicU64,
     max_request_line: AtomicU64,
+    /// Requests whose response has ended, since the connection opened.
+    finished: AtomicU64,
+    /// The last request's body has not been read to its end: hyper may still be reading it
+    /// (or give up and close), so the connection is not between requests yet.
+    body_unread: AtomicBool,
+    /// A request asked for the connection to close after its response (HTTP/1.0, or
+    /// `Connection: close`): hyper closes it, so it is never between requests again.
+    closing: AtomicBool,
+    /// The connection is being taken out of hyper: its shutdown must not reach the socket.
+    parking: AtomicBool,
 }
 
 /// What the watchdog should do with a connection now.
@@ -57,6 +67,10 @@ impl ConnState {
             pending_written: AtomicU64::new(0),
             line_length: AtomicU64::new(0),
             max_request_line: AtomicU64::new(u64::MAX),
+            finished: AtomicU64::new(0),
+            body_unread: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            parking: AtomicBool::new(false),
         }
     }
 
@@ -127,12 +141,70 @@ impl ConnState {
     /// A complete request head arrived.
     pub fn request_started(&self) {
         self.head_started.store(0, Relaxed);
+        self.body_unread.store(false, Relaxed);
         self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    /// The request that just started asks for the connection to close after its response.
+    pub fn request_closes(&self) {
+        self.closing.store(true, Relaxed);
+    }
+
+    /// The request that just started has a body, not read yet.
+    pub fn request_body_unread(&self) {
+        self.body_unread.store(true, Relaxed);
+    }
+
+    /// The request's body has been read to its end (not merely dropped: then hyper reads
+    /// the rest, or closes the connection, and only a next request shows which).
+    pub fn request_body_read(&self) {
+        self.body_unread.store(false, Relaxed);
     }
 
     pub fn request_finished(&self) {
         self.in_flight.fetch_sub(1, Relaxed);
+        self.finished.fetch_add(1, Relaxed);
         self.last_activity.store(self.now_ms(), Relaxed);
+    }
+
+    /// Requests whose response has ended since the connection opened.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(Relaxed)
+    }
+
+    /// Whether nothing is in flight, no request head has started and the last request's
+    /// body has been read: between requests.
+    fn between_requests(&self) -> bool {
+        self.in_flight.load(Relaxed) == 0
+            && self.head_started.load(Relaxed) == 0
+            && !self.body_unread.load(Relaxed)
+    }
+
+    /// Whether hyper's HTTP/1 connection, waiting (its poll pending), may be taken apart now
+    /// to hold the connection without hyper's buffers: no request in flight, the last one's
+    /// body read, no head started, keep-alive not refused, and a request ended since hyper
+    /// was given the connection (`finished_before`: [`ConnState::finished`] then). Then
+    /// hyper is idle (its keep-alive state `Idle`, reading and writing `Init`), and a
+    /// graceful shutdown closes it at once, once it has flushed what it wrote, with its read
+    /// buffer holding nothing but the start of a next request. A connection hyper has not
+    /// ended a request on is not idle to hyper (it would serve one more and close), nor is
+    /// one whose request body it is still reading or draining, or that it means to close.
+    pub fn park_due(&self, finished_before: u64) -> bool {
+        self.between_requests()
+            && !self.closing.load(Relaxed)
+            && self.finished.load(Relaxed) > finished_before
+    }
+
+    /// While set, a [`TrackedIo`]'s shutdown does not reach the socket: hyper ends a
+    /// connection it was asked to give back by shutting it down.
+    pub fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Relaxed);
+    }
+
+    /// When the connection will have been idle (no data either way) for `idle`, unless data
+    /// moves before; on [`CHECK_GRID`].
+    pub fn idle_deadline(&self, idle: Duration) -> Instant {
+        on_grid(self.epoch + Duration::from_millis(self.last_activity.load(Relaxed)) + idle)
     }
 
     pub fn awaiting_target(&self, waiting: bool) {
@@ -227,11 +299,45 @@ impl Default for ConnState {
 pub struct TrackedIo<T> {
     inner: T,
     state: std::sync::Arc<ConnState>,
+    /// Under hyper's HTTP/1 server, which may give it back between requests (see
+    /// [`ConnState::set_parking`]).
+    parkable: bool,
+    /// Bytes hyper had read but not parsed when it gave the connection back: read first.
+    unread: bytes::Bytes,
 }
 
 impl<T> TrackedIo<T> {
     pub fn new(inner: T, state: std::sync::Arc<ConnState>) -> TrackedIo<T> {
-        TrackedIo { inner, state }
+        TrackedIo {
+            inner,
+            state,
+            parkable: false,
+            unread: bytes::Bytes::new(),
+        }
+    }
+
+    /// A stream directly under hyper's HTTP/1 server, which may take it back between
+    /// requests.
+    pub fn parkable(inner: T, state: std::sync::Arc<ConnState>) -> TrackedIo<T> {
+        TrackedIo {
+            parkable: true,
+            ..TrackedIo::new(inner, state)
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    /// Bytes to be read again before the stream's: hyper's, read while a request was in
+    /// flight, so counted again when read again (a next request head starting).
+    pub fn unread(&mut self, bytes: bytes::Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
+    }
+
+    pub fn has_unread(&self) -> bool {
+        !self.unread.is_empty()
     }
 }
 
@@ -242,6 +348,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            let bytes = this.unread.split_to(n);
+            this.state.read(&bytes);
+            buf.put_slice(&bytes);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -312,6 +425,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TrackedIo<T> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parkable && self.state.parking.load(Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
@@ -401,5 +517,78 @@ mod tests {
             state.request_line_too_long(),
             "a new head starts over: 40 bytes"
         );
+    }
+
+    /// Polls a read of `io` once: the bytes read, or None if it would wait.
+    fn read_once<T: AsyncRead + Unpin>(io: &mut TrackedIo<T>) -> Option<Vec<u8>> {
+        let mut storage = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut storage);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(io).poll_read(&mut cx, &mut buf) {
+            Poll::Ready(Ok(())) => Some(buf.filled().to_vec()),
+            Poll::Ready(Err(e)) => panic!("{e}"),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn a_connection_is_due_to_park_between_requests_once_hyper_ended_one() {
+        let state = ConnState::new();
+        assert!(
+            !state.park_due(0),
+            "no request ended: hyper is not idle yet"
+        );
+        state.read(b"GET / HTTP/1.1\r\n");
+        assert!(!state.park_due(0), "a head has started");
+        state.request_started();
+        assert!(!state.park_due(0), "a request is in flight");
+        state.request_finished();
+        assert!(
+            !state.park_due(1),
+            "no request ended since hyper had the connection"
+        );
+        assert!(state.park_due(0));
+        // A request whose body has not been read to its end: hyper may still be reading it,
+        // or drain it, or give up and close.
+        state.request_started();
+        state.request_body_unread();
+        state.request_finished();
+        assert!(!state.park_due(0), "the body is unread");
+        state.request_body_read();
+        assert!(state.park_due(0));
+        // One that asks to close: hyper closes after its response.
+        state.request_started();
+        state.request_closes();
+        state.request_finished();
+        assert!(!state.park_due(0), "closing");
+    }
+
+    #[tokio::test]
+    async fn a_parked_stream_reads_what_hyper_gave_back_first_and_is_not_shut_down() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1024);
+        let state = std::sync::Arc::new(ConnState::new());
+        let mut io = TrackedIo::parkable(server, std::sync::Arc::clone(&state));
+        client.write_all(b" HTTP/1.1\r\n").await.unwrap();
+        io.unread(bytes::Bytes::from_static(b"GET /next"));
+        assert!(io.has_unread());
+        let mut read = Vec::new();
+        while read.len() < 20 {
+            read.extend(read_once(&mut io).expect("bytes"));
+        }
+        assert_eq!(read, b"GET /next HTTP/1.1\r\n");
+        assert!(!io.has_unread());
+        // Given back between requests, they are the start of the next request head.
+        assert_eq!(state.pending_bytes().0, 20);
+        // hyper's shutdown while parking does not reach the stream; afterwards it does.
+        state.set_parking(true);
+        io.shutdown().await.unwrap();
+        io.write_all(b"still open").await.unwrap();
+        let mut got = [0u8; 10];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"still open");
+        state.set_parking(false);
+        io.shutdown().await.unwrap();
+        assert_eq!(client.read(&mut got).await.unwrap(), 0, "shut down");
     }
 }

@@ -65,6 +65,12 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let started = Instant::now();
     conn.state.request_started();
+    if !hyper::body::Body::is_end_stream(request.body()) {
+        conn.state.request_body_unread();
+    }
+    if headers::asks_to_close(request.version(), request.headers()) {
+        conn.state.request_closes();
+    }
     let in_flight = InFlight(Arc::clone(&conn.state));
     let listener = conn.listener();
     listener.counters.requests.fetch_add(1, Relaxed);
@@ -477,7 +483,12 @@ async fn forward(
     let upload = Arc::new(body::Upload::new());
     let request_body = upload.watch(
         body::Tracked::new(
-            incoming.map_err(Into::into).boxed_unsync(),
+            body::ReadToEnd::new(incoming, {
+                let state = Arc::clone(&conn.state);
+                move || state.request_body_read()
+            })
+            .map_err(Into::into)
+            .boxed_unsync(),
             Arc::clone(&received),
             || {},
         )

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use hyper::{
     header::{self, HeaderName, HeaderValue},
-    HeaderMap,
+    HeaderMap, Version,
 };
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -61,6 +61,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Whether an HTTP/1 request asks for its connection to close after the response: HTTP/1.0
+/// (whose keep-alive hyper may refuse for a body of unknown length), or `Connection: close`.
+pub fn asks_to_close(version: Version, headers: &HeaderMap) -> bool {
+    version < Version::HTTP_11
+        || headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("close"))
 }
 
 /// Whether a request or response asks for a protocol upgrade (`Connection: upgrade` and an
@@ -123,6 +135,26 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn http_1_0_and_connection_close_ask_to_close() {
+        let none = map(&[]);
+        assert!(!asks_to_close(Version::HTTP_11, &none));
+        assert!(!asks_to_close(Version::HTTP_2, &none));
+        assert!(asks_to_close(Version::HTTP_10, &none));
+        assert!(asks_to_close(
+            Version::HTTP_10,
+            &map(&[("connection", "keep-alive")])
+        ));
+        assert!(asks_to_close(
+            Version::HTTP_11,
+            &map(&[("connection", "x-thing, Close")])
+        ));
+        assert!(!asks_to_close(
+            Version::HTTP_11,
+            &map(&[("connection", "keep-alive")])
+        ));
     }
 
     #[test]

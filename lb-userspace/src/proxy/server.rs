@@ -7,11 +7,20 @@
 //! hyper's HTTP/1 parser writes its 400, 414 and 431 itself and then ends the connection with
 //! the parse error; the watchdog recognises that error and, when [`ConnState`] saw hyper write
 //! while the refused head was pending, counts and logs the answer like any other.
+//!
+//! A plain HTTP/1.1 keep-alive connection is held without hyper while it idles: between
+//! requests hyper is asked to end the connection (at once when idle, without shutting the
+//! socket down), the socket is taken back with the bytes hyper had read but not parsed, and
+//! hyper gets it again once it is readable. An idle connection then holds no buffer (hyper's
+//! are 8 KiB each way); see `serve_plain`. TLS and HTTP/2 connections stay with hyper.
 
 use std::{
     net::SocketAddr,
     os::fd::{AsRawFd, RawFd},
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
     time::{Duration, SystemTime},
 };
 
@@ -138,12 +147,13 @@ async fn serve(
     // Kept to write a 408 on a plain connection hyper owns: only while no request is in
     // flight, so hyper is not writing anything then.
     let fd: RawFd = stream.as_raw_fd();
-    let io = TrackedIo::new(stream, Arc::clone(&state));
     let Some(config) = ctx.tls.clone() else {
+        let io = TrackedIo::parkable(stream, Arc::clone(&state));
         let census = Arc::clone(&shared.connections);
         let conn = Arc::new(ConnCtx::new(ctx, slot, peer, state, None, census, permit));
-        return serve_http(io, false, Some(fd), conn, shared, limits).await;
+        return serve_plain(io, fd, conn, shared, limits).await;
     };
+    let io = TrackedIo::new(stream, Arc::clone(&state));
     // The handshake is part of the request head for the header read timeout (a client that
     // stalls in it is a slowloris too).
     let accepted = tokio::time::timeout(
@@ -179,8 +189,7 @@ async fn serve(
         Arc::clone(&shared.connections),
         permit,
     ));
-    // No raw 408 under TLS: bytes written beside rustls would break the stream.
-    serve_http(tls, h2, None, conn, shared, limits).await;
+    serve_http(tls, h2, conn, shared, limits).await;
 }
 
 #[derive(Clone, Copy)]
@@ -190,16 +199,133 @@ struct Limits {
     max_header_bytes: usize,
 }
 
-/// Serves HTTP/1.1 (with upgrades) or, when ALPN chose it, HTTP/2 on `io`, under the
-/// listener's limits. `fd`: the plain socket, for a 408 to a slow request head.
-async fn serve_http<I>(
-    io: I,
-    h2: bool,
-    fd: Option<RawFd>,
+/// What hyper's HTTP/1 server of one listener is built with.
+fn http1_builder(limits: Limits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192) + 8192);
+    builder
+}
+
+/// Serves HTTP/1.1 (with upgrades) on a plain connection, holding hyper's connection (and
+/// its read and write buffers, 8 KiB each) only while there is a request to read or answer:
+/// hyper gets the socket once it is readable, and gives it back once it waits for the next
+/// request with none in flight. An idle keep-alive connection then costs its socket, its
+/// task and its [`ConnState`], as nginx's cost its socket and a small structure.
+/// `fd`: the socket, for a 408 to a slow request head.
+async fn serve_plain(
+    mut io: TrackedIo<TcpStream>,
+    fd: RawFd,
     conn: Arc<ConnCtx>,
     shared: Arc<Shared>,
     limits: Limits,
-) where
+) {
+    let draining = shared.draining.subscribe();
+    let builder = http1_builder(limits);
+    let (service_conn, service_shared) = (Arc::clone(&conn), Arc::clone(&shared));
+    let mut service = service_fn(move |request| {
+        forward::handle(
+            Arc::clone(&service_shared),
+            Arc::clone(&service_conn),
+            request,
+        )
+    });
+    // A new connection's request has usually arrived by the time it is accepted: looking
+    // (a peek) saves a turn of the event loop.
+    let mut readable = has_bytes(io.get_ref());
+    // hyper's connection is taken apart at once after the connection's first request (many
+    // connections serve one or two, then idle), later only once it has been idle for
+    // PARK_AFTER: taking it apart and building it again costs about 10 µs of CPU (mostly
+    // glibc's work on hyper's 8 KiB buffers), 25% more per request when done after each.
+    let mut at_once = true;
+    loop {
+        if !readable
+            && !io.has_unread()
+            && !until_readable(&io, draining.clone(), &conn, limits).await
+        {
+            return;
+        }
+        readable = false;
+        let finished_before = conn.state.finished();
+        // On the heap, so that the task of a parked connection does not keep room for it.
+        let mut connection = Box::new(
+            builder
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades(),
+        );
+        let stop = |c: std::pin::Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
+        let park = Park {
+            finished_before,
+            state: &conn.state,
+            at_once,
+        };
+        at_once = false;
+        // hyper's connection is Unpin: it boxes what it polls.
+        let parked = watch(
+            std::pin::Pin::new(&mut *connection),
+            stop,
+            draining.clone(),
+            &conn,
+            Some(fd),
+            limits,
+            Kind::Http1(Some(park)),
+        )
+        .await;
+        conn.state.set_parking(false);
+        if !parked {
+            return;
+        }
+        // Not upgraded: hyper gave the connection back between requests.
+        let Some(parts) = (*connection).into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner();
+        if !parts.read_buf.is_empty() {
+            io.unread(parts.read_buf);
+        }
+        service = parts.service;
+    }
+}
+
+/// Whether `stream` has bytes (or an end, or an error) to read now, without waiting.
+fn has_bytes(stream: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::uninit(); 1];
+    !matches!(
+        socket2::SockRef::from(stream).peek(&mut byte),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    )
+}
+
+/// Waits, holding no buffer, until `io` has bytes (or an end) to read: true. False when the
+/// connection is to be closed instead: idle for the idle timeout, or the proxy is draining.
+async fn until_readable(
+    io: &TrackedIo<TcpStream>,
+    mut draining: tokio::sync::watch::Receiver<bool>,
+    conn: &ConnCtx,
+    limits: Limits,
+) -> bool {
+    let idle_timeout = limits.idle_timeout;
+    // No head can start before the socket is readable: only the idle timeout applies, and
+    // the only wake-up before data or a drain is at its end.
+    let idle = tokio::time::sleep_until(conn.state.idle_deadline(idle_timeout).into());
+    // A request that has arrived is served, even when draining has begun (then with
+    // `Connection: close`), rather than reset unread.
+    tokio::select! {
+        biased;
+        ready = io.get_ref().readable() => ready.is_ok(),
+        _ = draining.wait_for(|d| *d) => false,
+        () = idle => {
+            log::debug!("connection from {}: idle for {idle_timeout:?}: closed", conn.peer);
+            false
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) or, when ALPN chose it, HTTP/2 on a TLS stream `io`,
+/// under the listener's limits.
+async fn serve_http<I>(io: I, h2: bool, conn: Arc<ConnCtx>, shared: Arc<Shared>, limits: Limits)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let draining = shared.draining.subscribe();
@@ -212,6 +338,8 @@ async fn serve_http<I>(
             request,
         )
     };
+    // No raw 408 under TLS: bytes written beside rustls would break the stream.
+    let fd = None;
     if h2 {
         let resets = Arc::new(StreamResets::default());
         let streams = Arc::clone(&resets);
@@ -229,27 +357,50 @@ async fn serve_http<I>(
             .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
             .max_concurrent_streams(resets::MAX_CONCURRENT_STREAMS);
         let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
         let stop = |c: std::pin::Pin<&mut _>| http2::Connection::graceful_shutdown(c);
         let kind = Kind::Http2(&resets, &shared);
         watch(connection, stop, draining, &conn, fd, limits, kind).await;
     } else {
-        let mut builder = http1::Builder::new();
-        builder
-            .max_header_size(limits.max_header_bytes)
-            .max_buf_size(limits.max_header_bytes.max(8192) + 8192);
-        let connection = builder
+        let connection = http1_builder(limits)
             .serve_connection(TokioIo::new(io), service_fn(handle))
             .with_upgrades();
+        tokio::pin!(connection);
         let stop = |c: std::pin::Pin<&mut _>| http1::UpgradeableConnection::graceful_shutdown(c);
-        watch(connection, stop, draining, &conn, fd, limits, Kind::Http1).await;
+        watch(
+            connection,
+            stop,
+            draining,
+            &conn,
+            fd,
+            limits,
+            Kind::Http1(None),
+        )
+        .await;
     }
+}
+
+/// How long a plain HTTP/1.1 connection must be idle before hyper gives it back, after its
+/// first request (see `serve_plain`): longer than the gaps of clients that send a request
+/// every few hundred milliseconds, so that they do not pay for it on every request.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// When hyper's HTTP/1 connection may give a plain connection back between requests.
+#[derive(Clone, Copy)]
+struct Park<'a> {
+    /// Requests ended on the connection before hyper was given it.
+    finished_before: u64,
+    state: &'a ConnState,
+    /// As soon as it is between requests; else once it has been idle for [`PARK_AFTER`].
+    at_once: bool,
 }
 
 /// The protocol a connection speaks, for its watchdog.
 #[derive(Clone, Copy)]
 enum Kind<'a> {
-    /// hyper's HTTP/1, whose parser answers refused heads itself.
-    Http1,
+    /// hyper's HTTP/1, whose parser answers refused heads itself; it gives the connection
+    /// back between requests if it may.
+    Http1(Option<Park<'a>>),
     /// HTTP/2: too many streams reset by the client end the connection with GOAWAY.
     Http2(&'a StreamResets, &'a Shared),
 }
@@ -258,20 +409,58 @@ enum Kind<'a> {
 /// timeout (408, or a close under TLS), or nothing moves for the idle timeout. When
 /// `draining` turns true, or an HTTP/2 client resets too many streams, `stop` asks hyper to
 /// finish the requests in flight and close (HTTP/2: GOAWAY).
+///
+/// With [`Park`], once hyper waits between requests (idle, see [`ConnState::park_due`]),
+/// `stop` asks it to end the connection, which it does at once, after flushing what it has
+/// written, and without shutting the socket down (see [`ConnState::set_parking`]): true when
+/// it ended so, and the caller may serve the socket again.
 async fn watch<C, F>(
-    connection: C,
+    mut connection: std::pin::Pin<&mut C>,
     stop: F,
     mut draining: tokio::sync::watch::Receiver<bool>,
     conn: &ConnCtx,
     fd: Option<RawFd>,
     limits: Limits,
     kind: Kind<'_>,
-) where
+) -> bool
+where
     C: std::future::Future<Output = Result<(), hyper::Error>>,
-    F: FnOnce(std::pin::Pin<&mut C>),
+    F: Fn(std::pin::Pin<&mut C>),
 {
-    tokio::pin!(connection);
-    let mut stop = Some(stop);
+    // Flags shared by the branches below (atomics only for `Send`: one task uses them).
+    let stopping = AtomicBool::new(false);
+    // When the connection was asked to give the socket back: the requests ended by then
+    // (NOT_PARKING: it was not).
+    const NOT_PARKING: u64 = u64::MAX;
+    let parking = AtomicU64::new(NOT_PARKING);
+    // Between requests: to be given back once idle for PARK_AFTER.
+    let park_later = AtomicBool::new(false);
+    let park = match kind {
+        Kind::Http1(park) => park,
+        Kind::Http2(..) => None,
+    };
+    let give_back = |connection: &mut std::pin::Pin<&mut C>, park: Park| {
+        stopping.store(true, Relaxed);
+        parking.store(park.state.finished(), Relaxed);
+        park.state.set_parking(true);
+        stop(connection.as_mut());
+    };
+    // hyper's connection, polled; when it waits between requests, given back now or later.
+    let drive = |cx: &mut std::task::Context<'_>, connection: &mut std::pin::Pin<&mut C>| {
+        let polled = connection.as_mut().poll(cx);
+        if polled.is_pending() && !stopping.load(Relaxed) {
+            if let Some(park) = park {
+                if park.state.park_due(park.finished_before) {
+                    if park.at_once {
+                        give_back(connection, park);
+                        return connection.as_mut().poll(cx);
+                    }
+                    park_later.store(true, Relaxed);
+                }
+            }
+        }
+        polled
+    };
     let Limits {
         header_timeout,
         idle_timeout,
@@ -282,27 +471,36 @@ async fn watch<C, F>(
     let mut due = conn
         .state
         .next_check(header_timeout, idle_timeout, std::time::Instant::now());
+    let timer = tokio::time::sleep_until(due.into());
+    tokio::pin!(timer);
     loop {
         tokio::select! {
-            done = &mut connection => {
+            biased;
+            done = std::future::poll_fn(|cx| drive(cx, &mut connection)) => {
                 if let Err(e) = done {
                     log::debug!("connection from {peer}: {e}");
                     let (received, sent) = conn.state.pending_bytes();
                     match parser_answer(&e, conn.state.request_line_too_long()) {
-                        Some((status, reason)) if matches!(kind, Kind::Http1) && sent > 0 => {
+                        Some((status, reason)) if matches!(kind, Kind::Http1(_)) && sent > 0 => {
                             refused(conn, status, reason, received, sent);
                         }
                         _ => {}
                     }
+                    return false;
                 }
-                return;
+                // Idle when asked, hyper closed without reading or answering anything more.
+                let parked_at = parking.load(Relaxed);
+                return park.is_some_and(|park| {
+                    parked_at != NOT_PARKING
+                        && park.state.park_due(park.finished_before)
+                        && park.state.finished() == parked_at
+                });
             }
-            Ok(_) = draining.wait_for(|d| *d), if stop.is_some() => {
-                if let Some(stop) = stop.take() {
-                    stop(connection.as_mut());
-                }
+            Ok(_) = draining.wait_for(|d| *d), if !stopping.load(Relaxed) => {
+                stopping.store(true, Relaxed);
+                stop(connection.as_mut());
             }
-            _ = abusive(kind), if stop.is_some() => {
+            _ = abusive(kind), if !stopping.load(Relaxed) => {
                 if let Kind::Http2(resets, shared) = kind {
                     if let Some(count) = shared.reset_abuse_log.event() {
                         log::warn!(
@@ -313,11 +511,38 @@ async fn watch<C, F>(
                         );
                     }
                 }
-                if let Some(stop) = stop.take() {
-                    stop(connection.as_mut());
-                }
+                stopping.store(true, Relaxed);
+                stop(connection.as_mut());
             }
-            _ = tokio::time::sleep_until(due.into()) => match conn.state.verdict(header_timeout, idle_timeout) {
+            () = std::future::poll_fn(|cx| {
+                // The watchdog's deadline or, while hyper waits between requests to be given
+                // back, when the connection will have been idle for PARK_AFTER (on the grid:
+                // it moves only when the last activity moves to another grid step).
+                let at = if park_later.load(Relaxed) && !stopping.load(Relaxed) {
+                    due.min(conn.state.idle_deadline(PARK_AFTER))
+                } else {
+                    due
+                };
+                let at = tokio::time::Instant::from_std(at);
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                std::future::Future::poll(timer.as_mut(), cx)
+            }) => {
+                let now = std::time::Instant::now();
+                if park_later.swap(false, Relaxed) && !stopping.load(Relaxed) {
+                    if let Some(park) = park.filter(|p| p.state.park_due(p.finished_before)) {
+                        if now >= conn.state.idle_deadline(PARK_AFTER) {
+                            give_back(&mut connection, park);
+                            continue;
+                        }
+                        park_later.store(true, Relaxed);
+                    }
+                }
+                if now < due {
+                    continue;
+                }
+                match conn.state.verdict(header_timeout, idle_timeout) {
                 Verdict::Continue => {
                     due = conn.state.next_check(header_timeout, idle_timeout, std::time::Instant::now());
                 }
@@ -340,11 +565,12 @@ async fn watch<C, F>(
                             libc::shutdown(fd, libc::SHUT_WR);
                         }
                     }
-                    return;
+                    return false;
                 }
                 Verdict::Idle => {
                     log::debug!("connection from {peer}: idle for {idle_timeout:?}: closed");
-                    return;
+                    return false;
+                }
                 }
             }
         }
@@ -355,7 +581,7 @@ async fn watch<C, F>(
 async fn abusive(kind: Kind<'_>) {
     match kind {
         Kind::Http2(resets, _) => resets.abusive.notified().await,
-        Kind::Http1 => std::future::pending().await,
+        Kind::Http1(_) => std::future::pending().await,
     }
 }
 

@@ -282,12 +282,12 @@ fn hitless(successor: Successor) {
                 .contains("took over from the previous daemon: 2 listening socket(s)")
         },
     );
-    assert!(
+    // The predecessor logs it once the successor confirmed, which may be after the
+    // successor's own line.
+    wait_until(TIMEOUT, "the old daemon to log the hand-over", || {
         old.stderr()
-            .contains("handed 2 listening socket(s) to the next daemon"),
-        "{}",
-        old.stderr()
-    );
+            .contains("handed 2 listening socket(s) to the next daemon")
+    });
     // One socket per listener whatever the workers on either side: none is left unserved.
     wait_until(TIMEOUT, "the next daemon's proxy to start", || {
         f.lb.sluice

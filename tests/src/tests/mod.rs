@@ -17,6 +17,7 @@ mod icmp;
 mod l4_fixture;
 mod l7_connection_limits;
 mod l7_hostile;
+mod l7_keepalive;
 mod l7_limits;
 mod l7_reload;
 mod l7_restart;
