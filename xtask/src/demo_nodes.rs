@@ -290,18 +290,10 @@ fn start_etcd(cluster: &Cluster) -> anyhow::Result<(Namespace, Etcd)> {
 
 /// `sluice ARGS --socket SOCKET`: its standard output, or its error as a sentence.
 fn cli(sluice: &Path, socket: &Path, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(sluice)
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .with_context(|| format!("running sluice {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "sluice {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::cmd::output(
+        std::process::Command::new(sluice)
+            .args(args)
+            .arg("--socket")
+            .arg(socket),
+    )
 }

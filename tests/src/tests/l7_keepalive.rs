@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::l7_routing::{vip, IDLE_TIMEOUT_SECS, L7, SHORT};
+use super::l7_routing::{IDLE_TIMEOUT_SECS, L7, SHORT};
 use crate::http_servers::{frame, parse_frame, websocket_accept};
 
 /// A pause in the client's traffic: the proxy has answered and read nothing more, so it
@@ -20,17 +20,6 @@ const PAUSE: Duration = Duration::from_millis(200);
 /// A pause long enough for the proxy to take hyper's connection apart after later requests
 /// too (idle for 1 s, on a 250 ms grid), shorter than the idle timeout (2 s).
 const LONG_PAUSE: Duration = Duration::from_millis(1500);
-
-fn connect(l7: &L7) -> TcpStream {
-    let stream = l7
-        .topology
-        .client
-        .ns
-        .run_in(|| TcpStream::connect_timeout(&vip(), SHORT))
-        .expect("connecting to the VIP");
-    stream.set_read_timeout(Some(SHORT)).unwrap();
-    stream
-}
 
 fn get(path: &str) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
@@ -78,7 +67,7 @@ fn until_closed(stream: &mut TcpStream) -> (String, Duration) {
 #[test]
 fn keep_alive_connections_are_served_again_whatever_the_client_does_after_idling() {
     let l7 = L7::start();
-    let mut stream = connect(&l7);
+    let mut stream = l7.connect();
     let mut buf = Vec::new();
     // Requests one at a time, idle between them, on one connection.
     for i in 0..6 {
@@ -155,7 +144,7 @@ fn keep_alive_connections_are_served_again_whatever_the_client_does_after_idling
 
     // A body the proxy does not read and that has not all arrived: the answer, then the close
     // (hyper gives up on the rest), never a request made of the body's bytes.
-    let mut stream = connect(&l7);
+    let mut stream = l7.connect();
     stream.write_all(get("/first").as_bytes()).unwrap();
     response(&mut stream, &mut buf);
     std::thread::sleep(PAUSE);
@@ -183,7 +172,7 @@ fn keep_alive_connections_are_served_again_whatever_the_client_does_after_idling
     );
 
     // An upgrade on a connection that made a request and idled.
-    let mut stream = connect(&l7);
+    let mut stream = l7.connect();
     stream.write_all(get("/before-upgrade").as_bytes()).unwrap();
     let (head, _) = response(&mut stream, &mut buf);
     assert!(head.starts_with("http/1.1 200 "), "{head}");
@@ -224,7 +213,7 @@ fn keep_alive_connections_are_served_again_whatever_the_client_does_after_idling
 
     // A client that ends its side after idling (FIN) gets the close at once, not at the idle
     // timeout.
-    let mut stream = connect(&l7);
+    let mut stream = l7.connect();
     stream.write_all(get("/first").as_bytes()).unwrap();
     response(&mut stream, &mut buf);
     std::thread::sleep(PAUSE);
@@ -234,7 +223,7 @@ fn keep_alive_connections_are_served_again_whatever_the_client_does_after_idling
     assert!(took < Duration::from_millis(500), "{took:?}");
 
     // HTTP/1.0 without keep-alive after idling: the answer, then the close.
-    let mut stream = connect(&l7);
+    let mut stream = l7.connect();
     stream.write_all(get("/first").as_bytes()).unwrap();
     response(&mut stream, &mut buf);
     std::thread::sleep(PAUSE);
@@ -248,7 +237,7 @@ fn keep_alive_connections_are_served_again_whatever_the_client_does_after_idling
     );
 
     // `Connection: close` after idling: the answer, then the close.
-    let mut stream = connect(&l7);
+    let mut stream = l7.connect();
     stream.write_all(get("/first").as_bytes()).unwrap();
     response(&mut stream, &mut buf);
     std::thread::sleep(PAUSE);
@@ -260,9 +249,9 @@ fn keep_alive_connections_are_served_again_whatever_the_client_does_after_idling
 
     // Idle connections, one that never sent a byte and one after a request, are closed at
     // the idle timeout from their last data.
-    let mut silent = connect(&l7);
+    let mut silent = l7.connect();
     let silent_since = Instant::now();
-    let mut used = connect(&l7);
+    let mut used = l7.connect();
     used.write_all(get("/then-silence").as_bytes()).unwrap();
     response(&mut used, &mut buf);
     let used_since = Instant::now();

@@ -4,22 +4,15 @@
 
 use std::{
     io::{Read, Write},
-    net::TcpStream,
     time::{Duration, Instant},
 };
 
-use super::l7_routing::{vip, L7, SHORT};
+use super::l7_routing::{L7, SHORT};
 use crate::netns::wait_until;
 
 /// Sends `bytes` on a new connection from the client and reads until the proxy closes.
 fn exchange(l7: &L7, bytes: &[u8]) -> String {
-    let mut stream = l7
-        .topology
-        .client
-        .ns
-        .run_in(|| TcpStream::connect_timeout(&vip(), SHORT))
-        .expect("connecting to the VIP");
-    stream.set_read_timeout(Some(SHORT)).unwrap();
+    let mut stream = l7.connect();
     stream.write_all(bytes).unwrap();
     let mut answer = Vec::new();
     let _ = stream.read_to_end(&mut answer);

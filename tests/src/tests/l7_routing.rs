@@ -124,6 +124,18 @@ targets = [{api}]
 }
 
 impl L7 {
+    /// A connection from the client to the VIP, reads bounded by [`SHORT`].
+    pub fn connect(&self) -> std::net::TcpStream {
+        let stream = self
+            .topology
+            .client
+            .ns
+            .run_in(|| std::net::TcpStream::connect_timeout(&vip(), SHORT))
+            .expect("connecting to the VIP");
+        stream.set_read_timeout(Some(SHORT)).unwrap();
+        stream
+    }
+
     pub fn start() -> L7 {
         let topology = LbTopology::new(3);
         let any = IpAddr::from(Ipv4Addr::UNSPECIFIED);

@@ -232,20 +232,12 @@ impl Daemon {
 
     /// `sluice ARGS --socket S` (stats, status, reload, target ...), its stdout.
     pub fn ask(&self, sluice: &Path, lb: &Namespace, args: &[&str]) -> anyhow::Result<String> {
-        let out = lb
-            .command(sluice)
-            .args(args)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "sluice {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        crate::cmd::output(
+            lb.command(sluice)
+                .args(args)
+                .arg("--socket")
+                .arg(&self.socket),
+        )
     }
 }
 
