@@ -46,7 +46,7 @@ use crate::{
         saved::{self, SavedState, StateMap, Store},
         Dataplane, Maps,
     },
-    health::{HealthChecker, HealthEvent},
+    health::{Health, HealthChecker, HealthEvent},
     model::{
         edit::Edit,
         resolve::{KeepingLast, SystemResolver},
@@ -321,9 +321,16 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             self.controller
                 .borrow_mut()
                 .set_health(&event.target, event.to, Instant::now());
-        // Every transition is news an operator wants to see (ELB emits an event for each).
+        // Every transition is news an operator wants to see (ELB emits an event for each);
+        // a target that becomes healthy is good news (INFO), any other change a warning.
         // Logged once the tables follow it: from this line on, traffic does too.
-        log::warn!(
+        let level = if event.to == Health::Healthy {
+            log::Level::Info
+        } else {
+            log::Level::Warn
+        };
+        log::log!(
+            level,
             "target {} of '{}': {} -> {}: {}",
             event.target.addr,
             event.target.group,
