@@ -7,6 +7,7 @@ use std::{net::Ipv4Addr, path::Path};
 use serde_json::{json, Value};
 
 use super::{
+    napi::{ThreadedNapi, HARNESS_CPU},
     topology::{Daemon, FloorGuard, Nftables, Topology, PORT, VIP},
     Plan, Progress,
 };
@@ -81,6 +82,10 @@ pub fn run(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Resul
             .map(|(key, runs)| {
                 let mpps: Vec<f64> = runs.iter().filter_map(|r| r["received_mpps"].as_f64()).collect();
                 let loss: Vec<f64> = runs.iter().filter_map(|r| r["loss"].as_f64()).collect();
+                let cpu: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| r["lb_cpu_ns_per_frame"].as_f64())
+                    .collect();
                 let idle: Vec<f64> = runs
                     .iter()
                     .filter_map(|r| r["generator_idle_ns_per_frame"].as_f64())
@@ -94,6 +99,7 @@ pub fn run(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Resul
                     "min_mpps": mpps.iter().copied().reduce(f64::min),
                     "max_mpps": mpps.iter().copied().reduce(f64::max),
                     "median_loss": super::figures::median(&loss),
+                    "median_lb_cpu_ns_per_frame": super::figures::median(&cpu),
                     // Dead time inside the generator's calls: in every variant's figure alike.
                     "median_generator_idle_ns_per_frame": super::figures::median(&idle),
                     "runs": runs,
@@ -192,5 +198,32 @@ fn measure(
     let mut warm = common(warm_tcp, 2000);
     warm.extend(["--rate".to_string(), "20000".to_string()]);
     topology.bench(sluice, &warm)?;
-    topology.bench(sluice, &common("established", plan.forwarding_count))
+    let mut report = topology.bench(sluice, &common("established", plan.forwarding_count))?;
+    // lb's CPU per frame, in a second pass of the same frames (see `napi.rs`).
+    match lb_cpu_per_frame(
+        sluice,
+        topology,
+        &common("established", plan.forwarding_count),
+    ) {
+        Ok(ns) => report["lb_cpu_ns_per_frame"] = ns.into(),
+        Err(e) => report["lb_cpu_error"] = format!("{e:#}").into(),
+    }
+    Ok(report)
+}
+
+/// Nanoseconds of lb's receive thread per frame the sinks received, with lb's NAPI threaded
+/// on its own CPU.
+fn lb_cpu_per_frame(sluice: &Path, topology: &Topology, args: &[String]) -> anyhow::Result<f64> {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        anyhow::bail!("needs two CPUs: lb's receive thread alone on one");
+    }
+    let napi = ThreadedNapi::start(topology)?;
+    let before = napi.lb_runtime_ns()?;
+    let report = topology.bench_on(sluice, HARNESS_CPU, args)?;
+    let ran = napi.lb_runtime_ns()? - before;
+    let received = report["received"].as_u64().unwrap_or(0);
+    if received == 0 {
+        anyhow::bail!("no frame reached the sinks");
+    }
+    Ok(ran as f64 / received as f64)
 }

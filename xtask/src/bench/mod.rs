@@ -11,6 +11,7 @@ mod forwarding;
 mod l7;
 mod l7_load;
 mod lineup;
+mod napi;
 mod report;
 mod scenarios;
 mod topology;

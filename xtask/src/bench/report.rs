@@ -148,7 +148,48 @@ pub fn markdown(results: &Value) -> String {
             }
             md.push('\n');
         }
-        md.push_str("\nsluice as a share of the floor (goal ≥ 0.8) and as a multiple of nftables (goal ≥ 5):\n\n| protocol | targets | mode | ÷ floor | ÷ nftables |\n|---|---|---|---:|---:|\n");
+        // The rates are capped by the floor: no forwarder's rate exceeds floor ÷ nftables
+        // times nftables'.
+        let caps: Vec<f64> = groups(fwd)
+            .iter()
+            .filter_map(|(protocol, targets)| {
+                let rate = |v: &str| cell(fwd, v, protocol, *targets)?["median_mpps"].as_f64();
+                Some(rate("floor")? / rate("nftables").filter(|n| *n > 0.0)?)
+            })
+            .collect();
+        let cap = match (
+            caps.iter().copied().reduce(f64::min),
+            caps.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) => format!(
+                " (the floor's rate is {lo:.1}–{hi:.1}× nftables' here, so no forwarder's rate can be more than that multiple of it)"
+            ),
+            _ => String::new(),
+        };
+        md.push_str(&format!(
+            "\nlb's CPU per frame, ns: the same frames again with lb's receive queue in its own kernel thread (threaded NAPI) alone on CPU 0, the generator and the sinks' queues on CPU 1; \
+             the thread's run time (`/proc/PID/schedstat`) over the frames the sinks received. \
+             This is the balancer's own cost, which the rates above cannot show: they are capped by the harness{cap}. \
+             For sluice and the floor the thread runs the XDP program and the redirect to a target's link (the floor's figure is that fixed part: waking, polling, redirecting); for nftables GRO, conntrack, DNAT, routing and the transmit.\n\n",
+        ));
+        md.push_str("| protocol | targets |");
+        for v in VARIANTS {
+            md.push_str(&format!(" {v} |"));
+        }
+        md.push_str("\n|---|---|");
+        md.push_str(&"---:|".repeat(VARIANTS.len()));
+        md.push('\n');
+        for (protocol, targets) in groups(fwd) {
+            md.push_str(&format!("| {protocol} | {targets} |"));
+            for v in VARIANTS {
+                let text = cell(fwd, v, &protocol, targets)
+                    .map(|c| num(&c["median_lb_cpu_ns_per_frame"], 0))
+                    .unwrap_or_else(|| "–".into());
+                md.push_str(&format!(" {text} |"));
+            }
+            md.push('\n');
+        }
+        md.push_str("\nsluice's rate as a share of the floor's (goal ≥ 0.8) and as a multiple of nftables' (goal ≥ 5), and how many times less CPU per frame than nftables it takes on lb:\n\n| protocol | targets | mode | rate ÷ floor | rate ÷ nftables | nftables CPU ÷ sluice CPU |\n|---|---|---|---:|---:|---:|\n");
         for (protocol, targets) in groups(fwd) {
             for mode in ["nat", "dsr", "tunnel"] {
                 let Some(c) =
@@ -163,8 +204,17 @@ pub fn markdown(results: &Value) -> String {
                         .map(|b| format!("{:.2}", c / b))
                         .unwrap_or_else(|| "–".into())
                 };
+                let cheaper = cell(fwd, mode, &protocol, targets)
+                    .and_then(|c| c["median_lb_cpu_ns_per_frame"].as_f64())
+                    .filter(|c| *c > 0.0)
+                    .and_then(|own| {
+                        cell(fwd, "nftables", &protocol, targets)
+                            .and_then(|b| b["median_lb_cpu_ns_per_frame"].as_f64())
+                            .map(|b| format!("{:.2}", b / own))
+                    })
+                    .unwrap_or_else(|| "–".into());
                 md.push_str(&format!(
-                    "| {protocol} | {targets} | {mode} | {} | {} |\n",
+                    "| {protocol} | {targets} | {mode} | {} | {} | {cheaper} |\n",
                     ratio("floor"),
                     ratio("nftables")
                 ));

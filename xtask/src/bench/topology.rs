@@ -73,6 +73,8 @@ impl Topology {
                 lb.add_addr(&lb_if, &format!("10.121.{i}.1/24"));
                 ns.add_addr("eth0", &format!("10.121.{i}.2/24"));
                 ns.add_default_route(Ipv4Addr::new(10, 121, i as u8, 1).into());
+                // A NAPI instance of its own (threaded for the CPU measurement, `napi.rs`).
+                ns.ethtool(&["-K", "eth0", "gro", "on"]);
                 targets.push(Ipv4Addr::new(10, 121, i as u8, 2));
                 hops.push((lb_if, ns.mac("eth0")));
                 sinks.push(ns);
@@ -103,6 +105,7 @@ impl Topology {
                 String::from_utf8_lossy(&out.stderr)
             );
             ns.add_default_route(Ipv4Addr::new(10, 122, 0, 1).into());
+            ns.ethtool(&["-K", "eth0", "gro", "on"]);
             hops.push(("eth1".to_string(), ns.mac("eth0")));
             sinks.push(ns);
         }
@@ -137,9 +140,23 @@ impl Topology {
 
     /// `sluice bench ARGS --json` in the generator namespace.
     pub fn bench(&self, sluice: &Path, args: &[String]) -> anyhow::Result<serde_json::Value> {
-        let out = self
-            .generator
-            .command(sluice)
+        self.bench_with(self.generator.command(sluice), args)
+    }
+
+    /// Like [`bench`](Self::bench), on CPU `cpu` only (`taskset` execs sluice).
+    pub fn bench_on(
+        &self,
+        sluice: &Path,
+        cpu: usize,
+        args: &[String],
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut cmd = self.generator.command("taskset");
+        cmd.args(["-c", &cpu.to_string()]).arg(sluice);
+        self.bench_with(cmd, args)
+    }
+
+    fn bench_with(&self, mut cmd: Command, args: &[String]) -> anyhow::Result<serde_json::Value> {
+        let out = cmd
             .arg("bench")
             .args(args)
             .arg("--json")
