@@ -527,6 +527,7 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
                     "median_errors": l7_load::median_of(&runs, "errors"),
                     "median_kib_per_connection": l7_load::median_of(&runs, "kib_per_connection"),
                     "median_wakeups_per_s": l7_load::median_of(&runs, "wakeups_per_s"),
+                    "median_proxy_wakeups_per_s": l7_load::median_of(&runs, "proxy_wakeups_per_s"),
                     "runs": runs,
                 })
             })

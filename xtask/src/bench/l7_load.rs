@@ -39,22 +39,35 @@ pub fn cpu_time_us(pid: u32) -> anyhow::Result<f64> {
 }
 
 /// Times the threads of `pid` were switched in so far (each a wake-up of an idle thread or a
-/// return after preemption): the third field of `/proc/PID/task/TID/schedstat` summed.
-pub fn runs(pid: u32) -> anyhow::Result<u64> {
-    let mut total = 0;
+/// return after preemption): the third field of `/proc/PID/task/TID/schedstat` summed, over
+/// all threads and over sluice's proxy workers (threads named `sluice-proxy-N`) alone.
+pub fn runs(pid: u32) -> anyhow::Result<Runs> {
+    let mut total = Runs::default();
     for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let path = task?.path().join("schedstat");
+        let dir = task?.path();
         // A thread that ended meanwhile.
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Ok(text) = std::fs::read_to_string(dir.join("schedstat")) else {
             continue;
         };
-        total += text
+        let n = text
             .split_whitespace()
             .nth(2)
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(0);
+        total.all += n;
+        if std::fs::read_to_string(dir.join("comm")).is_ok_and(|c| c.starts_with("sluice-proxy")) {
+            total.proxy += n;
+        }
     }
     Ok(total)
+}
+
+/// Thread runs counted by [`runs`].
+#[derive(Clone, Copy, Default)]
+pub struct Runs {
+    pub all: u64,
+    /// sluice's proxy workers only (0 for other balancers).
+    pub proxy: u64,
 }
 
 /// Runs `measure` and adds the balancer's CPU time per request to its figures (which must
@@ -182,7 +195,9 @@ pub fn idle(
     let start = Instant::now();
     std::thread::sleep(window);
     let elapsed = start.elapsed().as_secs_f64();
-    let wakeups = (runs(pid)? - runs_before) as f64 / elapsed;
+    let runs_after = runs(pid)?;
+    let wakeups = (runs_after.all - runs_before.all) as f64 / elapsed;
+    let proxy_wakeups = (runs_after.proxy - runs_before.proxy) as f64 / elapsed;
     let cpu = (cpu_time_us(pid)? - cpu_before) / elapsed / 1e4;
     drop(opened);
     Ok(json!({
@@ -191,6 +206,7 @@ pub fn idle(
         "requests": n,
         "kib_per_connection": after_kib.saturating_sub(before_kib) as f64 / n as f64,
         "wakeups_per_s": wakeups,
+        "proxy_wakeups_per_s": proxy_wakeups,
         "cpu_percent": cpu,
     }))
 }
@@ -263,7 +279,7 @@ pub fn markdown(l7: &Value) -> String {
          p99 at a fixed offered rate of {} req/s (h2load over HTTP/1.1, open loop, latency from its per-request log); \
          wrk with many keep-alive connections (p99, and requests that timed out after 5 s); and {} idle keep-alive connections (each served one request) held open: \
          the balancer's memory per connection (RSS growth) and its threads' wake-ups per second while they idle (from `/proc/PID/task/*/schedstat`; \
-         sluice's include its own health checks, every 200 ms per target here). Goals (issue 15): CPU per request and p99 ≤ nginx's, no timeouts, ≤ 2 KiB per idle connection, a few wake-ups per second.\n\n\
+         sluice's include its own health checks, every 200 ms per target here, on the daemon's thread; in brackets its proxy workers' alone). Goals (issue 15): CPU per request and p99 ≤ nginx's, no timeouts, ≤ 2 KiB per idle connection, a few wake-ups per second.\n\n\
          | balancer | CPU µs/req keep-alive | CPU µs/req conn. per req. | p99 ms at fixed rate |",
         l7["fixed_rate_rps"], l7["idle_connections"],
     );
@@ -297,8 +313,15 @@ pub fn markdown(l7: &Value) -> String {
                 shown(figure(b, m, "median_timeouts"), 0)
             ));
         }
+        let proxy = if b.starts_with("sluice") {
+            figure(b, "idle", "median_proxy_wakeups_per_s")
+                .map(|p| format!(" ({p:.1})"))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         md.push_str(&format!(
-            " {} | {} |\n",
+            " {} | {}{proxy} |\n",
             shown(figure(b, "idle", "median_kib_per_connection"), 2),
             shown(figure(b, "idle", "median_wakeups_per_s"), 1),
         ));
