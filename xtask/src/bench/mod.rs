@@ -402,6 +402,13 @@ pub fn check_smoke(dir: &Path) -> anyhow::Result<()> {
                     cell["protocol"]
                 );
             }
+            if let Some(error) = run["lb_cpu_error"].as_str() {
+                anyhow::bail!(
+                    "forwarding {}/{}: lb's CPU per frame: {error}",
+                    cell["variant"],
+                    cell["protocol"]
+                );
+            }
             if run["received"].as_u64().unwrap_or(0) == 0 {
                 anyhow::bail!(
                     "forwarding {}/{}: nothing reached the targets",
