@@ -86,6 +86,10 @@ pub fn run(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Resul
                     .iter()
                     .filter_map(|r| r["lb_cpu_ns_per_frame"].as_f64())
                     .collect();
+                let batch: Vec<f64> = runs
+                    .iter()
+                    .filter_map(|r| r["lb_frames_per_run"].as_f64())
+                    .collect();
                 let idle: Vec<f64> = runs
                     .iter()
                     .filter_map(|r| r["generator_idle_ns_per_frame"].as_f64())
@@ -100,6 +104,7 @@ pub fn run(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Resul
                     "max_mpps": mpps.iter().copied().reduce(f64::max),
                     "median_loss": super::figures::median(&loss),
                     "median_lb_cpu_ns_per_frame": super::figures::median(&cpu),
+                    "median_lb_frames_per_run": super::figures::median(&batch),
                     // Dead time inside the generator's calls: in every variant's figure alike.
                     "median_generator_idle_ns_per_frame": super::figures::median(&idle),
                     "runs": runs,
@@ -205,25 +210,37 @@ fn measure(
         topology,
         &common("established", plan.forwarding_count),
     ) {
-        Ok(ns) => report["lb_cpu_ns_per_frame"] = ns.into(),
+        Ok((ns, frames_per_run)) => {
+            report["lb_cpu_ns_per_frame"] = ns.into();
+            report["lb_frames_per_run"] = frames_per_run.into();
+        }
         Err(e) => report["lb_cpu_error"] = format!("{e:#}").into(),
     }
     Ok(report)
 }
 
 /// Nanoseconds of lb's receive thread per frame the sinks received, with lb's NAPI threaded
-/// on its own CPU.
-fn lb_cpu_per_frame(sluice: &Path, topology: &Topology, args: &[String]) -> anyhow::Result<f64> {
+/// on its own CPU, and the frames per time the thread was switched in (how well its work was
+/// batched: a thread that keeps up with the generator wakes for fewer frames at a time).
+fn lb_cpu_per_frame(
+    sluice: &Path,
+    topology: &Topology,
+    args: &[String],
+) -> anyhow::Result<(f64, f64)> {
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         anyhow::bail!("needs two CPUs: lb's receive thread alone on one");
     }
     let napi = ThreadedNapi::start(topology)?;
-    let before = napi.lb_runtime_ns()?;
+    let (ns_before, runs_before) = napi.lb_runtime()?;
     let report = topology.bench_on(sluice, HARNESS_CPU, args)?;
-    let ran = napi.lb_runtime_ns()? - before;
+    let (ns_after, runs_after) = napi.lb_runtime()?;
     let received = report["received"].as_u64().unwrap_or(0);
     if received == 0 {
         anyhow::bail!("no frame reached the sinks");
     }
-    Ok(ran as f64 / received as f64)
+    let runs = (runs_after - runs_before).max(1);
+    Ok((
+        (ns_after - ns_before) as f64 / received as f64,
+        received as f64 / runs as f64,
+    ))
 }

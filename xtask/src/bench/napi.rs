@@ -52,14 +52,16 @@ impl<'a> ThreadedNapi<'a> {
         Ok(napi)
     }
 
-    /// Nanoseconds lb's receive thread has run so far.
-    pub fn lb_runtime_ns(&self) -> anyhow::Result<u64> {
+    /// Nanoseconds lb's receive thread has run so far, and how many times it was switched in
+    /// (once per wake-up, when it had gone to sleep with an empty queue).
+    pub fn lb_runtime(&self) -> anyhow::Result<(u64, u64)> {
         let path = format!("/proc/{}/schedstat", self.lb_thread);
         let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-        text.split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("{path}: no run time in {text:?}"))
+        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some(Ok(ns)), Some(Ok(_)), Some(Ok(runs))) => Ok((ns, runs)),
+            _ => bail!("{path}: not a schedstat line: {text:?}"),
+        }
     }
 }
 

@@ -170,7 +170,8 @@ pub fn markdown(results: &Value) -> String {
             "\nlb's CPU per frame, ns: the same frames again with lb's receive queue in its own kernel thread (threaded NAPI) alone on CPU 0, the generator and the sinks' queues on CPU 1; \
              the thread's run time (`/proc/PID/schedstat`) over the frames the sinks received. \
              This is the balancer's own cost, which the rates above cannot show: they are capped by the harness{cap}. \
-             For sluice and the floor the thread runs the XDP program and the redirect to a target's link (the floor's figure is that fixed part: waking, polling, redirecting); for nftables GRO, conntrack, DNAT, routing and the transmit.\n\n",
+             For sluice and the floor the thread runs the XDP program and the redirect to a target's link (the floor's figure is that fixed part: waking, polling, redirecting); for nftables GRO, conntrack, DNAT, routing and the transmit. \
+             In brackets, frames per time the thread was switched in: a thread that keeps up with the generator sleeps and wakes for a few frames at a time and pays its wake-up on fewer frames than one that never catches up (nftables), so this favours the slower forwarder.\n\n",
         ));
         md.push_str("| protocol | targets |");
         for v in VARIANTS {
@@ -183,7 +184,13 @@ pub fn markdown(results: &Value) -> String {
             md.push_str(&format!("| {protocol} | {targets} |"));
             for v in VARIANTS {
                 let text = cell(fwd, v, &protocol, targets)
-                    .map(|c| num(&c["median_lb_cpu_ns_per_frame"], 0))
+                    .map(|c| {
+                        let batch = c["median_lb_frames_per_run"]
+                            .as_f64()
+                            .map(|b| format!(" ({b:.0})"))
+                            .unwrap_or_default();
+                        format!("{}{batch}", num(&c["median_lb_cpu_ns_per_frame"], 0))
+                    })
                     .unwrap_or_else(|| "–".into());
                 md.push_str(&format!(" {text} |"));
             }
