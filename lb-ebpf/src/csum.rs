@@ -30,6 +30,15 @@ pub fn replace32(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     !fold(sum)
 }
 
+/// RFC 1624's difference for a 32-bit field (two words in memory order, as the `u32` of its
+/// memory bytes) changing from `old` to `new`: ~m + m' for both halves, unfolded (at most
+/// 4 * 0xffff), for [`apply`] after summing with other fields' differences.
+#[inline(always)]
+pub fn word_diff(old: u32, new: u32) -> u32 {
+    let old = !old;
+    (old & 0xffff) + (old >> 16) + (new & 0xffff) + (new >> 16)
+}
+
 /// The checksum of a 20-byte IPv4 header without options given as its nine 16-bit words
 /// other than the checksum (bytes 0-9 and 12-19, in order, each as the `u16` of its memory
 /// bytes).

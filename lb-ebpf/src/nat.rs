@@ -6,7 +6,12 @@
 //! A translation is a `NAT_REPLIES` entry keyed by the reply's 5-tuple (target address and
 //! port → snat address and allocated port), holding the client and VIP to restore and the
 //! connection's state in both directions (`lb_common::flow::next_state`). The flow entry
-//! remembers the allocated port, so established flows find their translation with one lookup.
+//! remembers the allocated port, so an established flow's packet needs no lookup of its
+//! translation at all unless it can move the translation: a segment with SYN, FIN or RST, any
+//! segment once the client has sent a FIN, or the packet that refreshes the flow entry (its
+//! state moved, or a [`REFRESH_NS`] passed), which refreshes the translation too and checks
+//! that it is still this flow's. So the translation's `last_seen_ns` is never older than the
+//! flow entry's: it cannot expire, nor its port be reclaimed, before the flow entry would.
 //!
 //! Life cycle: only a new connection (a TCP SYN, a UDP datagram, under the flood gate) or a
 //! re-hashed flow allocates. When a connection closes (FINs both ways and the last ACK, or a
@@ -42,7 +47,7 @@ use network_types::{
 
 use crate::{
     csum, forward, hash,
-    parse::{self, Family, Packet, IPPROTO_TCP, IPPROTO_UDP},
+    parse::{self, Family, Packet, IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN},
     select::{self, Selected},
     stats, CONFIG, FLOWS, NAT_REPLIES, TARGETS,
 };
@@ -164,6 +169,59 @@ pub fn forward(
     } else {
         target.port_be
     };
+    let stored = selected.flow.nat_port_be;
+    let port_be = if !selected.is_new && stored != 0 && untracked(packet, selected) {
+        stored
+    } else {
+        translation(ctx, packet, selected, target_port_be)?
+    };
+    selected.flow.nat_port_be = port_be;
+    rewrite(
+        ctx,
+        packet,
+        &target.snat_addr,
+        port_be,
+        &target.addr,
+        target_port_be,
+    )?;
+    match forward::to_target(
+        ctx,
+        &target.snat_addr,
+        selected.target_id,
+        target,
+        selected.now,
+        Counter::ForwardNat,
+    ) {
+        // Handing the packet to the kernel cannot help: its source is now one of the kernel's
+        // own addresses, which IPv4 forwarding drops as a martian. Targets' neighbours are kept
+        // resolved (managed), so this is transient, and the client retransmits.
+        Ok((Counter::PassNeighborUnresolved, _)) => Err(Counter::DropNeighborUnresolved),
+        other => other,
+    }
+}
+
+/// Whether an established flow's packet leaves its translation as it is (see the module
+/// comment): a TCP segment without SYN, FIN or RST of a connection in `STATE_ANSWERED` alone
+/// (the client sent no FIN), or a UDP datagram, that did not refresh the flow entry.
+#[inline(always)]
+fn untracked(packet: &Packet, selected: &Selected) -> bool {
+    !selected.refreshed
+        && (packet.protocol != IPPROTO_TCP
+            || (packet.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0
+                && selected.flow.state == STATE_ANSWERED))
+}
+
+/// The port of the flow's translation, tracked or allocated: an established flow's is moved by
+/// the packet ([`track`]), a new flow (or one whose translation is gone, if the packet starts a
+/// connection) gets a new one ([`allocate`]).
+#[inline(always)]
+fn translation(
+    ctx: &XdpContext,
+    packet: &Packet,
+    selected: &mut Selected,
+    target_port_be: u16,
+) -> Result<u16, Counter> {
+    let target = selected.target;
     let scratch = crate::NAT_SCRATCH
         .get_ptr_mut(0)
         .ok_or(Counter::DropRewriteFailed)?;
@@ -214,35 +272,14 @@ pub fn forward(
             }
         })?;
     }
-    selected.flow.nat_port_be = port_be;
-    rewrite(
-        ctx,
-        packet,
-        &target.snat_addr,
-        port_be,
-        &target.addr,
-        target_port_be,
-    )?;
-    match forward::to_target(
-        ctx,
-        &target.snat_addr,
-        selected.target_id,
-        target,
-        selected.now,
-        Counter::ForwardNat,
-    ) {
-        // Handing the packet to the kernel cannot help: its source is now one of the kernel's
-        // own addresses, which IPv4 forwarding drops as a martian. Targets' neighbours are kept
-        // resolved (managed), so this is transient, and the client retransmits.
-        Ok((Counter::PassNeighborUnresolved, _)) => Err(Counter::DropNeighborUnresolved),
-        other => other,
-    }
+    Ok(port_be)
 }
 
-/// An established flow's translation at `port_be`, moved by the client's packet: returns the
-/// port if the translation is still this flow's, 0 if it is gone or another connection's. A
-/// connection that closes here loses its flow entry and its translation. `key` is the reply
-/// key but for the port.
+/// An established flow's translation at `port_be`, moved and refreshed by the client's packet:
+/// returns the port if the translation is still this flow's, 0 if it is gone or another
+/// connection's. A connection that closes here loses its flow entry and its translation. `key`
+/// is the reply key but for the port. Written on every call: only packets that can move the
+/// translation or that refreshed the flow entry come here ([`untracked`]).
 #[inline(always)]
 fn track(ctx: &XdpContext, packet: &Packet, port_be: u16, key: &mut FlowKey, now: u64) -> u16 {
     key.dst_port_be = port_be;
@@ -265,7 +302,7 @@ fn track(ctx: &XdpContext, packet: &Packet, port_be: u16, key: &mut FlowKey, now
         stats::observe(ctx, Counter::ConnectionClosed);
         let _ = FLOWS.remove(packet.key);
         let _ = NAT_REPLIES.remove(&*key);
-    } else if state != found.state || now.wrapping_sub(found.last_seen_ns) > REFRESH_NS {
+    } else {
         found.state = state;
         found.last_seen_ns = now;
     }
@@ -443,8 +480,8 @@ fn rewrite(
             let ip: *mut Ipv4Hdr = header_mut(ctx, l3_offset)?;
             // SAFETY: `header_mut` checked the bounds.
             unsafe {
-                (*ip).src_addr = ipv4(src);
-                (*ip).dst_addr = ipv4(dst);
+                (*ip).src_addr = ipv4(src).to_ne_bytes();
+                (*ip).dst_addr = ipv4(dst).to_ne_bytes();
                 let check = u16::from_ne_bytes((*ip).check);
                 (*ip).check = ipv4_addresses(check, key, src, dst).to_ne_bytes();
                 // Masked to 4 bits: at most 60, as parse checked.
@@ -464,7 +501,10 @@ fn rewrite(
             }
         }
     };
-    // The pseudo-header's addresses, then the ports.
+    // The pseudo-header's addresses, then the ports. A closure that LLVM keeps as a called BPF
+    // function: inlined (or as two functions taking words), the same arithmetic made the
+    // verifier give up (over 1,000,000 processed instructions with logging at info, 167,000
+    // as it is).
     let update = |check: u16| {
         let check = match packet.family {
             Family::V4 => ipv4_addresses(check, key, src, dst),
@@ -502,17 +542,24 @@ fn rewrite(
     Ok(())
 }
 
-/// `check` after an IPv4 packet's addresses changed from `key`'s to `src` and `dst`.
+/// `check` after an IPv4 packet's addresses changed from `key`'s to `src` and `dst`: one
+/// difference for both words (RFC 1624).
 #[inline(always)]
 fn ipv4_addresses(check: u16, key: &FlowKey, src: &[u8; 16], dst: &[u8; 16]) -> u16 {
-    let check = csum::replace32(check, ipv4(&key.src), ipv4(src));
-    csum::replace32(check, ipv4(&key.dst), ipv4(dst))
+    let diff = csum::word_diff(key.src_words()[0], ipv4(src))
+        + csum::word_diff(key.dst_words()[0], ipv4(dst));
+    csum::apply(check, diff)
 }
 
-/// The IPv4 address in the first 4 of 16 map bytes.
+/// The IPv4 address in the first 4 of 16 map bytes, as the word of its memory bytes.
+///
+/// Every address handed to [`rewrite`] is a field at offset 0 or 16 of an 8-aligned map value
+/// (`FlowKey`, `Target`, `NatOrigin`), so it is read as one word; read byte by byte, it costs
+/// four loads and six shifts and ors.
 #[inline(always)]
-fn ipv4(addr: &[u8; 16]) -> [u8; 4] {
-    [addr[0], addr[1], addr[2], addr[3]]
+fn ipv4(addr: &[u8; 16]) -> u32 {
+    // SAFETY: 4-aligned as said above; any bit pattern is a valid u32.
+    unsafe { *(addr.as_ptr() as *const u32) }
 }
 
 #[inline(always)]

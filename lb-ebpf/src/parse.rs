@@ -59,10 +59,8 @@ pub struct Packet {
     pub key: &'static FlowKey,
 }
 
-#[allow(dead_code)]
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
-#[allow(dead_code)]
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 

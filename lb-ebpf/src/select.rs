@@ -52,6 +52,10 @@ pub struct Selected {
     pub rehashed_from: Option<(u32, u16)>,
     /// Write the flow entry (false for established flows and for gated new flows).
     pub store: bool,
+    /// An established flow whose entry this packet wrote: its state moved, or its
+    /// `last_seen_ns` was due for the once-a-[`REFRESH_NS`] refresh. (`nat` refreshes the
+    /// translation on the same packets.)
+    pub refreshed: bool,
     /// The packet's time (`bpf_ktime_get_coarse_ns`).
     pub now: u64,
 }
@@ -91,7 +95,9 @@ pub fn select(
                 } else {
                     flow.state
                 };
-                if state != flow.state || now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS {
+                let refreshed =
+                    state != flow.state || now.wrapping_sub(flow.last_seen_ns) > REFRESH_NS;
+                if refreshed {
                     // SAFETY: a value of this map, valid for this run (RCU).
                     unsafe {
                         (*entry).state = state;
@@ -112,6 +118,7 @@ pub fn select(
                     is_new: false,
                     rehashed_from: None,
                     store: false,
+                    refreshed,
                     now,
                 });
             }
@@ -170,6 +177,7 @@ pub fn select(
         is_new: true,
         rehashed_from,
         store,
+        refreshed: false,
         now,
     })
 }

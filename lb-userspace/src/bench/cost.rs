@@ -207,9 +207,13 @@ pub struct ProgramFigures {
 }
 
 /// Loads sluice's program (default map sizes) and reads its size and verification cost.
+/// Logging at info, as `sluice run` loads it by default: the log calls live at that level are
+/// paths the verifier walks, and they can multiply its count (one variant of the `nat`
+/// checksum code: 292,000 with logging off, over a million at info; docs/performance/l4.md,
+/// step 7).
 pub fn program_figures() -> Result<ProgramFigures, BenchError> {
     let mut ebpf = load::load_program_sized(
-        log::LevelFilter::Off,
+        log::LevelFilter::Info,
         MapSizes::default(),
         &[],
         PROGRAM_NAME,
