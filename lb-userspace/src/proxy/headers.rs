@@ -119,7 +119,13 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &str, port:
         other => HeaderValue::from_str(other).expect("a scheme is a valid header value"),
     };
     headers.insert(X_FORWARDED_PROTO, proto);
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+    // The usual ports without an allocation.
+    let port = match port {
+        80 => HeaderValue::from_static("80"),
+        443 => HeaderValue::from_static("443"),
+        other => HeaderValue::from(other),
+    };
+    headers.insert(X_FORWARDED_PORT, port);
 }
 
 #[cfg(test)]
