@@ -506,7 +506,7 @@ async fn forward(
         &mut headers,
         conn.peer.ip(),
         conn.proto(),
-        conn.listener().port,
+        conn.listener().forwarded_port.clone(),
     );
     // The authority the rules matched (also when the client listed Host in Connection).
     if let Some(host) = host {
@@ -807,18 +807,21 @@ where
 {
     let status = response.status().as_u16();
     record.elb_status = status;
+    let listener = conn.listener();
     if record.target_status.is_none() {
-        conn.listener().counters.elb_response(status);
+        listener.counters.elb_response(status);
     }
-    let head_at = Instant::now();
-    let sink = conn.listener().sink.clone();
+    let sink = listener.sink.clone();
+    drop(listener);
+    // Timed only for a line that will be written.
+    let head_at = sink.enabled().then(Instant::now);
     let (head, body) = response.into_parts();
     let body = body::Tracked::new(body, move |sent| {
         record.sent_bytes = sent;
         if let Some(upload) = upload {
             record.received_bytes = upload.received();
         }
-        record.response_processing = Some(head_at.elapsed());
+        record.response_processing = head_at.map(|at| at.elapsed());
         sink.record(&record);
         // The target's connection goes back to the pool once its response has ended.
         drop(target);
