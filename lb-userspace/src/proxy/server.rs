@@ -296,8 +296,9 @@ async fn serve_plain(
             at_once,
         };
         at_once = false;
-        // hyper's connection is Unpin: it boxes what it polls.
-        let parked = watch(
+        // hyper's connection is Unpin: it boxes what it polls. The watchdog is boxed too, so
+        // that a parked connection's task does not keep room for it (about 300 bytes).
+        let parked = Box::pin(watch(
             std::pin::Pin::new(&mut *connection),
             stop,
             draining.clone(),
@@ -305,7 +306,7 @@ async fn serve_plain(
             Some(fd),
             limits,
             Kind::Http1(Some(park)),
-        )
+        ))
         .await;
         conn.state.set_parking(false);
         if !parked {
