@@ -9,29 +9,48 @@
 //! - HTTP/1.0 may omit `Host`; the target then gets none from the client (the proxy adds
 //!   the listener's own address, since it speaks HTTP/1.1 to targets).
 
+use std::borrow::Cow;
+
 use hyper::{header, http::uri::Authority as UriAuthority, HeaderMap, Uri, Version};
 
-/// A validated authority: `host` lower case (IPv6 in brackets), `port` if one was given.
+/// A validated authority: `host` lower case (IPv6 in brackets), `port` if one was given;
+/// `host` borrows from the request unless it had to be lower-cased.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Authority {
-    pub host: String,
+pub struct Authority<'a> {
+    pub host: Cow<'a, str>,
     pub port: Option<u16>,
 }
 
-impl Authority {
+impl Authority<'_> {
     /// As a `Host` header value.
     pub fn header_value(&self) -> String {
         match self.port {
             Some(port) => format!("{}:{port}", self.host),
-            None => self.host.clone(),
+            None => self.host.to_string(),
         }
     }
 
-    /// [`Authority::header_value`], reusing `host`'s allocation when there is no port.
-    pub fn into_header_value(self) -> String {
+    /// Whether `value` is [`Authority::header_value`], without building it.
+    pub fn is_header_value(&self, value: &[u8]) -> bool {
         match self.port {
-            Some(port) => format!("{}:{port}", self.host),
-            None => self.host,
+            None => value == self.host.as_bytes(),
+            Some(port) => value
+                .strip_prefix(self.host.as_bytes())
+                .is_some_and(|rest| {
+                    let mut digits = [0u8; 6];
+                    let mut cursor = std::io::Cursor::new(&mut digits[..]);
+                    let _ = std::io::Write::write_fmt(&mut cursor, format_args!(":{port}"));
+                    let end = cursor.position() as usize;
+                    rest == &digits[..end]
+                }),
+        }
+    }
+
+    #[cfg(test)]
+    fn into_owned(self) -> Authority<'static> {
+        Authority {
+            host: Cow::Owned(self.host.into_owned()),
+            port: self.port,
         }
     }
 }
@@ -51,11 +70,11 @@ pub enum AuthorityError {
 
 /// The authority of a request with this version, target and headers; `None` for an HTTP/1.0
 /// request without one.
-pub fn of_request(
+pub fn of_request<'a>(
     version: Version,
-    uri: &Uri,
-    headers: &HeaderMap,
-) -> Result<Option<Authority>, AuthorityError> {
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+) -> Result<Option<Authority<'a>>, AuthorityError> {
     let mut hosts = headers.get_all(header::HOST).iter();
     let first = hosts.next();
     let more = hosts.count();
@@ -82,14 +101,14 @@ pub fn of_request(
     }
 }
 
-fn from_uri(authority: &UriAuthority) -> Result<Authority, AuthorityError> {
+fn from_uri(authority: &UriAuthority) -> Result<Authority<'_>, AuthorityError> {
     parse(authority.as_str().as_bytes())
 }
 
 /// `host [ ":" port ]` with host a reg-name (letters, digits, `-`, `_`, dots between
 /// labels), an IPv4 address or a bracketed IPv6 address; no userinfo, path, list or
 /// whitespace, no trailing dot, port 0 to 65535 in digits.
-pub fn parse(bytes: &[u8]) -> Result<Authority, AuthorityError> {
+pub fn parse(bytes: &[u8]) -> Result<Authority<'_>, AuthorityError> {
     let text = std::str::from_utf8(bytes).map_err(|_| AuthorityError::Invalid("not ASCII"))?;
     if text.is_empty() {
         return Err(AuthorityError::Invalid("empty"));
@@ -119,14 +138,22 @@ pub fn parse(bytes: &[u8]) -> Result<Authority, AuthorityError> {
                     .ok_or(AuthorityError::Invalid("text after the IPv6 address"))?,
             ),
         };
-        (format!("[{}]", inside.to_ascii_lowercase()), port)
+        (
+            Cow::Owned(format!("[{}]", inside.to_ascii_lowercase())),
+            port,
+        )
     } else {
         let (name, port) = match text.split_once(':') {
             Some((name, port)) => (name, Some(port)),
             None => (text, None),
         };
         valid_name(name)?;
-        (name.to_ascii_lowercase(), port)
+        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        };
+        (name, port)
     };
     let port = match port {
         None => None,
@@ -187,11 +214,13 @@ mod tests {
         version: Version,
         uri: &str,
         hosts: &[&str],
-    ) -> Result<Option<Authority>, AuthorityError> {
-        of_request(version, &uri.parse().unwrap(), &headers(hosts))
+    ) -> Result<Option<Authority<'static>>, AuthorityError> {
+        let uri = uri.parse().unwrap();
+        let headers = headers(hosts);
+        of_request(version, &uri, &headers).map(|a| a.map(Authority::into_owned))
     }
 
-    fn host(h: &str, port: Option<u16>) -> Option<Authority> {
+    fn host(h: &str, port: Option<u16>) -> Option<Authority<'_>> {
         Some(Authority {
             host: h.into(),
             port,
@@ -270,5 +299,18 @@ mod tests {
             })
         );
         assert_eq!(parse(b"10.0.0.1").unwrap().header_value(), "10.0.0.1");
+        for (value, is) in [
+            ("a.example:8080", true),
+            ("a.example:808", false),
+            ("a.example", false),
+            ("A.example:8080", false),
+        ] {
+            let authority = parse(b"a.example:8080").unwrap();
+            assert_eq!(authority.is_header_value(value.as_bytes()), is, "{value}");
+        }
+        let plain = parse(b"a.example").unwrap();
+        assert!(plain.is_header_value(b"a.example"));
+        assert!(!plain.is_header_value(b"a.example:80"));
+        assert!(matches!(plain.host, Cow::Borrowed(_)), "no allocation");
     }
 }

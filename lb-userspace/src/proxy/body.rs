@@ -29,40 +29,44 @@ pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
         .boxed_unsync()
 }
 
-/// A body that counts its data bytes into `count` and runs `on_end` once, when it ends or
-/// is dropped.
-pub struct Tracked<F: FnOnce() + Send> {
-    inner: ProxyBody,
-    count: Arc<AtomicU64>,
+/// A body that counts its data bytes and, once, when it ends or is dropped, runs `on_end`
+/// with their count.
+pub struct Tracked<B, F: FnOnce(u64) + Send> {
+    inner: B,
+    count: u64,
     on_end: Option<F>,
 }
 
-impl<F: FnOnce() + Send> Tracked<F> {
-    pub fn new(inner: ProxyBody, count: Arc<AtomicU64>, on_end: F) -> Tracked<F> {
+impl<B, F: FnOnce(u64) + Send> Tracked<B, F> {
+    pub fn new(inner: B, on_end: F) -> Tracked<B, F> {
         Tracked {
             inner,
-            count,
+            count: 0,
             on_end: Some(on_end),
         }
     }
 
     fn end(&mut self) {
         if let Some(on_end) = self.on_end.take() {
-            on_end();
+            on_end(self.count);
         }
     }
 }
 
-impl<F: FnOnce() + Send> Drop for Tracked<F> {
+impl<B, F: FnOnce(u64) + Send> Drop for Tracked<B, F> {
     fn drop(&mut self) {
         self.end();
     }
 }
 
 // `on_end` is never pinned: it is only moved out and called.
-impl<F: FnOnce() + Send> Unpin for Tracked<F> {}
+impl<B: Unpin, F: FnOnce(u64) + Send> Unpin for Tracked<B, F> {}
 
-impl<F: FnOnce() + Send> Body for Tracked<F> {
+impl<B, F> Body for Tracked<B, F>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+    F: FnOnce(u64) + Send,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -75,7 +79,7 @@ impl<F: FnOnce() + Send> Body for Tracked<F> {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.count.fetch_add(data.len() as u64, Relaxed);
+                    this.count += data.len() as u64;
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.end(),
@@ -153,6 +157,8 @@ pub struct Upload {
     epoch: Instant,
     /// Milliseconds from `epoch` to the last frame.
     moved_ms: AtomicU64,
+    /// Data bytes that went through.
+    received: AtomicU64,
     broken: AtomicBool,
 }
 
@@ -161,6 +167,7 @@ impl Upload {
         Upload {
             epoch: Instant::now(),
             moved_ms: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             broken: AtomicBool::new(false),
         }
     }
@@ -174,8 +181,17 @@ impl Upload {
         self.broken.load(Relaxed)
     }
 
+    /// The body's data bytes that went through so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Relaxed)
+    }
+
     /// Wraps the request body so that it reports here.
-    pub fn watch(self: &Arc<Self>, inner: ProxyBody) -> ProxyBody {
+    pub fn watch<B>(self: &Arc<Self>, inner: B) -> ProxyBody
+    where
+        B: Body<Data = Bytes> + Unpin + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         Uploading {
             inner,
             upload: Arc::clone(self),
@@ -190,12 +206,16 @@ impl Default for Upload {
     }
 }
 
-struct Uploading {
-    inner: ProxyBody,
+struct Uploading<B> {
+    inner: B,
     upload: Arc<Upload>,
 }
 
-impl Body for Uploading {
+impl<B> Body for Uploading<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -204,15 +224,22 @@ impl Body for Uploading {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(_))) => {
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
                 let ms = self.upload.epoch.elapsed().as_millis() as u64;
                 self.upload.moved_ms.store(ms, Relaxed);
+                if let Some(data) = frame.data_ref() {
+                    self.upload.received.fetch_add(data.len() as u64, Relaxed);
+                }
+                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => self.upload.broken.store(true, Relaxed),
-            _ => {}
+            Poll::Ready(Some(Err(e))) => {
+                self.upload.broken.store(true, Relaxed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -18,6 +18,8 @@ pub struct ListenerCtx {
     pub name: String,
     pub protocol: Protocol,
     pub port: u16,
+    /// `port` as the value of the X-Forwarded-Port header (made once; cloning it shares it).
+    pub forwarded_port: hyper::header::HeaderValue,
     pub counters: Arc<ListenerCounters>,
     pub sink: Sink,
     /// https listeners: the certificates (by SNI) and ALPN.

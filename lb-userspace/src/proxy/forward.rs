@@ -9,10 +9,7 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
-    sync::{
-        atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
-    },
+    sync::{atomic::Ordering::Relaxed, Arc},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -167,7 +164,7 @@ pub async fn handle(
             .insert(header::ALLOW, HeaderValue::from_static(ALLOWED));
         return Ok(finish_with(&conn, record, in_flight, response, None, None));
     }
-    let host = authority.as_ref().map(|a| a.host.as_str());
+    let host = authority.as_ref().map(|a| a.host.as_ref());
     let view = RequestView {
         host,
         path: request.uri().path(),
@@ -237,10 +234,16 @@ pub async fn handle(
             if listener.sink.enabled() {
                 record.target_group = Some(name.to_string());
             }
-            let host = match authority {
-                Some(authority) => authority.into_header_value(),
+            // The authority the rules matched, whatever the client put in Host (absolute-form,
+            // HTTP/2's :authority): usually what the client sent, kept as it is.
+            let sent = request.headers().get(header::HOST);
+            let host = match (authority, sent) {
+                (Some(authority), Some(sent)) if authority.is_header_value(sent.as_bytes()) => {
+                    Some(sent.clone())
+                }
+                (Some(authority), _) => HeaderValue::from_str(&authority.header_value()).ok(),
                 // HTTP/1.0 without Host: targets are spoken to in HTTP/1.1, which needs one.
-                None => routes.address.to_string(),
+                (None, _) => HeaderValue::from_str(&routes.address.to_string()).ok(),
             };
             Ok(forward(
                 &shared, &conn, &routes, &group, request, host, record, in_flight, started,
@@ -429,7 +432,7 @@ async fn attempt(
     let mut fresh = false;
     loop {
         let lease = if fresh {
-            pool::connect(target).await
+            Box::pin(pool::connect(target)).await
         } else {
             pool::checkout(target).await
         };
@@ -470,7 +473,7 @@ async fn forward(
     routes: &ListenerRoutes,
     group: &Arc<GroupRoutes>,
     mut request: Request<Incoming>,
-    host: String,
+    host: Option<HeaderValue>,
     mut record: Record,
     in_flight: InFlight,
     started: Instant,
@@ -479,21 +482,23 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (parts, incoming) = request.into_parts();
     let sticky = StickyRequest::of(group, &parts.headers);
-    let received = Arc::new(AtomicU64::new(0));
-    let upload = Arc::new(body::Upload::new());
-    let request_body = upload.watch(
-        body::Tracked::new(
-            body::ReadToEnd::new(incoming, {
-                let state = Arc::clone(&conn.state);
-                move || state.request_body_read()
-            })
-            .map_err(Into::into)
-            .boxed_unsync(),
-            Arc::clone(&received),
-            || {},
-        )
-        .boxed_unsync(),
-    );
+    // A request without a body (most) needs no tracking: nothing to count, time or read.
+    let (request_body, upload) = if hyper::body::Body::is_end_stream(&incoming) {
+        (body::empty(), None)
+    } else {
+        let upload = Arc::new(body::Upload::new());
+        let state = Arc::clone(&conn.state);
+        let read = body::ReadToEnd::new(incoming, move || state.request_body_read());
+        (upload.watch(read), Some(upload))
+    };
+    let no_upload;
+    let watched = match &upload {
+        Some(upload) => upload.as_ref(),
+        None => {
+            no_upload = body::Upload::new();
+            &no_upload
+        }
+    };
     // The client's head, rewritten in place for the target.
     let mut headers = parts.headers;
     headers::remove_hop_by_hop(&mut headers, upgrade);
@@ -501,15 +506,12 @@ async fn forward(
         &mut headers,
         conn.peer.ip(),
         conn.proto(),
-        conn.listener().port,
+        conn.listener().forwarded_port.clone(),
     );
-    // The authority the rules matched, whatever the client put in Host (absolute-form,
-    // HTTP/2's :authority) or listed in Connection.
-    // (Usually what the client sent already: then it stays as it is.)
-    let sent = headers.get(header::HOST).map(HeaderValue::as_bytes);
-    if sent != Some(host.as_bytes()) {
-        if let Ok(value) = HeaderValue::from_str(&host) {
-            headers.insert(header::HOST, value);
+    // The authority the rules matched (also when the client listed Host in Connection).
+    if let Some(host) = host {
+        if headers.get(header::HOST) != Some(&host) {
+            headers.insert(header::HOST, host);
         }
     }
     // Origin-form: the path and query as the client sent them (HTTP/2's too).
@@ -560,7 +562,7 @@ async fn forward(
         let sent_at = Instant::now();
         record.request_processing = Some(sent_at - started);
         conn.state.awaiting_target(true);
-        let attempted = attempt(target.key.addr, outgoing, &upload, routes.idle_timeout).await;
+        let attempted = attempt(target.key.addr, outgoing, watched, routes.idle_timeout).await;
         conn.state.awaiting_target(false);
         match attempted {
             Attempt::Answered(response, lease) => {
@@ -596,7 +598,7 @@ async fn forward(
                     "bad gateway\n",
                 );
             }
-            Attempt::Failed(_) if upload.is_broken() => {
+            Attempt::Failed(_) if watched.is_broken() => {
                 // The client's body broke (a malformed chunk, a reset): its error, not the
                 // target's.
                 record.error_reason = Some("ClientBodyError");
@@ -671,15 +673,14 @@ async fn forward(
     let (mut head, target_body) = response.into_parts();
     headers::remove_hop_by_hop(&mut head.headers, upgraded);
     set_sticky_cookies(shared, conn, group, &routed.key, &sticky, &mut head.headers);
-    let response = Response::from_parts(head, target_body.map_err(Into::into).boxed_unsync());
-    record.received_bytes = received.load(Relaxed);
+    let response = Response::from_parts(head, target_body.map_err(Into::into));
     finish_with(
         conn,
         record,
         in_flight,
         response,
         Some((outstanding, lease)),
-        Some(received),
+        upload,
     )
 }
 
@@ -789,31 +790,38 @@ fn finish_elb(
 }
 
 /// Wraps the response body so that its end writes the access log line and releases the
-/// request's counters.
-fn finish_with(
+/// request's counters (the body boxed once, with its wrapper).
+fn finish_with<B>(
     conn: &ConnCtx,
     mut record: Record,
     in_flight: InFlight,
-    response: Response<ProxyBody>,
+    response: Response<B>,
     target: Option<(Outstanding, pool::Lease)>,
-    received: Option<Arc<AtomicU64>>,
-) -> Response<ProxyBody> {
+    upload: Option<Arc<body::Upload>>,
+) -> Response<ProxyBody>
+where
+    B: hyper::body::Body<Data = hyper::body::Bytes, Error = body::BoxError>
+        + Unpin
+        + Send
+        + 'static,
+{
     let status = response.status().as_u16();
     record.elb_status = status;
+    let listener = conn.listener();
     if record.target_status.is_none() {
-        conn.listener().counters.elb_response(status);
+        listener.counters.elb_response(status);
     }
-    let sent = Arc::new(AtomicU64::new(0));
-    let head_at = Instant::now();
-    let sink = conn.listener().sink.clone();
-    let counted = Arc::clone(&sent);
+    let sink = listener.sink.clone();
+    drop(listener);
+    // Timed only for a line that will be written.
+    let head_at = sink.enabled().then(Instant::now);
     let (head, body) = response.into_parts();
-    let body = body::Tracked::new(body, sent, move || {
-        record.sent_bytes = counted.load(Relaxed);
-        if let Some(received) = received {
-            record.received_bytes = received.load(Relaxed);
+    let body = body::Tracked::new(body, move |sent| {
+        record.sent_bytes = sent;
+        if let Some(upload) = upload {
+            record.received_bytes = upload.received();
         }
-        record.response_processing = Some(head_at.elapsed());
+        record.response_processing = head_at.map(|at| at.elapsed());
         sink.record(&record);
         // The target's connection goes back to the pool once its response has ended.
         drop(target);

@@ -90,7 +90,8 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
 /// Adds the client to `X-Forwarded-For` (after what earlier proxies wrote, all of it on one
 /// line) and sets `X-Forwarded-Proto` and `X-Forwarded-Port` to this listener's, replacing
 /// what the client sent.
-pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &str, port: u16) {
+/// `port`: the listener's port as a header value.
+pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &str, port: HeaderValue) {
     let client = client.to_canonical();
     let earlier: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
@@ -119,7 +120,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: IpAddr, proto: &str, port:
         other => HeaderValue::from_str(other).expect("a scheme is a valid header value"),
     };
     headers.insert(X_FORWARDED_PROTO, proto);
-    headers.insert(X_FORWARDED_PORT, HeaderValue::from(port));
+    headers.insert(X_FORWARDED_PORT, port);
 }
 
 #[cfg(test)]
@@ -199,7 +200,12 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-port", "443"),
         ]);
-        add_forwarded(&mut h, "::ffff:10.0.0.9".parse().unwrap(), "http", 80);
+        add_forwarded(
+            &mut h,
+            "::ffff:10.0.0.9".parse().unwrap(),
+            "http",
+            80.into(),
+        );
         assert_eq!(
             h["x-forwarded-for"],
             "203.0.113.1, 198.51.100.2, 192.0.2.3, 10.0.0.9"
@@ -208,7 +214,7 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-port"], "80");
         let mut fresh = HeaderMap::new();
-        add_forwarded(&mut fresh, "fd00::2".parse().unwrap(), "https", 443);
+        add_forwarded(&mut fresh, "fd00::2".parse().unwrap(), "https", 443.into());
         assert_eq!(fresh["x-forwarded-for"], "fd00::2");
     }
 }

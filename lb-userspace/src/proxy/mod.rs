@@ -367,6 +367,7 @@ impl Proxy {
                 name: name.clone(),
                 protocol: listener.protocol,
                 port: listener.port,
+                forwarded_port: listener.port.into(),
                 counters,
                 sink,
                 tls: config,

@@ -92,7 +92,9 @@ pub async fn checkout(target: SocketAddr) -> Result<Lease, ConnectError> {
     if let Some(sender) = take_idle(target) {
         return Ok(Lease::new(sender, target, true));
     }
-    connect(target).await
+    // On the heap: connecting (and hyper's handshake) would otherwise make every request's
+    // future larger, and it is moved whole when hyper takes it.
+    Box::pin(connect(target)).await
 }
 
 /// A new connection to `target`, not from the pool.

@@ -153,6 +153,41 @@ async fn serve(
         let conn = Arc::new(ConnCtx::new(ctx, slot, peer, state, None, census, permit));
         return serve_plain(io, fd, conn, shared, limits).await;
     };
+    // On the heap: the TLS handshake and HTTP/2 would make every connection's task (plain
+    // ones too) several KiB larger.
+    let tls = Tls {
+        stream,
+        peer,
+        ctx,
+        slot,
+        state,
+        config,
+        permit,
+    };
+    Box::pin(serve_tls(tls, shared, limits)).await;
+}
+
+/// What a TLS connection is served with, accepted (see `serve`).
+struct Tls {
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<super::context::ListenerCtx>,
+    slot: Arc<ListenerSlot>,
+    state: Arc<ConnState>,
+    config: Arc<rustls::ServerConfig>,
+    permit: Permit,
+}
+
+async fn serve_tls(tls: Tls, shared: Arc<Shared>, limits: Limits) {
+    let Tls {
+        stream,
+        peer,
+        ctx,
+        slot,
+        state,
+        config,
+        permit,
+    } = tls;
     let io = TrackedIo::new(stream, Arc::clone(&state));
     // The handshake is part of the request head for the header read timeout (a client that
     // stalls in it is a slowloris too).
@@ -261,8 +296,9 @@ async fn serve_plain(
             at_once,
         };
         at_once = false;
-        // hyper's connection is Unpin: it boxes what it polls.
-        let parked = watch(
+        // hyper's connection is Unpin: it boxes what it polls. The watchdog is boxed too, so
+        // that a parked connection's task does not keep room for it (about 300 bytes).
+        let parked = Box::pin(watch(
             std::pin::Pin::new(&mut *connection),
             stop,
             draining.clone(),
@@ -270,7 +306,7 @@ async fn serve_plain(
             Some(fd),
             limits,
             Kind::Http1(Some(park)),
-        )
+        ))
         .await;
         conn.state.set_parking(false);
         if !parked {
