@@ -424,12 +424,13 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
                 ),
             );
             let measured = (|| -> anyhow::Result<Vec<(String, Value)>> {
-                let balancer = match (which, &plan.l7_before) {
+                let start = || match (which, &plan.l7_before) {
                     ("sluice-before", Some(before)) => {
-                        Balancer::start(before, &topology, "sluice", &targets, &lb_cpu)?
+                        Balancer::start(before, &topology, "sluice", &targets, &lb_cpu)
                     }
-                    _ => Balancer::start(sluice, &topology, which, &targets, &lb_cpu)?,
+                    _ => Balancer::start(sluice, &topology, which, &targets, &lb_cpu),
                 };
+                let balancer = start()?;
                 let pid = balancer.pid();
                 check_round_robin(&topology.generator, targets.len())?;
                 if plan.l7_warmup_seconds > 0 {
@@ -475,9 +476,14 @@ pub fn l7(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Result
                     });
                     runs.push((format!("c{n}"), figures));
                 }
+                // Idle cost in a fresh process: after the loads above, freed memory would be
+                // reused and new connections would look cheaper than they are.
+                drop(balancer);
+                let balancer = start()?;
+                check_round_robin(&topology.generator, targets.len())?;
                 let idle = l7_load::idle(
                     &topology.generator,
-                    pid,
+                    balancer.pid(),
                     vip,
                     plan.l7_idle_connections,
                     Duration::from_secs(plan.l7_seconds.clamp(1, 5)),

@@ -277,7 +277,7 @@ pub fn markdown(l7: &Value) -> String {
     let mut md = format!(
         "The balancer's CPU time per request (all its threads, from `/proc/PID/stat`, over each measurement), with the ratio to nginx's in brackets; \
          p99 at a fixed offered rate of {} req/s (h2load over HTTP/1.1, open loop, latency from its per-request log); \
-         wrk with many keep-alive connections (p99, and requests that timed out after 5 s); and {} idle keep-alive connections (each served one request) held open: \
+         wrk with many keep-alive connections (p99, and requests that timed out after 5 s); and, in a freshly started balancer, {} idle keep-alive connections (each served one request) held open: \
          the balancer's memory per connection (RSS growth) and its threads' wake-ups per second while they idle (from `/proc/PID/task/*/schedstat`; \
          sluice's include its own health checks, every 200 ms per target here, on the daemon's thread; in brackets its proxy workers' alone). Goals (issue 15): CPU per request and p99 ≤ nginx's, no timeouts, ≤ 2 KiB per idle connection, a few wake-ups per second.\n\n\
          | balancer | CPU µs/req keep-alive | CPU µs/req conn. per req. | p99 ms at fixed rate |",
