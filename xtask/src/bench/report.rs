@@ -67,6 +67,28 @@ fn cell<'a>(fwd: &'a Value, variant: &str, protocol: &str, targets: u64) -> Opti
 }
 
 /// The (protocol, targets) groups present, in a stable order.
+/// A table of the forwarding scenario: a row per (protocol, targets), a column per variant,
+/// each cell `text` of the variant's figures ("–" where it has none).
+fn variant_table(md: &mut String, fwd: &Value, text: impl Fn(&Value) -> String) {
+    md.push_str("| protocol | targets |");
+    for v in VARIANTS {
+        md.push_str(&format!(" {v} |"));
+    }
+    md.push_str("\n|---|---|");
+    md.push_str(&"---:|".repeat(VARIANTS.len()));
+    md.push('\n');
+    for (protocol, targets) in groups(fwd) {
+        md.push_str(&format!("| {protocol} | {targets} |"));
+        for v in VARIANTS {
+            let shown = cell(fwd, v, &protocol, targets)
+                .map(&text)
+                .unwrap_or_else(|| "–".into());
+            md.push_str(&format!(" {shown} |"));
+        }
+        md.push('\n');
+    }
+}
+
 fn groups(fwd: &Value) -> Vec<(String, u64)> {
     let mut out: Vec<(String, u64)> = Vec::new();
     for c in fwd["cells"].as_array().into_iter().flatten() {
@@ -131,23 +153,7 @@ pub fn markdown(results: &Value) -> String {
              The generator, lb and the sinks share the machine's cores, so a figure is the whole path's rate, lb's share of it included.\n\n![forwarding rate](bench.svg)\n\n",
             fwd["count_per_run"]
         ));
-        md.push_str("| protocol | targets |");
-        for v in VARIANTS {
-            md.push_str(&format!(" {v} |"));
-        }
-        md.push_str("\n|---|---|");
-        md.push_str(&"---:|".repeat(VARIANTS.len()));
-        md.push('\n');
-        for (protocol, targets) in groups(fwd) {
-            md.push_str(&format!("| {protocol} | {targets} |"));
-            for v in VARIANTS {
-                let text = cell(fwd, v, &protocol, targets)
-                    .map(|c| num(&c["median_mpps"], 3))
-                    .unwrap_or_else(|| "–".into());
-                md.push_str(&format!(" {text} |"));
-            }
-            md.push('\n');
-        }
+        variant_table(&mut md, fwd, |c| num(&c["median_mpps"], 3));
         // The rates are capped by the floor: no forwarder's rate exceeds floor ÷ nftables
         // times nftables'.
         let caps: Vec<f64> = groups(fwd)
@@ -173,29 +179,13 @@ pub fn markdown(results: &Value) -> String {
              For sluice and the floor the thread runs the XDP program and the redirect to a target's link (the floor's figure is that fixed part: waking, polling, redirecting); for nftables GRO, conntrack, DNAT, routing and the transmit. \
              In brackets, frames per time the thread was switched in: a thread that keeps up with the generator sleeps and wakes for a few frames at a time and pays its wake-up on fewer frames than one that never catches up (nftables), so this favours the slower forwarder.\n\n",
         ));
-        md.push_str("| protocol | targets |");
-        for v in VARIANTS {
-            md.push_str(&format!(" {v} |"));
-        }
-        md.push_str("\n|---|---|");
-        md.push_str(&"---:|".repeat(VARIANTS.len()));
-        md.push('\n');
-        for (protocol, targets) in groups(fwd) {
-            md.push_str(&format!("| {protocol} | {targets} |"));
-            for v in VARIANTS {
-                let text = cell(fwd, v, &protocol, targets)
-                    .map(|c| {
-                        let batch = c["median_lb_frames_per_run"]
-                            .as_f64()
-                            .map(|b| format!(" ({b:.0})"))
-                            .unwrap_or_default();
-                        format!("{}{batch}", num(&c["median_lb_cpu_ns_per_frame"], 0))
-                    })
-                    .unwrap_or_else(|| "–".into());
-                md.push_str(&format!(" {text} |"));
-            }
-            md.push('\n');
-        }
+        variant_table(&mut md, fwd, |c| {
+            let batch = c["median_lb_frames_per_run"]
+                .as_f64()
+                .map(|b| format!(" ({b:.0})"))
+                .unwrap_or_default();
+            format!("{}{batch}", num(&c["median_lb_cpu_ns_per_frame"], 0))
+        });
         md.push_str("\nsluice's rate as a share of the floor's (goal ≥ 0.8) and as a multiple of nftables' (goal ≥ 5), and how many times less CPU per frame than nftables it takes on lb:\n\n| protocol | targets | mode | rate ÷ floor | rate ÷ nftables | nftables CPU ÷ sluice CPU |\n|---|---|---|---:|---:|---:|\n");
         for (protocol, targets) in groups(fwd) {
             for mode in ["nat", "dsr", "tunnel"] {
