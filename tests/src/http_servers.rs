@@ -321,6 +321,19 @@ pub fn websocket_accept(key: &str) -> String {
     base64(&sha.finalize())
 }
 
+/// Asserts that `head` (a response head, lower-cased) switches protocols to WebSocket for
+/// `key`: `101` and the matching `Sec-WebSocket-Accept`.
+pub fn assert_websocket_switched(head: &str, key: &str) {
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert!(
+        head.contains(&format!(
+            "sec-websocket-accept: {}\r\n",
+            websocket_accept(key).to_ascii_lowercase()
+        )),
+        "{head}"
+    );
+}
+
 pub fn base64(bytes: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::l7_routing::{IDLE_TIMEOUT_SECS, L7, SHORT};
-use crate::http_servers::{frame, parse_frame, websocket_accept};
+use crate::http_servers::{assert_websocket_switched, frame, parse_frame};
 
 /// A pause in the client's traffic: the proxy has answered and read nothing more, so it
 /// holds the connection idle. Part of the scenario (the connection must idle), not a wait
@@ -184,14 +184,7 @@ fn keep_alive_connections_are_served_again_whatever_the_client_does_after_idling
     )
     .unwrap();
     let (head, _) = response(&mut stream, &mut buf);
-    assert!(head.starts_with("http/1.1 101 "), "{head}");
-    assert!(
-        head.contains(&format!(
-            "sec-websocket-accept: {}\r\n",
-            websocket_accept(key).to_ascii_lowercase()
-        )),
-        "{head}"
-    );
+    assert_websocket_switched(&head, key);
     stream
         .write_all(&frame(1, b"after idling", Some([1, 2, 3, 4])))
         .unwrap();

@@ -16,7 +16,7 @@ use super::{
     namespaces::TIMEOUT,
 };
 use crate::{
-    http_servers::{frame, parse_frame, websocket_accept, L7Server},
+    http_servers::{assert_websocket_switched, frame, parse_frame, L7Server},
     netns::{sluice_binary, wait_until, ChildGuard, LbTopology},
     servers::http_get,
     socketio::{HeldClients, SocketIoServer},
@@ -162,11 +162,7 @@ impl WebSocket {
             }
         };
         let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 101 "), "{head}");
-        assert!(
-            head.contains(&websocket_accept(key).to_ascii_lowercase()),
-            "{head}"
-        );
+        assert_websocket_switched(&head, key);
         buf.drain(..end);
         WebSocket { stream, buf }
     }

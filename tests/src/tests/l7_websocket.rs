@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::l7_routing::{vip, IDLE_TIMEOUT_SECS, L7, SHORT};
-use crate::http_servers::{frame, parse_frame, websocket_accept};
+use crate::http_servers::{assert_websocket_switched, frame, parse_frame};
 
 fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
     let deadline = Instant::now() + SHORT;
@@ -62,14 +62,7 @@ fn open(l7: &L7) -> (TcpStream, Vec<u8>, String) {
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
     buf.drain(..head_end);
-    assert!(head.starts_with("http/1.1 101 "), "{head}");
-    assert!(
-        head.contains(&format!(
-            "sec-websocket-accept: {}\r\n",
-            websocket_accept(key).to_ascii_lowercase()
-        )),
-        "{head}"
-    );
+    assert_websocket_switched(&head, key);
     assert!(head.contains("upgrade: websocket\r\n"), "{head}");
     let target = head
         .split("x-target: ")
