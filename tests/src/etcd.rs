@@ -1,7 +1,8 @@
 //! etcd 3.4 (Debian's `etcd-server`) in a test namespace: one member with a fresh data
 //! directory, its client port on an address of that namespace, ready when `etcdctl` answers;
 //! killed and its directory removed on drop. `etcdctl` (Debian's `etcd-client`) writes into
-//! it by hand, as an operator would.
+//! it by hand, as an operator would. It serves over TLS with client certificates when asked
+//! ([`EtcdTls`]).
 
 use std::{
     net::Ipv4Addr,
@@ -10,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use crate::netns::{wait_until, ChildGuard, Namespace};
+use crate::{
+    netns::{wait_until, ChildGuard, Namespace},
+    tls::CertFiles,
+};
 
 pub const ETCD: &str = "/usr/bin/etcd";
 pub const ETCDCTL: &str = "/usr/bin/etcdctl";
@@ -25,11 +29,27 @@ pub struct Etcd {
     dir: PathBuf,
     ns_name: String,
     child: Option<ChildGuard>,
+    tls: Option<EtcdTls>,
+    extra: Vec<String>,
+}
+
+/// An etcd that serves its clients over TLS and asks them for certificates
+/// (`--client-cert-auth`): its certificate and CA, and the client certificate `etcdctl` uses.
+#[derive(Clone, Debug)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server: CertFiles,
+    pub etcdctl: CertFiles,
 }
 
 impl Etcd {
     /// Starts etcd in `ns` (which holds `ip`), with a data directory named after `ns`.
     pub fn start(ns: &Namespace, ip: Ipv4Addr) -> Etcd {
+        Etcd::start_with(ns, ip, None, &[])
+    }
+
+    /// [`Etcd::start`], over TLS if `tls` says so, with `extra` arguments for etcd.
+    pub fn start_with(ns: &Namespace, ip: Ipv4Addr, tls: Option<EtcdTls>, extra: &[&str]) -> Etcd {
         let dir = std::env::temp_dir().join(format!("{}-etcd", ns.name()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -38,6 +58,8 @@ impl Etcd {
             dir,
             ns_name: ns.name().to_string(),
             child: None,
+            tls,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         etcd.restart(ns);
         etcd
@@ -46,8 +68,19 @@ impl Etcd {
     /// (Re)starts etcd on the same data: what it held before is there again.
     pub fn restart(&mut self, ns: &Namespace) {
         assert!(self.child.is_none(), "etcd runs already");
-        let client = format!("http://{}", self.endpoint);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://{}", self.endpoint);
         let mut cmd = ns.command(ETCD);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server.cert)
+                .arg("--key-file")
+                .arg(&tls.server.key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        cmd.args(&self.extra);
         cmd.args(["--name", "test", "--data-dir"])
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &client])
@@ -78,9 +111,16 @@ impl Etcd {
     pub fn etcdctl(&self, ns: &Namespace, args: &[&str]) -> Output {
         let mut cmd: Command = ns.command(ETCDCTL);
         cmd.env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.endpoint, "--command-timeout=3s"])
-            .args(args)
-            .stdin(Stdio::null());
+            .args(["--endpoints", &self.endpoint, "--command-timeout=3s"]);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.etcdctl.cert)
+                .arg("--key")
+                .arg(&tls.etcdctl.key);
+        }
+        cmd.args(args).stdin(Stdio::null());
         cmd.output().expect("running etcdctl")
     }
 

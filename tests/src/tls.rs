@@ -71,6 +71,57 @@ impl CertDir {
         }
     }
 
+    /// Writes `STEM.pem` and `STEM.key`: a self-signed certificate authority.
+    pub fn ca(&self, stem: &str) -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("sluice test CA {stem}"));
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let files = CertFiles {
+            cert: self.write(&format!("{stem}.pem"), &cert.pem()),
+            key: self.write(&format!("{stem}.key"), &key.serialize_pem()),
+            names: Vec::new(),
+            der: cert.der().to_vec(),
+        };
+        TestCa { cert, key, files }
+    }
+
+    /// Writes `STEM.pem` and `STEM.key`: a certificate issued by `ca` to `common_name` for
+    /// `names` (DNS names or IP addresses), for a server or a client.
+    pub fn issued(
+        &self,
+        ca: &TestCa,
+        stem: &str,
+        common_name: &str,
+        names: &[&str],
+        usage: Usage,
+    ) -> CertFiles {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(names.clone()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.extended_key_usages = vec![match usage {
+            Usage::Server => rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            Usage::Client => rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        }];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca.cert, &ca.key).unwrap();
+        CertFiles {
+            cert: self.write(&format!("{stem}.pem"), &cert.pem()),
+            key: self.write(&format!("{stem}.key"), &key.serialize_pem()),
+            names,
+            der: cert.der().to_vec(),
+        }
+    }
+
     /// Writes `FILE` with all of `certs`' certificates: a CA bundle for `curl --cacert` that
     /// trusts each of these self-signed certificates.
     pub fn bundle(&self, file: &str, certs: &[&CertFiles]) -> PathBuf {
@@ -89,6 +140,20 @@ impl CertDir {
         fs::write(&path, contents).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         path
     }
+}
+
+/// A certificate authority made by [`CertDir::ca`]; its certificate is `files.cert`.
+pub struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    pub files: CertFiles,
+}
+
+/// What an issued certificate is for (its extended key usage).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Usage {
+    Server,
+    Client,
 }
 
 impl Default for CertDir {

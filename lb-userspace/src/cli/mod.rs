@@ -41,7 +41,7 @@ const RUN_TIME_RULE: &str = "Changes edit the running daemon's model, validated 
 enum Command {
     /// Load the XDP program, attach it to interfaces and run until SIGINT/SIGTERM; forwarding
     /// goes on after it stops, and the next `sluice run` takes over without a gap.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Stop forwarding: detach the XDP program and remove its pins (and the daemon, if running).
     Down(down::DownArgs),
     /// Show the data plane's counters.
@@ -82,7 +82,7 @@ enum Command {
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
         Command::Down(args) => down::down(args),
         Command::Stats(args) => stats::stats(args),
         Command::Status(args) => status::status(args),

@@ -37,9 +37,9 @@ use sluice::{
         pins, saved,
     },
     health::HealthChecker,
-    model::Model,
+    model::{CertificateFiles, Model},
     proxy::{cookie_keys, handover},
-    store::StoreUrl,
+    store::{StoreAccess, StoreUrl},
 };
 
 #[derive(clap::Args)]
@@ -66,6 +66,27 @@ pub struct RunArgs {
     /// every node). Default: the host name.
     #[arg(long, value_name = "NAME", requires = "store")]
     node_name: Option<String>,
+    /// The CA certificates (PEM) that sign the etcd members' certificates: the store is
+    /// reached over TLS (etcd's --cert-file) and its members' certificates are verified
+    /// against these (an IP address in --store must be in the certificate's names).
+    #[arg(long, value_name = "FILE", requires = "store")]
+    store_cacert: Option<PathBuf>,
+    /// This node's client certificate chain (PEM), for an etcd started with
+    /// --client-cert-auth; etcd takes its common name as the user when no --store-user is
+    /// given.
+    #[arg(long, value_name = "FILE", requires_all = ["store_cacert", "store_key"])]
+    store_cert: Option<PathBuf>,
+    /// The private key of --store-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "store_cert")]
+    store_key: Option<PathBuf>,
+    /// The etcd user this node authenticates as (etcd's `auth enable`); its role needs
+    /// read and write on the prefix.
+    #[arg(long, value_name = "NAME", requires_all = ["store", "store_password_file"])]
+    store_user: Option<String>,
+    /// The file holding --store-user's password on its first line; root's only (mode 0600),
+    /// as systemd's LoadCredential= provides it.
+    #[arg(long, value_name = "FILE", requires = "store_user")]
+    store_password_file: Option<PathBuf>,
     /// XDP attach mode: `auto` tries native and falls back to generic with a warning.
     #[arg(long, value_enum, default_value = "auto")]
     xdp_mode: AttachMode,
@@ -180,6 +201,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // The model is read before anything is loaded: a broken file (or store) changes nothing.
     let mut shared = match &args.store {
         Some(url) => {
+            let credentials = store_access(&args).load()?;
             let node = match &args.node_name {
                 Some(name) => name.clone(),
                 None => host_name()?,
@@ -187,6 +209,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let started = runtime
                 .block_on(daemon::shared::start(
                     url,
+                    &credentials,
                     args.config.as_deref(),
                     &node,
                     &args.stickiness_keys,
@@ -499,6 +522,22 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The files `--store-*` name.
+fn store_access(args: &RunArgs) -> StoreAccess {
+    StoreAccess {
+        cacert: args.store_cacert.clone(),
+        client: args
+            .store_cert
+            .clone()
+            .zip(args.store_key.clone())
+            .map(|(cert, key)| CertificateFiles { cert, key }),
+        user: args
+            .store_user
+            .clone()
+            .zip(args.store_password_file.clone()),
+    }
 }
 
 /// The host's name, this node's default name in the store.

@@ -28,8 +28,8 @@ use crate::{
     dataplane::{saved::Store, Dataplane},
     model::{edit::Edit, files, Model},
     store::{
-        self, etcd::EtcdKv, Backoff, CasError, Change, Entry, Follow, Keys, Kv, NodeReport, Seeded,
-        StoreError, StoreStatus, StoreUrl, WatchMessage,
+        self, etcd::EtcdKv, Backoff, CasError, Change, Credentials, Entry, Follow, Keys, Kv,
+        NodeReport, Seeded, StoreError, StoreStatus, StoreUrl, WatchMessage,
     },
 };
 
@@ -121,8 +121,10 @@ fn now_ms() -> u64 {
 /// Why `sluice run --store` cannot start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}; sluice run --store starts only with the shared model (a data plane pinned by an earlier daemon keeps forwarding meanwhile): start etcd, or check --store")]
+    #[error("{0}; sluice run --store starts only with the shared model (a data plane pinned by an earlier daemon keeps forwarding meanwhile): start etcd, or check --store (and --store-cacert, --store-cert, --store-key for an etcd that serves TLS)")]
     Unreachable(StoreError),
+    #[error("{0}; check --store-user and --store-password-file, and that the user's role may read and write the prefix (etcdctl role grant-permission ROLE --prefix readwrite PREFIX/)")]
+    Refused(StoreError),
     #[error("{store} holds no model ({key} is absent) and no --config was given to seed it: check the prefix, or start one node with --config FILE")]
     Empty { store: String, key: String },
     #[error("the model in {store} (revision {revision}) does not validate: {reason}; fix it in the store (etcdctl put {key} < FILE, after `sluice check FILE`)")]
@@ -149,22 +151,30 @@ pub struct Started {
     pub revision: i64,
 }
 
-/// Connects to `url`, waiting at most [`START_PATIENCE`]; seeds the model from `config` if
+/// Connects to `url` with `credentials`, waiting at most [`START_PATIENCE`] (not at all for a
+/// store that refuses them); seeds the model from `config` if
 /// the prefix holds none; makes the stickiness keys the store's (seeding them from `key_file`,
 /// made if missing); reads the model to run first.
 pub async fn start(
     url: &StoreUrl,
+    credentials: &Credentials,
     config: Option<&Path>,
     node: &str,
     key_file: &Path,
 ) -> Result<Started, Box<dyn std::error::Error + Send + Sync>> {
-    let kv = EtcdKv::new(url).await.map_err(StartError::Unreachable)?;
     let keys = Keys::new(&url.prefix);
     let deadline = tokio::time::Instant::now() + START_PATIENCE;
     let mut backoff = Backoff::default();
-    loop {
-        match kv.get(keys.model()).await {
-            Ok(_) => break,
+    // Connecting with a user authenticates at once, so it is tried again as a read is.
+    let kv = loop {
+        let reached = async {
+            let kv = EtcdKv::new(url, credentials).await?;
+            kv.get(keys.model()).await?;
+            Ok::<_, StoreError>(kv)
+        };
+        match reached.await {
+            Ok(kv) => break kv,
+            Err(e) if e.refused => return Err(StartError::Refused(e).into()),
             Err(e) if tokio::time::Instant::now() + Backoff::MAX > deadline => {
                 return Err(StartError::Unreachable(e).into())
             }
@@ -173,7 +183,7 @@ pub async fn start(
                 tokio::time::sleep(backoff.failed()).await;
             }
         }
-    }
+    };
     let store = kv.name();
     let entry = match kv.get(keys.model()).await?.entry {
         Some(entry) => {
@@ -587,8 +597,8 @@ async fn watching<D: Dataplane, S: Store>(
                     }
                 }
                 Some(WatchMessage::Compacted { .. }) => return Resync::Compacted,
-                Some(WatchMessage::Ended(reason)) => return Resync::Lost(StoreError { store: shared.kv.name(), reason }),
-                None => return Resync::Lost(StoreError { store: shared.kv.name(), reason: "the watch ended".into() }),
+                Some(WatchMessage::Ended(reason)) => return Resync::Lost(StoreError { store: shared.kv.name(), reason, refused: false }),
+                None => return Resync::Lost(StoreError { store: shared.kv.name(), reason: "the watch ended".into(), refused: false }),
             },
             _ = keep_alive.tick() => {
                 if let Err(e) = daemon.report_node().await {

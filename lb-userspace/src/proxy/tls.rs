@@ -43,7 +43,7 @@ pub enum TlsError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("{} holds no PEM certificate{}; give the certificate chain in PEM (-----BEGIN CERTIFICATE-----), the server's certificate first", path.display(), detail(reason))]
+    #[error("{} holds no PEM certificate{}; give the certificates in PEM (-----BEGIN CERTIFICATE-----), a chain with its own certificate first", path.display(), detail(reason))]
     NoCertificate {
         path: PathBuf,
         reason: Option<String>,
@@ -109,25 +109,41 @@ pub fn describe(conn: &ServerConnection) -> (&'static str, &'static str) {
     (protocol, cipher)
 }
 
-/// Reads and checks one `{ cert, key }` pair.
-fn load(files: &CertificateFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
-    let cert_pem = read(&files.cert, "certificate")?;
-    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+/// Reads and checks one `{ cert, key }` pair (an https listener's, or the client certificate
+/// a node shows etcd: `store::access`).
+pub fn check_pair(files: &CertificateFiles) -> Result<(), TlsError> {
+    load(files, &rustls::crypto::ring::default_provider()).map(|_| ())
+}
+
+/// The certificates in the PEM file at `path`, at least one, the first parsed as X.509 (a
+/// chain with its end-entity certificate first, or a bundle of CA certificates).
+pub fn read_certificates(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path, what)?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::NoCertificate {
-            path: files.cert.clone(),
+            path: path.to_path_buf(),
             reason: Some(e.to_string()),
         })?;
-    let Some(end_entity) = chain.first() else {
+    let Some(first) = chain.first() else {
         return Err(TlsError::NoCertificate {
-            path: files.cert.clone(),
+            path: path.to_path_buf(),
             reason: None,
         });
     };
-    webpki::EndEntityCert::try_from(end_entity).map_err(|e| TlsError::BadCertificate {
-        path: files.cert.clone(),
+    webpki::EndEntityCert::try_from(first).map_err(|e| TlsError::BadCertificate {
+        path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
+    Ok(chain)
+}
+
+/// Reads and checks one `{ cert, key }` pair.
+fn load(files: &CertificateFiles, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let chain = read_certificates(&files.cert, "certificate")?;
 
     let key_pem = read(&files.key, "key")?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::NoKey {
@@ -526,7 +542,7 @@ mod tests {
         assert_eq!(
             message,
             format!(
-                "{} holds no PEM certificate; give the certificate chain in PEM (-----BEGIN CERTIFICATE-----), the server's certificate first",
+                "{} holds no PEM certificate; give the certificates in PEM (-----BEGIN CERTIFICATE-----), a chain with its own certificate first",
                 a.key.display()
             )
         );

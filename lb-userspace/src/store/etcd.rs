@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
+    PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use tokio::sync::mpsc;
 
 use super::{
-    Change, Entry, Expect, Kv, Listing, LocalFuture, Read, StoreError, StoreUrl, WatchMessage,
+    Change, Credentials, Entry, Expect, Kv, Listing, LocalFuture, Read, StoreError, StoreUrl,
+    WatchMessage,
 };
 
 /// The longest one request may take (connecting included).
@@ -27,17 +28,34 @@ pub struct EtcdKv {
 }
 
 impl EtcdKv {
-    /// A client for `url`'s endpoints; it connects on first use (and again after an outage).
-    pub async fn new(url: &StoreUrl) -> Result<EtcdKv, StoreError> {
-        let options = ConnectOptions::new()
+    /// A client for `url`'s endpoints, with TLS, a client certificate and a user as
+    /// `credentials` say; it connects on first use (and again after an outage), except with a
+    /// user, whose password is checked at once.
+    pub async fn new(url: &StoreUrl, credentials: &Credentials) -> Result<EtcdKv, StoreError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(CONNECT_TIMEOUT)
             .with_timeout(CALL_TIMEOUT)
             .with_keep_alive(KEEP_ALIVE, KEEP_ALIVE_TIMEOUT)
             .with_keep_alive_while_idle(true);
+        if let Some(cacert) = &credentials.cacert {
+            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(cacert));
+            if let Some((cert, key)) = &credentials.identity {
+                tls = tls.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some((name, password)) = &credentials.user {
+            // etcd's tokens expire (simple tokens after 5 minutes unused): a new one is asked
+            // for when a request finds its token refused.
+            options = options
+                .with_user(name, password)
+                .with_auto_token_refresh(true);
+        }
+        let scheme = credentials.scheme();
         let endpoints: Vec<String> = url
             .endpoints
             .iter()
-            .map(|e| format!("http://{e}"))
+            .map(|e| format!("{scheme}://{e}"))
             .collect();
         let client = Client::connect(&endpoints, Some(options))
             .await
@@ -49,10 +67,46 @@ impl EtcdKv {
     }
 }
 
-fn error(url: &StoreUrl, e: impl std::fmt::Display) -> StoreError {
+fn error(url: &StoreUrl, e: etcd_client::Error) -> StoreError {
+    // etcd's codes for a failed authentication (InvalidArgument), an expired or unknown token
+    // (Unauthenticated) and a missing permission.
+    let refused = matches!(&e, etcd_client::Error::GRpcStatus(status) if matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    ));
     StoreError {
         store: url.to_string(),
-        reason: one_line(&e.to_string()),
+        reason: one_line(&reason(&e)),
+        refused,
+    }
+}
+
+/// The error and its sources: a failed TLS handshake is "transport error" alone, its cause
+/// (an unknown issuer, a certificate the store does not accept) is in the sources. A gRPC
+/// status is shown by its message (etcd's sentence), not by the client's debug form.
+fn reason(e: &etcd_client::Error) -> String {
+    let (mut text, mut source) = match e {
+        etcd_client::Error::GRpcStatus(status) => (
+            status.message().to_string(),
+            std::error::Error::source(status),
+        ),
+        other => (other.to_string(), std::error::Error::source(other)),
+    };
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn timed_out(url: &StoreUrl) -> StoreError {
+    StoreError {
+        store: url.to_string(),
+        reason: format!("no answer within {CALL_TIMEOUT:?}"),
+        refused: false,
     }
 }
 
@@ -70,13 +124,13 @@ fn entry(kv: &etcd_client::KeyValue) -> Entry {
 }
 
 /// Bounds a call that the client's own timeout may not cover (streams).
-async fn bounded<T, E: std::fmt::Display>(
+async fn bounded<T>(
     url: &StoreUrl,
-    call: impl std::future::Future<Output = Result<T, E>>,
+    call: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
 ) -> Result<T, StoreError> {
     match tokio::time::timeout(CALL_TIMEOUT, call).await {
         Ok(result) => result.map_err(|e| error(url, e)),
-        Err(_) => Err(error(url, format!("no answer within {CALL_TIMEOUT:?}"))),
+        Err(_) => Err(timed_out(url)),
     }
 }
 

@@ -81,6 +81,7 @@ impl MemoryKv {
             return Err(StoreError {
                 store: self.name(),
                 reason: "connection refused".into(),
+                refused: false,
             });
         }
         Ok(())

@@ -14,6 +14,7 @@
 //! unreachable state, backoff) are pure in [`follow`]; [`compare_and_swap`] and [`seed`] are
 //! the write rules over the seam.
 
+pub mod access;
 pub mod etcd;
 pub mod follow;
 pub mod memory;
@@ -21,6 +22,7 @@ mod url;
 
 use std::{future::Future, pin::Pin};
 
+pub use access::{AccessError, Credentials, StoreAccess};
 pub use follow::{Backoff, Follow, NodeReport, Refusal, StoreStatus};
 pub use url::{StoreUrl, UrlError};
 
@@ -82,10 +84,13 @@ pub enum WatchMessage {
 
 /// The store cannot be reached, or refused an operation.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("the store {store} cannot be reached: {reason}")]
+#[error("the store {store} {}: {reason}", if *refused { "refused this node" } else { "cannot be reached" })]
 pub struct StoreError {
     pub store: String,
     pub reason: String,
+    /// The store answered and refused (a wrong password, a user without permission on the
+    /// prefix): trying again does not help.
+    pub refused: bool,
 }
 
 /// The operations the daemon needs of a store.
@@ -176,6 +181,7 @@ pub async fn seed(kv: &dyn Kv, key: &str, value: Vec<u8>) -> Result<Seeded, Stor
         None => Err(StoreError {
             store: kv.name(),
             reason: format!("{key} was deleted while this node seeded it; start again"),
+            refused: false,
         }),
     }
 }

@@ -8,6 +8,7 @@ mod cli_control;
 mod connection_state;
 mod decap;
 mod ecmp;
+mod etcd_secured;
 mod etcd_store;
 mod forwarding_dsr;
 mod forwarding_nat;

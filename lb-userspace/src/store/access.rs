@@ -1,0 +1,295 @@
+//! How a node reaches a secured etcd, as `etcdctl` does: TLS verified against a CA
+//! (`--store-cacert`, for etcd's `--cert-file`), a client certificate (`--store-cert` and
+//! `--store-key`, for etcd's `--client-cert-auth`), a user (`--store-user` with
+//! `--store-password-file`, for etcd's `auth enable`). Every file is read and checked when
+//! `sluice run` starts, before anything is loaded, so a missing file, a file without a
+//! certificate or key, a key that is not the certificate's, or a password file others may read
+//! makes it refuse to start with a sentence naming the file. The files are read once: new
+//! ones take effect when the daemon is restarted (the next `sluice run` takes over).
+
+use std::path::{Path, PathBuf};
+
+use crate::{
+    model::{files, CertificateFiles},
+    proxy::tls::{self, TlsError},
+};
+
+/// The files `sluice run` was given for the store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreAccess {
+    /// The CA certificates that sign the etcd members' certificates: TLS on.
+    pub cacert: Option<PathBuf>,
+    /// This node's client certificate and key.
+    pub client: Option<CertificateFiles>,
+    /// An etcd user and the file holding its password.
+    pub user: Option<(String, PathBuf)>,
+}
+
+/// What the files hold, checked: what the etcd client is built with.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    /// The CA certificates (PEM) when TLS is on.
+    pub cacert: Option<Vec<u8>>,
+    /// The client certificate chain and key (PEM).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The user and password.
+    pub user: Option<(String, String)>,
+}
+
+impl Credentials {
+    /// `https` when TLS is on, `http` otherwise.
+    pub fn scheme(&self) -> &'static str {
+        if self.cacert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("tls", &self.cacert.is_some())
+            .field("client_certificate", &self.identity.is_some())
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error("--store-cacert: {0}")]
+    Cacert(TlsError),
+    #[error("--store-cert/--store-key: {0}")]
+    Client(TlsError),
+    #[error("--store-password-file: cannot read {}: {source}; check the path and that sluice may read it", path.display())]
+    PasswordUnreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--store-password-file: {} may be read by others (mode {mode:o}); run chmod 600 {}", path.display(), path.display())]
+    PasswordExposed { path: PathBuf, mode: u32 },
+    #[error("--store-password-file: {} holds no password (one line of UTF-8 text)", path.display())]
+    NoPassword { path: PathBuf },
+}
+
+/// The largest password file read.
+const MAX_PASSWORD_FILE: u64 = 4096;
+
+impl StoreAccess {
+    /// Reads and checks every file.
+    pub fn load(&self) -> Result<Credentials, AccessError> {
+        let cacert = match &self.cacert {
+            Some(path) => {
+                tls::read_certificates(path, "CA certificate").map_err(AccessError::Cacert)?;
+                Some(read(path, "CA certificate").map_err(AccessError::Cacert)?)
+            }
+            None => None,
+        };
+        let identity = match &self.client {
+            Some(files) => {
+                tls::check_pair(files).map_err(AccessError::Client)?;
+                let cert = read(&files.cert, "certificate").map_err(AccessError::Client)?;
+                let key = read(&files.key, "key").map_err(AccessError::Client)?;
+                Some((cert, key))
+            }
+            None => None,
+        };
+        let user = match &self.user {
+            Some((name, path)) => Some((name.clone(), password(path)?)),
+            None => None,
+        };
+        Ok(Credentials {
+            cacert,
+            identity,
+            user,
+        })
+    }
+}
+
+fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    files::read_regular(path, files::MAX_READ).map_err(|source| TlsError::Unreadable {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The file's first line, without its line end; the file must be root's only.
+fn password(path: &Path) -> Result<String, AccessError> {
+    let (bytes, mode) =
+        files::read_regular_with_mode(path, MAX_PASSWORD_FILE).map_err(|source| {
+            AccessError::PasswordUnreadable {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    if mode & 0o077 != 0 {
+        return Err(AccessError::PasswordExposed {
+            path: path.to_path_buf(),
+            mode: mode & 0o7777,
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| AccessError::NoPassword {
+        path: path.to_path_buf(),
+    })?;
+    let line = text.lines().next().unwrap_or("");
+    if line.is_empty() {
+        return Err(AccessError::NoPassword {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(line.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir =
+                std::env::temp_dir().join(format!("sluice-access-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            Dir(dir)
+        }
+
+        fn write(&self, name: &str, contents: &str, mode: u32) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn pair(name: &str) -> (String, String) {
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        (cert.pem(), key_pair.serialize_pem())
+    }
+
+    #[test]
+    fn nothing_given_is_plain_etcd() {
+        let credentials = StoreAccess::default().load().unwrap();
+        assert_eq!(credentials.scheme(), "http");
+        assert!(credentials.identity.is_none() && credentials.user.is_none());
+    }
+
+    #[test]
+    fn a_ca_a_client_certificate_and_a_user_are_read() {
+        let dir = Dir::new("all");
+        let (ca, _) = pair("ca.example");
+        let (cert, key) = pair("node1");
+        let access = StoreAccess {
+            cacert: Some(dir.write("ca.pem", &ca, 0o644)),
+            client: Some(CertificateFiles {
+                cert: dir.write("node1.pem", &cert, 0o644),
+                key: dir.write("node1.key", &key, 0o600),
+            }),
+            user: Some(("sluice".into(), dir.write("password", "s3cret\n", 0o600))),
+        };
+        let credentials = access.load().unwrap();
+        assert_eq!(credentials.scheme(), "https");
+        assert_eq!(credentials.cacert.as_deref(), Some(ca.as_bytes()));
+        assert_eq!(
+            credentials.identity,
+            Some((cert.into_bytes(), key.into_bytes()))
+        );
+        assert_eq!(
+            credentials.user,
+            Some(("sluice".to_string(), "s3cret".to_string())),
+            "the line end is not part of the password"
+        );
+        assert!(
+            !format!("{credentials:?}").contains("s3cret"),
+            "the password is never printed"
+        );
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_flag_and_file() {
+        let dir = Dir::new("bad");
+        let (cert, key) = pair("node1");
+        let (_, other_key) = pair("node2");
+        let missing = dir.0.join("missing.pem");
+        let not_pem = dir.write("not.pem", "hello\n", 0o644);
+        let cert = dir.write("node1.pem", &cert, 0o644);
+        let key = dir.write("node1.key", &key, 0o600);
+        let other_key = dir.write("node2.key", &other_key, 0o600);
+        let refusal = |access: StoreAccess| access.load().unwrap_err().to_string();
+
+        let said = refusal(StoreAccess {
+            cacert: Some(missing.clone()),
+            ..StoreAccess::default()
+        });
+        assert!(
+            said.starts_with("--store-cacert: cannot read the CA certificate file")
+                && said.contains("missing.pem"),
+            "{said}"
+        );
+        let said = refusal(StoreAccess {
+            cacert: Some(not_pem.clone()),
+            ..StoreAccess::default()
+        });
+        assert!(
+            said.starts_with("--store-cacert: ")
+                && said.contains("not.pem holds no PEM certificate"),
+            "{said}"
+        );
+        let said = refusal(StoreAccess {
+            client: Some(CertificateFiles {
+                cert: cert.clone(),
+                key: other_key,
+            }),
+            ..StoreAccess::default()
+        });
+        assert!(
+            said.starts_with("--store-cert/--store-key: the private key in")
+                && said.contains("does not belong to the certificate"),
+            "{said}"
+        );
+        let said = refusal(StoreAccess {
+            client: Some(CertificateFiles {
+                cert: cert.clone(),
+                key: not_pem,
+            }),
+            ..StoreAccess::default()
+        });
+        assert!(said.contains("holds no private key"), "{said}");
+
+        let user = |path: PathBuf| StoreAccess {
+            user: Some(("sluice".into(), path)),
+            ..StoreAccess::default()
+        };
+        let said = refusal(user(dir.write("open", "s3cret\n", 0o644)));
+        assert!(
+            said.contains("may be read by others (mode 644); run chmod 600"),
+            "{said}"
+        );
+        let said = refusal(user(dir.write("empty", "\n", 0o600)));
+        assert!(said.contains("holds no password"), "{said}");
+        let said = refusal(user(missing));
+        assert!(
+            said.starts_with("--store-password-file: cannot read"),
+            "{said}"
+        );
+        assert!(StoreAccess {
+            client: Some(CertificateFiles { cert, key }),
+            ..StoreAccess::default()
+        }
+        .load()
+        .is_ok());
+    }
+}

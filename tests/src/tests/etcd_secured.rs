@@ -1,0 +1,393 @@
+//! A node and a secured etcd (`sluice run --store ... --store-cacert/--store-cert/--store-key/
+//! --store-user/--store-password-file`): etcd serving over TLS and asking for client
+//! certificates (`--client-cert-auth`), then with `auth enable`. Every wrong access (plain
+//! gRPC, an unknown CA, no client certificate, one from another CA, a wrong password) is
+//! refused with its reason and writes nothing; the right one seeds, serves and writes edits;
+//! tokens that etcd forgets (auth disabled and enabled again) are renewed without a failed
+//! edit.
+
+use std::{
+    net::Ipv4Addr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use super::namespaces::{sluice_output, ApiSocket, PinDir, TIMEOUT};
+use crate::{
+    etcd::{Etcd, EtcdTls},
+    netns::{wait_until, ChildGuard, Namespace},
+    tls::{CertDir, CertFiles, Usage},
+};
+
+const PREFIX: &str = "/sluice-secured";
+
+fn store_url() -> String {
+    format!("etcd://127.0.0.1:2379{PREFIX}")
+}
+
+fn model_key() -> String {
+    format!("{PREFIX}/model")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn arg(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `sluice run --store` in `ns`, seeding from `config`, with `access` (the `--store-*`
+/// flags).
+fn run_command(
+    ns: &Namespace,
+    config: &Path,
+    socket: &ApiSocket,
+    pin_dir: &PinDir,
+    keys: &Path,
+    access: &[&str],
+) -> std::process::Command {
+    let mut cmd = ns.command(crate::netns::sluice_binary());
+    cmd.args(["run", "--store", &store_url(), "--config", arg(config)])
+        .args(["--socket", socket.arg(), "--pin-dir", pin_dir.arg()])
+        .args(["--metrics-address", "off", "--node-name", "node1"])
+        .args(["--stickiness-keys", arg(keys)])
+        .args(access)
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// A node that must refuse to start: its output, and how long it took.
+fn refused(ns: &Namespace, config: &Path, keys: &Path, access: &[&str]) -> (String, Duration) {
+    let socket = ApiSocket::new();
+    let pin_dir = PinDir::new();
+    let started = Instant::now();
+    let out = run_command(ns, config, &socket, &pin_dir, keys, access)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "started: {}", text(&out));
+    (text(&out), started.elapsed())
+}
+
+struct Node {
+    child: ChildGuard,
+    socket: ApiSocket,
+    _pin_dir: PinDir,
+}
+
+impl Node {
+    fn start(ns: &Namespace, config: &Path, keys: &Path, access: &[&str]) -> Node {
+        let socket = ApiSocket::new();
+        let pin_dir = PinDir::new();
+        let child = ns.spawn(run_command(ns, config, &socket, &pin_dir, keys, access));
+        let node = Node {
+            child,
+            socket,
+            _pin_dir: pin_dir,
+        };
+        wait_until(TIMEOUT, "the node to apply the store's model", || {
+            if let Some(status) = node.child.try_status() {
+                panic!("sluice exited ({status}): {}", node.child.stderr());
+            }
+            node.applied().is_some()
+        });
+        node
+    }
+
+    /// `sluice status --json`'s store part, once the node answers.
+    fn store_status(&self) -> Option<serde_json::Value> {
+        let out = sluice_output(&["status", "--json", "--socket", self.socket.arg()]);
+        if !out.status.success() {
+            return None;
+        }
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(status["store"].clone())
+    }
+
+    fn applied(&self) -> Option<i64> {
+        self.store_status()?["applied_revision"].as_i64()
+    }
+
+    /// `sluice target add web 127.0.0.1:PORT` through this node: written to the store.
+    fn add_target(&self, port: u16) -> Output {
+        sluice_output(&[
+            "target",
+            "add",
+            "web",
+            &format!("127.0.0.1:{port}"),
+            "--socket",
+            self.socket.arg(),
+        ])
+    }
+
+    fn stop(mut self) {
+        self.child.stop(libc::SIGTERM, Duration::from_secs(20));
+    }
+}
+
+struct Pki {
+    dir: CertDir,
+    ca: CertFiles,
+    other_ca: CertFiles,
+    node: CertFiles,
+    stranger: CertFiles,
+    tls: EtcdTls,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = CertDir::new();
+        let ca = dir.ca("ca");
+        let other_ca = dir.ca("other-ca");
+        let server = dir.issued(&ca, "etcd", "etcd", &["127.0.0.1"], Usage::Server);
+        let root = dir.issued(&ca, "root", "root", &[], Usage::Client);
+        let node = dir.issued(&ca, "node1", "node1", &[], Usage::Client);
+        // The same name, another issuer.
+        let stranger = dir.issued(&other_ca, "stranger", "node1", &[], Usage::Client);
+        let tls = EtcdTls {
+            ca: ca.files.cert.clone(),
+            server,
+            etcdctl: root,
+        };
+        Pki {
+            ca: ca.files,
+            other_ca: other_ca.files,
+            node,
+            stranger,
+            tls,
+            dir,
+        }
+    }
+
+    fn write(&self, name: &str, contents: &str, mode: u32) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+}
+
+fn etcdctl_ok(etcd: &Etcd, ns: &Namespace, args: &[&str]) {
+    let out = etcd.etcdctl(ns, args);
+    assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out));
+}
+
+#[test]
+fn a_node_reaches_an_etcd_that_asks_for_tls_client_certificates_and_a_user() {
+    crate::netns::require_root();
+    let ns = Namespace::new("etcd-secured");
+    let pki = Pki::new();
+    let etcd = Etcd::start_with(&ns, Ipv4Addr::LOCALHOST, Some(pki.tls.clone()), &[]);
+    let config = pki.write(
+        "model.toml",
+        "[[listener]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 8080\nprotocol = \"http\"\ndefault_target_group = \"web\"\n\n\
+         [[target_group]]\nname = \"web\"\ntargets = [{ address = \"127.0.0.1\", port = 9000 }]\n",
+        0o644,
+    );
+    let keys = pki.dir.path().join("stickiness.keys");
+    let ca = arg(&pki.ca.cert);
+    let (node_cert, node_key) = (arg(&pki.node.cert), arg(&pki.node.key));
+
+    // Wrong access, each refused with its reason, nothing written. They wait out the start's
+    // patience (10 s) at once, in parallel.
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        ("plain gRPC to a TLS port", vec![], "cannot be reached"),
+        (
+            "a CA that did not sign etcd's certificate",
+            vec![
+                "--store-cacert",
+                arg(&pki.other_ca.cert),
+                "--store-cert",
+                node_cert,
+                "--store-key",
+                node_key,
+            ],
+            "UnknownIssuer",
+        ),
+        (
+            "no client certificate",
+            vec!["--store-cacert", ca],
+            "cannot be reached",
+        ),
+        (
+            "a client certificate of another CA",
+            vec![
+                "--store-cacert",
+                ca,
+                "--store-cert",
+                arg(&pki.stranger.cert),
+                "--store-key",
+                arg(&pki.stranger.key),
+            ],
+            "cannot be reached",
+        ),
+    ];
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = cases
+            .iter()
+            .map(|(case, access, _)| {
+                let (ns, config, keys) = (&ns, &config, &keys);
+                (
+                    *case,
+                    scope.spawn(move || refused(ns, config, keys, access)),
+                )
+            })
+            .collect();
+        for ((case, run), (_, _, reason)) in runs.into_iter().zip(&cases) {
+            let (said, took) = run.join().unwrap();
+            println!("{case}: refused in {took:?}: {said}");
+            assert!(
+                said.contains("the store etcd://127.0.0.1:2379/sluice-secured cannot be reached")
+                    && said.contains(reason),
+                "{case}: {said}"
+            );
+            assert!(took < Duration::from_secs(30), "{case}: took {took:?}");
+        }
+    });
+    assert_eq!(
+        etcd.revision(&ns, &model_key()),
+        None,
+        "nothing was written"
+    );
+
+    // Bad files are refused before anything is tried.
+    let open_password = pki.write("open-password", "s3cret\n", 0o644);
+    let (said, _) = refused(
+        &ns,
+        &config,
+        &keys,
+        &[
+            "--store-user",
+            "sluice",
+            "--store-password-file",
+            arg(&open_password),
+        ],
+    );
+    assert!(
+        said.contains("--store-password-file: ")
+            && said.contains("may be read by others (mode 644)"),
+        "{said}"
+    );
+    let (said, _) = refused(
+        &ns,
+        &config,
+        &keys,
+        &[
+            "--store-cacert",
+            ca,
+            "--store-cert",
+            node_cert,
+            "--store-key",
+            arg(&pki.stranger.key),
+        ],
+    );
+    assert!(
+        said.contains("does not belong to the certificate"),
+        "{said}"
+    );
+
+    // The right CA and client certificate: seeds the store, serves, writes edits.
+    let cert_access = [
+        "--store-cacert",
+        ca,
+        "--store-cert",
+        node_cert,
+        "--store-key",
+        node_key,
+    ];
+    let node = Node::start(&ns, &config, &keys, &cert_access);
+    let seeded = etcd
+        .revision(&ns, &model_key())
+        .expect("the model was seeded");
+    let out = node.add_target(9001);
+    assert!(out.status.success(), "{}", text(&out));
+    let edited = etcd.revision(&ns, &model_key()).unwrap();
+    assert!(edited > seeded);
+    assert!(etcd.value(&ns, &model_key()).unwrap().contains("9001"));
+    wait_until(TIMEOUT, "the node to apply its edit", || {
+        node.applied() >= Some(edited)
+    });
+    node.stop();
+
+    // etcd's users: a role with read and write on the prefix only.
+    etcdctl_ok(&etcd, &ns, &["user", "add", "root:rootpw"]);
+    etcdctl_ok(&etcd, &ns, &["role", "add", "sluice"]);
+    etcdctl_ok(
+        &etcd,
+        &ns,
+        &[
+            "role",
+            "grant-permission",
+            "sluice",
+            "--prefix=true",
+            "readwrite",
+            &format!("{PREFIX}/"),
+        ],
+    );
+    etcdctl_ok(&etcd, &ns, &["user", "add", "sluice:s3cret"]);
+    etcdctl_ok(&etcd, &ns, &["user", "grant-role", "sluice", "sluice"]);
+    etcdctl_ok(&etcd, &ns, &["auth", "enable"]);
+
+    // A wrong password is refused at once (no waiting: trying again cannot help).
+    let wrong = pki.write("wrong-password", "guess\n", 0o600);
+    let mut user_access = cert_access.to_vec();
+    user_access.extend([
+        "--store-user",
+        "sluice",
+        "--store-password-file",
+        arg(&wrong),
+    ]);
+    let (said, took) = refused(&ns, &config, &keys, &user_access);
+    assert!(
+        said.contains("the store etcd://127.0.0.1:2379/sluice-secured refused this node")
+            && said.contains("authentication failed")
+            && said.contains("check --store-user and --store-password-file"),
+        "{said}"
+    );
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+
+    // The right one: serves, and keeps writing after etcd forgot every token (auth disabled
+    // and enabled again), asking for a new one.
+    let right = pki.write("password", "s3cret\n", 0o600);
+    let mut user_access = cert_access.to_vec();
+    user_access.extend([
+        "--store-user",
+        "sluice",
+        "--store-password-file",
+        arg(&right),
+    ]);
+    let node = Node::start(&ns, &config, &keys, &user_access);
+    let mut failed = Vec::new();
+    for (round, port) in (9002..9005).enumerate() {
+        if round > 0 {
+            etcdctl_ok(&etcd, &ns, &["auth", "disable"]);
+            etcdctl_ok(&etcd, &ns, &["auth", "enable"]);
+        }
+        let out = node.add_target(port);
+        if !out.status.success() {
+            failed.push(text(&out));
+        }
+    }
+    assert!(failed.is_empty(), "edits refused: {failed:?}");
+    let last = etcd.revision(&ns, &model_key()).unwrap();
+    assert!(etcd.value(&ns, &model_key()).unwrap().contains("9004"));
+    // Its report in the store (written under its lease, with a renewed token) says so too.
+    wait_until(
+        TIMEOUT,
+        "the node to apply its edits and report them",
+        || {
+            node.store_status().is_some_and(|store| {
+                store["reachable"] == true
+                    && store["applied_revision"].as_i64() >= Some(last)
+                    && store["nodes"]["node1"]["applied_revision"].as_i64() >= Some(last)
+            })
+        },
+    );
+    node.stop();
+}
