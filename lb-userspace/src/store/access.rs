@@ -5,7 +5,7 @@
 //! `sluice run` starts, before anything is loaded, so a missing file, a file without a
 //! certificate or key, a key that is not the certificate's, or a password file others may read
 //! makes it refuse to start with a sentence naming the file. The files are read once: new
-//! ones take effect when the daemon is restarted (the next `sluice run` takes over).
+//! ones take effect when the daemon restarts in place (SIGUSR2: its successor reads them).
 
 use std::path::{Path, PathBuf};
 
