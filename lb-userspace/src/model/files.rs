@@ -48,6 +48,28 @@ pub fn read_regular_with_mode(path: &Path, max: u64) -> io::Result<(Vec<u8>, u32
     Ok((bytes, mode))
 }
 
+/// Why a file that must be its owner's only was not read.
+#[derive(Debug)]
+pub enum PrivateFileError {
+    Read(io::Error),
+    /// Group or others may read or write it: its permission bits.
+    Exposed {
+        mode: u32,
+    },
+}
+
+/// Reads a regular file of at most `max` bytes that only its owner may read or write (mode
+/// 0600 or stricter), as a key or a password must be kept.
+pub fn read_private(path: &Path, max: u64) -> Result<Vec<u8>, PrivateFileError> {
+    let (bytes, mode) = read_regular_with_mode(path, max).map_err(PrivateFileError::Read)?;
+    if mode & 0o077 != 0 {
+        return Err(PrivateFileError::Exposed {
+            mode: mode & 0o7777,
+        });
+    }
+    Ok(bytes)
+}
+
 /// Reads a regular UTF-8 text file of at most [`MAX_READ`] bytes.
 pub fn read_regular_text(path: &Path) -> io::Result<String> {
     String::from_utf8(read_regular(path, MAX_READ)?)

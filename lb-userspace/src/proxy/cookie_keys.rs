@@ -198,13 +198,13 @@ fn read(path: &Path) -> Result<CookieKeys, KeyFileError> {
         source,
     };
     // A regular file of a few keys: bounded and non-blocking like every file the daemon reads.
-    let (bytes, mode) = files::read_regular_with_mode(path, 64 << 10).map_err(failed)?;
-    if mode & 0o077 != 0 {
-        return Err(KeyFileError::Exposed {
+    let bytes = files::read_private(path, 64 << 10).map_err(|e| match e {
+        files::PrivateFileError::Read(source) => failed(source),
+        files::PrivateFileError::Exposed { mode } => KeyFileError::Exposed {
             path: path.to_path_buf(),
-            mode: mode & 0o7777,
-        });
-    }
+            mode,
+        },
+    })?;
     let text = String::from_utf8(bytes).map_err(|_| KeyFileError::Malformed {
         path: path.to_path_buf(),
         line: 1,

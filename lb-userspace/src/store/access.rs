@@ -118,19 +118,16 @@ fn read(path: &Path, what: &'static str) -> Result<Vec<u8>, TlsError> {
 
 /// The file's first line, without its line end; the file must be root's only.
 fn password(path: &Path) -> Result<String, AccessError> {
-    let (bytes, mode) =
-        files::read_regular_with_mode(path, MAX_PASSWORD_FILE).map_err(|source| {
-            AccessError::PasswordUnreadable {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-    if mode & 0o077 != 0 {
-        return Err(AccessError::PasswordExposed {
+    let bytes = files::read_private(path, MAX_PASSWORD_FILE).map_err(|e| match e {
+        files::PrivateFileError::Read(source) => AccessError::PasswordUnreadable {
             path: path.to_path_buf(),
-            mode: mode & 0o7777,
-        });
-    }
+            source,
+        },
+        files::PrivateFileError::Exposed { mode } => AccessError::PasswordExposed {
+            path: path.to_path_buf(),
+            mode,
+        },
+    })?;
     let text = String::from_utf8(bytes).map_err(|_| AccessError::NoPassword {
         path: path.to_path_buf(),
     })?;

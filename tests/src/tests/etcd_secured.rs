@@ -335,15 +335,22 @@ fn a_node_reaches_an_etcd_that_asks_for_tls_client_certificates_and_a_user() {
     etcdctl_ok(&etcd, &ns, &["auth", "enable"]);
 
     // A wrong password is refused at once (no waiting: trying again cannot help).
-    let wrong = pki.write("wrong-password", "guess\n", 0o600);
-    let mut user_access = cert_access.to_vec();
-    user_access.extend([
-        "--store-user",
-        "sluice",
-        "--store-password-file",
-        arg(&wrong),
-    ]);
-    let (said, took) = refused(&ns, &config, &keys, &user_access);
+    let as_user = |password_file: &Path| -> Vec<String> {
+        let mut access: Vec<String> = cert_access.iter().map(|a| a.to_string()).collect();
+        access.extend(
+            [
+                "--store-user",
+                "sluice",
+                "--store-password-file",
+                arg(password_file),
+            ]
+            .map(String::from),
+        );
+        access
+    };
+    let wrong = as_user(&pki.write("wrong-password", "guess\n", 0o600));
+    let wrong: Vec<&str> = wrong.iter().map(String::as_str).collect();
+    let (said, took) = refused(&ns, &config, &keys, &wrong);
     assert!(
         said.contains("the store etcd://127.0.0.1:2379/sluice-secured refused this node")
             && said.contains("authentication failed")
@@ -354,15 +361,9 @@ fn a_node_reaches_an_etcd_that_asks_for_tls_client_certificates_and_a_user() {
 
     // The right one: serves, and keeps writing after etcd forgot every token (auth disabled
     // and enabled again), asking for a new one.
-    let right = pki.write("password", "s3cret\n", 0o600);
-    let mut user_access = cert_access.to_vec();
-    user_access.extend([
-        "--store-user",
-        "sluice",
-        "--store-password-file",
-        arg(&right),
-    ]);
-    let node = Node::start(&ns, &config, &keys, &user_access);
+    let right = as_user(&pki.write("password", "s3cret\n", 0o600));
+    let right: Vec<&str> = right.iter().map(String::as_str).collect();
+    let node = Node::start(&ns, &config, &keys, &right);
     let mut failed = Vec::new();
     for (round, port) in (9002..9005).enumerate() {
         if round > 0 {
