@@ -124,7 +124,10 @@ static NEXT_HOPS: PerCpuArray<forward::NextHop> = PerCpuArray::with_max_entries(
 #[map]
 static FLOOD_GATE: PerCpuArray<FloodGate> = PerCpuArray::with_max_entries(1, 0);
 
+// Inlined into the entry point the `xdp` macro wraps around it: as a function of its own it
+// was a BPF-to-BPF call on every packet.
 #[xdp]
+#[inline(always)]
 pub fn sluice(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (outcome, action) = match parse::parse(&ctx, len) {
