@@ -11,6 +11,7 @@
 
 mod bench;
 mod classify;
+mod clock;
 mod csum;
 mod decap;
 mod dsr;
@@ -119,6 +120,10 @@ static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
 /// `TARGETS` at load time.
 #[map]
 static NEXT_HOPS: PerCpuArray<forward::NextHop> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
+
+/// Per-CPU cache of the coarse clock for the current jiffy (`clock.rs`).
+#[map]
+static CLOCK: PerCpuArray<clock::Cached> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU new-flow rate window for the flood gate.
 #[map]
