@@ -121,6 +121,11 @@ static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
 #[map]
 static NEXT_HOPS: PerCpuArray<forward::NextHop> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
 
+/// Per CPU, listeners looked up in the current jiffy (`classify.rs`).
+#[map]
+static LISTENER_CACHE: PerCpuArray<classify::CachedListener> =
+    PerCpuArray::with_max_entries(classify::LISTENER_CACHE_SLOTS, 0);
+
 /// Per-CPU cache of the coarse clock for the current jiffy (`clock.rs`).
 #[map]
 static CLOCK: PerCpuArray<clock::Cached> = PerCpuArray::with_max_entries(1, 0);
