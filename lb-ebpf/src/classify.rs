@@ -1,13 +1,14 @@
 //! Classify: which listener, if any, a packet is for.
 //!
-//! A listener found in `LISTENERS` is remembered per CPU for the rest of the current jiffy
-//! (`LISTENER_CACHE`): the hash lookup (jhash of the 20-byte key, the bucket walk, a `memcmp`,
-//! each a kernel function call) was about 30 ns of an established flow's 120-160, and a busy
-//! CPU sees the same few listeners thousands of times a tick. What that costs: a change to
-//! `LISTENERS` (a listener removed, its mode or id changed) reaches a CPU's packets up to one
-//! tick late (1-10 ms by `CONFIG_HZ`; the next-hop cache allows 50 ms). A destination whose
+//! A listener found in `LISTENERS` is remembered per CPU (`LISTENER_CACHE`): the hash lookup
+//! (jhash of the 20-byte key, the bucket walk, a `memcmp`, each a kernel function call) was
+//! about 30 ns of an established flow's 120-160, and a busy CPU sees the same few listeners
+//! thousands of times a tick. An entry holds while `LISTENERS_GENERATION` is the value it was
+//! read under (userspace adds one after every write or removal in `LISTENERS`, so a change
+//! reaches every CPU's next packet, exactly as without the cache) and for the current jiffy
+//! at most (a bound should anything write `LISTENERS` without counting). A destination whose
 //! address bucket loses its `CLASS_LISTENER` bit is never looked up at all, cached or not;
-//! only found listeners are cached, so a new listener is seen at once.
+//! only found listeners are cached.
 
 use aya_ebpf::helpers::bpf_jiffies64;
 use lb_common::{
@@ -15,7 +16,7 @@ use lb_common::{
     listener::{Listener, ListenerKey},
 };
 
-use crate::{parse::Packet, ADDRESSES, LISTENERS, LISTENER_CACHE};
+use crate::{parse::Packet, ADDRESSES, LISTENERS, LISTENERS_GENERATION, LISTENER_CACHE};
 
 /// Slots per CPU of `LISTENER_CACHE` (a power of two).
 pub const LISTENER_CACHE_SLOTS: u32 = 256;
@@ -26,6 +27,8 @@ pub const LISTENER_CACHE_SLOTS: u32 = 256;
 #[repr(C)]
 pub struct CachedListener {
     jiffies: u64,
+    /// `LISTENERS_GENERATION` when the listener was read.
+    generation: u64,
     /// The destination: address words in memory order, port (network order), then protocol
     /// and family as the `u32` of the bytes `[protocol, family, 0, 0]`.
     dst: [u32; 4],
@@ -46,7 +49,8 @@ pub fn address_class(packet: &Packet) -> u32 {
 }
 
 /// The listener for the packet's destination address, port and protocol, from this CPU's
-/// `LISTENER_CACHE` if this jiffy already looked it up, else from [`lookup`].
+/// `LISTENER_CACHE` if this jiffy already looked it up and `LISTENERS` has not changed since,
+/// else from [`lookup`].
 #[inline(always)]
 pub fn listener(packet: &Packet, class: u32) -> Option<Listener> {
     if class & CLASS_LISTENER == 0 {
@@ -54,6 +58,8 @@ pub fn listener(packet: &Packet, class: u32) -> Option<Listener> {
     }
     // SAFETY: plain helper call (inlined by the verifier into a load of `jiffies`).
     let jiffies = unsafe { bpf_jiffies64() };
+    // Read before `LISTENERS`: a listener read after it is at least as new as this count.
+    let generation = LISTENERS_GENERATION.get(0).copied().unwrap_or(0);
     let dst = packet.key.dst_words();
     let port_be = u32::from(packet.key.dst_port_be);
     let protocol_family = u32::from_ne_bytes([packet.key.protocol, packet.key.family, 0, 0]);
@@ -64,6 +70,7 @@ pub fn listener(packet: &Packet, class: u32) -> Option<Listener> {
     // SAFETY: this CPU's slot; XDP runs to completion with preemption off.
     let cached = unsafe { &mut *cached };
     if cached.jiffies == jiffies
+        && cached.generation == generation
         && cached.dst == dst
         && cached.port_be == port_be
         && cached.protocol_family == protocol_family
@@ -72,6 +79,7 @@ pub fn listener(packet: &Packet, class: u32) -> Option<Listener> {
     }
     let listener = lookup(packet, class)?;
     cached.jiffies = jiffies;
+    cached.generation = generation;
     cached.dst = dst;
     cached.port_be = port_be;
     cached.protocol_family = protocol_family;

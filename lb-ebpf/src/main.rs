@@ -121,6 +121,11 @@ static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
 #[map]
 static NEXT_HOPS: PerCpuArray<forward::NextHop> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
 
+/// How many times userspace has changed `LISTENERS` (one slot): a `LISTENER_CACHE` entry read
+/// under another count is not used (`classify.rs`).
+#[map]
+static LISTENERS_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Per CPU, listeners looked up in the current jiffy (`classify.rs`).
 #[map]
 static LISTENER_CACHE: PerCpuArray<classify::CachedListener> =
