@@ -36,7 +36,7 @@ pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
 pub struct NextHop {
     /// `Target::addr_words` of the target looked up.
     dst: [u32; 4],
-    /// `bpf_ktime_get_coarse_ns` of the lookup.
+    /// `clock::now` at the lookup.
     checked_ns: u64,
     ingress_ifindex: u32,
     ifindex: u32,
@@ -47,7 +47,7 @@ pub struct NextHop {
 }
 
 /// Sends a frame for `target` (id `target_id`) towards it, through the next-hop cache; `now`
-/// is the packet's `bpf_ktime_get_coarse_ns`. Otherwise as [`to`].
+/// is the packet's `clock::now`. Otherwise as [`to`].
 #[inline(always)]
 pub fn to_target(
     ctx: &XdpContext,

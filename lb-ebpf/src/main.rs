@@ -11,6 +11,7 @@
 
 mod bench;
 mod classify;
+mod clock;
 mod csum;
 mod decap;
 mod dsr;
@@ -120,11 +121,28 @@ static FIB_SCRATCH: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
 #[map]
 static NEXT_HOPS: PerCpuArray<forward::NextHop> = PerCpuArray::with_max_entries(MAX_TARGETS, 0);
 
+/// How many times userspace has changed `LISTENERS` (one slot): a `LISTENER_CACHE` entry read
+/// under another count is not used (`classify.rs`).
+#[map]
+static LISTENERS_GENERATION: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Per CPU, listeners looked up in the current jiffy (`classify.rs`).
+#[map]
+static LISTENER_CACHE: PerCpuArray<classify::CachedListener> =
+    PerCpuArray::with_max_entries(classify::LISTENER_CACHE_SLOTS, 0);
+
+/// Per-CPU cache of the coarse clock for the current jiffy (`clock.rs`).
+#[map]
+static CLOCK: PerCpuArray<clock::Cached> = PerCpuArray::with_max_entries(1, 0);
+
 /// Per-CPU new-flow rate window for the flood gate.
 #[map]
 static FLOOD_GATE: PerCpuArray<FloodGate> = PerCpuArray::with_max_entries(1, 0);
 
+// Inlined into the entry point the `xdp` macro wraps around it: as a function of its own it
+// was a BPF-to-BPF call on every packet.
 #[xdp]
+#[inline(always)]
 pub fn sluice(ctx: XdpContext) -> u32 {
     let len = (ctx.data_end() - ctx.data()) as u64;
     let (outcome, action) = match parse::parse(&ctx, len) {

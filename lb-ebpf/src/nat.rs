@@ -30,7 +30,6 @@
 
 use aya_ebpf::{
     bindings::{xdp_action, BPF_NOEXIST},
-    helpers::bpf_ktime_get_coarse_ns,
     programs::XdpContext,
 };
 use lb_common::{
@@ -82,8 +81,7 @@ pub fn reply(ctx: &XdpContext, packet: &Packet, class: u32) -> Option<(Counter, 
     };
     // SAFETY: this CPU's slot, used by this packet only (see `Scratch`).
     let scratch = unsafe { &mut *scratch };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = crate::clock::now();
     let state = if packet.protocol == IPPROTO_TCP {
         next_state(found.state, packet.tcp_flags, false)
     } else {

@@ -11,7 +11,6 @@
 //! Entries leave when they expire (`lb_common::flow::expired`, swept from userspace), and `nat`
 //! entries as soon as their connection closes.
 
-use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
 use lb_common::{
     flow::{
         next_state, Flow, DEFAULT_TCP_IDLE_TIMEOUT_S, DEFAULT_UDP_IDLE_TIMEOUT_S, REFRESH_NS,
@@ -23,7 +22,7 @@ use lb_common::{
 };
 
 use crate::{
-    hash,
+    clock, hash,
     parse::{Packet, IPPROTO_TCP, TCP_ACK, TCP_SYN},
     stats, CONFIG, FLOOD_GATE, FLOWS, MAGLEV, TARGETS,
 };
@@ -56,7 +55,7 @@ pub struct Selected {
     /// `last_seen_ns` was due for the once-a-[`REFRESH_NS`] refresh. (`nat` refreshes the
     /// translation on the same packets.)
     pub refreshed: bool,
-    /// The packet's time (`bpf_ktime_get_coarse_ns`).
+    /// The packet's time (`clock::now`).
     pub now: u64,
 }
 
@@ -72,11 +71,10 @@ pub fn select(
     packet: &Packet,
     listener: &Listener,
 ) -> Result<Selected, Counter> {
-    // The coarse clock (CLOCK_MONOTONIC_COARSE: the last tick's time, no clock read) is plenty
-    // for a once-a-second refresh, the flood gate's one-second window and the next-hop cache,
-    // and costs a fraction of `bpf_ktime_get_ns`.
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The coarse clock (the last tick's time, no clock read) is plenty for a once-a-second
+    // refresh, the flood gate's one-second window and the next-hop cache, and costs a
+    // fraction of `bpf_ktime_get_ns`.
+    let now = clock::now();
     let tcp = packet.protocol == IPPROTO_TCP;
     let starts = starts_connection(packet);
     let mut rehashed_from = None;

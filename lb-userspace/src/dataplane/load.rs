@@ -106,13 +106,14 @@ pub const PINNED_MAPS: &[&str] = &[
     "LISTENER_STATS",
     "TARGET_STATS",
     "FLOOD_GATE",
+    "LISTENERS_GENERATION",
 ];
 
 /// The layout of each pinned map as this build's program expects it: type, key and value
 /// sizes. A pinned map of another layout is refused before the program is loaded (the
 /// verifier's complaint would not say what to do, and a map type change, LRU to plain hash,
 /// would not be noticed at all).
-fn pinned_layouts() -> [(&'static str, MapType, usize, usize); 12] {
+fn pinned_layouts() -> [(&'static str, MapType, usize, usize); 13] {
     use lb_common::{
         config::Config,
         flow::{Flow, FlowKey, NatOrigin},
@@ -168,6 +169,8 @@ fn pinned_layouts() -> [(&'static str, MapType, usize, usize); 12] {
         ),
         // lb-ebpf's `select::FloodGate`: two u64.
         ("FLOOD_GATE", MapType::PerCpuArray, INDEX, 16),
+        // A count of changes to LISTENERS (u64).
+        ("LISTENERS_GENERATION", MapType::Array, INDEX, 8),
     ]
 }
 

@@ -43,6 +43,9 @@ fn err(name: &'static str) -> impl FnOnce(MapError) -> MapsError {
 pub struct Maps {
     pub config: Array<MapData, Config>,
     pub listeners: HashMap<MapData, ListenerKey, Listener>,
+    /// Counts the writes to `listeners`: the program's per-CPU listener cache holds an entry
+    /// only while the count is the one it was read under.
+    listeners_generation: Array<MapData, u64>,
     /// Class bits by address bucket (`lb_common::addr`): kept in step with `listeners` and
     /// `targets` by the writes below.
     pub addresses: Array<MapData, u32>,
@@ -69,6 +72,7 @@ impl Maps {
         let mut maps = Maps {
             config: take(ebpf, "CONFIG")?,
             listeners: take(ebpf, "LISTENERS")?,
+            listeners_generation: take(ebpf, "LISTENERS_GENERATION")?,
             addresses: take(ebpf, "ADDRESSES")?,
             maglev: take(ebpf, "MAGLEV")?,
             targets: take(ebpf, "TARGETS")?,
@@ -149,7 +153,8 @@ impl Maps {
         self.mark_address(&key.addr, key.class())?;
         self.listeners
             .insert(key, listener, 0)
-            .map_err(err("LISTENERS"))
+            .map_err(err("LISTENERS"))?;
+        self.listeners_changed()
     }
 
     pub fn remove_listener(&mut self, key: &ListenerKey) -> Result<(), MapsError> {
@@ -157,7 +162,20 @@ impl Maps {
             Err(MapError::KeyNotFound) => return Ok(()),
             other => other.map_err(err("LISTENERS"))?,
         }
+        // Before anything the entry named (its tables) goes: no CPU uses a cached copy after.
+        self.listeners_changed()?;
         self.unmark_listener_address(&key.addr)
+    }
+
+    /// Counts a write to `LISTENERS`: every CPU's cached listeners are read again.
+    fn listeners_changed(&mut self) -> Result<(), MapsError> {
+        let count = self
+            .listeners_generation
+            .get(&0, 0)
+            .map_err(err("LISTENERS_GENERATION"))?;
+        self.listeners_generation
+            .set(0, count.wrapping_add(1), 0)
+            .map_err(err("LISTENERS_GENERATION"))
     }
 
     pub fn set_target(&mut self, id: u32, target: &Target) -> Result<(), MapsError> {

@@ -145,3 +145,75 @@ fn port_and_all_ports_listeners_of_one_address() {
         "class bits of the bucket: {class:#b}"
     );
 }
+
+/// Each CPU remembers the listeners it found (`LISTENER_CACHE`), yet a listener changed or
+/// removed in `LISTENERS` reaches the very next packet, also within the same kernel tick: the
+/// cache holds an entry only under the count of `LISTENERS` writes it was read under. One
+/// listener's mode flips between `dsr` and `tunnel` (the same id) and every next SYN follows
+/// it; removed, its next SYN passes while another port of the address keeps the address's
+/// class bits (so the packet still asks).
+#[test]
+fn a_listener_change_reaches_the_next_packet() {
+    let mut f = L4Fixture::new();
+    let vip = |port| SocketAddr::new(IpAddr::V4(VIP_V4), port);
+    f.listener(0, vip(80), TCP, ForwardingMode::Dsr, HashKey::FiveTuple);
+    f.listener(1, vip(81), TCP, ForwardingMode::Dsr, HashKey::FiveTuple);
+    f.target(0, (target_v4(0), 0).into());
+    f.table(0, &[(0, 1)]);
+    f.table(1, &[(0, 1)]);
+    let key = ListenerKey {
+        addr: ip_to_bytes(VIP_V4.into()).0,
+        port_be: 80u16.to_be(),
+        protocol: TCP,
+        family: FAMILY_V4,
+    };
+    let syn = |port: u16| {
+        L4Fixture::inbound(
+            Frame::tcp(SocketAddr::from((CLIENT_V4, port)), vip(80))
+                .syn()
+                .mss(1460),
+        )
+        .build()
+    };
+    let mut wrong = Vec::new();
+    for round in 0..40u16 {
+        let mode = if round % 2 == 0 {
+            ForwardingMode::Tunnel
+        } else {
+            ForwardingMode::Dsr
+        };
+        // Asked once under the old mode, so that this CPU has it cached.
+        let cached = f.run(&syn(7000 + 2 * round));
+        f.maps
+            .set_listener(
+                &key,
+                &lb_common::listener::Listener {
+                    id: 0,
+                    mode: mode as u8,
+                    hash_key: HashKey::FiveTuple as u8,
+                    idle_timeout_s: 0,
+                },
+            )
+            .unwrap();
+        let frame = syn(7001 + 2 * round);
+        let run = f.run(&frame);
+        // IPIP adds an outer IPv4 header; dsr only rewrites the MACs.
+        let tunnelled = run.output.len() == frame.len() + 20;
+        if run.action != XDP_TX || tunnelled != (mode == ForwardingMode::Tunnel) {
+            wrong.push((round, mode, run.action, run.output.len(), cached.action));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "packets that missed the change (round, mode, action, length, action before): {wrong:?}"
+    );
+
+    f.run(&syn(6000));
+    f.maps.remove_listener(&key).unwrap();
+    let frame = syn(6001);
+    let run = f.run(&frame);
+    assert_eq!(run.action, XDP_PASS, "moved {:?}", run.moved());
+    assert_eq!(hex(&run.output), hex(&frame), "passed untouched");
+    let (action, _) = dsr_syn(&mut f, 6002, vip(81));
+    assert_eq!(action, XDP_TX, "port 81 is still served");
+}
