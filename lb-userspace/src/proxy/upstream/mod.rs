@@ -247,7 +247,8 @@ async fn write_body<W: AsyncWrite + Unpin>(
         match frame {
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else {
-                    // Trailers are not passed on.
+                    // Trailers are not passed on (nor were they by hyper: `Trailer`, which
+                    // declares them, is hop-by-hop).
                     continue;
                 };
                 if data.is_empty() {
@@ -375,6 +376,9 @@ impl hyper::body::Body for Body {
                 }
                 State::Chunked(decoder) => match decoder.decode(&mut conn.read) {
                     Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::Trailers(fields)) => {
+                        return Poll::Ready(Some(Ok(Frame::trailers(fields))))
+                    }
                     Ok(Decoded::End) => {
                         this.end();
                         return Poll::Ready(None);

@@ -163,7 +163,9 @@ pub enum Decoded {
     Data(Bytes),
     /// The bytes so far end inside framing: read more.
     NeedMore,
-    /// The last chunk and the trailers (dropped) have been read.
+    /// The trailer fields after the last chunk.
+    Trailers(HeaderMap),
+    /// The last chunk and the trailers have been read.
     End,
 }
 
@@ -171,7 +173,8 @@ pub enum Decoded {
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: ChunkState,
-    trailer_bytes: usize,
+    /// The trailer section's lines so far, each with its CRLF.
+    trailers: Vec<u8>,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -233,19 +236,47 @@ impl Chunked {
                     self.state = ChunkState::Size;
                 }
                 ChunkState::Trailers => {
-                    let limit = MAX_TRAILERS.saturating_sub(self.trailer_bytes).max(2);
+                    let limit = MAX_TRAILERS.saturating_sub(self.trailers.len()).max(2);
                     let Some(line) = take_line(buf, limit, "trailers too large")? else {
                         return Ok(Decoded::NeedMore);
                     };
-                    self.trailer_bytes += line.len() + 2;
-                    if line.is_empty() {
-                        self.state = ChunkState::Done;
+                    if !line.is_empty() {
+                        self.trailers.extend_from_slice(&line);
+                        self.trailers.extend_from_slice(b"\r\n");
+                        continue;
+                    }
+                    self.state = ChunkState::Done;
+                    if !self.trailers.is_empty() {
+                        return parse_trailers(&self.trailers).map(Decoded::Trailers);
                     }
                 }
                 ChunkState::Done => return Ok(Decoded::End),
             }
         }
     }
+}
+
+/// The trailer section's fields (without its final empty line).
+fn parse_trailers(lines: &[u8]) -> Result<HeaderMap, ParseError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut section = Vec::with_capacity(lines.len() + 2);
+    section.extend_from_slice(lines);
+    section.extend_from_slice(b"\r\n");
+    let parsed = match httparse::parse_headers(&section, &mut fields) {
+        Ok(httparse::Status::Complete((_, parsed))) => parsed,
+        _ => return Err(ParseError::Chunk("malformed trailers")),
+    };
+    let mut trailers = HeaderMap::with_capacity(parsed.len());
+    for field in parsed {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(field.name.as_bytes()),
+            HeaderValue::from_bytes(field.value),
+        ) else {
+            return Err(ParseError::Chunk("malformed trailers"));
+        };
+        trailers.append(name, value);
+    }
+    Ok(trailers)
 }
 
 /// Takes a CRLF-terminated line (without its CRLF) from the start of `buf`; `None` if it
@@ -434,6 +465,11 @@ mod tests {
             loop {
                 match decoder.decode(&mut buf)? {
                     Decoded::Data(bytes) => data.extend_from_slice(&bytes),
+                    Decoded::Trailers(fields) => {
+                        for (name, value) in &fields {
+                            data.extend_from_slice(format!("[{name}={value:?}]").as_bytes());
+                        }
+                    }
                     Decoded::NeedMore => break,
                     Decoded::End => return Ok((data, buf.len())),
                 }
@@ -447,7 +483,11 @@ mod tests {
         let body = b"5\r\nhello\r\n1;ext=\"x\"\r\n \r\nA \r\n0123456789\r\n0\r\nX-T: 1\r\n\r\nNEXT";
         for step in [1, 2, 3, 7, 100] {
             let (data, left) = dechunk(body, step).unwrap();
-            assert_eq!(data, b"hello 0123456789", "step {step}");
+            assert_eq!(
+                String::from_utf8(data).unwrap(),
+                "hello 0123456789[x-t=\"1\"]",
+                "step {step}"
+            );
             // What follows the body stays for the next response.
             if step == 100 {
                 assert_eq!(left, 4);
@@ -472,6 +512,10 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+        assert_eq!(
+            dechunk(b"0\r\nno colon\r\n\r\n", 100).unwrap_err(),
+            ParseError::Chunk("malformed trailers")
+        );
         let long_line = format!("5;{}\r\n", "e".repeat(MAX_CHUNK_LINE));
         assert_eq!(
             dechunk(long_line.as_bytes(), 64).unwrap_err(),
