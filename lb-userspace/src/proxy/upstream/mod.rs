@@ -397,10 +397,13 @@ impl hyper::body::Body for Body {
             if conn.read.capacity() - conn.read.len() < READ_CHUNK / 2 {
                 conn.read.reserve(READ_CHUNK);
             }
-            let read = match ready!(conn.stream.poll_read_ready(cx)) {
-                Ok(()) => conn.stream.try_read_buf(&mut conn.read),
-                Err(e) => Err(e),
-            };
+            // Through `poll_read`, which takes a short read as the socket drained (no
+            // extra `recvfrom` that would only say so).
+            let read = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut conn.stream),
+                cx,
+                &mut conn.read
+            ));
             match read {
                 Ok(0) if matches!(this.state, State::Close) => {
                     this.reusable = false;
@@ -414,7 +417,6 @@ impl hyper::body::Body for Body {
                     ))
                 }
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return this.fail(e),
             }
         }
