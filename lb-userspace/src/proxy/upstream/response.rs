@@ -2,6 +2,8 @@
 //! header values share the bytes read, nothing copied), the body's framing (RFC 9112 6.3),
 //! and the chunked decoder. Pure: no sockets.
 
+use std::mem::MaybeUninit;
+
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::{
     header::{self, HeaderName, HeaderValue},
@@ -49,9 +51,16 @@ pub struct Head {
 /// Parses a response head from the start of `buf`; once it is complete, its bytes are
 /// taken from `buf` (the header values keep sharing them). `None`: more bytes are needed.
 pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ParseError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut response = httparse::Response::new(&mut fields);
-    let len = match response.parse(buf) {
+    // Left uninitialised: httparse writes only the fields it finds (most heads have a
+    // dozen), where an initialised array would be 3.2 KB of stores per response.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => return Err(ParseError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -70,16 +79,28 @@ pub fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, ParseError> {
     // Where each field is in `buf`, so that the values can share the bytes once they are
     // split off (httparse's slices borrow `buf`).
     let base = buf.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    // (u32: a head is at most `MAX_HEAD` bytes.)
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = response.headers.len();
     for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
         let name = field.name.as_ptr() as usize - base;
         let value = field.value.as_ptr() as usize - base;
-        *span = (name, field.name.len(), value, field.value.len());
+        *span = (
+            name as u32,
+            field.name.len() as u32,
+            value as u32,
+            field.value.len() as u32,
+        );
     }
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(name, name_len, value, value_len) in &spans[..count] {
+        let (name, name_len, value, value_len) = (
+            name as usize,
+            name_len as usize,
+            value as usize,
+            value_len as usize,
+        );
         let name = &head[name..name + name_len];
         let field = HeaderName::from_bytes(name)
             .map_err(|_| ParseError::Header(String::from_utf8_lossy(name).into_owned()))?;
