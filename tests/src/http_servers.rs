@@ -275,6 +275,29 @@ fn serve(mut stream: TcpStream, state: &State) -> io::Result<()> {
                 }
                 return Ok(());
             }
+            // Hostile answers (the proxy must refuse them with a 502), then closes.
+            "/bad-status" => {
+                stream.write_all(b"HTTP/1.1 2OO OK\r\nContent-Length: 2\r\n\r\nok")?;
+                return Ok(());
+            }
+            "/huge-head" => {
+                write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+                    "a".repeat(500_000)
+                )?;
+                return Ok(());
+            }
+            "/two-lengths" => {
+                stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+                )?;
+                return Ok(());
+            }
+            // Content-Length beside chunked: the chunks count (RFC 9112 6.3).
+            "/length-and-chunked" => stream.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            )?,
             "/ws"
                 if header(&head, "upgrade")
                     .is_some_and(|u| u.eq_ignore_ascii_case("websocket")) =>

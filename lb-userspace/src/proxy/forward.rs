@@ -33,7 +33,7 @@ use super::{
     pool, redirect,
     rules::{RequestView, RuleAction},
     snapshot::{GroupRoutes, ListenerRoutes, RoutedTarget},
-    sticky, upgrade, Shared,
+    sticky, upgrade, upstream, Shared,
 };
 use crate::model::{Algorithm, Stickiness};
 
@@ -410,18 +410,18 @@ impl StickyRequest {
 
 /// How a request fared with one target.
 enum Attempt {
-    Answered(Response<Incoming>, pool::Lease),
+    Answered(Response<upstream::Body>),
     /// No connection could be opened: nothing was sent, another target may be tried.
     NoConnection(pool::ConnectError, Request<ProxyBody>),
-    /// Sent (or partly), then the connection failed.
-    Failed(hyper::Error),
+    /// Sent (or partly), then the connection failed or the response was malformed.
+    Failed(upstream::Error),
     /// No response head within the idle timeout.
     TimedOut,
 }
 
 /// Sends `request` to `target` on a pooled connection (or a new one). A reused connection
-/// that could not take the request (the target closed it while it was idle) gave the
-/// request back unsent: it goes again on a new connection, whatever its method.
+/// that the target closed while it was idle gets nothing: the request goes again on a new
+/// connection, whatever its method.
 async fn attempt(
     target: SocketAddr,
     request: Request<ProxyBody>,
@@ -431,37 +431,28 @@ async fn attempt(
     let mut request = request;
     let mut fresh = false;
     loop {
-        let lease = if fresh {
+        let conn = if fresh {
             Box::pin(pool::connect(target)).await
         } else {
             pool::checkout(target).await
         };
-        let mut lease = match lease {
-            Ok(lease) => lease,
+        let conn = match conn {
+            Ok(conn) => conn,
             Err(e) => return Attempt::NoConnection(e, request),
         };
         // ALB's idle timeout: inactivity, so an upload that keeps moving is never cut.
-        let sent = lease.sender().try_send_request(request);
+        let sent = upstream::send(conn, request);
         match body::until_idle(sent, upload, idle_timeout).await {
-            Some(Ok(response)) => return Attempt::Answered(response, lease),
-            Some(Err(mut e)) => {
-                lease.discard();
-                match e.take_message() {
-                    Some(unsent) if lease.reused && !fresh => {
-                        log::debug!(
-                            "target {target}: a kept-alive connection was closed; sending again on a new one: {}",
-                            e.error()
-                        );
-                        request = unsent;
-                        fresh = true;
-                    }
-                    _ => return Attempt::Failed(e.into_error()),
-                }
+            Some(Ok(response)) => return Attempt::Answered(response),
+            Some(Err(upstream::SendError::Unsent(unsent))) => {
+                log::debug!(
+                    "target {target}: a kept-alive connection was closed; sending again on a new one"
+                );
+                request = *unsent;
+                fresh = true;
             }
-            None => {
-                lease.discard();
-                return Attempt::TimedOut;
-            }
+            Some(Err(upstream::SendError::Failed(e))) => return Attempt::Failed(e),
+            None => return Attempt::TimedOut,
         }
     }
 }
@@ -530,7 +521,7 @@ async fn forward(
 
     let mut exclude = None;
     let mut retried = false;
-    let (response, lease, index, sent_at, outstanding) = loop {
+    let (response, index, sent_at, outstanding) = loop {
         let Some(index) = choose_target(shared, group, &sticky, exclude) else {
             record.error_reason = Some(if retried {
                 "TargetConnectionError"
@@ -565,9 +556,7 @@ async fn forward(
         let attempted = attempt(target.key.addr, outgoing, watched, routes.idle_timeout).await;
         conn.state.awaiting_target(false);
         match attempted {
-            Attempt::Answered(response, lease) => {
-                break (response, lease, index, sent_at, outstanding)
-            }
+            Attempt::Answered(response) => break (response, index, sent_at, outstanding),
             Attempt::NoConnection(e, unsent) => {
                 group
                     .counters
@@ -652,13 +641,11 @@ async fn forward(
     note_outcome(group, routed, Outcome::Response(status.as_u16()));
 
     let mut response = response;
-    let mut lease = lease;
     let upgraded = upgrade && status == StatusCode::SWITCHING_PROTOCOLS;
     if upgraded {
         // The connection is the tunnel's now.
-        lease.discard();
-        if let Some(client_upgrade) = client_upgrade {
-            let target_upgrade = hyper::upgrade::on(&mut response);
+        let target_upgrade = response.body_mut().upgrade();
+        if let (Some(client_upgrade), Some(target_upgrade)) = (client_upgrade, target_upgrade) {
             record.action = "forward-upgrade";
             tokio::spawn(upgrade::tunnel(
                 Arc::clone(shared),
@@ -673,15 +660,8 @@ async fn forward(
     let (mut head, target_body) = response.into_parts();
     headers::remove_hop_by_hop(&mut head.headers, upgraded);
     set_sticky_cookies(shared, conn, group, &routed.key, &sticky, &mut head.headers);
-    let response = Response::from_parts(head, target_body.map_err(Into::into));
-    finish_with(
-        conn,
-        record,
-        in_flight,
-        response,
-        Some((outstanding, lease)),
-        upload,
-    )
+    let response = Response::from_parts(head, target_body);
+    finish_with(conn, record, in_flight, response, Some(outstanding), upload)
 }
 
 /// Stickiness cookies on a forwarded response: lb_cookie always (its expiry refreshed, and
@@ -796,7 +776,7 @@ fn finish_with<B>(
     mut record: Record,
     in_flight: InFlight,
     response: Response<B>,
-    target: Option<(Outstanding, pool::Lease)>,
+    target: Option<Outstanding>,
     upload: Option<Arc<body::Upload>>,
 ) -> Response<ProxyBody>
 where
@@ -823,7 +803,6 @@ where
         }
         record.response_processing = head_at.map(|at| at.elapsed());
         sink.record(&record);
-        // The target's connection goes back to the pool once its response has ended.
         drop(target);
         drop(in_flight);
     });

@@ -34,6 +34,7 @@ pub mod snapshot;
 pub mod sticky;
 pub mod tls;
 pub mod upgrade;
+pub mod upstream;
 pub mod wildcard;
 pub mod workers;
 

@@ -1,9 +1,8 @@
 //! Keep-alive connections to targets, one pool per worker thread (see [`super::workers`]):
-//! a request takes an idle connection to its target or opens one (HTTP/1.1, hyper's
-//! `client::conn::http1`, whose connection task runs on the same worker), and gives it back
-//! when its response body has ended ([`Lease`]). Nothing is spawned per request, and a pool
-//! holds no more connections than were in use at once, less those idle longer than
-//! [`IDLE_TIMEOUT`] or beyond [`MAX_IDLE_PER_TARGET`].
+//! a request takes an idle connection to its target or opens one, and the response body
+//! gives it back when it has ended ([`super::upstream::Body`]). Nothing is spawned per request
+//! or per connection, and a pool holds no more connections than were in use at once, less
+//! those idle longer than [`IDLE_TIMEOUT`] or beyond [`MAX_IDLE_PER_TARGET`].
 
 use std::{
     cell::RefCell,
@@ -12,10 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-
-use super::body::ProxyBody;
+use super::upstream::Conn;
 
 /// How long an idle connection is kept: shorter than common application keep-alive timeouts
 /// (Node's 5 s is the shortest usual one), so a pooled connection is rarely reused just as
@@ -27,53 +23,12 @@ pub const MAX_IDLE_PER_TARGET: usize = 1024;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Idle {
-    sender: SendRequest<ProxyBody>,
+    conn: Conn,
     since: Instant,
 }
 
 thread_local! {
     static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
-}
-
-/// A connection to a target, in use by one request.
-pub struct Lease {
-    /// Some until dropped.
-    sender: Option<SendRequest<ProxyBody>>,
-    target: SocketAddr,
-    /// Taken from the pool (it served a request before): a request it could not send went
-    /// nowhere and may be sent again on a fresh connection.
-    pub reused: bool,
-    /// Given back when dropped: cleared for a connection that was upgraded.
-    reusable: bool,
-}
-
-impl Lease {
-    fn new(sender: SendRequest<ProxyBody>, target: SocketAddr, reused: bool) -> Lease {
-        Lease {
-            sender: Some(sender),
-            target,
-            reused,
-            reusable: true,
-        }
-    }
-
-    pub fn sender(&mut self) -> &mut SendRequest<ProxyBody> {
-        self.sender.as_mut().expect("some until dropped")
-    }
-
-    /// The connection is taken over by an upgrade (or is otherwise done): not given back.
-    pub fn discard(&mut self) {
-        self.reusable = false;
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        match self.sender.take() {
-            Some(sender) if self.reusable && !sender.is_closed() => give_back(self.target, sender),
-            _ => {}
-        }
-    }
 }
 
 /// Why no connection to a target could be had.
@@ -83,22 +38,19 @@ pub enum ConnectError {
     Connect(SocketAddr, std::io::Error),
     #[error("connecting to {0}: no connection within {CONNECT_TIMEOUT:?}")]
     Timeout(SocketAddr),
-    #[error("HTTP/1.1 handshake with {0}: {1}")]
-    Handshake(SocketAddr, hyper::Error),
 }
 
 /// An idle connection to `target` from this worker's pool, or a new one.
-pub async fn checkout(target: SocketAddr) -> Result<Lease, ConnectError> {
-    if let Some(sender) = take_idle(target) {
-        return Ok(Lease::new(sender, target, true));
+pub async fn checkout(target: SocketAddr) -> Result<Conn, ConnectError> {
+    if let Some(conn) = take_idle(target) {
+        return Ok(conn);
     }
-    // On the heap: connecting (and hyper's handshake) would otherwise make every request's
-    // future larger, and it is moved whole when hyper takes it.
+    // On the heap: connecting would otherwise make every request's future larger.
     Box::pin(connect(target)).await
 }
 
 /// A new connection to `target`, not from the pool.
-pub async fn connect(target: SocketAddr) -> Result<Lease, ConnectError> {
+pub async fn connect(target: SocketAddr) -> Result<Conn, ConnectError> {
     let stream =
         match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(target)).await {
             Ok(Ok(stream)) => stream,
@@ -106,40 +58,35 @@ pub async fn connect(target: SocketAddr) -> Result<Lease, ConnectError> {
             Err(_) => return Err(ConnectError::Timeout(target)),
         };
     let _ = stream.set_nodelay(true);
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| ConnectError::Handshake(target, e))?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            log::debug!("connection to target {target}: {e}");
-        }
-    });
-    Ok(Lease::new(sender, target, false))
+    Ok(Conn::new(stream, target))
 }
 
-/// The most recently used idle connection to `target` that can take a request now; those
-/// closed, expired or still busy are dropped on the way (a busy one is finishing a response
-/// its client stopped reading).
-fn take_idle(target: SocketAddr) -> Option<SendRequest<ProxyBody>> {
+/// The most recently used idle connection to `target` that has not expired; expired ones
+/// are dropped on the way. Whether the target closed it is seen when it is used
+/// ([`super::upstream::send`]).
+fn take_idle(target: SocketAddr) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&target)?;
-        while let Some(Idle { sender, since }) = list.pop() {
-            if since.elapsed() < IDLE_TIMEOUT && sender.is_ready() {
-                return Some(sender);
+        while let Some(Idle { conn, since }) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT {
+                return Some(conn);
             }
         }
         None
     })
 }
 
-fn give_back(target: SocketAddr, sender: SendRequest<ProxyBody>) {
-    IDLE.with(|idle| {
+/// Keeps a connection whose last response ended cleanly, for the next request to its target.
+pub fn give_back(mut conn: Conn) {
+    conn.reused = true;
+    // `try_with`: a body dropped while its worker's thread ends finds no pool.
+    let _ = IDLE.try_with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.entry(target).or_default();
+        let list = idle.entry(conn.target).or_default();
         if list.len() < MAX_IDLE_PER_TARGET {
             list.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -152,7 +99,7 @@ fn sweep() {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         idle.retain(|_, list| {
-            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.sender.is_closed());
+            list.retain_mut(|c| c.since.elapsed() < IDLE_TIMEOUT && !c.conn.closed_while_idle());
             !list.is_empty()
         });
     });

@@ -25,11 +25,11 @@ pub async fn tunnel(
     conn: Arc<ConnCtx>,
     target: TargetKey,
     client: OnUpgrade,
-    upstream: OnUpgrade,
+    upstream: super::upstream::Upgraded,
     idle_timeout: Duration,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(both) => both,
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             log::debug!(
                 "upgrade to target {} of '{}' failed: {e}",
@@ -42,7 +42,7 @@ pub async fn tunnel(
     // The client side still runs over the connection's TrackedIo, which sees data in both
     // directions (reads from the client, writes of what the target sent).
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+    let mut upstream = upstream;
     let mut changed = shared.changed.subscribe();
     // A deadline, not a period: an idle tunnel wakes nobody until its idle timeout can have
     // passed.

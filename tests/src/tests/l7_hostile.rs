@@ -1,6 +1,7 @@
 //! The L7 proxy under hostile and careless input, end to end: slow uploads and stalled
 //! ones, Host handling per RFC 9112/9113 (no rule bypass), CONNECT and `OPTIONS *`, HTTP/1.0
-//! without Host, malformed client bodies, and a target killed under a loop of POSTs.
+//! without Host, malformed client bodies, malformed and oversized responses from a target,
+//! and a target killed under a loop of POSTs.
 
 use std::{
     io::{Read, Write},
@@ -313,6 +314,50 @@ fn connect_options_star_http10_and_broken_bodies_get_answers_of_their_own() {
         "the ClientBodyError log line",
         || h.lb.sluice.stderr().contains("\"ClientBodyError\""),
     );
+}
+
+#[test]
+fn malformed_and_oversized_target_responses_get_502_and_count_as_target_errors() {
+    let h = Hostile::start();
+    for path in ["/bad-status", "/huge-head", "/two-lengths"] {
+        let answer = h.exchange(
+            format!("GET {path} HTTP/1.1\r\nHost: public.example.com\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(status_of(&answer), "502", "{path}: {answer}");
+    }
+    // Valid if odd: Content-Length beside chunked; the chunks are the body.
+    let answer = h.exchange(
+        b"GET /length-and-chunked HTTP/1.1\r\nHost: public.example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&answer), "200", "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("content-length: 3"),
+        "the target's Content-Length is not passed on: {answer}"
+    );
+    assert!(answer.contains("\r\n5\r\nhello\r\n0\r\n\r\n"), "{answer}");
+    wait_until(
+        Duration::from_secs(5),
+        "three TargetResponseError log lines",
+        || {
+            h.lb.sluice
+                .stderr()
+                .lines()
+                .filter(|l| l.ends_with("\"TargetResponseError\""))
+                .count()
+                == 3
+        },
+    );
+    let out = h.lb.cli(&["stats", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let web = &report["http_listeners"][0];
+    assert_eq!(web["elb_5xx"], 3, "{web}");
+    let errors: u64 = report["targets"]
+        .as_array()
+        .expect("targets")
+        .iter()
+        .filter_map(|t| t["request_errors"].as_u64())
+        .sum();
+    assert_eq!(errors, 3, "{report}");
 }
 
 /// A POST target in its own process, so that it can be killed like a crashed service.
