@@ -80,6 +80,7 @@ fn take_idle(target: SocketAddr) -> Option<Conn> {
 /// Keeps a connection whose last response ended cleanly, for the next request to its target.
 pub fn give_back(mut conn: Conn) {
     conn.reused = true;
+    conn.trim();
     // `try_with`: a body dropped while its worker's thread ends finds no pool.
     let _ = IDLE.try_with(|idle| {
         let mut idle = idle.borrow_mut();

@@ -37,6 +37,8 @@ use super::body::{BoxError, ProxyBody};
 const READ_CHUNK: usize = 8 * 1024;
 /// A request body's bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
+/// The most buffer room an idle connection keeps, each way ([`Conn::trim`]).
+const KEEP_WHILE_IDLE: usize = 2 * READ_CHUNK;
 
 /// A connection to a target, idle in the pool or carrying one request.
 #[derive(Debug)]
@@ -59,6 +61,17 @@ impl Conn {
             write: Vec::new(),
             target,
             reused: false,
+        }
+    }
+
+    /// Lets go of buffers an uncommon message grew (a large upload, a large response head):
+    /// an idle connection in the pool keeps only what a common request needs.
+    pub fn trim(&mut self) {
+        if self.write.capacity() > KEEP_WHILE_IDLE {
+            self.write = Vec::new();
+        }
+        if self.read.is_empty() && self.read.capacity() > KEEP_WHILE_IDLE {
+            self.read = BytesMut::new();
         }
     }
 
@@ -615,6 +628,29 @@ mod tests {
             seen,
             "POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello\
              PUT / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n8\r\ndefghijk\r\n0\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_keeps_no_large_buffers() {
+        const UPLOAD: usize = 200 * 1024;
+        let (addr, _target) = target(vec![(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+            UPLOAD,
+        )])
+        .await;
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut post = Request::new(super::super::body::full(vec![b'x'; UPLOAD]));
+        *post.method_mut() = Method::POST;
+        let answer = send(Conn::new(stream, addr), post).await.ok().unwrap();
+        assert_eq!(body_of(answer).await, b"");
+        let conn = super::super::pool::checkout(addr).await.unwrap();
+        assert!(conn.reused, "kept in the pool");
+        assert!(
+            conn.write.capacity() <= KEEP_WHILE_IDLE && conn.read.capacity() <= KEEP_WHILE_IDLE,
+            "write {} read {}",
+            conn.write.capacity(),
+            conn.read.capacity()
         );
     }
 
