@@ -30,10 +30,12 @@ use super::{
     cookie_keys::CookieKeys,
     headers,
     outlier::Outcome,
-    pool, redirect,
+    redirect,
     rules::{RequestView, RuleAction},
     snapshot::{GroupRoutes, ListenerRoutes, RoutedTarget},
-    sticky, upgrade, upstream, Shared,
+    sticky, upgrade,
+    upstream::{self, pool},
+    Shared,
 };
 use crate::model::{Algorithm, Stickiness};
 

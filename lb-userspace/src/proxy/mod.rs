@@ -25,7 +25,6 @@ pub mod handover;
 pub mod headers;
 pub mod metrics;
 mod outlier;
-pub mod pool;
 pub mod redirect;
 pub mod resets;
 pub mod rules;
@@ -245,7 +244,7 @@ impl Proxy {
         log::info!(
             "the L7 proxy runs {count} worker thread(s) (sluice run --proxy-workers sets it)"
         );
-        workers.spawn_each(pool::sweep_forever);
+        workers.spawn_each(upstream::pool::sweep_forever);
         let (changed, _) = tokio::sync::watch::channel(0);
         let (draining, _) = tokio::sync::watch::channel(false);
         let shared = Arc::new(Shared {

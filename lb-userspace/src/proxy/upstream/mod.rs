@@ -7,6 +7,7 @@
 //! `encode` and `response` are the codec (pure); this module is the I/O around them.
 
 pub mod encode;
+pub mod pool;
 pub mod response;
 
 use std::{
@@ -325,7 +326,7 @@ impl Body {
         self.state = State::Done;
         if let Some(conn) = self.conn.take() {
             if self.reusable && conn.read.is_empty() {
-                super::pool::give_back(conn);
+                pool::give_back(conn);
             }
         }
     }
@@ -571,7 +572,7 @@ mod tests {
         assert_eq!(body_of(response).await, b"hello");
         let mut response = None;
         for (path, want, status) in [("/two", &b"abcde"[..], 200), ("/three", b"", 204)] {
-            let conn = super::super::pool::checkout(addr).await.unwrap();
+            let conn = pool::checkout(addr).await.unwrap();
             assert!(conn.reused, "{path} on the pooled connection");
             let answer = send(conn, get(path)).await.ok().unwrap();
             assert_eq!(answer.status(), status);
@@ -580,19 +581,19 @@ mod tests {
         }
         assert_eq!(response, Some("/three"));
         // HEAD: the length is the resource's, no body follows.
-        let conn = super::super::pool::checkout(addr).await.unwrap();
+        let conn = pool::checkout(addr).await.unwrap();
         let mut head = get("/four");
         *head.method_mut() = Method::HEAD;
         let answer = send(conn, head).await.ok().unwrap();
         assert_eq!(answer.headers()["content-length"], "3");
         assert_eq!(body_of(answer).await, b"");
         // Close-delimited: read to the end, and the connection is not kept.
-        let conn = super::super::pool::checkout(addr).await.unwrap();
+        let conn = pool::checkout(addr).await.unwrap();
         assert!(conn.reused);
         let answer = send(conn, get("/five")).await.ok().unwrap();
         assert_eq!(answer.version(), hyper::Version::HTTP_10);
         assert_eq!(body_of(answer).await, b"until the end");
-        assert_eq!(super::super::pool::idle_count(), 0);
+        assert_eq!(pool::idle_count(), 0);
         let seen = String::from_utf8(target.await.unwrap()).unwrap();
         assert!(
             seen.starts_with("GET /one HTTP/1.1\r\nhost: t\r\n\r\nGET /two"),
@@ -620,7 +621,7 @@ mod tests {
         tx.send(Bytes::from_static(b"abc")).await.unwrap();
         tx.send(Bytes::from_static(b"defghijk")).await.unwrap();
         drop(tx);
-        let conn = super::super::pool::checkout(addr).await.unwrap();
+        let conn = pool::checkout(addr).await.unwrap();
         let answer = send(conn, upload).await.ok().unwrap();
         assert_eq!(body_of(answer).await, b"");
         let seen = String::from_utf8(target.await.unwrap()).unwrap();
@@ -644,7 +645,7 @@ mod tests {
         *post.method_mut() = Method::POST;
         let answer = send(Conn::new(stream, addr), post).await.ok().unwrap();
         assert_eq!(body_of(answer).await, b"");
-        let conn = super::super::pool::checkout(addr).await.unwrap();
+        let conn = pool::checkout(addr).await.unwrap();
         assert!(conn.reused, "kept in the pool");
         assert!(
             conn.write.capacity() <= KEEP_WHILE_IDLE && conn.read.capacity() <= KEEP_WHILE_IDLE,
@@ -683,7 +684,7 @@ mod tests {
         let response = send(Conn::new(stream, addr), get("/")).await.ok().unwrap();
         assert!(!response.headers().contains_key("content-length"));
         assert_eq!(body_of(response).await, b"hello");
-        assert_eq!(super::super::pool::idle_count(), 0);
+        assert_eq!(pool::idle_count(), 0);
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
-//! Keep-alive connections to targets, one pool per worker thread (see [`super::workers`]):
+//! Keep-alive connections to targets, one pool per worker thread (see [`crate::proxy::workers`]):
 //! a request takes an idle connection to its target or opens one, and the response body
-//! gives it back when it has ended ([`super::upstream::Body`]). Nothing is spawned per request
+//! gives it back when it has ended ([`super::Body`]). Nothing is spawned per request
 //! or per connection, and a pool holds no more connections than were in use at once, less
 //! those idle longer than [`IDLE_TIMEOUT`] or beyond [`MAX_IDLE_PER_TARGET`].
 
@@ -11,11 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::upstream::Conn;
+use super::Conn;
 
 /// How long an idle connection is kept: shorter than common application keep-alive timeouts
 /// (Node's 5 s is the shortest usual one), so a pooled connection is rarely reused just as
-/// the target closes it (that case is retried, see [`super::forward`]).
+/// the target closes it (that case is retried, see [`crate::proxy::forward`]).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Idle connections kept per target and worker; more are closed when given back.
 pub const MAX_IDLE_PER_TARGET: usize = 1024;
@@ -63,7 +63,7 @@ pub async fn connect(target: SocketAddr) -> Result<Conn, ConnectError> {
 
 /// The most recently used idle connection to `target` that has not expired; expired ones
 /// are dropped on the way. Whether the target closed it is seen when it is used
-/// ([`super::upstream::send`]).
+/// ([`super::send`]).
 fn take_idle(target: SocketAddr) -> Option<Conn> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
