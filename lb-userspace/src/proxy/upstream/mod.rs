@@ -336,9 +336,16 @@ impl Body {
     pub fn upgrade(&mut self) -> Option<Upgraded> {
         let conn = self.conn.take()?;
         self.state = State::Done;
+        // Copied out, if any: the read buffer (8 KiB or more) is not kept for the tunnel's
+        // life, which a frozen slice of it would do.
+        let early = if conn.read.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&conn.read)
+        };
         Some(Upgraded {
             stream: conn.stream,
-            early: conn.read.freeze(),
+            early,
         })
     }
 
@@ -467,6 +474,10 @@ impl AsyncRead for Upgraded {
             let n = this.early.len().min(buf.remaining());
             buf.put_slice(&this.early[..n]);
             this.early.advance(n);
+            if this.early.is_empty() {
+                // Let go of the allocation: the tunnel may idle for hours.
+                this.early = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.stream).poll_read(cx, buf)
