@@ -201,7 +201,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
     // The model is read before anything is loaded: a broken file (or store) changes nothing.
     let mut shared = match &args.store {
         Some(url) => {
-            let credentials = store_access(&args).load()?;
+            let access = store_access(&args);
+            let credentials = access.load()?;
             let node = match &args.node_name {
                 Some(name) => name.clone(),
                 None => host_name()?,
@@ -209,6 +210,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<()> {
             let started = runtime
                 .block_on(daemon::shared::start(
                     url,
+                    &access,
                     &credentials,
                     args.config.as_deref(),
                     &node,

@@ -28,8 +28,9 @@ use crate::{
     dataplane::{saved::Store, Dataplane},
     model::{edit::Edit, files, Model},
     store::{
-        self, etcd::EtcdKv, Backoff, CasError, Change, Credentials, Entry, Follow, Keys, Kv,
-        NodeReport, Seeded, StoreError, StoreStatus, StoreUrl, WatchMessage,
+        self, etcd::EtcdKv, AccessError, Backoff, CasError, Change, Credentials, Entry, Follow,
+        Keys, Kv, LocalFuture, NodeReport, Rotated, Rotation, Seeded, StoreAccess, StoreError,
+        StoreStatus, StoreUrl, WatchMessage,
     },
 };
 
@@ -46,7 +47,10 @@ const OUTCOMES_KEPT: usize = 64;
 
 /// The store, as the daemon holds it.
 pub struct Shared {
-    kv: Box<dyn Kv>,
+    /// The client in use: another one once renewed credentials work ([`Renewal`]).
+    kv: RefCell<Rc<dyn Kv>>,
+    store: String,
+    renewal: Option<Renewal>,
     keys: Keys,
     follow: RefCell<Follow>,
     /// The newest revision this node has applied or refused.
@@ -57,16 +61,120 @@ pub struct Shared {
     reported: RefCell<Option<NodeReport>>,
 }
 
+/// A client connected with `credentials`.
+pub type Connect =
+    Box<dyn Fn(Credentials) -> LocalFuture<'static, Result<Box<dyn Kv>, StoreError>>>;
+
+/// How the daemon follows credential files renewed in place ([`Rotation`]'s rules): what reads
+/// them and what connects with them.
+pub struct Renewal {
+    read: Box<dyn Fn() -> Result<Credentials, AccessError>>,
+    connect: Connect,
+    rotation: RefCell<Rotation>,
+}
+
+impl Renewal {
+    pub fn new(
+        in_use: Credentials,
+        read: Box<dyn Fn() -> Result<Credentials, AccessError>>,
+        connect: Connect,
+    ) -> Renewal {
+        Renewal {
+            read,
+            connect,
+            rotation: RefCell::new(Rotation::new(in_use)),
+        }
+    }
+
+    /// etcd's: the files `sluice run` was given, the endpoints of `url`.
+    pub fn etcd(url: &StoreUrl, access: StoreAccess, in_use: Credentials) -> Renewal {
+        let url = url.clone();
+        Renewal::new(
+            in_use,
+            Box::new(move || access.load()),
+            Box::new(move |credentials| {
+                let url = url.clone();
+                Box::pin(async move {
+                    let kv = EtcdKv::new(&url, &credentials).await?;
+                    Ok(Box::new(kv) as Box<dyn Kv>)
+                })
+            }),
+        )
+    }
+}
+
 impl Shared {
     pub fn new(kv: Box<dyn Kv>, keys: Keys, node: String) -> Shared {
         Shared {
             follow: RefCell::new(Follow::new(kv.name(), node)),
-            kv,
+            store: kv.name(),
+            kv: RefCell::new(Rc::from(kv)),
+            renewal: None,
             keys,
             settled: tokio::sync::watch::Sender::new(0),
             outcomes: RefCell::default(),
             lease: Cell::new(None),
             reported: RefCell::new(None),
+        }
+    }
+
+    /// From now on the credential files are read again at every renewal of the node's lease
+    /// and after the store was lost; new ones replace the client once they work.
+    pub fn renewing(mut self, renewal: Renewal) -> Shared {
+        self.renewal = Some(renewal);
+        self
+    }
+
+    fn kv(&self) -> Rc<dyn Kv> {
+        Rc::clone(&self.kv.borrow())
+    }
+
+    /// The store as the operator named it.
+    fn name(&self) -> String {
+        self.store.clone()
+    }
+
+    /// Reads the credential files again: whether a client with new ones replaced the one in
+    /// use (the store answered them; the watch is then started again on it).
+    async fn renew(&self) -> bool {
+        let Some(renewal) = &self.renewal else {
+            return false;
+        };
+        let next = renewal.rotation.borrow_mut().read((renewal.read)());
+        let credentials = match next {
+            Rotated::Unchanged => return false,
+            Rotated::Unusable(e) => {
+                log::error!(
+                    "the store's credential files changed and cannot be used: {e}; this node keeps reaching {} with the ones it has",
+                    self.store
+                );
+                return false;
+            }
+            Rotated::Try(credentials) => credentials,
+        };
+        let checked = async {
+            let kv = (renewal.connect)(credentials.clone()).await?;
+            kv.get(self.keys.model()).await?;
+            Ok::<_, StoreError>(kv)
+        };
+        match checked.await {
+            Ok(kv) => {
+                log::info!(
+                    "the store's credential files changed: {} is reached with them from now on ({credentials:?})",
+                    self.store
+                );
+                renewal.rotation.borrow_mut().taken(credentials);
+                *self.kv.borrow_mut() = Rc::from(kv);
+                true
+            }
+            Err(e) => {
+                if renewal.rotation.borrow_mut().failed(credentials) {
+                    log::error!(
+                        "the store's credential files changed, but they do not work yet ({e}); this node keeps the ones it has, and tries the files again every {KEEP_ALIVE_EVERY:?}"
+                    );
+                }
+                false
+            }
         }
     }
 
@@ -87,7 +195,7 @@ impl Shared {
         if let Some(since) = self.follow.borrow_mut().reached() {
             log::info!(
                 "the store {} answers again (unreachable for {:.1} s)",
-                self.kv.name(),
+                self.name(),
                 now_ms().saturating_sub(since) as f64 / 1000.0
             );
         }
@@ -151,12 +259,14 @@ pub struct Started {
     pub revision: i64,
 }
 
-/// Connects to `url` with `credentials`, waiting at most [`START_PATIENCE`] (not at all for a
+/// Connects to `url` with `credentials` (read from `access`'s files, which are followed from
+/// then on: [`Renewal`]), waiting at most [`START_PATIENCE`] (not at all for a
 /// store that refuses them); seeds the model from `config` if
 /// the prefix holds none; makes the stickiness keys the store's (seeding them from `key_file`,
 /// made if missing); reads the model to run first.
 pub async fn start(
     url: &StoreUrl,
+    access: &StoreAccess,
     credentials: &Credentials,
     config: Option<&Path>,
     node: &str,
@@ -236,7 +346,11 @@ pub async fn start(
         reason,
     })?;
     Ok(Started {
-        shared: Shared::new(Box::new(kv), keys, node.to_string()),
+        shared: Shared::new(Box::new(kv), keys, node.to_string()).renewing(Renewal::etcd(
+            url,
+            access.clone(),
+            credentials.clone(),
+        )),
         model,
         revision: entry.mod_revision,
     })
@@ -345,7 +459,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         if !shared.follow.borrow_mut().offer(revision) {
             return;
         }
-        let outcome = parse(&shared.kv.name(), entry).and_then(|model| {
+        let outcome = parse(&shared.name(), entry).and_then(|model| {
             self.apply_model(&model, &Origin::Store { revision })
                 .map_err(|e| e.to_string())
         });
@@ -354,7 +468,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             Err(reason) => {
                 log::error!(
                     "revision {revision} of the model in {} refused, this node keeps serving revision {}: {reason}",
-                    shared.kv.name(),
+                    shared.name(),
                     shown(shared.follow.borrow().applied_revision())
                 );
                 shared.follow.borrow_mut().refused(revision, reason.clone());
@@ -369,7 +483,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
         match change {
             Change::Put(entry) if entry.key == shared.keys.model() => self.apply_stored(entry),
             Change::Put(entry) if entry.key == shared.keys.stickiness_keys() => {
-                match write_key_file(&*shared.kv, &self.key_file, &entry.value) {
+                match write_key_file(&*shared.kv(), &self.key_file, &entry.value) {
                     Ok(true) => self.take_up_keys(),
                     Ok(false) => {}
                     Err(e) => log::error!("{e}"),
@@ -423,9 +537,9 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     /// (tried again when another node won the race), answered once this node applied it.
     pub async fn submit_to_store(&self, edit: Edit) -> Result<Changes, ControlError> {
         let shared = self.shared.get().expect("store mode");
-        let store = shared.kv.name();
+        let store = shared.name();
         let running = || shown(shared.follow.borrow().applied_revision());
-        let written = store::compare_and_swap(&*shared.kv, &shared.keys.model(), |entry| -> Result<Vec<u8>, ControlError> {
+        let written = store::compare_and_swap(&*shared.kv(), &shared.keys.model(), |entry| -> Result<Vec<u8>, ControlError> {
             let model = parse(&store, entry).map_err(|reason| {
                 ControlError::conflict(format!(
                     "{edit} refused: the model in the store (revision {}) does not validate: {reason}; fix it there first",
@@ -499,7 +613,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     pub(super) fn reload_refused(&self, shared: &Shared) -> ControlError {
         let message = format!(
             "this daemon's model lives in the store {}: reload does not re-read --config (that would replace every node's model with this host's file); change it with the sluice commands, or write a whole model with `etcdctl put {} < FILE` after `sluice check FILE`",
-            shared.kv.name(),
+            shared.name(),
             shared.keys.model()
         );
         log::warn!("{message}");
@@ -510,9 +624,9 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
     async fn report_node(&self) -> Result<(), StoreError> {
         let shared = self.shared.get().expect("store mode");
         let lease = match shared.lease.get() {
-            Some(lease) if shared.kv.keep_alive(lease).await? => lease,
+            Some(lease) if shared.kv().keep_alive(lease).await? => lease,
             _ => {
-                let lease = shared.kv.grant(NODE_TTL_S).await?;
+                let lease = shared.kv().grant(NODE_TTL_S).await?;
                 shared.lease.set(Some(lease));
                 *shared.reported.borrow_mut() = None;
                 lease
@@ -523,7 +637,7 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
             let name = shared.follow.borrow().status().node.clone();
             let value = serde_json::to_vec(&report).expect("a report serializes");
             shared
-                .kv
+                .kv()
                 .put_leased(shared.keys.node(&name), value, lease)
                 .await?;
             *shared.reported.borrow_mut() = Some(report);
@@ -536,6 +650,8 @@ impl<D: Dataplane, S: Store> Daemon<D, S> {
 enum Resync {
     Lost(StoreError),
     Compacted,
+    /// Renewed credentials work: the client changed.
+    Renewed,
 }
 
 /// Follows the store until the daemon stops: applies every new revision, keeps this node's
@@ -549,13 +665,13 @@ pub async fn follow<D: Dataplane, S: Store>(daemon: Rc<Daemon<D, S>>, from: i64)
         // A watch from `from` on, or after a listing, from the listing's revision on.
         let start = match from.take() {
             Some(from) => Ok(from),
-            None => shared.kv.list(shared.keys.all()).await.map(|listing| {
+            None => shared.kv().list(shared.keys.all()).await.map(|listing| {
                 daemon.stored_listing(&listing.entries);
                 listing.revision + 1
             }),
         };
         let watch = match start {
-            Ok(start) => shared.kv.watch(shared.keys.all(), start).await,
+            Ok(start) => shared.kv().watch(shared.keys.all(), start).await,
             Err(e) => Err(e),
         };
         let ended = match watch {
@@ -569,11 +685,15 @@ pub async fn follow<D: Dataplane, S: Store>(daemon: Rc<Daemon<D, S>>, from: i64)
         match ended {
             Resync::Lost(e) => {
                 shared.lost(&e);
-                tokio::time::sleep(backoff.failed()).await;
+                // Credentials that expired or were revoked may have been renewed in place.
+                if !shared.renew().await {
+                    tokio::time::sleep(backoff.failed()).await;
+                }
             }
+            Resync::Renewed => {}
             Resync::Compacted => log::info!(
                 "{}: the revision to watch from was compacted; reading the model anew",
-                shared.kv.name()
+                shared.name()
             ),
         }
     }
@@ -597,12 +717,15 @@ async fn watching<D: Dataplane, S: Store>(
                     }
                 }
                 Some(WatchMessage::Compacted { .. }) => return Resync::Compacted,
-                Some(WatchMessage::Ended(reason)) => return Resync::Lost(StoreError { store: shared.kv.name(), reason, refused: false }),
-                None => return Resync::Lost(StoreError { store: shared.kv.name(), reason: "the watch ended".into(), refused: false }),
+                Some(WatchMessage::Ended(reason)) => return Resync::Lost(StoreError { store: shared.name(), reason, refused: false }),
+                None => return Resync::Lost(StoreError { store: shared.name(), reason: "the watch ended".into(), refused: false }),
             },
             _ = keep_alive.tick() => {
                 if let Err(e) = daemon.report_node().await {
                     return Resync::Lost(e);
+                }
+                if shared.renew().await {
+                    return Resync::Renewed;
                 }
             }
         }

@@ -39,6 +39,14 @@ fn model_text(targets: &[&str]) -> String {
 
 /// A node following `kv`, started on the model there, its `follow` task spawned.
 fn node(kv: &MemoryKv, name: &str) -> Rc<TestDaemon> {
+    node_sharing(
+        kv,
+        Shared::new(Box::new(kv.clone()), Keys::new(PREFIX), name.into()),
+    )
+}
+
+/// A node following the model in `kv` through `shared`.
+fn node_sharing(kv: &MemoryKv, shared: Shared) -> Rc<TestDaemon> {
     let (checker, _events) = HealthChecker::new();
     let daemon = Rc::new(Daemon::new(Parts {
         controller: Controller::new(MemoryDataplane::new(8, 64)),
@@ -51,9 +59,8 @@ fn node(kv: &MemoryKv, name: &str) -> Rc<TestDaemon> {
         proxy: Default::default(),
         node: Default::default(),
     }));
-    let keys = Keys::new(PREFIX);
-    let entry = kv_entry(kv, &keys.model());
-    daemon.share(Shared::new(Box::new(kv.clone()), keys, name.into()));
+    let entry = kv_entry(kv, &Keys::new(PREFIX).model());
+    daemon.share(shared);
     let model = parse("test", &entry).unwrap();
     daemon.apply_first(&model, entry.mod_revision).unwrap();
     tokio::task::spawn_local(follow(Rc::clone(&daemon), entry.mod_revision + 1));
@@ -345,6 +352,181 @@ async fn reload_and_sighup_are_refused_in_store_mode() {
                 && refused.message.contains("etcdctl put /cluster/model"),
             "{}",
             refused.message
+        );
+    })
+    .await;
+}
+
+/// A client of the memory store that authenticated with `password`: every call is refused
+/// unless the store takes that password now (`accepted`), as etcd refuses a user whose
+/// password was changed.
+struct WithPassword {
+    kv: MemoryKv,
+    password: String,
+    accepted: Rc<std::cell::RefCell<String>>,
+}
+
+impl WithPassword {
+    fn check(&self) -> Result<(), StoreError> {
+        if *self.accepted.borrow() == self.password {
+            return Ok(());
+        }
+        Err(StoreError {
+            store: self.kv.name(),
+            reason: "etcdserver: authentication failed, invalid user ID or password".into(),
+            refused: true,
+        })
+    }
+}
+
+impl Kv for WithPassword {
+    fn name(&self) -> String {
+        self.kv.name()
+    }
+
+    fn get(&self, key: String) -> LocalFutureOf<'_, Result<store::Read, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.kv.get(key).await
+        })
+    }
+
+    fn list(&self, prefix: String) -> LocalFutureOf<'_, Result<store::Listing, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.kv.list(prefix).await
+        })
+    }
+
+    fn put_if(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        expect: store::Expect,
+    ) -> LocalFutureOf<'_, Result<Option<i64>, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.kv.put_if(key, value, expect).await
+        })
+    }
+
+    fn watch(
+        &self,
+        prefix: String,
+        from: i64,
+    ) -> LocalFutureOf<'_, Result<UnboundedReceiver<WatchMessage>, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.kv.watch(prefix, from).await
+        })
+    }
+
+    fn grant(&self, ttl_s: i64) -> LocalFutureOf<'_, Result<i64, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.kv.grant(ttl_s).await
+        })
+    }
+
+    fn keep_alive(&self, lease: i64) -> LocalFutureOf<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.kv.keep_alive(lease).await
+        })
+    }
+
+    fn put_leased(
+        &self,
+        key: String,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> LocalFutureOf<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.check()?;
+            self.kv.put_leased(key, value, lease).await
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_password_renewed_in_its_file_is_used_once_the_store_takes_it() {
+    local(async {
+        let kv = seeded(&["127.0.0.1"]);
+        let accepted = Rc::new(std::cell::RefCell::new("first".to_string()));
+        // The password file's content; empty: a file that cannot be used.
+        let file = Rc::new(std::cell::RefCell::new("first".to_string()));
+        let credentials = |password: &str| Credentials {
+            user: Some(("sluice".into(), password.into())),
+            ..Credentials::default()
+        };
+        let client = {
+            let (kv, accepted) = (kv.clone(), Rc::clone(&accepted));
+            move |c: Credentials| WithPassword {
+                kv: kv.clone(),
+                password: c.user.unwrap().1,
+                accepted: Rc::clone(&accepted),
+            }
+        };
+        let first = client(credentials("first"));
+        let renewal = Renewal::new(
+            credentials("first"),
+            Box::new({
+                let file = Rc::clone(&file);
+                move || match file.borrow().as_str() {
+                    "" => Err(crate::store::AccessError::NoPassword {
+                        path: "/run/credentials/etcd-password".into(),
+                    }),
+                    password => Ok(credentials(password)),
+                }
+            }),
+            Box::new(move |c| {
+                let kv: Box<dyn Kv> = Box::new(client(c));
+                Box::pin(async move { Ok(kv) })
+            }),
+        );
+        let shared = Shared::new(Box::new(first), Keys::new(PREFIX), "n1".into()).renewing(renewal);
+        let n1 = node_sharing(&kv, shared);
+        let n2 = node(&kv, "n2");
+        n1.submit(add("127.0.0.2")).await.unwrap();
+
+        // The password changes in the store: the node is refused until its file says so.
+        *accepted.borrow_mut() = "second".into();
+        let refused = n1.submit(add("127.0.0.3")).await.unwrap_err();
+        assert_eq!(
+            refused.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            refused.message
+        );
+        *file.borrow_mut() = "second".into();
+        let written = n2.submit(add("127.0.0.4")).await.unwrap().stored.unwrap().1;
+        until("n1 follows the store again, with the new password", || {
+            applied(&n1) == Some(written)
+        })
+        .await;
+        n1.submit(add("127.0.0.5")).await.unwrap();
+
+        // A file that cannot be used, then a password the store refuses: the one in use stays.
+        *file.borrow_mut() = String::new();
+        assert!(!n1.shared().unwrap().renew().await);
+        *file.borrow_mut() = "third".into();
+        assert!(!n1.shared().unwrap().renew().await);
+        n1.submit(add("127.0.0.6")).await.unwrap();
+        let written = n2.submit(add("127.0.0.7")).await.unwrap().stored.unwrap().1;
+        until("n1 keeps following", || applied(&n1) == Some(written)).await;
+        assert!(n1.store_status().unwrap().reachable);
+        let mut t = targets(&n1);
+        t.sort();
+        assert_eq!(
+            t,
+            [
+                "127.0.0.1",
+                "127.0.0.2",
+                "127.0.0.4",
+                "127.0.0.5",
+                "127.0.0.6",
+                "127.0.0.7"
+            ]
         );
     })
     .await;

@@ -4,8 +4,9 @@
 //! `--store-password-file`, for etcd's `auth enable`). Every file is read and checked when
 //! `sluice run` starts, before anything is loaded, so a missing file, a file without a
 //! certificate or key, a key that is not the certificate's, or a password file others may read
-//! makes it refuse to start with a sentence naming the file. The files are read once: new
-//! ones take effect when the daemon restarts in place (SIGUSR2: its successor reads them).
+//! makes it refuse to start with a sentence naming the file. Then they are read again every
+//! few seconds ([`Rotation`]): a certificate, key or password renewed in place is used as soon
+//! as the store accepts it, and until then the node keeps reaching the store as before.
 
 use std::path::{Path, PathBuf};
 
@@ -26,7 +27,7 @@ pub struct StoreAccess {
 }
 
 /// What the files hold, checked: what the etcd client is built with.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     /// The CA certificates (PEM) when TLS is on.
     pub cacert: Option<Vec<u8>>,
@@ -105,6 +106,80 @@ impl StoreAccess {
             identity,
             user,
         })
+    }
+}
+
+/// Credential files renewed in place (a certificate rotated before it expires, a password
+/// changed), as rules: the files are read again now and then; what differs from the
+/// credentials in use is tried, and used once the store accepted it; a failure is reported
+/// once for each content of the files, and the credentials in use stay until others work.
+#[derive(Debug)]
+pub struct Rotation {
+    in_use: Credentials,
+    /// Credentials whose failure was reported.
+    reported: Option<Credentials>,
+    /// The files' last error, reported.
+    unusable: Option<String>,
+}
+
+/// What a new read of the files calls for.
+#[derive(Debug)]
+pub enum Rotated {
+    /// The credentials in use, or files whose error was reported already.
+    Unchanged,
+    /// New credentials: try them on the store.
+    Try(Credentials),
+    /// The files changed and cannot be used (half written, a key that is not the
+    /// certificate's): report it; the credentials in use stay.
+    Unusable(AccessError),
+}
+
+impl Rotation {
+    pub fn new(in_use: Credentials) -> Rotation {
+        Rotation {
+            in_use,
+            reported: None,
+            unusable: None,
+        }
+    }
+
+    /// The files as [`StoreAccess::load`] read them now.
+    pub fn read(&mut self, read: Result<Credentials, AccessError>) -> Rotated {
+        match read {
+            Err(e) => {
+                let text = e.to_string();
+                if self.unusable.as_ref() == Some(&text) {
+                    return Rotated::Unchanged;
+                }
+                self.unusable = Some(text);
+                Rotated::Unusable(e)
+            }
+            Ok(credentials) => {
+                self.unusable = None;
+                if credentials == self.in_use {
+                    self.reported = None;
+                    Rotated::Unchanged
+                } else {
+                    Rotated::Try(credentials)
+                }
+            }
+        }
+    }
+
+    /// The store accepted `credentials`: they are the ones in use.
+    pub fn taken(&mut self, credentials: Credentials) {
+        self.in_use = credentials;
+        self.reported = None;
+    }
+
+    /// The store did not accept `credentials` (they are tried again at the next read):
+    /// whether to report it, the first time only.
+    pub fn failed(&mut self, credentials: Credentials) -> bool {
+        if self.reported.as_ref() == Some(&credentials) {
+            return false;
+        }
+        self.reported = Some(credentials);
+        true
     }
 }
 
@@ -213,6 +288,54 @@ mod tests {
             !format!("{credentials:?}").contains("s3cret"),
             "the password is never printed"
         );
+    }
+
+    #[test]
+    fn renewed_files_are_tried_until_taken_and_failures_reported_once() {
+        let dir = Dir::new("rotation");
+        let password = dir.write("password", "first\n", 0o600);
+        let access = StoreAccess {
+            user: Some(("sluice".into(), password.clone())),
+            ..StoreAccess::default()
+        };
+        let first = access.load().unwrap();
+        let mut rotation = Rotation::new(first.clone());
+        assert!(matches!(rotation.read(access.load()), Rotated::Unchanged));
+
+        // Renewed: tried at every read until the store takes it; its failure reported once.
+        dir.write("password", "second\n", 0o600);
+        let Rotated::Try(second) = rotation.read(access.load()) else {
+            panic!("a new password is tried");
+        };
+        assert_eq!(second.user.as_ref().unwrap().1, "second");
+        assert!(
+            rotation.failed(second.clone()),
+            "the first failure is reported"
+        );
+        let Rotated::Try(again) = rotation.read(access.load()) else {
+            panic!("tried again at the next read");
+        };
+        assert!(!rotation.failed(again), "not reported twice");
+
+        // Files that cannot be used are reported once, and the credentials in use stay.
+        dir.write("password", "\n", 0o600);
+        assert!(matches!(
+            rotation.read(access.load()),
+            Rotated::Unusable(AccessError::NoPassword { .. })
+        ));
+        assert!(matches!(rotation.read(access.load()), Rotated::Unchanged));
+        dir.write("password", "second\n", 0o600);
+        assert!(matches!(rotation.read(access.load()), Rotated::Try(_)));
+        rotation.taken(second);
+        assert!(matches!(rotation.read(access.load()), Rotated::Unchanged));
+
+        // Back to the first: a change like any other, reported afresh when it fails.
+        dir.write("password", "first\n", 0o600);
+        let Rotated::Try(back) = rotation.read(access.load()) else {
+            panic!("a change back is tried");
+        };
+        assert_eq!(back, first);
+        assert!(rotation.failed(back));
     }
 
     #[test]

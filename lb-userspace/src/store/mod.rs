@@ -22,7 +22,7 @@ mod url;
 
 use std::{future::Future, pin::Pin};
 
-pub use access::{AccessError, Credentials, StoreAccess};
+pub use access::{AccessError, Credentials, Rotated, Rotation, StoreAccess};
 pub use follow::{Backoff, Follow, NodeReport, Refusal, StoreStatus};
 pub use url::{StoreUrl, UrlError};
 

@@ -136,6 +136,8 @@ struct Pki {
     ca: CertFiles,
     other_ca: CertFiles,
     node: CertFiles,
+    /// The node's next certificate, of the same CA, with another name.
+    renewed: CertFiles,
     stranger: CertFiles,
     tls: EtcdTls,
 }
@@ -148,6 +150,7 @@ impl Pki {
         let server = dir.issued(&ca, "etcd", "etcd", &["127.0.0.1"], Usage::Server);
         let root = dir.issued(&ca, "root", "root", &[], Usage::Client);
         let node = dir.issued(&ca, "node1", "node1", &[], Usage::Client);
+        let renewed = dir.issued(&ca, "node1-renewed", "node1-renewed", &[], Usage::Client);
         // The same name, another issuer.
         let stranger = dir.issued(&other_ca, "stranger", "node1", &[], Usage::Client);
         let tls = EtcdTls {
@@ -159,6 +162,7 @@ impl Pki {
             ca: ca.files,
             other_ca: other_ca.files,
             node,
+            renewed,
             stranger,
             tls,
             dir,
@@ -176,6 +180,20 @@ impl Pki {
 fn etcdctl_ok(etcd: &Etcd, ns: &Namespace, args: &[&str]) {
     let out = etcd.etcdctl(ns, args);
     assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out));
+}
+
+/// An etcd user whose role may read and write the prefix.
+fn add_user(etcd: &Etcd, ns: &Namespace, name: &str, password: &str) {
+    etcdctl_ok(etcd, ns, &["user", "add", &format!("{name}:{password}")]);
+    etcdctl_ok(etcd, ns, &["user", "grant-role", name, "sluice"]);
+}
+
+/// Replaces `path` with `contents` as a renewal tool does: a new file renamed over it.
+fn renew_file(path: &Path, contents: &[u8], mode: u32) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).unwrap();
+    std::fs::set_permissions(&next, std::fs::Permissions::from_mode(mode)).unwrap();
+    std::fs::rename(&next, path).unwrap();
 }
 
 #[test]
@@ -390,5 +408,121 @@ fn a_node_reaches_an_etcd_that_asks_for_tls_client_certificates_and_a_user() {
             })
         },
     );
+    node.stop();
+}
+
+/// Certificates and passwords are rotated in place on a running node: it reads its files again,
+/// reaches the store with the new ones as soon as the store takes them, and keeps serving and
+/// writing edits; the old certificate's user and the old password are then refused by etcd,
+/// so an edit that succeeds afterwards shows the new ones in use.
+#[test]
+fn credentials_renewed_in_place_are_taken_up_without_a_restart() {
+    crate::netns::require_root();
+    let ns = Namespace::new("etcd-rotate");
+    let pki = Pki::new();
+    let etcd = Etcd::start_with(&ns, Ipv4Addr::LOCALHOST, Some(pki.tls.clone()), &[]);
+    let config = pki.write(
+        "model.toml",
+        "[[listener]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 8080\nprotocol = \"http\"\ndefault_target_group = \"web\"\n\n\
+         [[target_group]]\nname = \"web\"\ntargets = [{ address = \"127.0.0.1\", port = 9000 }]\n",
+        0o644,
+    );
+    let keys = pki.dir.path().join("stickiness.keys");
+    // With auth on, a client without a user is the user its certificate names.
+    etcdctl_ok(&etcd, &ns, &["user", "add", "root:rootpw"]);
+    etcdctl_ok(&etcd, &ns, &["role", "add", "sluice"]);
+    etcdctl_ok(
+        &etcd,
+        &ns,
+        &[
+            "role",
+            "grant-permission",
+            "sluice",
+            "--prefix=true",
+            "readwrite",
+            &format!("{PREFIX}/"),
+        ],
+    );
+    add_user(&etcd, &ns, "node1", "unused1");
+    add_user(&etcd, &ns, "node1-renewed", "unused2");
+    add_user(&etcd, &ns, "sluice", "first");
+    etcdctl_ok(&etcd, &ns, &["auth", "enable"]);
+
+    // The files the node is given, renewed in place below.
+    let read = |path: &Path| std::fs::read(path).unwrap();
+    let cert = pki.write(
+        "live.pem",
+        &String::from_utf8(read(&pki.node.cert)).unwrap(),
+        0o644,
+    );
+    let key = pki.write(
+        "live.key",
+        &String::from_utf8(read(&pki.node.key)).unwrap(),
+        0o600,
+    );
+    let password = pki.write("live-password", "first\n", 0o600);
+    let cert_access = [
+        "--store-cacert",
+        arg(&pki.ca.cert),
+        "--store-cert",
+        arg(&cert),
+        "--store-key",
+        arg(&key),
+    ];
+    let taken_up = "credential files changed: etcd://127.0.0.1:2379/sluice-secured is reached with them from now on";
+
+    // A certificate renewed (key first, then certificate, as two renames: the node meets a
+    // key that is not its certificate's in between and keeps the pair it has).
+    let node = Node::start(&ns, &config, &keys, &cert_access);
+    let out = node.add_target(9001);
+    assert!(out.status.success(), "{}", text(&out));
+    renew_file(&key, &read(&pki.renewed.key), 0o600);
+    renew_file(&cert, &read(&pki.renewed.cert), 0o644);
+    wait_until(
+        TIMEOUT,
+        "the node to take up its renewed certificate",
+        || node.child.stderr().contains(taken_up),
+    );
+    etcdctl_ok(&etcd, &ns, &["user", "delete", "node1"]);
+    let out = node.add_target(9002);
+    assert!(out.status.success(), "after the renewal: {}", text(&out));
+    let written = etcd.revision(&ns, &model_key()).unwrap();
+    assert!(etcd.value(&ns, &model_key()).unwrap().contains("9002"));
+    wait_until(TIMEOUT, "the node to apply and report its edit", || {
+        node.store_status().is_some_and(|store| {
+            store["reachable"] == true
+                && store["nodes"]["node1"]["applied_revision"].as_i64() >= Some(written)
+        })
+    });
+    node.stop();
+
+    // A password changed in etcd, then in the file: refused in between, then taken up.
+    let mut access: Vec<&str> = cert_access.to_vec();
+    access.extend([
+        "--store-user",
+        "sluice",
+        "--store-password-file",
+        arg(&password),
+    ]);
+    let node = Node::start(&ns, &config, &keys, &access);
+    let out = node.add_target(9003);
+    assert!(out.status.success(), "{}", text(&out));
+    etcdctl_ok(&etcd, &ns, &["user", "delete", "sluice"]);
+    add_user(&etcd, &ns, "sluice", "second");
+    renew_file(&password, b"second\n", 0o600);
+    wait_until(TIMEOUT, "the node to take up its renewed password", || {
+        node.child.stderr().contains(taken_up)
+    });
+    let out = node.add_target(9004);
+    assert!(out.status.success(), "after the renewal: {}", text(&out));
+    let written = etcd.revision(&ns, &model_key()).unwrap();
+    assert!(etcd.value(&ns, &model_key()).unwrap().contains("9004"));
+    wait_until(TIMEOUT, "the node to apply and report its edit", || {
+        node.store_status().is_some_and(|store| {
+            store["reachable"] == true
+                && store["applied_revision"].as_i64() >= Some(written)
+                && store["nodes"]["node1"]["applied_revision"].as_i64() >= Some(written)
+        })
+    });
     node.stop();
 }
