@@ -177,12 +177,62 @@ impl Pki {
     }
 }
 
+/// etcd over TLS with `--client-cert-auth` in its own namespace, and a model to seed it with.
+struct Secured {
+    ns: Namespace,
+    pki: Pki,
+    etcd: Etcd,
+    config: PathBuf,
+    keys: PathBuf,
+}
+
+impl Secured {
+    fn start(name: &str) -> Secured {
+        crate::netns::require_root();
+        let ns = Namespace::new(name);
+        let pki = Pki::new();
+        let etcd = Etcd::start_with(&ns, Ipv4Addr::LOCALHOST, Some(pki.tls.clone()), &[]);
+        let config = pki.write(
+            "model.toml",
+            "[[listener]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 8080\nprotocol = \"http\"\ndefault_target_group = \"web\"\n\n\
+             [[target_group]]\nname = \"web\"\ntargets = [{ address = \"127.0.0.1\", port = 9000 }]\n",
+            0o644,
+        );
+        let keys = pki.dir.path().join("stickiness.keys");
+        Secured {
+            ns,
+            pki,
+            etcd,
+            config,
+            keys,
+        }
+    }
+}
+
 fn etcdctl_ok(etcd: &Etcd, ns: &Namespace, args: &[&str]) {
     let out = etcd.etcdctl(ns, args);
     assert!(out.status.success(), "etcdctl {args:?}: {}", text(&out));
 }
 
-/// An etcd user whose role may read and write the prefix.
+/// etcd's root user, and the role `sluice` that may read and write the prefix.
+fn add_role(etcd: &Etcd, ns: &Namespace) {
+    etcdctl_ok(etcd, ns, &["user", "add", "root:rootpw"]);
+    etcdctl_ok(etcd, ns, &["role", "add", "sluice"]);
+    etcdctl_ok(
+        etcd,
+        ns,
+        &[
+            "role",
+            "grant-permission",
+            "sluice",
+            "--prefix=true",
+            "readwrite",
+            &format!("{PREFIX}/"),
+        ],
+    );
+}
+
+/// A user of the role `sluice`.
 fn add_user(etcd: &Etcd, ns: &Namespace, name: &str, password: &str) {
     etcdctl_ok(etcd, ns, &["user", "add", &format!("{name}:{password}")]);
     etcdctl_ok(etcd, ns, &["user", "grant-role", name, "sluice"]);
@@ -198,17 +248,13 @@ fn renew_file(path: &Path, contents: &[u8], mode: u32) {
 
 #[test]
 fn a_node_reaches_an_etcd_that_asks_for_tls_client_certificates_and_a_user() {
-    crate::netns::require_root();
-    let ns = Namespace::new("etcd-secured");
-    let pki = Pki::new();
-    let etcd = Etcd::start_with(&ns, Ipv4Addr::LOCALHOST, Some(pki.tls.clone()), &[]);
-    let config = pki.write(
-        "model.toml",
-        "[[listener]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 8080\nprotocol = \"http\"\ndefault_target_group = \"web\"\n\n\
-         [[target_group]]\nname = \"web\"\ntargets = [{ address = \"127.0.0.1\", port = 9000 }]\n",
-        0o644,
-    );
-    let keys = pki.dir.path().join("stickiness.keys");
+    let Secured {
+        ns,
+        pki,
+        etcd,
+        config,
+        keys,
+    } = Secured::start("etcd-secured");
     let ca = arg(&pki.ca.cert);
     let (node_cert, node_key) = (arg(&pki.node.cert), arg(&pki.node.key));
 
@@ -334,22 +380,8 @@ fn a_node_reaches_an_etcd_that_asks_for_tls_client_certificates_and_a_user() {
     node.stop();
 
     // etcd's users: a role with read and write on the prefix only.
-    etcdctl_ok(&etcd, &ns, &["user", "add", "root:rootpw"]);
-    etcdctl_ok(&etcd, &ns, &["role", "add", "sluice"]);
-    etcdctl_ok(
-        &etcd,
-        &ns,
-        &[
-            "role",
-            "grant-permission",
-            "sluice",
-            "--prefix=true",
-            "readwrite",
-            &format!("{PREFIX}/"),
-        ],
-    );
-    etcdctl_ok(&etcd, &ns, &["user", "add", "sluice:s3cret"]);
-    etcdctl_ok(&etcd, &ns, &["user", "grant-role", "sluice", "sluice"]);
+    add_role(&etcd, &ns);
+    add_user(&etcd, &ns, "sluice", "s3cret");
     etcdctl_ok(&etcd, &ns, &["auth", "enable"]);
 
     // A wrong password is refused at once (no waiting: trying again cannot help).
@@ -411,38 +443,40 @@ fn a_node_reaches_an_etcd_that_asks_for_tls_client_certificates_and_a_user() {
     node.stop();
 }
 
+/// An edit through `node` after a renewal: written, applied and reported by the node.
+fn edit_goes_on(etcd: &Etcd, ns: &Namespace, node: Node, port: u16) {
+    let out = node.add_target(port);
+    assert!(out.status.success(), "after the renewal: {}", text(&out));
+    let written = etcd.revision(ns, &model_key()).unwrap();
+    assert!(etcd
+        .value(ns, &model_key())
+        .unwrap()
+        .contains(&port.to_string()));
+    wait_until(TIMEOUT, "the node to apply and report its edit", || {
+        node.store_status().is_some_and(|store| {
+            store["reachable"] == true
+                && store["applied_revision"].as_i64() >= Some(written)
+                && store["nodes"]["node1"]["applied_revision"].as_i64() >= Some(written)
+        })
+    });
+    node.stop();
+}
+
 /// Certificates and passwords are rotated in place on a running node: it reads its files again,
 /// reaches the store with the new ones as soon as the store takes them, and keeps serving and
 /// writing edits; the old certificate's user and the old password are then refused by etcd,
 /// so an edit that succeeds afterwards shows the new ones in use.
 #[test]
 fn credentials_renewed_in_place_are_taken_up_without_a_restart() {
-    crate::netns::require_root();
-    let ns = Namespace::new("etcd-rotate");
-    let pki = Pki::new();
-    let etcd = Etcd::start_with(&ns, Ipv4Addr::LOCALHOST, Some(pki.tls.clone()), &[]);
-    let config = pki.write(
-        "model.toml",
-        "[[listener]]\nname = \"web\"\naddress = \"127.0.0.1\"\nport = 8080\nprotocol = \"http\"\ndefault_target_group = \"web\"\n\n\
-         [[target_group]]\nname = \"web\"\ntargets = [{ address = \"127.0.0.1\", port = 9000 }]\n",
-        0o644,
-    );
-    let keys = pki.dir.path().join("stickiness.keys");
+    let Secured {
+        ns,
+        pki,
+        etcd,
+        config,
+        keys,
+    } = Secured::start("etcd-rotate");
     // With auth on, a client without a user is the user its certificate names.
-    etcdctl_ok(&etcd, &ns, &["user", "add", "root:rootpw"]);
-    etcdctl_ok(&etcd, &ns, &["role", "add", "sluice"]);
-    etcdctl_ok(
-        &etcd,
-        &ns,
-        &[
-            "role",
-            "grant-permission",
-            "sluice",
-            "--prefix=true",
-            "readwrite",
-            &format!("{PREFIX}/"),
-        ],
-    );
+    add_role(&etcd, &ns);
     add_user(&etcd, &ns, "node1", "unused1");
     add_user(&etcd, &ns, "node1-renewed", "unused2");
     add_user(&etcd, &ns, "sluice", "first");
@@ -484,17 +518,7 @@ fn credentials_renewed_in_place_are_taken_up_without_a_restart() {
         || node.child.stderr().contains(taken_up),
     );
     etcdctl_ok(&etcd, &ns, &["user", "delete", "node1"]);
-    let out = node.add_target(9002);
-    assert!(out.status.success(), "after the renewal: {}", text(&out));
-    let written = etcd.revision(&ns, &model_key()).unwrap();
-    assert!(etcd.value(&ns, &model_key()).unwrap().contains("9002"));
-    wait_until(TIMEOUT, "the node to apply and report its edit", || {
-        node.store_status().is_some_and(|store| {
-            store["reachable"] == true
-                && store["nodes"]["node1"]["applied_revision"].as_i64() >= Some(written)
-        })
-    });
-    node.stop();
+    edit_goes_on(&etcd, &ns, node, 9002);
 
     // A password changed in etcd, then in the file: refused in between, then taken up.
     let mut access: Vec<&str> = cert_access.to_vec();
@@ -513,16 +537,5 @@ fn credentials_renewed_in_place_are_taken_up_without_a_restart() {
     wait_until(TIMEOUT, "the node to take up its renewed password", || {
         node.child.stderr().contains(taken_up)
     });
-    let out = node.add_target(9004);
-    assert!(out.status.success(), "after the renewal: {}", text(&out));
-    let written = etcd.revision(&ns, &model_key()).unwrap();
-    assert!(etcd.value(&ns, &model_key()).unwrap().contains("9004"));
-    wait_until(TIMEOUT, "the node to apply and report its edit", || {
-        node.store_status().is_some_and(|store| {
-            store["reachable"] == true
-                && store["applied_revision"].as_i64() >= Some(written)
-                && store["nodes"]["node1"]["applied_revision"].as_i64() >= Some(written)
-        })
-    });
-    node.stop();
+    edit_goes_on(&etcd, &ns, node, 9004);
 }
