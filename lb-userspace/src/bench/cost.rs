@@ -165,7 +165,7 @@ pub fn measure(
                 Path::NewFlow,
             ]);
             if !first.is_empty() {
-                out.extend(bench.phase(&mut pass, options, 1, &first)?);
+                out.extend(bench.phase(&mut pass, options, 1, 1, &first)?);
             }
             let mut levels: Vec<u32> = options
                 .live_levels
@@ -189,7 +189,33 @@ pub fn measure(
                 ));
                 bench.fill(live)?;
                 progress(&format!("{} mode, {live} live flows", mode_name(mode)));
-                out.extend(bench.phase(&mut pass, options, live, &paths)?);
+                out.extend(bench.phase(&mut pass, options, live, live, &paths)?);
+                // The full table again, with the frames over as few flows as the smallest
+                // level: what a full table costs by itself, apart from how many flows the
+                // traffic touches (which decides how much of the table is out of the caches).
+                let working_set = levels[0];
+                if live == options.table_size
+                    && working_set < live
+                    && paths.contains(&Path::Established)
+                {
+                    progress(&format!(
+                        "{} mode, {live} live flows, frames over {working_set} of them",
+                        mode_name(mode)
+                    ));
+                    // Its flows were filled long ago: traffic that keeps touching them keeps
+                    // them in the caches, so they are touched before timing.
+                    for _ in 0..2 * working_set {
+                        let frame = bench.distinct_established_frame(working_set);
+                        bench.run(&frame)?;
+                    }
+                    out.extend(bench.phase(
+                        &mut pass,
+                        options,
+                        live,
+                        working_set,
+                        &[Path::Established],
+                    )?);
+                }
             }
         }
         Ok(out)
@@ -485,22 +511,28 @@ impl Bench {
         Ok(())
     }
 
-    /// The next frame of the distinct-flow established path: live flows visited in a
+    /// The next frame of the distinct-flow established path: `distinct` live flows, spread
+    /// evenly over the order they were made in (old and new flows alike: in a full table
+    /// newer entries stand before older ones in a bucket's chain), visited in a
     /// multiplicative-hash order, so consecutive frames hit unrelated parts of the table.
-    fn distinct_established_frame(&mut self) -> Vec<u8> {
+    fn distinct_established_frame(&mut self, distinct: u32) -> Vec<u8> {
         let i = self.cursor.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
         self.cursor += 1;
-        let flow = self.live[(i % self.live.len() as u64) as usize];
+        let n = (distinct as usize).clamp(1, self.live.len());
+        let stride = self.live.len() / n;
+        let flow = self.live[(i % n as u64) as usize * stride];
         let (src, port) = CLIENTS.flow(flow);
         self.established.frame(src, port)
     }
 
-    /// Interleaved runs over the empty program and `paths`.
+    /// Interleaved runs over the empty program and `paths`, with `live` flows in the table and
+    /// established frames over `distinct` of them.
     fn phase(
         &mut self,
         pass: &mut Ebpf,
         options: &CostOptions,
         live: u32,
+        distinct: u32,
         paths: &[Path],
     ) -> Result<Vec<PathCost>, BenchError> {
         let mut empty = Vec::new();
@@ -520,7 +552,9 @@ impl Bench {
                 let ns = mean_ns(options.iterations, |_| {
                     let frame = match path {
                         Path::NonVip => self.non_vip.clone(),
-                        Path::Established if live > 1 => self.distinct_established_frame(),
+                        Path::Established if distinct > 1 => {
+                            self.distinct_established_frame(distinct)
+                        }
                         Path::Established => known_ack.clone(),
                         Path::SynKnown => known_syn.clone(),
                         Path::NewFlow => {
@@ -559,7 +593,11 @@ impl Bench {
                     mode: mode_name(self.mode).to_string(),
                     path,
                     live_flows: live,
-                    distinct_flows: if path == Path::Established { live } else { 1 },
+                    distinct_flows: if path == Path::Established {
+                        distinct
+                    } else {
+                        1
+                    },
                     net_ns: median(&net).unwrap_or(0.0),
                     gross_ns: median(&gross[i]).unwrap_or(0.0),
                     empty_ns: empty_median,

@@ -8,4 +8,5 @@ pub mod frame;
 pub mod maglev;
 pub mod pace;
 pub mod programs;
+pub mod random_read;
 pub mod report;

@@ -1,5 +1,5 @@
 //! `sluice bench`: push frames into an interface from inside the kernel and count what
-//! arrives where; `sluice bench cost|maglev|floor` for the other measurements.
+//! arrives where; `sluice bench cost|maglev|random-read|floor` for the other measurements.
 
 use std::{
     net::Ipv4Addr,
@@ -17,6 +17,7 @@ use sluice::{
         maglev as maglev_figures,
         pace::{Limit, Schedule, Step},
         programs::{self, Floor, Generator, Sink, SinkSpec},
+        random_read,
         report::{Report, SinkReport},
     },
     dataplane::interface,
@@ -41,6 +42,10 @@ enum BenchCommand {
     Cost(CostArgs),
     /// Maglev table build time, slots moved on a change and balance.
     Maglev(MaglevArgs),
+    /// What a read costs when its data is in no cache (a chain of dependent reads to random
+    /// cache lines of a region mapped in 4 KiB pages): the floor under a flow-table lookup
+    /// whose entry is out of the caches.
+    RandomRead(RandomReadArgs),
     /// Attach the floor forwarder (MAC rewrite, then out) to an interface until SIGINT/SIGTERM:
     /// the most any XDP forwarder can do on this path.
     Floor(FloorArgs),
@@ -137,6 +142,22 @@ struct MaglevArgs {
 }
 
 #[derive(clap::Args)]
+struct RandomReadArgs {
+    /// The region's size in bytes (default: about what the default flow table's entries and
+    /// buckets take, 128 bytes an entry).
+    #[arg(long, default_value_t = u64::from(lb_common::flow::DEFAULT_FLOWS) * 128, value_parser = clap::value_parser!(u64).range(128..=(16 << 30)))]
+    bytes: u64,
+    /// Reads timed per run.
+    #[arg(long, default_value_t = 2_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    reads: u64,
+    /// Runs; the median is reported.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    runs: u64,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
 struct FloorArgs {
     /// Interface the frames arrive on.
     #[arg(long, value_name = "IF")]
@@ -151,6 +172,7 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         Some(BenchCommand::Cost(args)) => cost(args),
         Some(BenchCommand::Maglev(args)) => maglev(args),
+        Some(BenchCommand::RandomRead(args)) => random_read(args),
         Some(BenchCommand::Floor(args)) => floor(args),
         None => traffic(args.traffic),
     }
@@ -363,6 +385,22 @@ fn maglev(args: MaglevArgs) -> anyhow::Result<()> {
             f.moved_on_addition,
             f.ideal_on_addition,
             f.max_over_mean
+        );
+    }
+    Ok(())
+}
+
+fn random_read(args: RandomReadArgs) -> anyhow::Result<()> {
+    let figure = random_read::measure(args.bytes as usize, args.reads as usize, args.runs as usize);
+    if args.json {
+        println!("{}", serde_json::to_string(&figure)?);
+    } else {
+        println!(
+            "a random read in {:.1} MiB (4 KiB pages): {:.1} ns (median of {} runs of {} reads)",
+            figure.region_bytes as f64 / (1 << 20) as f64,
+            figure.ns_per_read,
+            args.runs,
+            figure.reads
         );
     }
     Ok(())

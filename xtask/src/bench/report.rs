@@ -230,6 +230,7 @@ pub fn markdown(results: &Value) -> String {
         md.push_str(&format!(
             "`BPF_PROG_TEST_RUN`, repeat=1 in a loop, {} frames per path and run, median of {} interleaved runs, minus the empty program's cost measured the same way (empty program: {} ns). \
              The flow table holds {} entries. \"distinct\" is how many live flows the timed frames belong to: 1 is one hot flow, more means each frame is another flow's, as on a busy balancer. At the full table, none is evicted: a new `nat` flow is refused (dropped), a new `dsr`/`tunnel` flow is forwarded without an entry. \
+             The last established row of each mode is the full table again with the frames over as few flows as the first level: what a full table costs by itself, apart from how much of it the traffic touches. \
              Goals (issue 15): non-VIP ≤ 28 ns, established `tunnel` ≤ 77 ns (Katran's side-by-side figures on this machine kind), established at 1M distinct flows within 1.5× of 1k.\n\n",
             cost["iterations"], cost["runs"],
             paths.first().map(|p| num(&p["empty_ns"], 0)).unwrap_or_default(),
@@ -256,6 +257,15 @@ pub fn markdown(results: &Value) -> String {
             ));
         }
         md.push('\n');
+        let read = &cost["random_read"];
+        if let Some(ns) = read["ns_per_read"].as_f64() {
+            md.push_str(&format!(
+                "A read whose data is in no cache costs {ns:.0} ns on this machine (`sluice bench random-read`: dependent reads to random cache lines of {:.0} MiB mapped in 4 KiB pages, about the flow table's size; median of {} reads × 5 runs). \
+                 A lookup of an entry that is out of the caches reads its bucket and then its entry, so at 1M distinct flows two such reads are the floor of the established path, whatever the table's layout; the 1k figure above is a working set in the caches.\n\n",
+                read["region_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64,
+                read["reads"],
+            ));
+        }
     } else {
         md.push_str("Not run.\n\n");
     }
