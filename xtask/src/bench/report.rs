@@ -260,8 +260,8 @@ pub fn markdown(results: &Value) -> String {
         let read = &cost["random_read"];
         if let Some(ns) = read["ns_per_read"].as_f64() {
             md.push_str(&format!(
-                "A read whose data is in no cache costs {ns:.0} ns on this machine (`sluice bench random-read`: dependent reads to random cache lines of {:.0} MiB mapped in 4 KiB pages, about the flow table's size; median of {} reads × 5 runs). \
-                 A lookup of an entry that is out of the caches reads its bucket and then its entry, so at 1M distinct flows two such reads are the floor of the established path, whatever the table's layout; the 1k figure above is a working set in the caches.\n\n",
+                "A read whose data is in no cache costs {ns:.0} ns on this machine (`sluice bench random-read`: dependent reads to random cache lines of {:.0} MiB mapped in 4 KiB pages, about the size of a flow table of a million entries; median of 5 runs of {} reads). \
+                 A lookup of an entry that is out of the caches reads its bucket, then each entry of the bucket's chain up to its own (a full table has about one entry per bucket), so at 1M distinct flows two such reads are the floor of the established path; at 1k distinct flows the entries stay in the caches.\n\n",
                 read["region_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64,
                 read["reads"],
             ));

@@ -32,14 +32,16 @@ pub fn cost(sluice: &Path, plan: &Plan, progress: &mut Progress) -> anyhow::Resu
     let out = crate::cmd::output(&mut cmd)?;
     let rows: Value = serde_json::from_str(&out).context("parsing sluice bench cost --json")?;
     // The floor under a lookup whose entry is out of the caches, in a region about the size
-    // of the flow table.
-    let bytes = u64::from(plan.cost_flows) * 128;
+    // of a flow table of a million entries (also in a quick run, whose table is small).
+    let bytes = u64::from(plan.cost_flows.max(1 << 20)) * 128;
     let out = crate::cmd::output(std::process::Command::new(sluice).args([
         "bench",
         "random-read",
         "--json",
         "--bytes",
         &bytes.to_string(),
+        "--reads",
+        "500000",
     ]))?;
     let random_read: Value =
         serde_json::from_str(&out).context("parsing sluice bench random-read --json")?;
