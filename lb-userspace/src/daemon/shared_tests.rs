@@ -45,10 +45,10 @@ fn node(kv: &MemoryKv, name: &str) -> Rc<TestDaemon> {
     )
 }
 
-/// A node following the model in `kv` through `shared`.
-fn node_sharing(kv: &MemoryKv, shared: Shared) -> Rc<TestDaemon> {
+/// A daemon on the in-memory data plane, not yet sharing a store.
+fn in_memory() -> Rc<TestDaemon> {
     let (checker, _events) = HealthChecker::new();
-    let daemon = Rc::new(Daemon::new(Parts {
+    Rc::new(Daemon::new(Parts {
         controller: Controller::new(MemoryDataplane::new(8, 64)),
         checker,
         config: None,
@@ -58,7 +58,12 @@ fn node_sharing(kv: &MemoryKv, shared: Shared) -> Rc<TestDaemon> {
         inherited: Vec::new(),
         proxy: Default::default(),
         node: Default::default(),
-    }));
+    }))
+}
+
+/// A node following the model in `kv` through `shared`.
+fn node_sharing(kv: &MemoryKv, shared: Shared) -> Rc<TestDaemon> {
+    let daemon = in_memory();
     let entry = kv_entry(kv, &Keys::new(PREFIX).model());
     daemon.share(shared);
     let model = parse("test", &entry).unwrap();
@@ -316,18 +321,7 @@ async fn a_compacted_watch_reads_the_model_anew() {
         let stale = kv_revision(&kv, &keys.model());
         let latest = kv.put(&keys.model(), model_text(&["127.0.0.6"]).as_bytes());
         kv.compact();
-        let (checker, _events) = HealthChecker::new();
-        let daemon = Rc::new(Daemon::new(Parts {
-            controller: Controller::new(MemoryDataplane::new(8, 64)),
-            checker,
-            config: None,
-            counters: Box::new(Counters(Vec::new())),
-            state: MemoryStore::new(),
-            key_file: std::path::PathBuf::from("/nonexistent/stickiness.keys"),
-            inherited: Vec::new(),
-            proxy: Default::default(),
-            node: Default::default(),
-        }));
+        let daemon = in_memory();
         daemon.share(Shared::new(Box::new(kv.clone()), keys, "n1".into()));
         let model = Model::parse(&model_text(&["127.0.0.1"]), "test").unwrap();
         daemon.apply_first(&model, stale).unwrap();
