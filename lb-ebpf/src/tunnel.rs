@@ -15,7 +15,7 @@ use network_types::{
 };
 
 use crate::{
-    csum, forward, hash,
+    csum, even, forward, hash,
     parse::{header, Family, Packet},
     select::Selected,
     CONFIG,
@@ -111,19 +111,18 @@ pub fn encapsulate(
     }
     let eth = start as *mut u8;
     let ether_type = if outer_v4 { ETH_P_IPV4 } else { ETH_P_IPV6 };
-    // SAFETY: bounds checked above; the old Ethernet header starts at `outer_len` and the new
-    // one ends at 14 <= outer_len, so the copied ranges do not overlap. The MACs are kept so
-    // that a frame passed to the kernel (unresolved neighbour) still looks addressed to it;
-    // `forward::to` replaces them otherwise.
+    // SAFETY: bounds checked above; the old Ethernet header starts at `outer_len` (even) and
+    // the new one ends at 14 <= outer_len, so the copied ranges do not overlap. The MACs are
+    // kept so that a frame passed to the kernel (unresolved neighbour) still looks addressed
+    // to it; `forward::to` replaces them otherwise.
     unsafe {
-        core::ptr::copy_nonoverlapping(eth.add(outer_len), eth, 12);
-        core::ptr::copy_nonoverlapping(ether_type.as_ptr(), eth.add(12), 2);
+        even::copy::<6>(eth, eth.add(outer_len));
+        even::store(eth.add(12), [u16::from_ne_bytes(ether_type)]);
     }
     // Written in place rather than built on the stack: everything inlines into one function
     // with a 512-byte stack.
     let ip = start + EthHdr::LEN;
     if outer_v4 {
-        let h = ip as *mut Ipv4Hdr;
         // With DF the packet is atomic and its identification is meaningless (RFC 6864): 0.
         // Without DF a router may fragment the outer packet, and reassembly needs an id unique
         // per (source, destination) for a while: the inner packet's id is one its sender chose
@@ -135,38 +134,41 @@ pub fn encapsulate(
         };
         let tot_len = (inner.len + Ipv4Hdr::LEN as u16).to_be_bytes();
         let frags = frags.to_be_bytes();
-        let src = [outer_src[0], outer_src[1], outer_src[2], outer_src[3]];
-        let dst = [
-            target.addr[0],
-            target.addr[1],
-            target.addr[2],
-            target.addr[3],
-        ];
-        // Summed from the values written rather than read back from the packet: the
-        // header's bytes are at no known alignment, so reading them back costs 20 byte loads.
-        let check = csum::ipv4_header_words(&[
+        // SAFETY: the prefix is at an even offset of the `CONFIG` value, the target's address
+        // at offset 0 of a `TARGETS` value.
+        let (src, dst) = unsafe {
+            (
+                [
+                    even::half(&config.tunnel_source_v4, 0),
+                    u16::from_ne_bytes([hash[2], hash[3]]),
+                ],
+                [even::half(&target.addr, 0), even::half(&target.addr, 1)],
+            )
+        };
+        let words = [
             u16::from_ne_bytes([0x45, inner.tos]),
             u16::from_ne_bytes(tot_len),
             u16::from_ne_bytes(id),
             u16::from_ne_bytes(frags),
             u16::from_ne_bytes([OUTER_TTL, protocol]),
-            u16::from_ne_bytes([src[0], src[1]]),
-            u16::from_ne_bytes([src[2], src[3]]),
-            u16::from_ne_bytes([dst[0], dst[1]]),
-            u16::from_ne_bytes([dst[2], dst[3]]),
-        ]);
-        // SAFETY: 14 + 20 bytes are within the bounds checked above.
+            src[0],
+            src[1],
+            dst[0],
+            dst[1],
+        ];
+        // Summed from the values written rather than read back from the packet (its
+        // alignment is only known to be even: 10 halfword loads).
+        let check = csum::ipv4_header_words(&words);
+        // SAFETY: 14 + 20 bytes are within the bounds checked above; the header starts 14
+        // bytes after the (even) frame start.
         unsafe {
-            (*h).vihl = 0x45;
-            (*h).tos = inner.tos;
-            (*h).tot_len = tot_len;
-            (*h).id = id;
-            (*h).frags = frags;
-            (*h).ttl = OUTER_TTL;
-            (*h).proto = protocol;
-            (*h).check = check.to_ne_bytes();
-            (*h).src_addr = src;
-            (*h).dst_addr = dst;
+            even::store(
+                ip as *mut u8,
+                [
+                    words[0], words[1], words[2], words[3], words[4], check, words[5], words[6],
+                    words[7], words[8],
+                ],
+            );
         }
     } else {
         let h = ip as *mut Ipv6Hdr;
