@@ -8,7 +8,7 @@
 //! for IPv6), so mixed families need nothing special here.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{addr::FAMILY_V4, flow::FlowKey, stats::Counter, target::Target};
+use lb_common::{addr::FAMILY_V4, config::Config, flow::FlowKey, stats::Counter, target::Target};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -84,16 +84,7 @@ pub fn encapsulate(
         Family::V4 => IPPROTO_IPIP,
         Family::V6 => IPPROTO_IPV6,
     };
-    let mut outer_src = [0u8; 16];
-    let outer_len = if outer_v4 {
-        outer_src[..2].copy_from_slice(&config.tunnel_source_v4[..2]);
-        outer_src[2..4].copy_from_slice(&hash[2..]);
-        Ipv4Hdr::LEN
-    } else {
-        outer_src[..12].copy_from_slice(&config.tunnel_source_v6[..12]);
-        outer_src[12..].copy_from_slice(&hash);
-        Ipv6Hdr::LEN
-    };
+    let outer_len = if outer_v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
     // The outer IPv4 total length must fit 16 bits; IPv6's payload length is the inner length.
     if outer_v4 && usize::from(inner.len) + Ipv4Hdr::LEN > usize::from(u16::MAX) {
         return Err(Counter::DropRewriteFailed);
@@ -185,16 +176,33 @@ pub fn encapsulate(
             (*h).payload_len = inner.len.to_be_bytes();
             (*h).next_hdr = protocol;
             (*h).hop_limit = OUTER_TTL;
-            (*h).src_addr = outer_src;
+            (*h).src_addr = outer_source(config, hash, false);
             (*h).dst_addr = target.addr;
         }
     }
+    // Built here, after the header, so that on the next-hop cache's hits (where only a FIB
+    // lookup would read it) it is not built at all.
+    let outer_src = outer_source(config, hash, outer_v4);
     match cached {
         Some((target_id, now)) => {
             forward::to_target(ctx, &outer_src, target_id, target, now, forwarded)
         }
         None => forward::to(ctx, target.family, &outer_src, &target.addr, forwarded),
     }
+}
+
+/// The outer source address: the configured prefix, the flow's spread in the low bits.
+#[inline(always)]
+fn outer_source(config: &Config, hash: [u8; 4], outer_v4: bool) -> [u8; 16] {
+    let mut outer_src = [0u8; 16];
+    if outer_v4 {
+        outer_src[..2].copy_from_slice(&config.tunnel_source_v4[..2]);
+        outer_src[2..4].copy_from_slice(&hash[2..]);
+    } else {
+        outer_src[..12].copy_from_slice(&config.tunnel_source_v6[..12]);
+        outer_src[12..].copy_from_slice(&hash);
+    }
+    outer_src
 }
 
 /// Reads what the outer header needs from the inner IP header (at `l3_offset`, already
@@ -209,13 +217,15 @@ fn inner(ctx: &XdpContext, packet: &Packet) -> Result<Inner, Counter> {
         Family::V4 => {
             let ip: *const Ipv4Hdr =
                 header(ctx, packet.l3_offset).ok_or(Counter::DropRewriteFailed)?;
-            // SAFETY: `header` checked the bounds.
+            // SAFETY: `header` checked the bounds; the header is at an even offset from the
+            // even frame start, its length at 2, id at 4 and fragment word at 6.
             let (tos, len, id, frags) = unsafe {
+                let h = ip as *const u8;
                 (
                     (*ip).tos,
-                    u16::from_be_bytes((*ip).tot_len),
-                    (*ip).id,
-                    u16::from_be_bytes((*ip).frags),
+                    u16::from_be(even::load(h.add(2))),
+                    even::load(h.add(4)).to_ne_bytes(),
+                    u16::from_be(even::load(h.add(6))),
                 )
             };
             Ok(Inner {
