@@ -17,7 +17,7 @@ use aya_ebpf::{
 use lb_common::{addr::FAMILY_V4, stats::Counter, target::Target};
 use network_types::eth::EthHdr;
 
-use crate::NEXT_HOPS;
+use crate::{even, NEXT_HOPS};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -45,6 +45,14 @@ pub struct NextHop {
     family: u8,
     _pad: [u8; 3],
 }
+
+// `send` reads the MACs two bytes at a time from these map values.
+const _: () = assert!(
+    core::mem::offset_of!(NextHop, smac) % 2 == 0
+        && core::mem::offset_of!(NextHop, dmac) % 2 == 0
+        && core::mem::offset_of!(FibParams, smac) % 2 == 0
+        && core::mem::offset_of!(FibParams, dmac) % 2 == 0
+);
 
 /// Sends a frame for `target` (id `target_id`) towards it, through the next-hop cache; `now`
 /// is the packet's `clock::now`. Otherwise as [`to`].
@@ -183,14 +191,15 @@ fn send(
     dmac: &[u8; 6],
     forwarded: Counter,
 ) -> Result<(Counter, u32), Counter> {
-    let eth = (ctx.data()) as *mut EthHdr;
+    let eth = ctx.data() as *mut u8;
     if ctx.data() + EthHdr::LEN > ctx.data_end() {
         return Err(Counter::DropRewriteFailed);
     }
-    // SAFETY: bounds checked above.
+    // SAFETY: bounds checked above; the frame's start is even, and so are the MACs' offsets
+    // in `NextHop` and `FibParams` (map values), checked below.
     unsafe {
-        (*eth).dst_addr = *dmac;
-        (*eth).src_addr = *smac;
+        even::copy::<3>(eth, dmac.as_ptr());
+        even::copy::<3>(eth.add(6), smac.as_ptr());
     }
     if ifindex == ingress {
         return Ok((forwarded, xdp_action::XDP_TX));

@@ -15,6 +15,7 @@ mod clock;
 mod csum;
 mod decap;
 mod dsr;
+mod even;
 mod forward;
 mod hash;
 mod icmp;

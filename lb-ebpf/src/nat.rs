@@ -45,7 +45,7 @@ use network_types::{
 };
 
 use crate::{
-    csum, forward, hash,
+    csum, even, forward, hash,
     parse::{self, Family, Packet, IPPROTO_TCP, IPPROTO_UDP, TCP_FIN, TCP_RST, TCP_SYN},
     select::{self, Selected},
     stats, CONFIG, FLOWS, NAT_REPLIES, TARGETS,
@@ -476,12 +476,22 @@ fn rewrite(
     let (l4_offset, v6_addresses) = match packet.family {
         Family::V4 => {
             let ip: *mut Ipv4Hdr = header_mut(ctx, l3_offset)?;
-            // SAFETY: `header_mut` checked the bounds.
+            let (s, d) = (ipv4(src).to_ne_bytes(), ipv4(dst).to_ne_bytes());
+            // SAFETY: `header_mut` checked the bounds; the header and its fields (checksum at
+            // 10, addresses at 12 and 16) are at even offsets from the even frame start.
             unsafe {
-                (*ip).src_addr = ipv4(src).to_ne_bytes();
-                (*ip).dst_addr = ipv4(dst).to_ne_bytes();
-                let check = u16::from_ne_bytes((*ip).check);
-                (*ip).check = ipv4_addresses(check, key, src, dst).to_ne_bytes();
+                let h = ip as *mut u8;
+                let check = ipv4_addresses(even::load(h.add(10)), key, src, dst);
+                even::store(
+                    h.add(10),
+                    [
+                        check,
+                        u16::from_ne_bytes([s[0], s[1]]),
+                        u16::from_ne_bytes([s[2], s[3]]),
+                        u16::from_ne_bytes([d[0], d[1]]),
+                        u16::from_ne_bytes([d[2], d[3]]),
+                    ],
+                );
                 // Masked to 4 bits: at most 60, as parse checked.
                 (l3_offset + ((*ip).vihl & 0x0F) as usize * 4, 0)
             }
@@ -513,19 +523,20 @@ fn rewrite(
     };
     if packet.protocol == IPPROTO_TCP {
         let tcp: *mut TcpHdr = header_mut(ctx, l4_offset)?;
-        // SAFETY: `header_mut` checked the bounds.
+        // SAFETY: `header_mut` checked the bounds; the L4 header starts at 14 plus a multiple
+        // of 4 from the even frame start, its ports at 0 and 2, its checksum at 16.
         unsafe {
-            (*tcp).source = src_port_be.to_ne_bytes();
-            (*tcp).dest = dst_port_be.to_ne_bytes();
-            (*tcp).check = update(u16::from_ne_bytes((*tcp).check)).to_ne_bytes();
+            let h = tcp as *mut u8;
+            even::store(h, [src_port_be, dst_port_be]);
+            even::store(h.add(16), [update(even::load(h.add(16)))]);
         }
     } else {
         let udp: *mut UdpHdr = header_mut(ctx, l4_offset)?;
-        // SAFETY: `header_mut` checked the bounds.
+        // SAFETY: as for TCP; UDP's checksum is at 6.
         unsafe {
-            (*udp).src = src_port_be.to_ne_bytes();
-            (*udp).dst = dst_port_be.to_ne_bytes();
-            let check = u16::from_ne_bytes((*udp).check);
+            let h = udp as *mut u8;
+            even::store(h, [src_port_be, dst_port_be]);
+            let check = even::load(h.add(6));
             // Over IPv4 a zero checksum means the sender computed none; it stays none.
             if check != 0 || packet.family == Family::V6 {
                 let updated = match update(check) {
@@ -533,7 +544,7 @@ fn rewrite(
                     0 => 0xffff,
                     updated => updated,
                 };
-                (*udp).check = updated.to_ne_bytes();
+                even::store(h.add(6), [updated]);
             }
         }
     }

@@ -8,14 +8,14 @@
 //! for IPv6), so mixed families need nothing special here.
 
 use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
-use lb_common::{addr::FAMILY_V4, flow::FlowKey, stats::Counter, target::Target};
+use lb_common::{addr::FAMILY_V4, config::Config, flow::FlowKey, stats::Counter, target::Target};
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
 };
 
 use crate::{
-    csum, forward, hash,
+    csum, even, forward, hash,
     parse::{header, Family, Packet},
     select::Selected,
     CONFIG,
@@ -84,16 +84,7 @@ pub fn encapsulate(
         Family::V4 => IPPROTO_IPIP,
         Family::V6 => IPPROTO_IPV6,
     };
-    let mut outer_src = [0u8; 16];
-    let outer_len = if outer_v4 {
-        outer_src[..2].copy_from_slice(&config.tunnel_source_v4[..2]);
-        outer_src[2..4].copy_from_slice(&hash[2..]);
-        Ipv4Hdr::LEN
-    } else {
-        outer_src[..12].copy_from_slice(&config.tunnel_source_v6[..12]);
-        outer_src[12..].copy_from_slice(&hash);
-        Ipv6Hdr::LEN
-    };
+    let outer_len = if outer_v4 { Ipv4Hdr::LEN } else { Ipv6Hdr::LEN };
     // The outer IPv4 total length must fit 16 bits; IPv6's payload length is the inner length.
     if outer_v4 && usize::from(inner.len) + Ipv4Hdr::LEN > usize::from(u16::MAX) {
         return Err(Counter::DropRewriteFailed);
@@ -111,19 +102,18 @@ pub fn encapsulate(
     }
     let eth = start as *mut u8;
     let ether_type = if outer_v4 { ETH_P_IPV4 } else { ETH_P_IPV6 };
-    // SAFETY: bounds checked above; the old Ethernet header starts at `outer_len` and the new
-    // one ends at 14 <= outer_len, so the copied ranges do not overlap. The MACs are kept so
-    // that a frame passed to the kernel (unresolved neighbour) still looks addressed to it;
-    // `forward::to` replaces them otherwise.
+    // SAFETY: bounds checked above; the old Ethernet header starts at `outer_len` (even) and
+    // the new one ends at 14 <= outer_len, so the copied ranges do not overlap. The MACs are
+    // kept so that a frame passed to the kernel (unresolved neighbour) still looks addressed
+    // to it; `forward::to` replaces them otherwise.
     unsafe {
-        core::ptr::copy_nonoverlapping(eth.add(outer_len), eth, 12);
-        core::ptr::copy_nonoverlapping(ether_type.as_ptr(), eth.add(12), 2);
+        even::copy::<6>(eth, eth.add(outer_len));
+        even::store(eth.add(12), [u16::from_ne_bytes(ether_type)]);
     }
     // Written in place rather than built on the stack: everything inlines into one function
     // with a 512-byte stack.
     let ip = start + EthHdr::LEN;
     if outer_v4 {
-        let h = ip as *mut Ipv4Hdr;
         // With DF the packet is atomic and its identification is meaningless (RFC 6864): 0.
         // Without DF a router may fragment the outer packet, and reassembly needs an id unique
         // per (source, destination) for a while: the inner packet's id is one its sender chose
@@ -135,38 +125,41 @@ pub fn encapsulate(
         };
         let tot_len = (inner.len + Ipv4Hdr::LEN as u16).to_be_bytes();
         let frags = frags.to_be_bytes();
-        let src = [outer_src[0], outer_src[1], outer_src[2], outer_src[3]];
-        let dst = [
-            target.addr[0],
-            target.addr[1],
-            target.addr[2],
-            target.addr[3],
-        ];
-        // Summed from the values written rather than read back from the packet: the
-        // header's bytes are at no known alignment, so reading them back costs 20 byte loads.
-        let check = csum::ipv4_header_words(&[
+        // SAFETY: the prefix is at an even offset of the `CONFIG` value, the target's address
+        // at offset 0 of a `TARGETS` value.
+        let (src, dst) = unsafe {
+            (
+                [
+                    even::half(&config.tunnel_source_v4, 0),
+                    u16::from_ne_bytes([hash[2], hash[3]]),
+                ],
+                [even::half(&target.addr, 0), even::half(&target.addr, 1)],
+            )
+        };
+        let words = [
             u16::from_ne_bytes([0x45, inner.tos]),
             u16::from_ne_bytes(tot_len),
             u16::from_ne_bytes(id),
             u16::from_ne_bytes(frags),
             u16::from_ne_bytes([OUTER_TTL, protocol]),
-            u16::from_ne_bytes([src[0], src[1]]),
-            u16::from_ne_bytes([src[2], src[3]]),
-            u16::from_ne_bytes([dst[0], dst[1]]),
-            u16::from_ne_bytes([dst[2], dst[3]]),
-        ]);
-        // SAFETY: 14 + 20 bytes are within the bounds checked above.
+            src[0],
+            src[1],
+            dst[0],
+            dst[1],
+        ];
+        // Summed from the values written rather than read back from the packet (its
+        // alignment is only known to be even: 10 halfword loads).
+        let check = csum::ipv4_header_words(&words);
+        // SAFETY: 14 + 20 bytes are within the bounds checked above; the header starts 14
+        // bytes after the (even) frame start.
         unsafe {
-            (*h).vihl = 0x45;
-            (*h).tos = inner.tos;
-            (*h).tot_len = tot_len;
-            (*h).id = id;
-            (*h).frags = frags;
-            (*h).ttl = OUTER_TTL;
-            (*h).proto = protocol;
-            (*h).check = check.to_ne_bytes();
-            (*h).src_addr = src;
-            (*h).dst_addr = dst;
+            even::store(
+                ip as *mut u8,
+                [
+                    words[0], words[1], words[2], words[3], words[4], check, words[5], words[6],
+                    words[7], words[8],
+                ],
+            );
         }
     } else {
         let h = ip as *mut Ipv6Hdr;
@@ -183,16 +176,33 @@ pub fn encapsulate(
             (*h).payload_len = inner.len.to_be_bytes();
             (*h).next_hdr = protocol;
             (*h).hop_limit = OUTER_TTL;
-            (*h).src_addr = outer_src;
+            (*h).src_addr = outer_source(config, hash, false);
             (*h).dst_addr = target.addr;
         }
     }
+    // Built here, after the header, so that on the next-hop cache's hits (where only a FIB
+    // lookup would read it) it is not built at all.
+    let outer_src = outer_source(config, hash, outer_v4);
     match cached {
         Some((target_id, now)) => {
             forward::to_target(ctx, &outer_src, target_id, target, now, forwarded)
         }
         None => forward::to(ctx, target.family, &outer_src, &target.addr, forwarded),
     }
+}
+
+/// The outer source address: the configured prefix, the flow's spread in the low bits.
+#[inline(always)]
+fn outer_source(config: &Config, hash: [u8; 4], outer_v4: bool) -> [u8; 16] {
+    let mut outer_src = [0u8; 16];
+    if outer_v4 {
+        outer_src[..2].copy_from_slice(&config.tunnel_source_v4[..2]);
+        outer_src[2..4].copy_from_slice(&hash[2..]);
+    } else {
+        outer_src[..12].copy_from_slice(&config.tunnel_source_v6[..12]);
+        outer_src[12..].copy_from_slice(&hash);
+    }
+    outer_src
 }
 
 /// Reads what the outer header needs from the inner IP header (at `l3_offset`, already
@@ -207,13 +217,15 @@ fn inner(ctx: &XdpContext, packet: &Packet) -> Result<Inner, Counter> {
         Family::V4 => {
             let ip: *const Ipv4Hdr =
                 header(ctx, packet.l3_offset).ok_or(Counter::DropRewriteFailed)?;
-            // SAFETY: `header` checked the bounds.
+            // SAFETY: `header` checked the bounds; the header is at an even offset from the
+            // even frame start, its length at 2, id at 4 and fragment word at 6.
             let (tos, len, id, frags) = unsafe {
+                let h = ip as *const u8;
                 (
                     (*ip).tos,
-                    u16::from_be_bytes((*ip).tot_len),
-                    (*ip).id,
-                    u16::from_be_bytes((*ip).frags),
+                    u16::from_be(even::load(h.add(2))),
+                    even::load(h.add(4)).to_ne_bytes(),
+                    u16::from_be(even::load(h.add(6))),
                 )
             };
             Ok(Inner {
