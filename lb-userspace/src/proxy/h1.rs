@@ -84,7 +84,8 @@ pub fn parse_request<B>(buf: &mut BytesMut, max_head: usize, body: B) -> Parsed<
     let parts = || -> Option<(Uri, HeaderMap)> {
         let (start, target_len) = target;
         let uri = Uri::from_maybe_shared(head.slice(start..start + target_len)).ok()?;
-        let mut headers = HeaderMap::with_capacity(count);
+        // Room for the X-Forwarded-* fields `forward` adds, so that the map does not grow.
+        let mut headers = HeaderMap::with_capacity(count + 3);
         for &((name, name_len), (value, value_len)) in &spans[..count] {
             let name = HeaderName::from_bytes(&head[name..name + name_len]).ok()?;
             let value =
