@@ -13,6 +13,11 @@
 //! socket down), the socket is taken back with the bytes hyper had read but not parsed, and
 //! hyper gets it again once it is readable. An idle connection then holds no buffer (hyper's
 //! are 8 KiB each way); see `serve_plain`. TLS and HTTP/2 connections stay with hyper.
+//!
+//! On a plain connection the common request, a GET without a body, is served without hyper
+//! (`serve_common`, with `h1`'s parser and response head), under the same watchdog; a head
+//! that is anything else goes to hyper with none of its bytes consumed, and is answered by
+//! hyper as before (400, 414, 431, bodies, 100-continue, upgrades, HTTP/1.0).
 
 use std::{
     net::SocketAddr,
