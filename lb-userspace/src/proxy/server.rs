@@ -264,7 +264,6 @@ async fn serve_plain(
     limits: Limits,
 ) {
     let draining = shared.draining.subscribe();
-    let builder = http1_builder(limits);
     let (service_conn, service_shared) = (Arc::clone(&conn), Arc::clone(&shared));
     let mut service = service_fn(move |request| {
         forward::handle(
@@ -312,8 +311,9 @@ async fn serve_plain(
         let finished_before = conn.state.finished();
         at_once |= finished_before == 0;
         // On the heap, so that the task of a parked connection does not keep room for it.
+        // Made here: an idle connection's task keeps no room for hyper's settings.
         let mut connection = Box::new(
-            builder
+            http1_builder(limits)
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades(),
         );
