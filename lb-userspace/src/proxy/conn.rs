@@ -201,6 +201,11 @@ impl ConnState {
         self.parking.store(parking, Relaxed);
     }
 
+    /// Whether the connection is being given back between requests (see `set_parking`).
+    pub fn parking(&self) -> bool {
+        self.parking.load(Relaxed)
+    }
+
     /// When the connection will have been idle (no data either way) for `idle`, unless data
     /// moves before; on [`CHECK_GRID`].
     pub fn idle_deadline(&self, idle: Duration) -> Instant {
@@ -302,8 +307,11 @@ pub struct TrackedIo<T> {
     /// Under hyper's HTTP/1 server, which may give it back between requests (see
     /// [`ConnState::set_parking`]).
     parkable: bool,
-    /// Bytes hyper had read but not parsed when it gave the connection back: read first.
+    /// Bytes hyper had read but not parsed when it gave the connection back, or the bytes
+    /// `server` read for a request it left to hyper: read first.
     unread: bytes::Bytes,
+    /// `unread` was counted in [`ConnState`] when first read (`server`'s), not to be again.
+    unread_counted: bool,
 }
 
 impl<T> TrackedIo<T> {
@@ -313,6 +321,7 @@ impl<T> TrackedIo<T> {
             state,
             parkable: false,
             unread: bytes::Bytes::new(),
+            unread_counted: false,
         }
     }
 
@@ -334,6 +343,15 @@ impl<T> TrackedIo<T> {
     pub fn unread(&mut self, bytes: bytes::Bytes) {
         debug_assert!(self.unread.is_empty());
         self.unread = bytes;
+        self.unread_counted = false;
+    }
+
+    /// Bytes read through this stream (so counted), to be read again first: a request head
+    /// `server` read and leaves to hyper's server.
+    pub fn give_back(&mut self, bytes: bytes::Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
+        self.unread_counted = true;
     }
 
     pub fn has_unread(&self) -> bool {
@@ -351,7 +369,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TrackedIo<T> {
         if !this.unread.is_empty() {
             let n = this.unread.len().min(buf.remaining());
             let bytes = this.unread.split_to(n);
-            this.state.read(&bytes);
+            if !this.unread_counted {
+                this.state.read(&bytes);
+            }
             buf.put_slice(&bytes);
             return Poll::Ready(Ok(()));
         }

@@ -15,7 +15,6 @@ use std::{
 
 use http_body_util::BodyExt;
 use hyper::{
-    body::Incoming,
     header::{self, HeaderValue},
     Method, Request, Response, StatusCode, Version,
 };
@@ -57,11 +56,17 @@ impl Drop for InFlight {
     }
 }
 
-pub async fn handle(
+/// Serves one request: hyper's (its body an `Incoming`), or one `server` parsed itself
+/// (`h1`: a GET without a body).
+pub async fn handle<B>(
     shared: Arc<Shared>,
     conn: Arc<ConnCtx>,
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+    request: Request<B>,
+) -> Result<Response<ProxyBody>, Infallible>
+where
+    B: hyper::body::Body<Data = hyper::body::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
     let started = Instant::now();
     conn.state.request_started();
     if !hyper::body::Body::is_end_stream(request.body()) {
@@ -215,13 +220,15 @@ pub async fn handle(
         RuleAction::Forward(groups) => {
             let name: &str = match (groups.len(), matched) {
                 (1, _) | (_, None) => &groups[0].0,
-                (_, Some(priority)) => match sticky_group(&shared, &routes, groups, &request) {
-                    Some(pinned) => pinned,
-                    None => match routes.group_choice.get(&priority) {
-                        Some((names, choice)) => &names[choice.pick().unwrap_or(0)],
-                        None => &groups[0].0,
-                    },
-                },
+                (_, Some(priority)) => {
+                    match sticky_group(&shared, &routes, groups, request.headers()) {
+                        Some(pinned) => pinned,
+                        None => match routes.group_choice.get(&priority) {
+                            Some((names, choice)) => &names[choice.pick().unwrap_or(0)],
+                            None => &groups[0].0,
+                        },
+                    }
+                }
             };
             let Some(group) = routes.groups.get(name).cloned() else {
                 record.error_reason = Some("NoTargetGroup");
@@ -295,7 +302,7 @@ fn sticky_group<'a>(
     shared: &Shared,
     routes: &ListenerRoutes,
     groups: &'a [(String, u32)],
-    request: &Request<Incoming>,
+    request_headers: &hyper::HeaderMap,
 ) -> Option<&'a str> {
     let keys = shared.keys.load();
     groups
@@ -303,7 +310,7 @@ fn sticky_group<'a>(
         .filter(|(_, weight)| *weight > 0)
         .find(|(name, _)| {
             routes.groups.get(name).is_some_and(|group| {
-                sticky_cookie(group, request.headers())
+                sticky_cookie(group, request_headers)
                     .is_some_and(|value| keys.verify(value, name, unix_now()).is_ok())
             })
         })
@@ -460,17 +467,21 @@ async fn attempt(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+async fn forward<B>(
     shared: &Arc<Shared>,
     conn: &Arc<ConnCtx>,
     routes: &ListenerRoutes,
     group: &Arc<GroupRoutes>,
-    mut request: Request<Incoming>,
+    mut request: Request<B>,
     host: Option<HeaderValue>,
     mut record: Record,
     in_flight: InFlight,
     started: Instant,
-) -> Response<ProxyBody> {
+) -> Response<ProxyBody>
+where
+    B: hyper::body::Body<Data = hyper::body::Bytes> + Unpin + Send + 'static,
+    B::Error: Into<body::BoxError>,
+{
     let upgrade = headers::wants_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (parts, incoming) = request.into_parts();

@@ -21,6 +21,7 @@ pub mod conn;
 pub mod context;
 pub mod cookie_keys;
 pub mod forward;
+pub mod h1;
 pub mod handover;
 pub mod headers;
 pub mod metrics;

@@ -13,6 +13,11 @@
 //! socket down), the socket is taken back with the bytes hyper had read but not parsed, and
 //! hyper gets it again once it is readable. An idle connection then holds no buffer (hyper's
 //! are 8 KiB each way); see `serve_plain`. TLS and HTTP/2 connections stay with hyper.
+//!
+//! On a plain connection the common request, a GET without a body, is served without hyper
+//! (`serve_common`, with `h1`'s parser and response head), under the same watchdog; a head
+//! that is anything else goes to hyper with none of its bytes consumed, and is answered by
+//! hyper as before (400, 414, 431, bodies, 100-continue, upgrades, HTTP/1.0).
 
 use std::{
     net::SocketAddr,
@@ -24,6 +29,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use bytes::BytesMut;
 use hyper::{
     server::conn::{http1, http2},
     service::service_fn,
@@ -37,6 +43,7 @@ use super::{
     conn::{ConnState, TrackedIo, Verdict},
     context::{ConnCtx, ListenerSlot},
     forward,
+    h1::{self, Parsed},
     resets::{self, StreamResets},
     Shared,
 };
@@ -257,7 +264,6 @@ async fn serve_plain(
     limits: Limits,
 ) {
     let draining = shared.draining.subscribe();
-    let builder = http1_builder(limits);
     let (service_conn, service_shared) = (Arc::clone(&conn), Arc::clone(&shared));
     let mut service = service_fn(move |request| {
         forward::handle(
@@ -282,10 +288,32 @@ async fn serve_plain(
             return;
         }
         readable = false;
+        // Boxed: a connection waiting between requests keeps no room for the watchdog.
+        let common = Box::pin(serve_common(
+            &mut io,
+            fd,
+            &conn,
+            &shared,
+            draining.clone(),
+            limits,
+            at_once,
+        ));
+        at_once = false;
+        match common.await {
+            Served::Idle => continue,
+            Served::Close => return,
+            Served::Hyper(bytes) => {
+                if !bytes.is_empty() {
+                    io.give_back(bytes.freeze());
+                }
+            }
+        }
         let finished_before = conn.state.finished();
+        at_once |= finished_before == 0;
         // On the heap, so that the task of a parked connection does not keep room for it.
+        // Made here: an idle connection's task keeps no room for hyper's settings.
         let mut connection = Box::new(
-            builder
+            http1_builder(limits)
                 .serve_connection(TokioIo::new(io), service)
                 .with_upgrades(),
         );
@@ -322,6 +350,266 @@ async fn serve_plain(
         }
         service = parts.service;
     }
+}
+
+/// How [`serve_common`] left a connection.
+enum Served {
+    /// Between requests, nothing read: to wait for the next one holding no buffer.
+    Idle,
+    /// A request head that is not the common case starts with these bytes (read, none
+    /// consumed): hyper's server is to serve it.
+    Hyper(BytesMut),
+    /// Done: closed, or to be closed.
+    Close,
+}
+
+/// The bytes read from a client at once, at first (the buffer grows if a head needs more).
+const READ_CHUNK: usize = 4096;
+
+/// Serves the common requests of a plain HTTP/1.1 connection without hyper (see `h1`),
+/// under the same watchdog as hyper's connection (header read timeout with its 408, idle
+/// timeout, draining), until a request head is not one `h1` takes (that one goes to hyper,
+/// before any of its bytes is consumed), or the connection is to be held without a buffer
+/// between requests: as with hyper, at once after its first request (`at_once`), else once
+/// it has been idle for PARK_AFTER.
+async fn serve_common(
+    io: &mut TrackedIo<TcpStream>,
+    fd: RawFd,
+    conn: &Arc<ConnCtx>,
+    shared: &Arc<Shared>,
+    draining: tokio::sync::watch::Receiver<bool>,
+    limits: Limits,
+    at_once: bool,
+) -> Served {
+    let stopping = AtomicBool::new(false);
+    let park = Park {
+        finished_before: conn.state.finished(),
+        state: &conn.state,
+        at_once,
+    };
+    let mut served = Served::Close;
+    {
+        let serving = async {
+            served = serve_requests(io, conn, shared, limits, &stopping).await;
+            Ok::<(), hyper::Error>(())
+        };
+        // On the heap: the request's future is large, and a connection waiting for its next
+        // request does not keep room for it.
+        let mut serving = Box::pin(serving);
+        let stop = |_: std::pin::Pin<&mut _>| stopping.store(true, Relaxed);
+        watch(
+            serving.as_mut(),
+            stop,
+            draining,
+            conn,
+            Some(fd),
+            limits,
+            Kind::Http1(Some(park)),
+        )
+        .await;
+    }
+    conn.state.set_parking(false);
+    served
+}
+
+/// The loop of [`serve_common`]: requests read, forwarded and answered, as hyper's server
+/// would (the response head as it writes it, `connection: close` when the client asked
+/// or the proxy is draining, the connection closed when the client half-closes while its
+/// request is in flight). `stopping`: the watchdog asks to stop, draining or to give the
+/// connection back between requests (then [`ConnState::parking`]).
+async fn serve_requests(
+    io: &mut TrackedIo<TcpStream>,
+    conn: &Arc<ConnCtx>,
+    shared: &Arc<Shared>,
+    limits: Limits,
+    stopping: &AtomicBool,
+) -> Served {
+    use http_body_util::BodyExt;
+    use hyper::body::Body as _;
+    use tokio::io::AsyncWriteExt;
+    let mut buf = BytesMut::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut served_one = false;
+    loop {
+        let request = loop {
+            match h1::parse_request(
+                &mut buf,
+                limits.max_header_bytes,
+                http_body_util::Empty::<bytes::Bytes>::new(),
+            ) {
+                Parsed::Request(request) => break request,
+                Parsed::Hyper => return Served::Hyper(buf),
+                Parsed::Partial => {}
+            }
+            make_room(&mut buf);
+            // Between requests, until bytes arrive or the watchdog asks to stop.
+            let between = served_one && buf.is_empty();
+            let read = std::future::poll_fn(|cx| {
+                if between && stopping.load(Relaxed) {
+                    return std::task::Poll::Ready(None);
+                }
+                tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut *io), cx, &mut buf).map(Some)
+            })
+            .await;
+            let Some(read) = read else {
+                return Served::Idle;
+            };
+            match read {
+                Ok(0) if buf.is_empty() => return Served::Close,
+                // A head cut by the client's end: hyper's, as before.
+                Ok(0) => return Served::Hyper(buf),
+                Ok(_) => {}
+                Err(e) => {
+                    log::debug!("connection from {}: {e}", conn.peer);
+                    return Served::Close;
+                }
+            }
+        };
+        served_one = true;
+        let mut close = h1::asks_to_close(request.headers());
+        let handled = forward::handle(Arc::clone(shared), Arc::clone(conn), request);
+        tokio::pin!(handled);
+        // While the request is in flight, a client that ends its side is gone (hyper's
+        // server without half-close): the request is dropped. Bytes that arrive meanwhile
+        // are the next request's.
+        let response = loop {
+            tokio::select! {
+                biased;
+                Ok(response) = &mut handled => break response,
+                read = read_more(io, &mut buf), if buf.is_empty() => match read {
+                    Ok(0) => return Served::Close,
+                    Ok(_) => {}
+                    Err(e) => {
+                        log::debug!("connection from {}: {e}", conn.peer);
+                        return Served::Close;
+                    }
+                },
+            }
+        };
+        close |= stopping.load(Relaxed) && !conn.state.parking();
+        let (mut head, mut body) = response.into_parts();
+        let length = h1::BodyLength::of(body.is_end_stream(), &body.size_hint());
+        out.clear();
+        let Ok(framing) =
+            h1::response_head(&mut out, head.status, &mut head.headers, length, close)
+        else {
+            log::debug!(
+                "connection from {}: a response with an invalid Content-Length: closed",
+                conn.peer
+            );
+            return Served::Close;
+        };
+        drop(head);
+        let mut left = match framing {
+            h1::Framing::Length(len) => len,
+            h1::Framing::Chunked => u64::MAX,
+        };
+        // Frames at hand are written with the head; the head goes out before any wait.
+        while left > 0 {
+            let frame = match poll_now(&mut body) {
+                std::task::Poll::Ready(frame) => frame,
+                std::task::Poll::Pending => {
+                    if !out.is_empty() {
+                        if let Err(e) = io.write_all(&out).await {
+                            log::debug!("connection from {}: {e}", conn.peer);
+                            return Served::Close;
+                        }
+                        out.clear();
+                    }
+                    body.frame().await
+                }
+            };
+            let data = match frame {
+                None => break,
+                Some(Err(e)) => {
+                    log::debug!("connection from {}: the response body: {e}", conn.peer);
+                    return Served::Close;
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => data,
+                    // Trailers: never sent (see `h1::LAST_CHUNK`).
+                    Err(_) => continue,
+                },
+            };
+            if data.is_empty() {
+                continue;
+            }
+            match framing {
+                h1::Framing::Length(_) => {
+                    // More than the length: cut there, as hyper does.
+                    let take = (data.len() as u64).min(left) as usize;
+                    out.extend_from_slice(&data[..take]);
+                    left -= take as u64;
+                }
+                h1::Framing::Chunked => {
+                    h1::chunk_size(&mut out, data.len());
+                    out.extend_from_slice(&data);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            if out.len() >= WRITE_BATCH {
+                if let Err(e) = io.write_all(&out).await {
+                    log::debug!("connection from {}: {e}", conn.peer);
+                    return Served::Close;
+                }
+                out.clear();
+            }
+        }
+        let whole = match framing {
+            h1::Framing::Length(_) => left == 0,
+            h1::Framing::Chunked => {
+                out.extend_from_slice(h1::LAST_CHUNK);
+                true
+            }
+        };
+        // A body with a length is not read past it; the rest of the response goes now.
+        drop(body);
+        if let Err(e) = io.write_all(&out).await {
+            log::debug!("connection from {}: {e}", conn.peer);
+            return Served::Close;
+        }
+        if !whole {
+            // The body ended before its length: the client must see the connection end.
+            log::debug!(
+                "connection from {}: the response body ended early",
+                conn.peer
+            );
+            return Served::Close;
+        }
+        if close {
+            let _ = io.shutdown().await;
+            return Served::Close;
+        }
+        if out.capacity() > WRITE_BATCH {
+            out = Vec::new();
+        }
+    }
+}
+
+/// Response bytes gathered before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Reads what the client sends into `buf`.
+async fn read_more(io: &mut TrackedIo<TcpStream>, buf: &mut BytesMut) -> std::io::Result<usize> {
+    use tokio::io::AsyncReadExt;
+    make_room(buf);
+    io.read_buf(buf).await
+}
+
+/// Room to read into `buf`: its allocation reused while it has room (the heads split off
+/// it share it), a new one only when it is nearly full.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// The body's next frame if it is there without waiting (`Pending` otherwise).
+fn poll_now(
+    body: &mut super::body::ProxyBody,
+) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, super::body::BoxError>>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    hyper::body::Body::poll_frame(std::pin::Pin::new(body), &mut cx)
 }
 
 /// Whether `stream` has bytes (or an end, or an error) to read now, without waiting.

@@ -263,3 +263,79 @@ fn keep_alive_connections_are_served_again_whatever_the_client_does_after_idling
     }
     assert!(buf.is_empty(), "{buf:?}");
 }
+
+/// The common request (a GET without a body) is served without hyper's server: heads that
+/// arrive in pieces, the response head as hyper wrote it (lower-case names, a `date`,
+/// `connection: close` when asked), and heads that start like one and turn out otherwise,
+/// which hyper answers as before, whatever was read of them first.
+#[test]
+fn common_requests_in_pieces_and_heads_that_turn_out_otherwise_get_hyper_s_answers() {
+    let l7 = L7::start();
+    let mut buf = Vec::new();
+    // One byte a write.
+    let mut stream = l7.connect();
+    stream.set_nodelay(true).unwrap();
+    for byte in get("/in-pieces").as_bytes() {
+        stream.write_all(&[*byte]).unwrap();
+    }
+    let (head, body) = response(&mut stream, &mut buf);
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(body.starts_with("target"), "{body}");
+    assert!(head.contains("\r\ndate: "), "{head}");
+    assert!(!head.contains("\r\nconnection:"), "{head}");
+    // Two requests in one write, the second cut in the middle, then its end.
+    let second = get("/second");
+    let (first_part, last_part) = second.split_at(20);
+    stream
+        .write_all(format!("{}{first_part}", get("/first")).as_bytes())
+        .unwrap();
+    let (head, _) = response(&mut stream, &mut buf);
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    stream.write_all(last_part.as_bytes()).unwrap();
+    let (head, _) = response(&mut stream, &mut buf);
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    // `Connection: close`: said in the response, then the close.
+    stream
+        .write_all(b"GET /bye HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let (answer, _) = until_closed(&mut stream);
+    let answer = answer.to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 200 "), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+
+    // A head that starts as a GET and has a folded line: hyper's 400, then the close.
+    let mut stream = l7.connect();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .write_all(b"GET /folded HTTP/1.1\r\nHost: www.example.com\r\n")
+        .unwrap();
+    stream.write_all(b"X-A: 1\r\n folded\r\n\r\n").unwrap();
+    let (answer, _) = until_closed(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+    // One that turns into a request with a body after a served GET: forwarded by hyper, and
+    // the connection goes on.
+    let mut stream = l7.connect();
+    stream.write_all(get("/before-post").as_bytes()).unwrap();
+    let (head, _) = response(&mut stream, &mut buf);
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    stream
+        .write_all(b"GET /with-body HTTP/1.1\r\nHost: www.example.com\r\n")
+        .unwrap();
+    stream.write_all(b"Content-Length: 3\r\n\r\nabc").unwrap();
+    let (head, _) = response(&mut stream, &mut buf);
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    stream.write_all(get("/after").as_bytes()).unwrap();
+    let (head, _) = response(&mut stream, &mut buf);
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    // A head over the limit (4096 bytes) that starts as a GET: hyper's 431.
+    let mut stream = l7.connect();
+    write!(
+        stream,
+        "GET / HTTP/1.1\r\nHost: www.example.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(5000)
+    )
+    .unwrap();
+    let (answer, _) = until_closed(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+    assert!(buf.is_empty(), "{buf:?}");
+}
