@@ -294,6 +294,24 @@ fn serve(mut stream: TcpStream, state: &State) -> io::Result<()> {
                 )?;
                 return Ok(());
             }
+            // Framings a target may answer a GET with, on a connection it keeps.
+            "/chunked" => stream.write_all(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Target: ok\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+            )?,
+            "/no-content" => stream.write_all(b"HTTP/1.1 204 No Content\r\nX-Target: ok\r\n\r\n")?,
+            // The length of the representation the client has: no body follows (RFC 9110 8.6).
+            "/not-modified" => stream.write_all(
+                b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\nContent-Length: 42\r\n\r\n",
+            )?,
+            // A body that ends with the connection, then one that ends before its length.
+            "/until-close" => {
+                stream.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close\n")?;
+                return Ok(());
+            }
+            "/short-body" => {
+                stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")?;
+                return Ok(());
+            }
             // Content-Length beside chunked: the chunks count (RFC 9112 6.3).
             "/length-and-chunked" => stream.write_all(
                 b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",

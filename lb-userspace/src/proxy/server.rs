@@ -523,6 +523,10 @@ async fn serve_requests(
                 None => break,
                 Some(Err(e)) => {
                     log::debug!("connection from {}: the response body: {e}", conn.peer);
+                    // What there is goes out (the head and the bytes before the error, as
+                    // hyper's server sends them), then the end of the connection tells the
+                    // client that the response is cut.
+                    let _ = io.write_all(&out).await;
                     return Served::Close;
                 }
                 Some(Ok(frame)) => match frame.into_data() {

@@ -339,3 +339,125 @@ fn common_requests_in_pieces_and_heads_that_turn_out_otherwise_get_hyper_s_answe
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
     assert!(buf.is_empty(), "{buf:?}");
 }
+
+/// Reads one response to a GET from `stream` (`buf` as for [`response`]), framed by its head
+/// as a client must: no body for 204 and 304, chunks, or Content-Length. Its head, lower-cased,
+/// and its body.
+fn framed_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> (String, String) {
+    let deadline = Instant::now() + SHORT;
+    let mut chunk = [0u8; 4096];
+    let mut more = |buf: &mut Vec<u8>| {
+        assert!(Instant::now() < deadline, "no whole response: {buf:?}");
+        let n = stream.read(&mut chunk).expect("reading a response");
+        assert!(n > 0, "closed before a whole response: {buf:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        more(buf);
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    buf.drain(..end);
+    let field = |name: &str| {
+        head.split("\r\n")
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+    };
+    if head.starts_with("http/1.1 204 ") || head.starts_with("http/1.1 304 ") {
+        return (head, String::new());
+    }
+    let mut body = Vec::new();
+    if field("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            let line = loop {
+                if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+                    break at;
+                }
+                more(buf);
+            };
+            let size = usize::from_str_radix(std::str::from_utf8(&buf[..line]).unwrap(), 16)
+                .expect("a chunk size");
+            while buf.len() < line + 2 + size + 2 {
+                more(buf);
+            }
+            body.extend_from_slice(&buf[line + 2..line + 2 + size]);
+            buf.drain(..line + 2 + size + 2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        let length: usize = field("content-length").map_or(0, |v| v.parse().unwrap());
+        while buf.len() < length {
+            more(buf);
+        }
+        body.extend(buf.drain(..length));
+    }
+    (head, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// What targets answer a GET with reaches the client framed right, in HTTP/1.1, on a
+/// connection that goes on: chunks, 204 and 304 without a body (a 304's Content-Length is
+/// the cached representation's, not a body's), an HTTP/1.0 body that ends with the target's
+/// connection; a body that ends before its length ends the client's connection, whose
+/// response is then cut. Each GET first as the common request (served without hyper's
+/// server), then with `Content-Length: 0` (served by hyper's).
+#[test]
+fn target_framings_reach_a_keep_alive_client_framed_right() {
+    let l7 = L7::start();
+    let mut buf = Vec::new();
+    let mut stream = l7.connect();
+    for round in 0..2 {
+        let get = |path: &str| match round {
+            0 => get(path),
+            _ => {
+                format!("GET {path} HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 0\r\n\r\n")
+            }
+        };
+        stream.write_all(get("/chunked").as_bytes()).unwrap();
+        let (head, body) = framed_response(&mut stream, &mut buf);
+        assert!(head.starts_with("http/1.1 200 "), "{round}: {head}");
+        assert_eq!(body, "hello world", "{round}: {head}");
+
+        stream.write_all(get("/no-content").as_bytes()).unwrap();
+        let (head, _) = framed_response(&mut stream, &mut buf);
+        assert!(head.starts_with("http/1.1 204 "), "{round}: {head}");
+        assert!(!head.contains("transfer-encoding"), "{round}: {head}");
+
+        stream.write_all(get("/not-modified").as_bytes()).unwrap();
+        let (head, _) = framed_response(&mut stream, &mut buf);
+        assert!(head.starts_with("http/1.1 304 "), "{round}: {head}");
+        assert!(head.contains("\r\netag: \"v1\"\r\n"), "{round}: {head}");
+
+        stream.write_all(get("/until-close").as_bytes()).unwrap();
+        let (head, body) = framed_response(&mut stream, &mut buf);
+        assert!(head.starts_with("http/1.1 200 "), "{round}: {head}");
+        assert_eq!(body, "until the close\n", "{round}: {head}");
+
+        // Nothing stray in between: the next response starts where the last ended.
+        stream.write_all(get("/").as_bytes()).unwrap();
+        let (head, body) = framed_response(&mut stream, &mut buf);
+        assert!(head.starts_with("http/1.1 200 "), "{round}: {head}");
+        assert!(body.starts_with("target"), "{round}: {body}");
+        assert!(buf.is_empty(), "{round}: {buf:?}");
+    }
+    // The body that ends early, as the common request and as hyper's: the connection ends,
+    // and what came before the end is the head and the bytes there were, or nothing (hyper's
+    // server drops what it had not written yet).
+    for short in [
+        get("/short-body"),
+        "GET /short-body HTTP/1.1\r\nHost: www.example.com\r\nContent-Length: 0\r\n\r\n"
+            .to_string(),
+    ] {
+        let mut stream = l7.connect();
+        stream.write_all(short.as_bytes()).unwrap();
+        let (answer, _) = until_closed(&mut stream);
+        let answer = answer.to_ascii_lowercase();
+        assert!(
+            answer.is_empty()
+                || (answer.starts_with("http/1.1 200 ") && answer.ends_with("\r\n\r\nabc")),
+            "{short:?}: {answer:?}"
+        );
+    }
+}

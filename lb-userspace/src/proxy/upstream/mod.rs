@@ -203,7 +203,10 @@ pub async fn send(
         reusable,
     });
     *response.status_mut() = head.status;
-    *response.version_mut() = head.version;
+    // The proxy's own version, whatever the target's (RFC 9110 6.2: an intermediary sends its
+    // own HTTP-version); the target's decided the framing and the reuse above. hyper's server
+    // still answers an HTTP/1.0 client in HTTP/1.0.
+    *response.version_mut() = hyper::Version::HTTP_11;
     *response.headers_mut() = head.headers;
     // Nothing to read: the connection is free at once, unless it is about to be a tunnel's
     // (`Body::upgrade`; otherwise closed when the body is dropped).
@@ -602,7 +605,11 @@ mod tests {
         let conn = pool::checkout(addr).await.unwrap();
         assert!(conn.reused);
         let answer = send(conn, get("/five")).await.ok().unwrap();
-        assert_eq!(answer.version(), hyper::Version::HTTP_10);
+        assert_eq!(
+            answer.version(),
+            hyper::Version::HTTP_11,
+            "the proxy's own version"
+        );
         assert_eq!(body_of(answer).await, b"until the end");
         assert_eq!(pool::idle_count(), 0);
         let seen = String::from_utf8(target.await.unwrap()).unwrap();
