@@ -65,6 +65,11 @@ fn describe_store(store: &sluice::store::StoreStatus) -> String {
             refused.revision, refused.reason
         ));
     }
+    if let Some(why) = &store.credentials_not_used {
+        out.push_str(&format!(
+            "  renewed credential files not used (this node keeps the ones it has): {why}\n"
+        ));
+    }
     for (name, node) in &store.nodes {
         out.push_str(&format!(
             "  node {name}: revision {}{}\n",

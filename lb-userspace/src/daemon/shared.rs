@@ -141,6 +141,9 @@ impl Shared {
             return false;
         };
         let next = renewal.rotation.borrow_mut().read((renewal.read)());
+        if renewal.rotation.borrow().settled() {
+            self.follow.borrow_mut().credentials(None);
+        }
         let credentials = match next {
             Rotated::Unchanged => return false,
             Rotated::Unusable(e) => {
@@ -148,6 +151,9 @@ impl Shared {
                     "the store's credential files changed and cannot be used: {e}; this node keeps reaching {} with the ones it has",
                     self.store
                 );
+                self.follow
+                    .borrow_mut()
+                    .credentials(Some(format!("the files cannot be used: {e}")));
                 return false;
             }
             Rotated::Try(credentials) => credentials,
@@ -164,10 +170,14 @@ impl Shared {
                     self.store
                 );
                 renewal.rotation.borrow_mut().taken(credentials);
+                self.follow.borrow_mut().credentials(None);
                 *self.kv.borrow_mut() = Rc::from(kv);
                 true
             }
             Err(e) => {
+                self.follow
+                    .borrow_mut()
+                    .credentials(Some(format!("the store does not take them: {e}")));
                 if renewal.rotation.borrow_mut().failed(credentials) {
                     log::error!(
                         "the store's credential files changed, but they do not work yet ({e}); this node keeps the ones it has, and tries the files again every {KEEP_ALIVE_EVERY:?}"

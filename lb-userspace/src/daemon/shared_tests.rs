@@ -501,13 +501,29 @@ async fn a_password_renewed_in_its_file_is_used_once_the_store_takes_it() {
         n1.submit(add("127.0.0.5")).await.unwrap();
 
         // A file that cannot be used, then a password the store refuses: the one in use stays.
+        let not_used = || n1.store_status().unwrap().credentials_not_used;
+        assert_eq!(not_used(), None);
         *file.borrow_mut() = String::new();
         assert!(!n1.shared().unwrap().renew().await);
+        assert!(
+            not_used().is_some_and(|why| why.contains("holds no password")),
+            "{:?}",
+            not_used()
+        );
         *file.borrow_mut() = "third".into();
         assert!(!n1.shared().unwrap().renew().await);
+        assert!(
+            not_used().is_some_and(|why| why.contains("authentication failed")),
+            "{:?}",
+            not_used()
+        );
         n1.submit(add("127.0.0.6")).await.unwrap();
         let written = n2.submit(add("127.0.0.7")).await.unwrap().stored.unwrap().1;
         until("n1 keeps following", || applied(&n1) == Some(written)).await;
+        // The file back to the password in use: nothing to report.
+        *file.borrow_mut() = "second".into();
+        assert!(!n1.shared().unwrap().renew().await);
+        assert_eq!(not_used(), None);
         assert!(n1.store_status().unwrap().reachable);
         let mut t = targets(&n1);
         t.sort();

@@ -166,6 +166,11 @@ impl Rotation {
         }
     }
 
+    /// Whether the files, as last read, are the credentials in use (nothing to report).
+    pub fn settled(&self) -> bool {
+        self.unusable.is_none() && self.reported.is_none()
+    }
+
     /// The store accepted `credentials`: they are the ones in use.
     pub fn taken(&mut self, credentials: Credentials) {
         self.in_use = credentials;
@@ -326,8 +331,10 @@ mod tests {
         assert!(matches!(rotation.read(access.load()), Rotated::Unchanged));
         dir.write("password", "second\n", 0o600);
         assert!(matches!(rotation.read(access.load()), Rotated::Try(_)));
+        assert!(!rotation.settled());
         rotation.taken(second);
         assert!(matches!(rotation.read(access.load()), Rotated::Unchanged));
+        assert!(rotation.settled());
 
         // Back to the first: a change like any other, reported afresh when it fails.
         dir.write("password", "first\n", 0o600);

@@ -43,6 +43,10 @@ pub struct StoreStatus {
     /// The newest revision this node refused, while it is newer than the one it runs.
     #[serde(default)]
     pub refused: Option<Refusal>,
+    /// Credential files renewed in place that this node cannot use yet, and why (it keeps
+    /// the credentials it has); none once it uses the files as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_not_used: Option<String>,
     /// Every live node's report, by name (this one included), as last seen in the store.
     #[serde(default)]
     pub nodes: BTreeMap<String, NodeReport>,
@@ -119,6 +123,11 @@ impl Follow {
         self.status.reachable = true;
         self.status.last_error = None;
         self.status.unreachable_since_ms.take()
+    }
+
+    /// What keeps renewed credential files from use (`None`: the files are in use).
+    pub fn credentials(&mut self, not_used: Option<String>) {
+        self.status.credentials_not_used = not_used;
     }
 
     pub fn reachable(&self) -> bool {

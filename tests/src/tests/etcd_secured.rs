@@ -457,6 +457,8 @@ fn edit_goes_on(etcd: &Etcd, ns: &Namespace, node: Node, port: u16) {
             store["reachable"] == true
                 && store["applied_revision"].as_i64() >= Some(written)
                 && store["nodes"]["node1"]["applied_revision"].as_i64() >= Some(written)
+                // The renewed files are the ones in use: nothing to report.
+                && store["credentials_not_used"].is_null()
         })
     });
     node.stop();
