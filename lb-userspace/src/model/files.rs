@@ -180,24 +180,6 @@ pub fn replace(path: &Path, contents: &[u8], mode_if_new: Option<u32>) -> io::Re
 mod tests {
     use super::*;
 
-    struct Dir(std::path::PathBuf);
-
-    impl Dir {
-        fn new(name: &str) -> Dir {
-            let dir =
-                std::env::temp_dir().join(format!("sluice-files-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Dir(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn mkfifo(path: &Path) {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: a valid NUL-terminated path.
@@ -206,15 +188,15 @@ mod tests {
 
     #[test]
     fn regular_files_are_read_and_appended_to() {
-        let dir = Dir::new("regular");
-        let path = dir.0.join("a.txt");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.txt");
         std::fs::write(&path, "hello").unwrap();
         assert_eq!(read_regular_text(&path).unwrap(), "hello");
         assert_eq!(
             read_regular(&path, 4).unwrap_err().to_string(),
             "5 bytes, more than the 4 a file named here may have"
         );
-        let log = dir.0.join("new.log");
+        let log = dir.path().join("new.log");
         use std::io::Write;
         writeln!(open_append_regular(&log).unwrap(), "one").unwrap();
         writeln!(open_append_regular(&log).unwrap(), "two").unwrap();
@@ -223,8 +205,8 @@ mod tests {
 
     #[test]
     fn fifos_directories_and_devices_are_refused_without_blocking() {
-        let dir = Dir::new("special");
-        let fifo = dir.0.join("fifo");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
         mkfifo(&fifo);
         // Neither blocks: no other program opens the FIFO.
         let read = read_regular(&fifo, MAX_READ).unwrap_err();
@@ -232,10 +214,10 @@ mod tests {
         let append = open_append_regular(&fifo).unwrap_err();
         assert_eq!(append.raw_os_error(), Some(libc::ENXIO), "{append}");
         assert_eq!(
-            read_regular(&dir.0, MAX_READ).unwrap_err().to_string(),
+            read_regular(dir.path(), MAX_READ).unwrap_err().to_string(),
             "a directory; give a regular file"
         );
-        assert!(open_append_regular(&dir.0).is_err());
+        assert!(open_append_regular(dir.path()).is_err());
         assert_eq!(
             read_regular(Path::new("/dev/zero"), MAX_READ)
                 .unwrap_err()
@@ -252,8 +234,8 @@ mod tests {
 
     #[test]
     fn a_fifo_with_a_reader_is_refused_too() {
-        let dir = Dir::new("fifo-reader");
-        let fifo = dir.0.join("fifo");
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
         mkfifo(&fifo);
         // Another party holds the read end, so the open succeeds; the type check refuses it.
         let _reader = OpenOptions::new()

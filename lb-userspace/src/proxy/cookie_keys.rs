@@ -228,23 +228,6 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    struct Dir(PathBuf);
-
-    impl Dir {
-        fn new(name: &str) -> Dir {
-            let dir =
-                std::env::temp_dir().join(format!("sluice-keys-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            Dir(dir)
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     fn is_private(path: &Path) -> io::Result<bool> {
         Ok(std::fs::metadata(path)?.permissions().mode() & 0o077 == 0)
     }
@@ -255,8 +238,8 @@ mod tests {
 
     #[test]
     fn a_missing_file_is_made_private_and_read_back_the_same() {
-        let dir = Dir::new("create");
-        let path = dir.0.join("sub/stickiness.keys");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/stickiness.keys");
         let made = CookieKeys::load_or_create(&path).unwrap();
         assert!(is_private(&path).unwrap());
         assert_eq!(
@@ -275,9 +258,9 @@ mod tests {
 
     #[test]
     fn a_rotation_still_accepts_the_previous_key_and_refuses_older_ones() {
-        let dir = Dir::new("rotate");
-        std::fs::create_dir_all(&dir.0).unwrap();
-        let path = dir.0.join("keys");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let path = dir.path().join("keys");
         let first = CookieKeys::load_or_create(&path).unwrap();
         let old = first.signing().sign("web", target(), 100);
         let second = CookieKeys::rotate_file(&path).unwrap();
@@ -298,9 +281,9 @@ mod tests {
 
     #[test]
     fn exposed_malformed_and_empty_files_are_refused_with_the_fix() {
-        let dir = Dir::new("refuse");
-        std::fs::create_dir_all(&dir.0).unwrap();
-        let path = dir.0.join("keys");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        let path = dir.path().join("keys");
         CookieKeys::load_or_create(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(
@@ -330,7 +313,7 @@ mod tests {
         ));
         // A directory where the file should be.
         assert!(matches!(
-            CookieKeys::load_or_create(&dir.0),
+            CookieKeys::load_or_create(dir.path()),
             Err(KeyFileError::Read { .. })
         ));
     }

@@ -226,28 +226,19 @@ mod tests {
 
     use super::*;
 
-    struct Dir(PathBuf);
+    /// A scratch directory, removed when dropped.
+    struct Dir(tempfile::TempDir);
 
     impl Dir {
-        fn new(name: &str) -> Dir {
-            let dir =
-                std::env::temp_dir().join(format!("sluice-access-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Dir(dir)
+        fn new() -> Dir {
+            Dir(tempfile::tempdir().unwrap())
         }
 
         fn write(&self, name: &str, contents: &str, mode: u32) -> PathBuf {
-            let path = self.0.join(name);
+            let path = self.0.path().join(name);
             std::fs::write(&path, contents).unwrap();
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             path
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -266,7 +257,7 @@ mod tests {
 
     #[test]
     fn a_ca_a_client_certificate_and_a_user_are_read() {
-        let dir = Dir::new("all");
+        let dir = Dir::new();
         let (ca, _) = pair("ca.example");
         let (cert, key) = pair("node1");
         let access = StoreAccess {
@@ -297,7 +288,7 @@ mod tests {
 
     #[test]
     fn renewed_files_are_tried_until_taken_and_failures_reported_once() {
-        let dir = Dir::new("rotation");
+        let dir = Dir::new();
         let password = dir.write("password", "first\n", 0o600);
         let access = StoreAccess {
             user: Some(("sluice".into(), password.clone())),
@@ -347,10 +338,10 @@ mod tests {
 
     #[test]
     fn bad_files_are_refused_naming_flag_and_file() {
-        let dir = Dir::new("bad");
+        let dir = Dir::new();
         let (cert, key) = pair("node1");
         let (_, other_key) = pair("node2");
-        let missing = dir.0.join("missing.pem");
+        let missing = dir.0.path().join("missing.pem");
         let not_pem = dir.write("not.pem", "hello\n", 0o644);
         let cert = dir.write("node1.pem", &cert, 0o644);
         let key = dir.write("node1.key", &key, 0o600);
